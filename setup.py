@@ -1,0 +1,30 @@
+from setuptools import find_packages, setup
+
+setup(
+    name="dearkd_hf",
+    version="0.1.0",
+    description="DearKD (data-efficient early knowledge distillation for vision transformers) for the Hugging Face stack",
+    long_description=open("README.md", encoding="utf-8").read(),
+    long_description_content_type="text/markdown",
+    license="Apache-2.0",
+    package_dir={"": "src"},
+    packages=find_packages("src"),
+    package_data={"dearkd_hf": ["metrics/*/*.py"]},
+    python_requires=">=3.10",
+    install_requires=[
+        "torch>=2.4,<2.15",
+        "torchvision>=0.19,<0.30",
+        "transformers>=5.0,<6",
+        "datasets>=3.0",
+        "accelerate>=1.2",
+        "evaluate>=0.4.3",
+        "timm>=1.0.12",
+        "huggingface_hub>=1.0",
+        "safetensors>=0.4",
+        "tqdm",
+        "pyyaml",
+    ],
+    extras_require={
+        "dev": ["pytest>=8", "ruff>=0.8", "scikit-learn", "matplotlib", "tensorboard"],
+    },
+)
