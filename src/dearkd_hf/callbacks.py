@@ -1,0 +1,45 @@
+"""DistillationStopCallback: ends DearKD's stage 1 at a set epoch (METHOD.md section 1)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from transformers import TrainerCallback, TrainerControl, TrainerState, TrainingArguments
+from transformers.utils import logging
+
+logger = logging.get_logger(__name__)
+
+
+class DistillationStopCallback(TrainerCallback):
+    """Switches from stage 1 (distillation) to stage 2 (labels alone) once ``state.epoch`` reaches ``stop_epoch``.
+
+    The stage is derived from the trainer state's epoch at every step, never stored, so a run resumed from a
+    checkpoint lands in the stage its epoch says. ``on_stop(epoch)`` is where the trainer releases its teacher.
+    ``stop_epoch=None`` means 80% of the run's epochs, read from the state when training begins.
+    """
+
+    def __init__(self, stop_epoch: float | None, on_stop: Callable[[float], None] | None = None):
+        self.stop_epoch = stop_epoch
+        self.on_stop = on_stop
+        self.distilling = True
+
+    @property
+    def stage(self) -> int:
+        return 1 if self.distilling else 2
+
+    def on_train_begin(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs):
+        if self.stop_epoch is None:
+            self.stop_epoch = 0.8 * state.num_train_epochs
+        self._update(state)
+
+    def on_step_begin(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs):
+        self._update(state)
+
+    def _update(self, state: TrainerState) -> None:
+        epoch = state.epoch or 0.0
+        # A tolerance: state.epoch accumulates float steps (k / steps_per_epoch).
+        if self.distilling and epoch >= self.stop_epoch - 1e-6:
+            self.distilling = False
+            logger.info(f"DearKD: distillation stops at epoch {epoch:.3f} (stop epoch {self.stop_epoch}); stage 2.")
+            if self.on_stop is not None:
+                self.on_stop(epoch)

@@ -1,0 +1,111 @@
+"""DearKDConfig: ``TrainingArguments`` plus the knobs of DearKD (METHOD.md sections 1-3)."""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass, field
+
+from transformers import TrainingArguments
+
+from .alignment import parse_alignment_pairs
+from .losses import DISTILLATION_TYPES
+
+
+@dataclass
+class DearKDConfig(TrainingArguments):
+    r"""
+    Configuration of [`DearKDTrainer`]: every field of [`~transformers.TrainingArguments`] plus the method's own.
+
+    Parameters:
+        teacher_model_name_or_path (`str` or `None`, *optional*, defaults to `None`):
+            The CNN teacher: a timm name (`"resnet18"`, `"hf-hub:timm/regnety_160.deit_in1k"`), a transformers image
+            classifier (Hub name or folder), or a folder saved by either. Used when the trainer is not given a
+            `teacher_model` directly.
+        distillation_type (`str`, *optional*, defaults to `"hard"`):
+            Logit distillation in stage 1: `"hard"` (CE to the teacher's argmax, DeiT/DearKD default), `"soft"`
+            (temperature-scaled KL) or `"none"` (feature alignment only; the only mode allowed when the teacher's
+            label space differs from the student's).
+        alpha (`float`, *optional*, defaults to `0.5`):
+            Weight of the logit distillation term; the label term gets `1 - alpha`. In [0, 1].
+        tau (`float`, *optional*, defaults to `1.0`):
+            Temperature of soft distillation. Positive.
+        beta (`float`, *optional*, defaults to `1.0`):
+            Weight of the early-layer alignment loss (summed over pairs). Non-negative; 0 disables alignment.
+        alignment_pairs (`list[str]` or `None`, *optional*, defaults to `None`):
+            Pairs `"STUDENT_BLOCK:TEACHER_LAYER"`: a 1-based student block index and a teacher module name, e.g.
+            `["3:layer1", "6:layer2"]`. `None` takes the student's blocks at 1/4 and 1/2 of its depth against the
+            teacher's first two stages.
+        distillation_stop_epoch (`float` or `None`, *optional*, defaults to `None`):
+            Epoch (fractions allowed) at which stage 1 ends: the teacher is dropped and the student trains on labels
+            alone. `None` means 80% of the run's epochs.
+        remove_unused_columns (`bool`, *optional*, defaults to `False`):
+            Kept `False` because image datasets are transformed on the fly (`set_transform`), so their columns
+            are not the model's arguments.
+        ddp_find_unused_parameters (`bool` or `None`, *optional*, defaults to `True`):
+            `True` because the aligners take no part in stage 2, which DDP must be told about.
+    """
+
+    teacher_model_name_or_path: str | None = field(
+        default=None,
+        metadata={"help": "CNN teacher: timm name, transformers classifier (Hub or folder), or a saved folder."},
+    )
+    distillation_type: str = field(
+        default="hard",
+        metadata={"help": "Logit distillation in stage 1.", "choices": list(DISTILLATION_TYPES)},
+    )
+    alpha: float = field(default=0.5, metadata={"help": "Weight of logit distillation (labels get 1 - alpha)."})
+    tau: float = field(default=1.0, metadata={"help": "Temperature of soft distillation."})
+    beta: float = field(default=1.0, metadata={"help": "Weight of the early-layer alignment loss."})
+    alignment_pairs: list[str] | None = field(
+        default=None,
+        metadata={"help": "Pairs 'STUDENT_BLOCK:TEACHER_LAYER' (1-based block), e.g. 3:layer1 6:layer2."},
+    )
+    distillation_stop_epoch: float | None = field(
+        default=None,
+        metadata={"help": "Epoch at which distillation stops (stage 2 begins). Default: 0.8 * num_train_epochs."},
+    )
+    remove_unused_columns: bool = field(
+        default=False,
+        metadata={"help": "Drop dataset columns the model's forward does not take (off: images are transformed)."},
+    )
+    ddp_find_unused_parameters: bool | None = field(
+        default=True,
+        metadata={"help": "Passed to DDP; True because the aligners are unused in stage 2."},
+    )
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        self._validate_dearkd_fields()
+
+    def _validate_dearkd_fields(self) -> None:
+        if self.distillation_type not in DISTILLATION_TYPES:
+            raise ValueError(
+                f"distillation_type={self.distillation_type!r} is not one of {DISTILLATION_TYPES}; pick one of them."
+            )
+        if not 0.0 <= self.alpha <= 1.0:
+            raise ValueError(f"alpha={self.alpha} must lie in [0, 1] (weight of logit distillation); e.g. 0.5.")
+        if self.beta < 0:
+            raise ValueError(f"beta={self.beta} must be >= 0 (alignment weight; 0 disables alignment).")
+        if self.tau <= 0:
+            raise ValueError(f"tau={self.tau} must be > 0 (distillation temperature); e.g. 1.0.")
+        if self.alignment_pairs is not None:
+            parse_alignment_pairs(self.alignment_pairs)
+        if self.distillation_stop_epoch is not None and self.distillation_stop_epoch < 0:
+            raise ValueError(f"distillation_stop_epoch={self.distillation_stop_epoch} must be >= 0.")
+        if (
+            self.distillation_stop_epoch is not None
+            and self.max_steps <= 0
+            and self.distillation_stop_epoch > self.num_train_epochs
+        ):
+            warnings.warn(
+                f"distillation_stop_epoch={self.distillation_stop_epoch} is beyond num_train_epochs="
+                f"{self.num_train_epochs}: distillation never stops and stage 2 never runs.",
+                UserWarning,
+                stacklevel=2,
+            )
+
+    def resolved_stop_epoch(self, num_train_epochs: float) -> float:
+        """The stage switch epoch, with the default taken from the run's actual number of epochs."""
+        if self.distillation_stop_epoch is not None:
+            return float(self.distillation_stop_epoch)
+        return 0.8 * float(num_train_epochs)

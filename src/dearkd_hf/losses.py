@@ -1,0 +1,76 @@
+"""The DearKD losses as pure tensor functions (METHOD.md sections 2 and 3), so they can be checked by hand."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+
+DISTILLATION_TYPES = ("hard", "soft", "none")
+
+
+def classification_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Cross-entropy for class indices or, with mixup/cutmix, float soft targets ``(B, C)`` (never multi-label)."""
+    if labels.is_floating_point():
+        return torch.sum(-labels * F.log_softmax(logits.float(), dim=-1), dim=-1).mean()
+    return F.cross_entropy(logits.float(), labels)
+
+
+def logit_kd(student_logits: torch.Tensor, teacher_logits: torch.Tensor, kind: str, tau: float) -> torch.Tensor:
+    """DeiT's distillation: ``hard`` = CE(s, argmax t); ``soft`` = KL(s/tau || t/tau) * tau^2 over elements."""
+    if kind == "hard":
+        return F.cross_entropy(student_logits.float(), teacher_logits.argmax(dim=-1))
+    if kind == "soft":
+        kl = F.kl_div(
+            F.log_softmax(student_logits.float() / tau, dim=-1),
+            F.log_softmax(teacher_logits.float() / tau, dim=-1),
+            reduction="sum",
+            log_target=True,
+        )
+        return kl * tau * tau / student_logits.numel()
+    raise ValueError(f"distillation_type must be one of {DISTILLATION_TYPES} for logit KD, got {kind!r}.")
+
+
+def alignment_loss(aligned: Sequence[torch.Tensor], targets: Sequence[torch.Tensor]) -> torch.Tensor:
+    """Sum over pairs of the MSE between aligned student maps and the teacher's normalised maps."""
+    return sum(F.mse_loss(a.float(), t.float()) for a, t in zip(aligned, targets, strict=True))
+
+
+def stage2_loss(cls_logits: torch.Tensor, dist_logits: torch.Tensor | None, labels: torch.Tensor) -> torch.Tensor:
+    """Labels alone: both heads' cross-entropy averaged, or the class head's alone without a distillation token."""
+    loss = classification_loss(cls_logits, labels)
+    if dist_logits is None:
+        return loss
+    return (loss + classification_loss(dist_logits, labels)) / 2
+
+
+def stage1_loss(
+    cls_logits: torch.Tensor,
+    dist_logits: torch.Tensor | None,
+    labels: torch.Tensor,
+    teacher_logits: torch.Tensor | None,
+    aligned: Sequence[torch.Tensor],
+    targets: Sequence[torch.Tensor],
+    *,
+    distillation_type: str,
+    alpha: float,
+    beta: float,
+    tau: float,
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """``(1 - alpha) CE(s_cls, y) + alpha KD(s_dist, t) + beta sum_k L_align_k``, and its components for logging.
+
+    Without a distillation token KD applies to ``s_cls``. With ``distillation_type="none"`` (ours) the logit term
+    is dropped and the heads train on labels as in stage 2, plus the alignment.
+    """
+    align = alignment_loss(aligned, targets) if aligned else cls_logits.new_zeros(())
+    if distillation_type == "none":
+        ce = stage2_loss(cls_logits, dist_logits, labels)
+        kd = cls_logits.new_zeros(())
+        loss = ce + beta * align
+    else:
+        ce = classification_loss(cls_logits, labels)
+        kd_logits = dist_logits if dist_logits is not None else cls_logits
+        kd = logit_kd(kd_logits, teacher_logits, distillation_type, tau)
+        loss = (1 - alpha) * ce + alpha * kd + beta * align
+    return loss, {"loss_ce": ce.detach(), "loss_kd": kd.detach(), "loss_align": align.detach()}

@@ -1,0 +1,265 @@
+"""CNN teachers from timm, transformers or any ``nn.Module``, behind one small interface.
+
+The trainer and the data-free generator only need the teacher's logits, a few hooked feature maps, its pooled
+pre-logit features and its input normalisation; :class:`Teacher` gives exactly that whatever the source.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import timm
+import torch
+from torch import nn
+from transformers import AutoImageProcessor, AutoModelForImageClassification, PreTrainedModel
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+_TIMM_PREFIXES = ("hf-hub:", "local-dir:", "timm/")
+_TRANSFORMERS_STAGE = re.compile(r"(^|\.)encoder\.stages\.\d+$")
+
+
+@dataclass
+class TeacherOutput:
+    """Logits, the requested feature maps by layer name, and the pooled pre-logit features ``(B, C)``."""
+
+    logits: torch.Tensor
+    features: dict[str, torch.Tensor] = field(default_factory=dict)
+    pre_logits: torch.Tensor | None = None
+
+
+@dataclass
+class Teacher:
+    """A frozen CNN teacher with what distillation needs to know about it."""
+
+    module: nn.Module
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    id2label: dict[int, str]
+    source: str
+    stage_names: list[str]
+    classifier_name: str | None = None
+    input_size: int | None = None
+
+    def __post_init__(self) -> None:
+        self.module.eval()
+        self.module.requires_grad_(False)
+        self.mean, self.std = _fit_channels(self.mean, self.num_channels), _fit_channels(self.std, self.num_channels)
+
+    @property
+    def num_labels(self) -> int:
+        return len(self.id2label)
+
+    @property
+    def num_channels(self) -> int:
+        first_conv = next((m for m in self.module.modules() if isinstance(m, nn.Conv2d)), None)
+        if first_conv is None:
+            raise ValueError(f"Teacher {self.source!r} has no Conv2d layer: a CNN teacher is expected.")
+        return first_conv.in_channels
+
+    def hookable_layers(self) -> list[str]:
+        """Names accepted as the teacher side of ``alignment_pairs``."""
+        return [name for name, _ in self.module.named_modules() if name]
+
+    def to(self, device: torch.device | str) -> Teacher:
+        self.module.to(device)
+        return self
+
+    def logits(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        """Class logits for ``pixel_values`` given in the teacher's own normalisation."""
+        return _logits_of(self.module(pixel_values))
+
+    def forward_with_features(self, pixel_values: torch.Tensor, layers: Sequence[str] = ()) -> TeacherOutput:
+        """One forward that also returns the outputs of ``layers`` and the classifier's input, via hooks.
+
+        Hooks rather than a feature-extraction wrapper keep the teacher's own forward, so gradients can flow to the
+        input when the generator inverts it.
+        """
+        modules = dict(self.module.named_modules())
+        unknown = [name for name in layers if name not in modules]
+        if unknown:
+            raise ValueError(
+                f"Unknown teacher layer(s) {unknown} for {self.source!r}. Valid names include: "
+                f"{self.stage_names or self.hookable_layers()[:40]}."
+            )
+        features: dict[str, torch.Tensor] = {}
+        captured: dict[str, torch.Tensor] = {}
+        handles = [
+            modules[name].register_forward_hook(lambda _m, _i, out, name=name: features.__setitem__(name, out))
+            for name in layers
+        ]
+        if self.classifier_name is not None:
+            handles.append(
+                modules[self.classifier_name].register_forward_pre_hook(
+                    lambda _m, args: captured.__setitem__("pre_logits", args[0])
+                )
+            )
+        try:
+            logits = self.logits(pixel_values)
+        finally:
+            for handle in handles:
+                handle.remove()
+        pre_logits = captured.get("pre_logits")
+        if pre_logits is not None:
+            pre_logits = pre_logits.flatten(1)
+        return TeacherOutput(logits=logits, features=features, pre_logits=pre_logits)
+
+    def normalize_from(
+        self, pixel_values: torch.Tensor, mean: Sequence[float] | None, std: Sequence[float] | None
+    ) -> torch.Tensor:
+        """Re-normalise a batch given in ``(mean, std)`` into the teacher's normalisation (no-op when equal)."""
+        if mean is None or std is None or (_close(mean, self.mean) and _close(std, self.std)):
+            return pixel_values
+        shape = (1, -1, 1, 1)
+        src_mean, src_std, dst_mean, dst_std = (
+            torch.as_tensor(v, dtype=pixel_values.dtype, device=pixel_values.device).view(shape)
+            for v in (mean, std, self.mean, self.std)
+        )
+        return (pixel_values * src_std + src_mean - dst_mean) / dst_std
+
+
+def load_teacher(name_or_path: str | nn.Module | Teacher, **kwargs) -> Teacher:
+    """Load a teacher from a timm name, a transformers classifier (Hub or folder), a folder saved by either, or a
+    module.
+
+    ``kwargs`` go to ``timm.create_model`` or ``from_pretrained``; ``mean``, ``std`` and ``id2label`` override what
+    the source says (and are how a bare ``nn.Module`` is described).
+    """
+    overrides = {key: kwargs.pop(key) for key in ("mean", "std", "id2label") if key in kwargs}
+    if isinstance(name_or_path, Teacher):
+        teacher = name_or_path
+    elif isinstance(name_or_path, PreTrainedModel):
+        teacher = _from_transformers(name_or_path, source=name_or_path.name_or_path or type(name_or_path).__name__)
+    elif isinstance(name_or_path, nn.Module) and hasattr(name_or_path, "pretrained_cfg"):
+        teacher = _from_timm_model(name_or_path, source=name_or_path.pretrained_cfg.get("architecture", "timm"))
+    elif isinstance(name_or_path, nn.Module):
+        teacher = _from_module(name_or_path)
+    elif _is_timm(name_or_path):
+        teacher = _from_timm(name_or_path, **kwargs)
+    else:
+        teacher = _from_transformers(_load_transformers(name_or_path, **kwargs), source=name_or_path)
+    for key, value in overrides.items():
+        setattr(teacher, key, {int(k): v for k, v in value.items()} if key == "id2label" else tuple(value))
+    return teacher
+
+
+def _is_timm(name_or_path: str) -> bool:
+    if os.path.isdir(name_or_path):
+        config_path = os.path.join(name_or_path, "config.json")
+        if not os.path.isfile(config_path):
+            raise ValueError(f"teacher_model_name_or_path={name_or_path!r} is a folder without config.json.")
+        with open(config_path, encoding="utf-8") as f:
+            return "architecture" in json.load(f)
+    if name_or_path.startswith(("/", "./", "../")):
+        raise ValueError(f"teacher_model_name_or_path={name_or_path!r}: no such folder.")
+    return name_or_path.startswith(_TIMM_PREFIXES) or timm.is_model(name_or_path)
+
+
+def _from_timm(name: str, **kwargs) -> Teacher:
+    if os.path.isdir(name):
+        name = f"local-dir:{name}"
+    elif name.startswith("timm/"):
+        name = f"hf-hub:{name}"
+    kwargs.setdefault("pretrained", True)
+    return _from_timm_model(timm.create_model(name, **kwargs), source=name)
+
+
+def _from_timm_model(model: nn.Module, source: str) -> Teacher:
+    cfg = model.pretrained_cfg
+    num_classes = model.num_classes
+    label_names = cfg.get("label_names") or []
+    if len(label_names) != num_classes:
+        label_names = [f"LABEL_{i}" for i in range(num_classes)]
+    modules = dict(model.named_modules())
+    stages = [info["module"] for info in model.feature_info if info["reduction"] >= 4]
+    stages = [stage if stage in modules else stage.replace("_", ".") for stage in stages]
+    classifier = _module_name(model, model.get_classifier())
+    input_size = cfg.get("input_size")
+    return Teacher(
+        module=model,
+        mean=tuple(cfg.get("mean", IMAGENET_MEAN)),
+        std=tuple(cfg.get("std", IMAGENET_STD)),
+        id2label=dict(enumerate(label_names)),
+        source=source,
+        stage_names=stages,
+        classifier_name=classifier,
+        input_size=input_size[-1] if input_size else None,
+    )
+
+
+def _load_transformers(name_or_path: str, **kwargs) -> PreTrainedModel:
+    return AutoModelForImageClassification.from_pretrained(name_or_path, **kwargs)
+
+
+def _from_transformers(model: PreTrainedModel, source: str) -> Teacher:
+    mean, std, input_size = IMAGENET_MEAN, IMAGENET_STD, None
+    processor = _image_processor(source)
+    if processor is not None:
+        mean = tuple(getattr(processor, "image_mean", None) or mean)
+        std = tuple(getattr(processor, "image_std", None) or std)
+        size = getattr(processor, "size", None) or {}
+        input_size = size.get("height") or size.get("shortest_edge")
+    names = [name for name, _ in model.named_modules()]
+    classifier = "classifier" if "classifier" in names else None
+    return Teacher(
+        module=model,
+        mean=mean,
+        std=std,
+        id2label={int(k): v for k, v in model.config.id2label.items()},
+        source=source,
+        stage_names=[name for name in names if _TRANSFORMERS_STAGE.search(name)],
+        classifier_name=classifier,
+        input_size=input_size,
+    )
+
+
+def _from_module(module: nn.Module) -> Teacher:
+    last_linear = [name for name, m in module.named_modules() if isinstance(m, nn.Linear)]
+    classifier = last_linear[-1] if last_linear else None
+    num_labels = dict(module.named_modules())[classifier].out_features if classifier else 0
+    return Teacher(
+        module=module,
+        mean=IMAGENET_MEAN,
+        std=IMAGENET_STD,
+        id2label={i: f"LABEL_{i}" for i in range(num_labels)},
+        source=type(module).__name__,
+        stage_names=[],
+        classifier_name=classifier,
+    )
+
+
+def _image_processor(source: str):
+    """The saved image processor of a transformers teacher, or None (no processor saved, or offline)."""
+    try:
+        return AutoImageProcessor.from_pretrained(source)
+    except (OSError, ValueError, KeyError):
+        return None
+
+
+def _logits_of(output) -> torch.Tensor:
+    if isinstance(output, torch.Tensor):
+        return output
+    logits = getattr(output, "logits", None)
+    if logits is None and isinstance(output, (tuple, list)):
+        logits = output[0]
+    return logits
+
+
+def _module_name(root: nn.Module, target: nn.Module) -> str | None:
+    return next((name for name, m in root.named_modules() if m is target and name), None)
+
+
+def _fit_channels(values: Sequence[float], num_channels: int) -> tuple[float, ...]:
+    """ImageNet statistics for a 1-channel model become their mean, as timm does for ``in_chans=1``."""
+    values = tuple(float(v) for v in values)
+    if len(values) == num_channels:
+        return values
+    return (sum(values) / len(values),) * num_channels
+
+
+def _close(a: Sequence[float], b: Sequence[float]) -> bool:
+    return len(a) == len(b) and all(abs(x - y) < 1e-6 for x, y in zip(a, b))

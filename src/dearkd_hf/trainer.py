@@ -1,0 +1,266 @@
+"""DearKDTrainer: two-stage early knowledge distillation from a CNN teacher into a ViT student.
+
+Stage 1: ``(1 - alpha) CE + alpha KD + beta * alignment`` with the teacher run under no_grad; stage 2, from
+``distillation_stop_epoch`` on: labels alone, the teacher released. METHOD.md sections 1-3 specify the losses.
+"""
+
+from __future__ import annotations
+
+import gc
+import os
+from collections import defaultdict
+from typing import Any
+
+import safetensors.torch
+import torch
+from torch import nn
+from transformers import Trainer
+from transformers.utils import logging
+
+from .alignment import (
+    ALIGNERS_ATTRIBUTE,
+    AlignmentHead,
+    AlignmentPair,
+    attach_alignment_head,
+    default_alignment_pairs,
+    detach_alignment_head,
+    parse_alignment_pairs,
+    teacher_target,
+    validate_alignment_pairs,
+)
+from .callbacks import DistillationStopCallback
+from .config import DearKDConfig
+from .losses import stage1_loss, stage2_loss
+from .students import StudentGeometry, student_geometry, student_outputs
+from .teachers import Teacher, TeacherOutput, load_teacher
+
+logger = logging.get_logger(__name__)
+
+ALIGNERS_FILE = "aligners.safetensors"
+
+
+class DearKDTrainer(Trainer):
+    """A ``transformers.Trainer`` that trains a ViT student with DearKD.
+
+    ``teacher_model`` is an ``nn.Module``, a :class:`~dearkd_hf.teachers.Teacher` or a name/path for
+    :func:`~dearkd_hf.teachers.load_teacher`; without it ``args.teacher_model_name_or_path`` is loaded. The teacher is
+    never wrapped, saved, or run outside stage-1 training steps. The aligners are trained and checkpointed with the
+    student but never part of ``save_model()``/``push_to_hub()`` output.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module | None = None,
+        teacher_model: nn.Module | Teacher | str | None = None,
+        args: DearKDConfig | None = None,
+        **kwargs: Any,
+    ):
+        if model is None:
+            raise ValueError("model: DearKDTrainer needs the ViT student (a ViT, DeiT or DearKD ViT model).")
+        if args is None:
+            args = DearKDConfig(output_dir="trainer_output")
+        if not isinstance(args, DearKDConfig):
+            raise TypeError(f"args must be a DearKDConfig (got {type(args).__name__}); it carries the DearKD knobs.")
+        self.geometry = student_geometry(model)
+        self.teacher = self._load_and_check_teacher(teacher_model, args)
+        self.alignment_pairs = self._resolve_pairs(args)
+        self._alignment_head = self._build_alignment_head()
+        self._aligners_hook = attach_alignment_head(model, self._alignment_head)
+
+        super().__init__(model=model, args=args, **kwargs)
+
+        # Our losses are per-micro-batch means: let the Trainer divide by the accumulation steps.
+        self.model_accepts_loss_kwargs = False
+        self.loss_is_scaled_for_ga = False
+        if self.args.label_names is None:
+            self.label_names = ["labels"]
+        self.teacher.to(self.args.device)
+        self._student_mean, self._student_std = _normalization_of(self.processing_class)
+        self.distillation_stop = DistillationStopCallback(args.distillation_stop_epoch, on_stop=self._release_teacher)
+        self.add_callback(self.distillation_stop)
+        self._metrics: dict[str, list[torch.Tensor]] = defaultdict(list)
+
+    # ---- set-up and validation (all before any training step) ----
+
+    def _load_and_check_teacher(self, teacher_model: Any, args: DearKDConfig) -> Teacher:
+        source = teacher_model if teacher_model is not None else args.teacher_model_name_or_path
+        if source is None:
+            raise ValueError(
+                "teacher_model: no teacher given; pass teacher_model=... to DearKDTrainer or set "
+                "teacher_model_name_or_path in DearKDConfig."
+            )
+        teacher = load_teacher(source)
+        if teacher.num_channels != self.geometry.num_channels:
+            raise ValueError(
+                f"teacher_model: the teacher takes {teacher.num_channels} input channels but the student takes "
+                f"{self.geometry.num_channels}; build the student with num_channels={teacher.num_channels} "
+                "(or a teacher with matching in_chans)."
+            )
+        if args.distillation_type != "none" and teacher.num_labels != self.geometry.num_labels:
+            raise ValueError(
+                f"teacher_model: the teacher predicts {teacher.num_labels} labels but the student "
+                f"{self.geometry.num_labels}; logit distillation (distillation_type={args.distillation_type!r}) "
+                "needs the same label space. Give the student num_labels matching the teacher, or set "
+                "distillation_type='none' to keep only the feature alignment."
+            )
+        return teacher
+
+    def _resolve_pairs(self, args: DearKDConfig) -> list[AlignmentPair]:
+        if args.beta == 0:
+            return []
+        if args.alignment_pairs is not None:
+            pairs = parse_alignment_pairs(args.alignment_pairs)
+        else:
+            pairs = default_alignment_pairs(self.geometry.num_blocks, self.teacher.stage_names)
+        validate_alignment_pairs(pairs, self.geometry.num_blocks, self.teacher.hookable_layers())
+        return pairs
+
+    def _build_alignment_head(self) -> AlignmentHead:
+        """Aligners sized by one dummy teacher forward at the student's resolution."""
+        layers = [pair.teacher_layer for pair in self.alignment_pairs]
+        channels = []
+        if layers:
+            parameter = next(self.teacher.module.parameters(), None)
+            device = parameter.device if parameter is not None else "cpu"
+            size = self.geometry.image_size
+            dummy = torch.zeros(1, self.geometry.num_channels, size, size, device=device)
+            with torch.no_grad():
+                features = self.teacher.forward_with_features(dummy, layers).features
+            for layer in layers:
+                if not isinstance(features.get(layer), torch.Tensor) or features[layer].dim() != 4:
+                    raise ValueError(
+                        f"alignment_pairs: teacher layer {layer!r} does not output a (B, C, H, W) feature map; "
+                        f"choose a convolutional stage, e.g. one of {self.teacher.stage_names}."
+                    )
+                channels.append(features[layer].shape[1])
+        return AlignmentHead(self.alignment_pairs, self.geometry.hidden_size, channels, self.geometry.grid)
+
+    # ---- the loss ----
+
+    @property
+    def stage(self) -> int:
+        """1 while distilling, 2 after ``distillation_stop_epoch``."""
+        return self.distillation_stop.stage
+
+    def compute_loss(
+        self,
+        model: nn.Module,
+        inputs: dict[str, torch.Tensor | Any],
+        return_outputs: bool = False,
+        num_items_in_batch: torch.Tensor | int | None = None,
+    ) -> torch.Tensor | tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """Stage-1 or stage-2 loss in training; in evaluation the stage-2 loss, without the teacher."""
+        pixel_values, labels = inputs["pixel_values"], inputs["labels"]
+        distilling = model.training and self.stage == 1
+        aligning = distilling and bool(self.alignment_pairs)
+        self._alignment_head.active = aligning
+        student = student_outputs(model(pixel_values=pixel_values, output_hidden_states=aligning))
+
+        if distilling:
+            teacher = self._teacher_forward(pixel_values)
+            targets = [
+                teacher_target(teacher.features[p.teacher_layer], self.geometry.grid) for p in self.alignment_pairs
+            ]
+            loss, components = stage1_loss(
+                student.cls_logits,
+                student.distillation_logits,
+                labels,
+                teacher.logits,
+                student.aligned_features,
+                targets if aligning else [],
+                distillation_type=self.args.distillation_type,
+                alpha=self.args.alpha,
+                beta=self.args.beta,
+                tau=self.args.tau,
+            )
+        else:
+            loss = stage2_loss(student.cls_logits, student.distillation_logits, labels)
+            components = {"loss_ce": loss.detach()}
+        if model.training:
+            self._record(components)
+        return (loss, {"logits": student.logits}) if return_outputs else loss
+
+    def _teacher_forward(self, pixel_values: torch.Tensor) -> TeacherOutput:
+        """The teacher on the student's batch: re-normalised, no grad, same autocast as the student."""
+        teacher_inputs = self.teacher.normalize_from(pixel_values, self._student_mean, self._student_std)
+        layers = [pair.teacher_layer for pair in self.alignment_pairs]
+        with torch.no_grad(), self.accelerator.autocast():
+            return self.teacher.forward_with_features(teacher_inputs, layers)
+
+    def _release_teacher(self, epoch: float) -> None:
+        """Stage 2 begins: drop the teacher and return its device memory."""
+        self._alignment_head.active = False
+        if self.teacher is not None:
+            self.teacher.module.to("cpu")
+            self.teacher = None
+        gc.collect()
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+        self.log({"stage": 2.0, "distillation_stopped_at_epoch": float(epoch)})
+
+    # ---- logging ----
+
+    def _record(self, components: dict[str, torch.Tensor]) -> None:
+        for key, value in components.items():
+            self._metrics[key].append(value)
+
+    def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
+        """Add the mean of each loss component since the last log (averaged over processes) to training logs."""
+        if "loss" in logs and self._metrics:
+            for key, values in self._metrics.items():
+                mean = torch.stack(values).float().mean().to(self.args.device)
+                logs[key] = self.accelerator.reduce(mean, reduction="mean").item()
+            logs["stage"] = float(self.stage)
+            self._metrics.clear()
+        super().log(logs, start_time)
+
+    # ---- the aligners: trained and checkpointed, never saved as part of the student ----
+
+    def train(self, *args: Any, **kwargs: Any):
+        model = self.accelerator.unwrap_model(self.model)
+        if ALIGNERS_ATTRIBUTE not in model._modules:
+            self._aligners_hook = attach_alignment_head(model, self._alignment_head)
+        try:
+            return super().train(*args, **kwargs)
+        finally:
+            detach_alignment_head(self.accelerator.unwrap_model(self.model), self._aligners_hook)
+            self._aligners_hook = None
+
+    def _save(self, output_dir: str | None = None, state_dict: dict | None = None) -> None:
+        if state_dict is None:
+            state_dict = self.accelerator.unwrap_model(self.model).state_dict()
+        state_dict = {k: v for k, v in state_dict.items() if not _is_aligner_key(k)}
+        super()._save(output_dir, state_dict=state_dict)
+
+    def _save_checkpoint(self, model: nn.Module, trial: Any) -> None:
+        super()._save_checkpoint(model, trial)
+        if self.args.should_save and self.alignment_pairs:
+            folder = os.path.join(self._get_output_dir(trial=trial), f"checkpoint-{self.state.global_step}")
+            tensors = {k: v.detach().cpu().contiguous() for k, v in self._alignment_head.state_dict().items()}
+            safetensors.torch.save_file(tensors, os.path.join(folder, ALIGNERS_FILE))
+
+    def _load_from_checkpoint(self, resume_from_checkpoint: str, model: nn.Module | None = None) -> None:
+        super()._load_from_checkpoint(resume_from_checkpoint, model)
+        path = os.path.join(resume_from_checkpoint, ALIGNERS_FILE)
+        if self.alignment_pairs and os.path.isfile(path):
+            self._alignment_head.load_state_dict(safetensors.torch.load_file(path))
+        elif self.alignment_pairs:
+            logger.warning(f"{resume_from_checkpoint} has no {ALIGNERS_FILE}: the aligners start fresh.")
+
+    def _issue_warnings_after_load(self, load_result: Any) -> None:
+        missing = [k for k in load_result.missing_keys if not _is_aligner_key(k)]
+        super()._issue_warnings_after_load(load_result._replace(missing_keys=missing))
+
+
+def _is_aligner_key(key: str) -> bool:
+    return key.startswith(f"{ALIGNERS_ATTRIBUTE}.") or f".{ALIGNERS_ATTRIBUTE}." in key
+
+
+def _normalization_of(processing_class: Any) -> tuple[Any, Any]:
+    """The student's input normalisation, from its image processor (None: same as the teacher's)."""
+    mean = getattr(processing_class, "image_mean", None)
+    std = getattr(processing_class, "image_std", None)
+    return mean, std
+
+
+__all__ = ["DearKDTrainer", "StudentGeometry"]
