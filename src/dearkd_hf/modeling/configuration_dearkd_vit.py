@@ -1,0 +1,103 @@
+"""Configuration of the DearKD ViT student (a DeiT-style ViT whose attention can be MHCA, METHOD.md section 4).
+
+This file must stay self-contained (it imports only transformers) so that a saved model folder loads with
+`trust_remote_code=True` where dearkd_hf is not installed.
+"""
+
+from transformers import PretrainedConfig
+
+
+class DearKDViTConfig(PretrainedConfig):
+    r"""
+    Configuration of [`DearKDViTForImageClassification`].
+
+    ViT-style fields (same meaning as in `transformers.ViTConfig`):
+        image_size (`int`, defaults to 224): side of the square input image, in pixels.
+        patch_size (`int`, defaults to 16): side of a square patch, in pixels; must divide `image_size`.
+        num_channels (`int`, defaults to 3): image channels.
+        hidden_size (`int`, defaults to 192): token width (192 is DeiT-Ti).
+        num_hidden_layers (`int`, defaults to 12): number of transformer blocks.
+        num_attention_heads (`int`, defaults to 3): heads per block; must divide `hidden_size`.
+        intermediate_size (`int`, defaults to 768): MLP hidden width.
+        hidden_act (`str`, defaults to `"gelu"`): MLP activation.
+        hidden_dropout_prob (`float`, defaults to 0.0): dropout on the embeddings and on each residual branch.
+        attention_probs_dropout_prob (`float`, defaults to 0.1): dropout on the attention probabilities; METHOD.md
+            asks for it inside MHCA so that attention does not collapse onto local information.
+        drop_path_rate (`float`, defaults to 0.1): stochastic depth, linearly increasing from 0 to this over blocks.
+        layer_norm_eps (`float`, defaults to 1e-6), initializer_range (`float`, defaults to 0.02),
+        qkv_bias (`bool`, defaults to `True`).
+
+    DearKD fields:
+        mhca_layers (`list[int]`, *optional*): 0-based indices of the blocks whose attention is MHCA; `None` means
+            all blocks, `[]` none (plain ViT attention everywhere).
+        mhca_locality_strength (`float`, defaults to 1.0): the `a` of METHOD.md; the larger, the more each MHCA head
+            starts as a sharp convolution-like kernel around its centre.
+        use_distillation_token (`bool`, defaults to `True`): add a DeiT distillation token and head.
+
+    Prediction outputs other than `logits` are listed in `keys_to_ignore_at_inference`, so `Trainer.predict`
+    returns just the averaged logits.
+    """
+
+    model_type = "dearkd_vit"
+    keys_to_ignore_at_inference = ["cls_logits", "distillation_logits", "hidden_states", "attentions"]
+
+    image_size: int = 224
+    patch_size: int = 16
+    num_channels: int = 3
+    hidden_size: int = 192
+    num_hidden_layers: int = 12
+    num_attention_heads: int = 3
+    intermediate_size: int = 768
+    hidden_act: str = "gelu"
+    hidden_dropout_prob: float = 0.0
+    attention_probs_dropout_prob: float = 0.1
+    drop_path_rate: float = 0.1
+    layer_norm_eps: float = 1e-6
+    initializer_range: float = 0.02
+    qkv_bias: bool = True
+    mhca_layers: list[int] | None = None
+    mhca_locality_strength: float = 1.0
+    use_distillation_token: bool = True
+
+    def __post_init__(self, **kwargs) -> None:
+        if self.mhca_layers is not None:
+            self.mhca_layers = list(self.mhca_layers)
+        super().__post_init__(**kwargs)
+        self.check_geometry()
+
+    def check_geometry(self) -> None:
+        """Raise a ValueError naming the argument if the model could not be built from this config."""
+        for name in ("image_size", "patch_size"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+                raise ValueError(f"`{name}` must be a positive int (square images and patches), got {value!r}.")
+        if self.image_size % self.patch_size != 0:
+            raise ValueError(
+                f"`image_size` ({self.image_size}) is not divisible by `patch_size` ({self.patch_size}); "
+                "pick a `patch_size` that divides `image_size`, or resize images to a multiple of it."
+            )
+        if self.hidden_size % self.num_attention_heads != 0:
+            raise ValueError(
+                f"`hidden_size` ({self.hidden_size}) is not divisible by `num_attention_heads` "
+                f"({self.num_attention_heads}); pick a head count that divides `hidden_size`."
+            )
+        for index in self.mhca_layers or []:
+            if not isinstance(index, int) or not 0 <= index < self.num_hidden_layers:
+                raise ValueError(
+                    f"`mhca_layers` entry {index!r} is out of range: entries are 0-based block indices in "
+                    f"[0, {self.num_hidden_layers - 1}] (`num_hidden_layers` = {self.num_hidden_layers}); "
+                    "remove it, or pass `mhca_layers=None` for MHCA in every block."
+                )
+
+    @property
+    def num_prefix_tokens(self) -> int:
+        """Class token, plus the distillation token when there is one."""
+        return 2 if self.use_distillation_token else 1
+
+    @property
+    def grid_size(self) -> int:
+        """Side of the square patch grid."""
+        return self.image_size // self.patch_size
+
+    def is_mhca_layer(self, index: int) -> bool:
+        return self.mhca_layers is None or index in self.mhca_layers

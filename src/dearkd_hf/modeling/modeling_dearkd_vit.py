@@ -1,0 +1,492 @@
+"""The DearKD ViT student: a DeiT-style ViT whose attention is MHCA (METHOD.md section 4) in chosen blocks.
+
+MHCA (multi-head convolutional attention) adds to each head's attention logits a learnable relative positional term
+`v_h . r(delta)` with `r(delta) = (|delta|^2, delta_x, delta_y)` and `delta = p_j - p_i` the grid offset between
+patch tokens (Cordonnier et al., ICLR 2020). Initialised to `v_h = -a * (1, -2 c_hx, -2 c_hy)`, the term equals
+`-a * |delta - c_h|^2 + const`, so head h starts as a Gaussian around `p_i + c_h`: a convolution-like kernel that
+training may widen or drop. The term is 0 for any pair involving a prefix (class / distillation) token.
+
+This file must stay self-contained: it imports only torch, transformers and the config next to it, so that a saved
+model folder loads with `trust_remote_code=True` where dearkd_hf is not installed.
+"""
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers import AutoConfig, AutoModel, AutoModelForImageClassification, PreTrainedModel
+from transformers import initialization as init
+from transformers.activations import ACT2FN
+from transformers.modeling_layers import GradientCheckpointingLayer
+from transformers.modeling_outputs import BaseModelOutput
+from transformers.utils import ModelOutput
+
+from .configuration_dearkd_vit import DearKDViTConfig
+
+# ---------------------------------------------------------------------------------------------------------------------
+# MHCA geometry
+
+
+def grid_positions(grid_size: int) -> torch.Tensor:
+    """(N, 2) float positions (x, y) in patch units of the row-major patch tokens of a square grid."""
+    rows, cols = torch.meshgrid(torch.arange(grid_size), torch.arange(grid_size), indexing="ij")
+    return torch.stack([cols.flatten(), rows.flatten()], dim=-1).float()
+
+
+def relative_positions(grid_size: int) -> torch.Tensor:
+    """(N, N, 3) tensor r[i, j] = (|delta|^2, delta_x, delta_y) with delta = p_j - p_i, in patch units."""
+    positions = grid_positions(grid_size)
+    delta = positions[None, :, :] - positions[:, None, :]
+    return torch.cat([delta.pow(2).sum(-1, keepdim=True), delta], dim=-1)
+
+
+def head_centres(num_heads: int) -> torch.Tensor:
+    """(H, 2) centres (x, y) of the heads' initial kernels, in patch units.
+
+    Convention: a centred integer grid of side s = ceil(sqrt(H)) with offsets `range(s) - s // 2` per axis (s = 2:
+    {-1, 0}; s = 3: {-1, 0, 1}; s = 4: {-2, -1, 0, 1}), enumerated row-major (y outer, x inner); head h takes the
+    h-th centre, so with H < s^2 the last centres are unused.
+    """
+    side = math.ceil(math.sqrt(num_heads))
+    offsets = torch.arange(side) - side // 2
+    dy, dx = torch.meshgrid(offsets, offsets, indexing="ij")
+    return torch.stack([dx.flatten(), dy.flatten()], dim=-1)[:num_heads].float()
+
+
+def initial_positional_weights(num_heads: int, locality_strength: float) -> torch.Tensor:
+    """(H, 3) initial v_h = -a * (1, -2 c_hx, -2 c_hy): head h attends to a Gaussian around p_i + c_h."""
+    centres = head_centres(num_heads)
+    ones = torch.ones(num_heads, 1)
+    return -locality_strength * torch.cat([ones, -2.0 * centres], dim=-1)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Building blocks
+
+
+@dataclass
+class DearKDViTOutput(ModelOutput):
+    """Outputs of [`DearKDViTForImageClassification`].
+
+    loss: cross-entropy of `logits` against `labels` (class indices, or (B, C) probabilities), when labels are given.
+    logits: the prediction, mean of the class and distillation heads (class head alone without a distillation token).
+    cls_logits / distillation_logits: each head's logits (the latter None without a distillation token).
+    hidden_states: embeddings output then each block's output, (B, num_prefix + N, D), before the final norm.
+    attentions: per block, the (B, heads, T, T) softmax probabilities (before attention dropout).
+    """
+
+    loss: torch.Tensor | None = None
+    logits: torch.Tensor | None = None
+    cls_logits: torch.Tensor | None = None
+    distillation_logits: torch.Tensor | None = None
+    hidden_states: tuple[torch.Tensor, ...] | None = None
+    attentions: tuple[torch.Tensor, ...] | None = None
+
+
+class DearKDViTDropPath(nn.Module):
+    """Stochastic depth: drops a whole residual branch per sample, rescaling the kept ones."""
+
+    def __init__(self, drop_prob: float) -> None:
+        super().__init__()
+        self.drop_prob = drop_prob
+
+    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        if self.drop_prob == 0.0 or not self.training:
+            return hidden_states
+        keep_prob = 1.0 - self.drop_prob
+        shape = (hidden_states.shape[0],) + (1,) * (hidden_states.ndim - 1)
+        mask = hidden_states.new_empty(shape).bernoulli_(keep_prob)
+        return hidden_states * mask / keep_prob
+
+    def extra_repr(self) -> str:
+        return f"p={self.drop_prob}"
+
+
+class DearKDViTPatchEmbeddings(nn.Module):
+    """Non-overlapping patches -> tokens, a strided Conv2d as in ViT."""
+
+    def __init__(self, config: DearKDViTConfig) -> None:
+        super().__init__()
+        self.num_channels = config.num_channels
+        self.projection = nn.Conv2d(
+            config.num_channels, config.hidden_size, kernel_size=config.patch_size, stride=config.patch_size
+        )
+
+    def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        if pixel_values.shape[1] != self.num_channels:
+            raise ValueError(
+                f"`pixel_values` has {pixel_values.shape[1]} channels but the model expects {self.num_channels} "
+                "(`num_channels`); convert the images (e.g. grayscale -> RGB) or build the model with that count."
+            )
+        return self.projection(pixel_values).flatten(2).transpose(1, 2)
+
+
+class DearKDViTEmbeddings(nn.Module):
+    """Patch tokens, prefixed by the class (and distillation) token, plus a learned position embedding."""
+
+    def __init__(self, config: DearKDViTConfig) -> None:
+        super().__init__()
+        self.image_size = config.image_size
+        self.patch_embeddings = DearKDViTPatchEmbeddings(config)
+        self.cls_token = nn.Parameter(torch.zeros(1, 1, config.hidden_size))
+        self.distillation_token = (
+            nn.Parameter(torch.zeros(1, 1, config.hidden_size)) if config.use_distillation_token else None
+        )
+        num_tokens = config.num_prefix_tokens + config.grid_size**2
+        self.position_embeddings = nn.Parameter(torch.zeros(1, num_tokens, config.hidden_size))
+        self.dropout = nn.Dropout(config.hidden_dropout_prob)
+
+    def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        height, width = pixel_values.shape[-2:]
+        if height != self.image_size or width != self.image_size:
+            raise ValueError(
+                f"Input image size ({height}x{width}) does not match the model's `image_size` ({self.image_size}); "
+                "resize the images in the transform."
+            )
+        patches = self.patch_embeddings(pixel_values)
+        prefix = [self.cls_token] + ([self.distillation_token] if self.distillation_token is not None else [])
+        prefix = [token.expand(patches.shape[0], -1, -1) for token in prefix]
+        embeddings = torch.cat([*prefix, patches], dim=1) + self.position_embeddings
+        return self.dropout(embeddings)
+
+
+class DearKDViTAttention(nn.Module):
+    """Multi-head self-attention; with `use_mhca`, MHCA: a learnable relative positional logit term per head."""
+
+    def __init__(self, config: DearKDViTConfig, use_mhca: bool) -> None:
+        super().__init__()
+        self.num_heads = config.num_attention_heads
+        self.head_dim = config.hidden_size // config.num_attention_heads
+        self.scaling = self.head_dim**-0.5
+        self.dropout_prob = config.attention_probs_dropout_prob
+        self.use_mhca = use_mhca
+        self.q_proj = nn.Linear(config.hidden_size, config.hidden_size, bias=config.qkv_bias)
+        self.k_proj = nn.Linear(config.hidden_size, config.hidden_size, bias=config.qkv_bias)
+        self.v_proj = nn.Linear(config.hidden_size, config.hidden_size, bias=config.qkv_bias)
+        self.o_proj = nn.Linear(config.hidden_size, config.hidden_size)
+        if use_mhca:
+            # v_h, one row per head; filled by `_init_weights` (-a * (1, -2 c_hx, -2 c_hy))
+            self.positional_weight = nn.Parameter(torch.zeros(self.num_heads, 3))
+            # r(delta), derived from the grid: not saved, recomputed by `_init_weights` on load
+            self.register_buffer("relative_positions", relative_positions(config.grid_size), persistent=False)
+
+    def positional_bias(self, num_tokens: int) -> torch.Tensor:
+        """(H, T, T) logit bias v_h . r(p_j - p_i), zero in the rows and columns of prefix tokens."""
+        bias = torch.einsum("ijc,hc->hij", self.relative_positions, self.positional_weight)
+        num_prefix = num_tokens - bias.shape[-1]
+        return F.pad(bias, (num_prefix, 0, num_prefix, 0))
+
+    def forward(
+        self, hidden_states: torch.Tensor, output_attentions: bool = False
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        batch_size, num_tokens, _ = hidden_states.shape
+        query, key, value = (
+            proj(hidden_states).view(batch_size, num_tokens, self.num_heads, self.head_dim).transpose(1, 2)
+            for proj in (self.q_proj, self.k_proj, self.v_proj)
+        )
+        bias = self.positional_bias(num_tokens).to(query.dtype) if self.use_mhca else None
+        dropout = self.dropout_prob if self.training else 0.0
+        if output_attentions:
+            context, probs = self._eager_attention(query, key, value, bias, dropout)
+        else:
+            context = F.scaled_dot_product_attention(query, key, value, attn_mask=bias, dropout_p=dropout)
+            probs = None
+        context = context.transpose(1, 2).reshape(batch_size, num_tokens, -1)
+        return self.o_proj(context), probs
+
+    def _eager_attention(
+        self,
+        query: torch.Tensor,
+        key: torch.Tensor,
+        value: torch.Tensor,
+        bias: torch.Tensor | None,
+        dropout: float,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The same computation as SDPA, materialising the probabilities so they can be returned."""
+        scores = query @ key.transpose(-2, -1) * self.scaling
+        if bias is not None:
+            scores = scores + bias
+        probs = scores.softmax(dim=-1, dtype=torch.float32).to(query.dtype)
+        return F.dropout(probs, p=dropout, training=self.training) @ value, probs
+
+
+class DearKDViTMLP(nn.Module):
+    def __init__(self, config: DearKDViTConfig) -> None:
+        super().__init__()
+        self.fc1 = nn.Linear(config.hidden_size, config.intermediate_size)
+        self.activation_fn = ACT2FN[config.hidden_act]
+        self.fc2 = nn.Linear(config.intermediate_size, config.hidden_size)
+
+    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        return self.fc2(self.activation_fn(self.fc1(hidden_states)))
+
+
+class DearKDViTLayer(GradientCheckpointingLayer):
+    """Pre-norm block: x + drop_path(attn(LN(x))), then x + drop_path(mlp(LN(x)))."""
+
+    def __init__(self, config: DearKDViTConfig, use_mhca: bool, drop_path: float) -> None:
+        super().__init__()
+        self.layernorm_before = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.attention = DearKDViTAttention(config, use_mhca=use_mhca)
+        self.layernorm_after = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.mlp = DearKDViTMLP(config)
+        self.dropout = nn.Dropout(config.hidden_dropout_prob)
+        self.drop_path = DearKDViTDropPath(drop_path)
+
+    def forward(
+        self, hidden_states: torch.Tensor, output_attentions: bool = False
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        attended, probs = self.attention(self.layernorm_before(hidden_states), output_attentions=output_attentions)
+        hidden_states = hidden_states + self.drop_path(self.dropout(attended))
+        mixed = self.mlp(self.layernorm_after(hidden_states))
+        hidden_states = hidden_states + self.drop_path(self.dropout(mixed))
+        return hidden_states, probs
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Models
+
+
+class DearKDViTPreTrainedModel(PreTrainedModel):
+    config: DearKDViTConfig
+    config_class = DearKDViTConfig
+    base_model_prefix = "dearkd_vit"
+    main_input_name = "pixel_values"
+    input_modalities = ("image",)
+    supports_gradient_checkpointing = True
+    _no_split_modules = ["DearKDViTEmbeddings", "DearKDViTLayer"]
+
+    def _init_weights(self, module: nn.Module) -> None:
+        """ViT/DeiT init; the `init` helpers skip tensors already loaded by from_pretrained."""
+        super()._init_weights(module)
+        std = self.config.initializer_range
+        if isinstance(module, DearKDViTEmbeddings):
+            init.trunc_normal_(module.position_embeddings, std=std)
+            init.trunc_normal_(module.cls_token, std=std)
+            if module.distillation_token is not None:
+                init.trunc_normal_(module.distillation_token, std=std)
+        elif isinstance(module, DearKDViTAttention) and module.use_mhca:
+            weights = initial_positional_weights(module.num_heads, self.config.mhca_locality_strength)
+            init.copy_(module.positional_weight, weights)
+            init.copy_(module.relative_positions, relative_positions(self.config.grid_size))
+
+
+class DearKDViTModel(DearKDViTPreTrainedModel):
+    """The backbone: embeddings, blocks (MHCA in `config.mhca_layers`), final LayerNorm."""
+
+    def __init__(self, config: DearKDViTConfig) -> None:
+        config.check_geometry()
+        super().__init__(config)
+        self.embeddings = DearKDViTEmbeddings(config)
+        rates = torch.linspace(0, config.drop_path_rate, config.num_hidden_layers).tolist()
+        self.layers = nn.ModuleList(
+            DearKDViTLayer(config, use_mhca=config.is_mhca_layer(index), drop_path=rates[index])
+            for index in range(config.num_hidden_layers)
+        )
+        self.layernorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.post_init()
+
+    def get_input_embeddings(self) -> DearKDViTPatchEmbeddings:
+        return self.embeddings.patch_embeddings
+
+    def forward(
+        self,
+        pixel_values: torch.Tensor,
+        output_hidden_states: bool | None = None,
+        output_attentions: bool | None = None,
+        return_dict: bool | None = None,
+        **kwargs,
+    ) -> BaseModelOutput | tuple:
+        """`last_hidden_state` is after the final norm; `hidden_states` are the block outputs before it."""
+        output_hidden_states = _default(output_hidden_states, self.config.output_hidden_states)
+        output_attentions = _default(output_attentions, self.config.output_attentions)
+        dtype = self.embeddings.patch_embeddings.projection.weight.dtype
+        hidden_states = self.embeddings(pixel_values.to(dtype))
+        all_hidden_states = [hidden_states]
+        all_attentions = []
+        for layer in self.layers:
+            hidden_states, probs = layer(hidden_states, output_attentions=output_attentions)
+            all_hidden_states.append(hidden_states)
+            all_attentions.append(probs)
+        output = BaseModelOutput(
+            last_hidden_state=self.layernorm(hidden_states),
+            hidden_states=tuple(all_hidden_states) if output_hidden_states else None,
+            attentions=tuple(all_attentions) if output_attentions else None,
+        )
+        return output if _default(return_dict, self.config.return_dict) else output.to_tuple()
+
+
+class DearKDViTForImageClassification(DearKDViTPreTrainedModel):
+    """DearKD ViT with a class head (on the class token) and a distillation head (on the distillation token)."""
+
+    def __init__(self, config: DearKDViTConfig) -> None:
+        super().__init__(config)
+        self.dearkd_vit = DearKDViTModel(config)
+        self.cls_classifier = nn.Linear(config.hidden_size, config.num_labels)
+        self.distillation_classifier = (
+            nn.Linear(config.hidden_size, config.num_labels) if config.use_distillation_token else None
+        )
+        self.post_init()
+
+    def forward(
+        self,
+        pixel_values: torch.Tensor,
+        labels: torch.Tensor | None = None,
+        output_hidden_states: bool | None = None,
+        output_attentions: bool | None = None,
+        return_dict: bool | None = None,
+        **kwargs,
+    ) -> DearKDViTOutput | tuple:
+        backbone = self.dearkd_vit(
+            pixel_values,
+            output_hidden_states=output_hidden_states,
+            output_attentions=output_attentions,
+            return_dict=True,
+        )
+        tokens = backbone.last_hidden_state
+        cls_logits = self.cls_classifier(tokens[:, 0])
+        distillation_logits = None
+        logits = cls_logits
+        if self.distillation_classifier is not None:
+            distillation_logits = self.distillation_classifier(tokens[:, 1])
+            logits = (cls_logits + distillation_logits) / 2
+        output = DearKDViTOutput(
+            loss=classification_loss(logits, labels) if labels is not None else None,
+            logits=logits,
+            cls_logits=cls_logits,
+            distillation_logits=distillation_logits,
+            hidden_states=backbone.hidden_states,
+            attentions=backbone.attentions,
+        )
+        return output if _default(return_dict, self.config.return_dict) else output.to_tuple()
+
+    @classmethod
+    def from_vit(
+        cls, model_or_name_or_path: PreTrainedModel | str, **config_overrides
+    ) -> "DearKDViTForImageClassification":
+        """A DearKD student initialised from a transformers ViT or DeiT (instance, Hub name or local folder).
+
+        Copied: patch embedding, class token, position embeddings, blocks, final norm, and the classifier(s) when
+        their shape matches. Fresh: MHCA positional weights, the distillation token (its position starts as a copy of
+        the class position) and head where the source has none. Dropout / drop-path rates keep the DearKD defaults
+        unless given in `config_overrides` (which may also set e.g. `num_labels`, `mhca_layers`).
+        """
+        source = _load_source(model_or_name_or_path)
+        config = cls.config_class(**_student_config_kwargs(source.config, config_overrides))
+        student = cls(config)
+        _transfer_backbone(source.base_model, student.dearkd_vit)
+        _transfer_heads(source, student)
+        return student
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Helpers
+
+
+def _default(value: bool | None, fallback: bool | None) -> bool:
+    return bool(fallback) if value is None else value
+
+
+def classification_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Cross-entropy on class indices, or on soft targets when labels are (B, C) probabilities (mixup, KD)."""
+    if labels.is_floating_point() and labels.shape == logits.shape:
+        return F.cross_entropy(logits, labels.to(logits.dtype))
+    return F.cross_entropy(logits, labels.long().view(-1))
+
+
+_ARCHITECTURE_FIELDS = (
+    "image_size",
+    "patch_size",
+    "num_channels",
+    "hidden_size",
+    "num_hidden_layers",
+    "num_attention_heads",
+    "intermediate_size",
+    "hidden_act",
+    "layer_norm_eps",
+    "initializer_range",
+    "qkv_bias",
+)
+
+
+def _load_source(model_or_name_or_path: PreTrainedModel | str) -> PreTrainedModel:
+    """The source model; a name or folder loads as a classifier when it was saved as one, else as a backbone."""
+    if not isinstance(model_or_name_or_path, str):
+        return model_or_name_or_path
+    architectures = AutoConfig.from_pretrained(model_or_name_or_path).architectures or []
+    is_classifier = any("ImageClassification" in name for name in architectures)
+    auto_class = AutoModelForImageClassification if is_classifier else AutoModel
+    return auto_class.from_pretrained(model_or_name_or_path)
+
+
+def _square_side(value: int | list | tuple, name: str) -> int:
+    if isinstance(value, int):
+        return value
+    if len(set(value)) == 1:
+        return int(value[0])
+    raise ValueError(f"from_vit needs square images and patches, but the source's `{name}` is {value}.")
+
+
+def _student_config_kwargs(source_config, overrides: dict) -> dict:
+    """DearKD config fields: the source's architecture and labels, then the caller's overrides."""
+    kwargs = {name: getattr(source_config, name) for name in _ARCHITECTURE_FIELDS if hasattr(source_config, name)}
+    for name in ("image_size", "patch_size"):
+        kwargs[name] = _square_side(kwargs[name], name)
+    if source_config.id2label is not None and not {"num_labels", "id2label"} & overrides.keys():
+        kwargs["id2label"] = dict(source_config.id2label)
+        kwargs["label2id"] = dict(source_config.label2id or {v: k for k, v in source_config.id2label.items()})
+    return {**kwargs, **overrides}
+
+
+def _position_embeddings(source_embeddings: nn.Module, use_distillation_token: bool) -> torch.Tensor:
+    """Student layout [cls, (dist), patches] from a ViT [cls, patches] or DeiT [cls, dist, patches] table."""
+    table = source_embeddings.position_embeddings.detach()
+    has_distillation = getattr(source_embeddings, "distillation_token", None) is not None
+    num_prefix = 2 if has_distillation else 1
+    cls_position = table[:, :1]
+    prefix = [cls_position]
+    if use_distillation_token:
+        prefix.append(table[:, 1:2] if has_distillation else cls_position.clone())
+    return torch.cat([*prefix, table[:, num_prefix:]], dim=1)
+
+
+def _copy_into(target: torch.Tensor, value: torch.Tensor, name: str) -> None:
+    if target.shape != value.shape:
+        raise ValueError(
+            f"from_vit cannot copy `{name}`: the source has shape {tuple(value.shape)}, the student "
+            f"{tuple(target.shape)}; do not override architecture fields (image_size, patch_size, hidden_size, ...)."
+        )
+    with torch.no_grad():
+        target.copy_(value)
+
+
+def _transfer_backbone(source_base: nn.Module, student_base: DearKDViTModel) -> None:
+    """Copy every student tensor whose name exists in the source backbone (ViT and DeiT use the same names)."""
+    source_state = source_base.state_dict()
+    use_distillation = student_base.embeddings.distillation_token is not None
+    source_state["embeddings.position_embeddings"] = _position_embeddings(source_base.embeddings, use_distillation)
+    fresh = []
+    for name, tensor in student_base.state_dict(keep_vars=True).items():
+        if name in source_state:
+            _copy_into(tensor, source_state[name], name)
+        else:
+            fresh.append(name)
+    allowed_fresh = {"embeddings.distillation_token"}
+    unexpected = [n for n in fresh if n not in allowed_fresh and not n.endswith("attention.positional_weight")]
+    if unexpected:
+        raise ValueError(f"from_vit found no source weights for {unexpected}; the source must be a ViT or DeiT.")
+
+
+def _transfer_heads(source: nn.Module, student: DearKDViTForImageClassification) -> None:
+    """Copy the source classifier(s) into the heads they correspond to, when the shapes match."""
+    pairs = [("classifier", "cls_classifier"), ("cls_classifier", "cls_classifier")]
+    pairs.append(("distillation_classifier", "distillation_classifier"))
+    for source_name, student_name in pairs:
+        source_head = getattr(source, source_name, None)
+        student_head = getattr(student, student_name, None)
+        if isinstance(source_head, nn.Linear) and isinstance(student_head, nn.Linear):
+            if source_head.weight.shape == student_head.weight.shape:
+                _copy_into(student_head.weight, source_head.weight.detach(), student_name + ".weight")
+                _copy_into(student_head.bias, source_head.bias.detach(), student_name + ".bias")
