@@ -1,0 +1,280 @@
+#!/usr/bin/env python
+"""Train the CNN teacher that DearKD distils from, with the plain `transformers.Trainer`.
+
+The teacher is a timm model (`--model_name_or_path resnet18`) or a transformers ResNet/RegNet/ConvNeXt (a folder,
+a Hub name, or `--model_type resnet --config_overrides "hidden_sizes=[16,32],depths=[1,1]"` from scratch). The output
+folder loads with `dearkd_hf.teachers.load_teacher`: timm teachers are saved in timm's format (config.json with
+"architecture", loadable by `timm.create_model("local-dir:" + output_dir)`), transformers teachers with
+`save_pretrained` plus an image processor.
+
+    python examples/train_teacher.py --model_name_or_path resnet18 --image_size 28 --output_dir outputs/teacher
+    python examples/train_teacher.py config.yaml
+"""
+
+import ast
+import json
+import logging
+import os
+import re
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import timm
+import torch
+import torch.nn.functional as F
+import transformers
+from torch import nn
+from transformers import (
+    AutoConfig,
+    AutoImageProcessor,
+    AutoModelForImageClassification,
+    HfArgumentParser,
+    Trainer,
+    TrainingArguments,
+    ViTImageProcessor,
+)
+from transformers.modeling_outputs import ImageClassifierOutput
+from transformers.trainer_utils import get_last_checkpoint
+
+from dearkd_hf.data import (
+    DataTrainingArguments,
+    collate_fn,
+    infer_num_channels,
+    label_names,
+    load_image_datasets,
+    normalization_for,
+    train_collator,
+    with_transforms,
+)
+from dearkd_hf.evaluation import compute_accuracy_metrics
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class TeacherModelArguments:
+    """Which CNN to train as the teacher."""
+
+    model_name_or_path: str | None = field(
+        default="resnet18",
+        metadata={
+            "help": "A timm model name (e.g. resnet18), or a transformers image-classification model folder / Hub "
+            "name. Ignored with --model_type."
+        },
+    )
+    model_type: str | None = field(
+        default=None,
+        metadata={"help": "Train a transformers model of this type (resnet, regnet, convnext) from scratch."},
+    )
+    config_overrides: str | None = field(
+        default=None,
+        metadata={
+            "help": "Override transformers config values, e.g. "
+            '"hidden_sizes=[16,32],depths=[1,1],embedding_size=16" (values are JSON or Python literals).'
+        },
+    )
+    pretrained: bool = field(
+        default=False, metadata={"help": "timm: start from pretrained weights (downloads them from the Hub)."}
+    )
+
+
+class TimmClassifier(nn.Module):
+    """A timm model with the Trainer's calling convention: `forward(pixel_values, labels)` -> ImageClassifierOutput."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, pixel_values: torch.Tensor, labels: torch.Tensor | None = None) -> ImageClassifierOutput:
+        logits = self.model(pixel_values)
+        loss = F.cross_entropy(logits, labels) if labels is not None else None
+        return ImageClassifierOutput(loss=loss, logits=logits)
+
+
+class TeacherTrainer(Trainer):
+    """The Trainer with two changes the data pipeline needs.
+
+    The loss is cross-entropy against hard labels or the soft (B, num_classes) targets of mixup/cutmix, which
+    transformers' own loss would mistake for multi-label targets; and evaluation batches use the plain `collate_fn`,
+    since mixup must never touch evaluation data.
+    """
+
+    loss_is_scaled_for_ga = False  # compute_loss returns a per-batch mean
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        labels = inputs.pop("labels")
+        outputs = model(**inputs)
+        loss = F.cross_entropy(outputs.logits, labels)
+        return (loss, outputs) if return_outputs else loss
+
+    def get_eval_dataloader(self, eval_dataset=None):
+        train_collator, self.data_collator = self.data_collator, collate_fn
+        try:
+            return super().get_eval_dataloader(eval_dataset)
+        finally:
+            self.data_collator = train_collator
+
+
+def parse_args(argv: list[str]) -> tuple[TeacherModelArguments, DataTrainingArguments, TrainingArguments]:
+    """Command-line flags, or a single .json/.yaml file holding them."""
+    parser = HfArgumentParser((TeacherModelArguments, DataTrainingArguments, TrainingArguments))
+    if len(argv) == 1 and argv[0].endswith(".json"):
+        return parser.parse_json_file(json_file=os.path.abspath(argv[0]))
+    if len(argv) == 1 and argv[0].endswith((".yaml", ".yml")):
+        return parser.parse_yaml_file(yaml_file=os.path.abspath(argv[0]))
+    return parser.parse_args_into_dataclasses(args=argv)
+
+
+def parse_config_overrides(overrides: str | None) -> dict[str, Any]:
+    """`"a=1,b=[2,3],c=gelu"` -> {"a": 1, "b": [2, 3], "c": "gelu"}; commas inside brackets stay in their value.
+
+    Unlike `PretrainedConfig.update_from_string`, this accepts lists, which ResNet-style configs need per stage.
+    """
+    if not overrides:
+        return {}
+    parsed = {}
+    for item in re.split(r",(?![^\[\]]*\])", overrides):
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise ValueError(f"--config_overrides: expected key=value, got {item!r}.")
+        parsed[key.strip()] = _literal(value.strip())
+    return parsed
+
+
+def _literal(value: str) -> Any:
+    for parse in (json.loads, ast.literal_eval):
+        try:
+            return parse(value)
+        except (ValueError, SyntaxError):
+            continue
+    return value
+
+
+def timm_model_folder(name: str) -> bool:
+    """A folder saved in timm's format (config.json with "architecture"), as this script writes for timm teachers."""
+    config = Path(name) / "config.json"
+    return config.is_file() and "architecture" in json.loads(config.read_text())
+
+
+def is_timm_model(name: str) -> bool:
+    return name.startswith(("hf-hub:", "local-dir:", "timm/")) or timm.is_model(name) or timm_model_folder(name)
+
+
+def build_timm_teacher(
+    args: TeacherModelArguments, num_classes: int, num_channels: int
+) -> tuple[TimmClassifier, tuple, tuple]:
+    """A timm CNN with our classes and channels (timm adapts pretrained stems), and its normalisation."""
+    name = args.model_name_or_path
+    name = f"local-dir:{name}" if timm_model_folder(name) else name
+    model = timm.create_model(name, pretrained=args.pretrained, num_classes=num_classes, in_chans=num_channels)
+    pretrained_cfg = model.pretrained_cfg if args.pretrained or name.startswith("local-dir:") else {}
+    stats = SimpleNamespace(image_mean=pretrained_cfg.get("mean"), image_std=pretrained_cfg.get("std"))
+    mean, std = normalization_for(stats, num_channels)
+    return TimmClassifier(model), mean, std
+
+
+def build_transformers_teacher(
+    args: TeacherModelArguments, labels: list[str], num_channels: int
+) -> tuple[nn.Module, Any | None]:
+    """A transformers image classifier from scratch (--model_type) or from a folder/Hub name, with our labels."""
+    label_kwargs = {
+        "num_labels": len(labels),
+        "id2label": dict(enumerate(labels)),
+        "label2id": {label: i for i, label in enumerate(labels)},
+    }
+    overrides = parse_config_overrides(args.config_overrides)
+    if args.model_type is not None:
+        config = AutoConfig.for_model(args.model_type, num_channels=num_channels, **overrides, **label_kwargs)
+        return AutoModelForImageClassification.from_config(config), None
+    config = AutoConfig.from_pretrained(args.model_name_or_path, **overrides, **label_kwargs)
+    model = AutoModelForImageClassification.from_pretrained(
+        args.model_name_or_path, config=config, ignore_mismatched_sizes=True
+    )
+    try:
+        processor = AutoImageProcessor.from_pretrained(args.model_name_or_path)
+    except (OSError, ValueError):
+        processor = None
+    return model, processor
+
+
+def resolve_image_size(data_args: DataTrainingArguments, model: nn.Module, processor: Any | None) -> int:
+    """--image_size, else what the model or its processor was built for, else 224."""
+    if data_args.image_size is not None:
+        return data_args.image_size
+    if isinstance(model, TimmClassifier):
+        return int(model.model.pretrained_cfg.get("input_size", (3, 224, 224))[-1])
+    size = getattr(processor, "size", None) or {}
+    return int(size.get("height") or size.get("shortest_edge") or getattr(model.config, "image_size", 224))
+
+
+def save_teacher(
+    trainer: Trainer, model: nn.Module, output_dir: str, labels: list[str], mean: tuple, std: tuple, image_size: int
+) -> None:
+    """Save the final teacher where `load_teacher` expects it: timm's folder format, or save_pretrained."""
+    if isinstance(model, TimmClassifier):
+        timm.models.save_for_hf(
+            model.model,
+            output_dir,
+            model_config={"label_names": labels},
+            data_config={"mean": mean, "std": std, "input_size": (len(mean), image_size, image_size)},
+            safe_serialization=True,
+        )
+    else:
+        trainer.save_model(output_dir)
+
+
+def main(argv: list[str] | None = None) -> dict[str, float]:
+    model_args, data_args, training_args = parse_args(sys.argv[1:] if argv is None else argv)
+    logging.basicConfig(format="%(asctime)s - %(levelname)s - %(name)s - %(message)s", level=logging.INFO)
+    transformers.utils.logging.set_verbosity(training_args.get_process_log_level())
+    # The lazy transforms read the raw `image` column, which the Trainer would otherwise drop.
+    training_args.remove_unused_columns = False
+
+    dataset = load_image_datasets(data_args, seed=training_args.seed)
+    labels = label_names(dataset["train"])
+    data_channels = infer_num_channels(dataset["train"])
+
+    use_timm = model_args.model_type is None and is_timm_model(model_args.model_name_or_path)
+    if use_timm:
+        model, mean, std = build_timm_teacher(model_args, len(labels), data_channels)
+        processor = None
+    else:
+        model, processor = build_transformers_teacher(model_args, labels, data_channels)
+        mean, std = normalization_for(processor, model.config.num_channels)
+    image_size = resolve_image_size(data_args, model, processor)
+    if not use_timm:
+        processor = ViTImageProcessor(
+            size={"height": image_size, "width": image_size}, image_mean=list(mean), image_std=list(std)
+        )
+    dataset = with_transforms(dataset, image_size, mean, std, len(mean), rand_augment=data_args.rand_augment)
+
+    trainer = TeacherTrainer(
+        model=model,
+        args=training_args,
+        train_dataset=dataset["train"],
+        eval_dataset=dataset["validation"],
+        data_collator=train_collator(data_args, len(labels)),
+        compute_metrics=compute_accuracy_metrics,
+        processing_class=processor,
+    )
+    checkpoint = training_args.resume_from_checkpoint
+    if checkpoint is None and os.path.isdir(training_args.output_dir):
+        checkpoint = get_last_checkpoint(training_args.output_dir)
+    if checkpoint is not None:
+        logger.info(f"Resuming from {checkpoint}.")
+    train_result = trainer.train(resume_from_checkpoint=checkpoint)
+    save_teacher(trainer, model, training_args.output_dir, labels, mean, std, image_size)
+    trainer.save_metrics("train", train_result.metrics)
+    trainer.save_state()
+
+    metrics = trainer.evaluate()
+    trainer.log_metrics("eval", metrics)
+    trainer.save_metrics("eval", metrics)
+    return metrics
+
+
+if __name__ == "__main__":
+    main()

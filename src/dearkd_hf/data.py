@@ -1,0 +1,393 @@
+"""Image-classification data for the examples: loading, the stratified train fraction, transforms and collators.
+
+DearKD is about data efficiency, so the one knob that matters most here is `train_fraction`: a stratified, seeded
+subset of the training split, identical across runs with the same seed so that students trained on "10% of the
+data" are comparable. Everything else follows transformers' `run_image_classification.py` example.
+
+Datasets are transformed lazily (`with_transform`), so random augmentation is drawn afresh every epoch. Such
+datasets still carry the raw `image` column that the transform reads: train with `remove_unused_columns=False`.
+"""
+
+import logging
+import os
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from datasets import ClassLabel, Dataset, DatasetDict, load_dataset, load_from_disk
+from timm.data import Mixup
+from timm.data.mixup import mixup_target
+from torchvision.transforms import v2
+
+logger = logging.getLogger(__name__)
+
+# Written by examples/prepare_fashion_mnist.py and committed, so the examples and tests run offline.
+EMBEDDED_DATASET = Path(__file__).resolve().parents[2] / "examples" / "data" / "fashion_mnist_small"
+EVAL_SPLITS = ("validation", "test")
+
+
+@dataclass
+class DataTrainingArguments:
+    """What data to train and evaluate on and how to augment it; parsed by `HfArgumentParser` in the examples."""
+
+    dataset_name: str | None = field(
+        default=None,
+        metadata={
+            "help": "A Hub dataset name, or a folder written by `save_to_disk` (or any local folder `load_dataset` "
+            "reads). Default: the embedded Fashion-MNIST subset (examples/data/fashion_mnist_small)."
+        },
+    )
+    dataset_config_name: str | None = field(
+        default=None, metadata={"help": "The configuration name of the dataset to use (via the datasets library)."}
+    )
+    train_dir: str | None = field(default=None, metadata={"help": "An imagefolder with the training images."})
+    validation_dir: str | None = field(default=None, metadata={"help": "An imagefolder with the evaluation images."})
+    eval_dataset_name: str | None = field(
+        default=None,
+        metadata={
+            "help": "A separate dataset to evaluate on (its `validation` or `test` split), e.g. real held-out images "
+            "when training on images generated from the teacher."
+        },
+    )
+    image_column_name: str = field(default="image", metadata={"help": "The dataset column holding the images."})
+    label_column_name: str = field(default="label", metadata={"help": "The dataset column holding the labels."})
+    train_val_split: float = field(
+        default=0.15,
+        metadata={"help": "Fraction of train split off for evaluation, only when there is no validation/test split."},
+    )
+    max_train_samples: int | None = field(
+        default=None, metadata={"help": "For debugging or quicker training, keep at most this many training examples."}
+    )
+    max_eval_samples: int | None = field(
+        default=None, metadata={"help": "For debugging or quicker evaluation, keep at most this many eval examples."}
+    )
+    train_fraction: float = field(
+        default=1.0,
+        metadata={"help": "Train on this fraction of each class (a stratified subset, fixed by --seed); in (0, 1]."},
+    )
+    image_size: int | None = field(
+        default=None, metadata={"help": "Input resolution; default: the model's (config.image_size or its processor)."}
+    )
+    rand_augment: bool = field(default=False, metadata={"help": "Add RandAugment to the training transforms."})
+    mixup: float = field(default=0.0, metadata={"help": "Mixup alpha (0 = off). Labels become soft targets."})
+    cutmix: float = field(default=0.0, metadata={"help": "CutMix alpha (0 = off). Labels become soft targets."})
+    label_smoothing: float = field(
+        default=0.0, metadata={"help": "Label smoothing of the soft targets built by the mixup/cutmix collator."}
+    )
+
+    def __post_init__(self) -> None:
+        if not 0.0 < self.train_fraction <= 1.0:
+            raise ValueError(f"--train_fraction must be in (0, 1], got {self.train_fraction}.")
+        if not 0.0 < self.train_val_split < 1.0:
+            raise ValueError(f"--train_val_split must be in (0, 1), got {self.train_val_split}.")
+        if self.mixup < 0 or self.cutmix < 0:
+            raise ValueError("--mixup and --cutmix are Beta-distribution alphas: use 0 (off) or a positive value.")
+        if not 0.0 <= self.label_smoothing < 1.0:
+            raise ValueError(f"--label_smoothing must be in [0, 1), got {self.label_smoothing}.")
+
+
+def default_dataset_path() -> str:
+    """The embedded Fashion-MNIST subset, so that a run without `--dataset_name` works offline out of the box."""
+    if not EMBEDDED_DATASET.is_dir():
+        raise FileNotFoundError(
+            f"The embedded dataset {EMBEDDED_DATASET} is missing (it ships with a source checkout only). "
+            "Recreate it with `python examples/prepare_fashion_mnist.py`, or pass --dataset_name."
+        )
+    return str(EMBEDDED_DATASET)
+
+
+def looks_like_local_path(name: str) -> bool:
+    """Hub ids are `name` or `owner/name`; anything else with a separator, or that exists locally, is a path."""
+    return (
+        os.path.exists(name)
+        or name.startswith(("/", "./", "../", "~"))
+        or name.count("/") > 1
+        or (os.sep != "/" and os.sep in name)
+    )
+
+
+def load_named_dataset(name: str, config_name: str | None = None, flag: str = "--dataset_name") -> DatasetDict:
+    """Load a `save_to_disk` folder, another local folder, or a Hub dataset, failing early on a missing path.
+
+    The path check comes first so that a typo fails at once with the flag's name, instead of after a Hub lookup.
+    """
+    if looks_like_local_path(name):
+        path = Path(name).expanduser()
+        if not path.is_dir():
+            raise FileNotFoundError(
+                f"{flag} {name}: no such folder; pass a folder written by `save_to_disk`, an imagefolder, "
+                "or a Hub dataset name."
+            )
+        if (path / "dataset_dict.json").is_file() or (path / "state.json").is_file():
+            dataset = load_from_disk(str(path))
+        else:
+            dataset = load_dataset(str(path), config_name)
+    else:
+        dataset = load_dataset(name, config_name)
+    return dataset if isinstance(dataset, DatasetDict) else DatasetDict({"train": dataset})
+
+
+def _load_imagefolders(train_dir: str | None, validation_dir: str | None) -> DatasetDict:
+    """Imagefolder splits (one subfolder per class) from --train_dir / --validation_dir."""
+    data_files = {}
+    for split, folder, flag in (
+        ("train", train_dir, "--train_dir"),
+        ("validation", validation_dir, "--validation_dir"),
+    ):
+        if folder is None:
+            continue
+        if not Path(folder).is_dir():
+            raise FileNotFoundError(f"{flag} {folder}: no such folder.")
+        data_files[split] = os.path.join(folder, "**")
+    return load_dataset("imagefolder", data_files=data_files)
+
+
+def _standardize_columns(dataset: Dataset, image_column: str, label_column: str, split: str) -> Dataset:
+    """Rename the image/label columns to `image`/`label`, naming the existing columns if one is missing."""
+    for column, flag in ((image_column, "--image_column_name"), (label_column, "--label_column_name")):
+        if column not in dataset.column_names:
+            raise ValueError(
+                f"Column '{column}' not found in the '{split}' split; its columns are {dataset.column_names}. "
+                f"Pass the right one with {flag}."
+            )
+    renames = {old: new for old, new in ((image_column, "image"), (label_column, "label")) if old != new}
+    return dataset.rename_columns(renames) if renames else dataset
+
+
+def _ensure_class_label(train: Dataset, evaluation: Dataset) -> tuple[Dataset, Dataset]:
+    """Give both splits the same ClassLabel, which models need for num_labels and id2label."""
+    train_label, eval_label = train.features["label"], evaluation.features["label"]
+    if isinstance(train_label, ClassLabel):
+        if isinstance(eval_label, ClassLabel) and eval_label.names != train_label.names:
+            raise ValueError(
+                f"The evaluation labels {eval_label.names} differ from the training labels {train_label.names}."
+            )
+        return train, evaluation if eval_label == train_label else evaluation.cast_column("label", train_label)
+    values = sorted(set(train.unique("label")) | set(evaluation.unique("label")))
+    if all(isinstance(v, int) for v in values):
+        class_label = ClassLabel(names=[str(i) for i in range(max(values) + 1)])
+    else:
+        class_label = ClassLabel(names=[str(v) for v in values])
+    return train.cast_column("label", class_label), evaluation.cast_column("label", class_label)
+
+
+def _eval_split(dataset: DatasetDict, source: str) -> str:
+    """The name of the evaluation split, preferring `validation` over `test`."""
+    for split in EVAL_SPLITS:
+        if split in dataset:
+            return split
+    raise ValueError(f"{source} has no validation or test split; its splits are {list(dataset)}.")
+
+
+def split_off_validation(train: Dataset, val_fraction: float, seed: int) -> tuple[Dataset, Dataset]:
+    """Seeded train/validation split, stratified when the label is a ClassLabel so every class is evaluated.
+
+    A dataset too small to stratify (fewer evaluation examples than classes) falls back to a plain split.
+    """
+    stratify = "label" if isinstance(train.features["label"], ClassLabel) else None
+    try:
+        split = train.train_test_split(test_size=val_fraction, seed=seed, stratify_by_column=stratify)
+    except ValueError as error:
+        if stratify is None:
+            raise
+        logger.warning(f"Cannot stratify the validation split ({error}); splitting without stratification.")
+        split = train.train_test_split(test_size=val_fraction, seed=seed)
+    return split["train"], split["test"]
+
+
+def stratified_fraction(dataset: Dataset, fraction: float, seed: int, label_column: str = "label") -> Dataset:
+    """Keep round(fraction * n_c) examples of each class c (at least one), drawn with `seed`.
+
+    Stratifying keeps the class balance of small fractions exact, so data-efficiency curves measure the amount of
+    data rather than sampling noise in the class mix; indices are sorted so the kept order is stable.
+    """
+    if fraction >= 1.0:
+        return dataset
+    labels = np.asarray(dataset[label_column])
+    rng = np.random.default_rng(seed)
+    kept = []
+    for label in np.unique(labels):
+        members = np.flatnonzero(labels == label)
+        count = max(1, round(fraction * len(members)))
+        kept.append(rng.choice(members, size=count, replace=False))
+    return dataset.select(np.sort(np.concatenate(kept)))
+
+
+def _at_most(dataset: Dataset, n: int | None, seed: int) -> Dataset:
+    """A seeded random subset of at most n examples, for debugging runs (--max_*_samples)."""
+    if n is None or n >= len(dataset):
+        return dataset
+    return dataset.shuffle(seed=seed).select(range(n))
+
+
+def load_image_datasets(data_args: DataTrainingArguments, seed: int) -> DatasetDict:
+    """The `train` and `validation` splits the examples train and evaluate on, with columns `image` and `label`.
+
+    Evaluation data comes from --eval_dataset_name if given, else the dataset's validation/test split, else a seeded
+    --train_val_split of train. --train_fraction and then --max_train_samples subsample the training split.
+    """
+    if data_args.train_dir is not None or data_args.validation_dir is not None:
+        dataset = _load_imagefolders(data_args.train_dir, data_args.validation_dir)
+        source = "--train_dir/--validation_dir"
+    else:
+        source = data_args.dataset_name or default_dataset_path()
+        dataset = load_named_dataset(source, data_args.dataset_config_name)
+    if "train" not in dataset:
+        raise ValueError(f"{source} has no train split; its splits are {list(dataset)}.")
+
+    columns = (data_args.image_column_name, data_args.label_column_name)
+    train = _standardize_columns(dataset["train"], *columns, split="train")
+    if data_args.eval_dataset_name is not None:
+        eval_source = load_named_dataset(data_args.eval_dataset_name, flag="--eval_dataset_name")
+        eval_split = _eval_split(eval_source, data_args.eval_dataset_name)
+        evaluation = _standardize_columns(eval_source[eval_split], *columns, split=eval_split)
+    elif any(split in dataset for split in EVAL_SPLITS):
+        eval_split = _eval_split(dataset, source)
+        evaluation = _standardize_columns(dataset[eval_split], *columns, split=eval_split)
+    else:
+        train, evaluation = split_off_validation(train, data_args.train_val_split, seed)
+    train, evaluation = _ensure_class_label(train, evaluation)
+
+    train = stratified_fraction(train, data_args.train_fraction, seed)
+    train = _at_most(train, data_args.max_train_samples, seed)
+    evaluation = _at_most(evaluation, data_args.max_eval_samples, seed)
+    return DatasetDict({"train": train, "validation": evaluation})
+
+
+def label_names(dataset: Dataset) -> list[str]:
+    """The class names of a dataset from `load_image_datasets`, for num_labels / id2label / label2id."""
+    return list(dataset.features["label"].names)
+
+
+def infer_num_channels(dataset: Dataset) -> int:
+    """1 if the dataset's images are single-channel (grayscale), else 3; decides a from-scratch model's input."""
+    mode = dataset[0]["image"].mode
+    return 1 if mode in ("1", "L", "I", "I;16", "F") else 3
+
+
+def normalization_for(image_processor: Any | None, num_channels: int) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """The (mean, std) to normalise with: the processor's if it has them, else 0.5 per channel.
+
+    Trimmed or repeated to `num_channels`, since a grayscale model may come with an RGB processor and vice versa.
+    """
+    mean = getattr(image_processor, "image_mean", None) or (0.5,)
+    std = getattr(image_processor, "image_std", None) or (0.5,)
+
+    def fit(values: Sequence[float]) -> tuple[float, ...]:
+        values = tuple(float(v) for v in values)
+        return values[:num_channels] if len(values) >= num_channels else (values * num_channels)[:num_channels]
+
+    return fit(mean), fit(std)
+
+
+def _image_pipeline(
+    image_size: int, mean: Sequence[float], std: Sequence[float], train: bool, rand_augment: bool
+) -> v2.Compose:
+    """torchvision v2 ops: random crop/flip (and RandAugment) for training, resize + centre crop for evaluation."""
+    if train:
+        ops = [v2.RandomResizedCrop(image_size, scale=(0.8, 1.0), antialias=True), v2.RandomHorizontalFlip()]
+        if rand_augment:
+            ops.append(v2.RandAugment())
+    else:
+        ops = [v2.Resize(image_size, antialias=True), v2.CenterCrop(image_size)]
+    ops += [v2.ToImage(), v2.ToDtype(torch.float32, scale=True), v2.Normalize(mean=list(mean), std=list(std))]
+    return v2.Compose(ops)
+
+
+def _transform_batch(batch: dict[str, list], pipeline: v2.Compose, mode: str) -> dict[str, list]:
+    """Batch transform for `with_transform`: PIL images -> `pixel_values` (C, H, W), labels -> `labels`."""
+    return {
+        "pixel_values": [pipeline(image.convert(mode)) for image in batch["image"]],
+        "labels": batch["label"],
+    }
+
+
+def build_transforms(
+    image_size: int,
+    mean: Sequence[float],
+    std: Sequence[float],
+    num_channels: int,
+    train: bool,
+    rand_augment: bool = False,
+) -> Callable[[dict[str, list]], dict[str, list]]:
+    """The batch transform to pass to `Dataset.with_transform`.
+
+    Images are converted to the model's channel count first (grayscale Fashion-MNIST for an RGB model, or the other
+    way round), so any dataset feeds any model. A partial of a module-level function stays picklable for workers.
+    """
+    if num_channels not in (1, 3):
+        raise ValueError(f"num_channels must be 1 (grayscale) or 3 (RGB), got {num_channels}.")
+    pipeline = _image_pipeline(image_size, mean, std, train=train, rand_augment=rand_augment)
+    return partial(_transform_batch, pipeline=pipeline, mode="L" if num_channels == 1 else "RGB")
+
+
+def with_transforms(
+    dataset: DatasetDict,
+    image_size: int,
+    mean: Sequence[float],
+    std: Sequence[float],
+    num_channels: int,
+    rand_augment: bool = False,
+) -> DatasetDict:
+    """Attach the training transform to `train` and the evaluation transform to every other split."""
+    return DatasetDict(
+        {
+            split: ds.with_transform(
+                build_transforms(
+                    image_size, mean, std, num_channels, train=split == "train", rand_augment=rand_augment
+                )
+            )
+            for split, ds in dataset.items()
+        }
+    )
+
+
+def collate_fn(examples: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
+    """Stack transformed examples into a batch with integer class labels."""
+    return {
+        "pixel_values": torch.stack([example["pixel_values"] for example in examples]),
+        "labels": torch.tensor([example["labels"] for example in examples], dtype=torch.long),
+    }
+
+
+class MixupCollator:
+    """`collate_fn` followed by timm's Mixup/CutMix: labels become float soft targets of shape (B, num_classes).
+
+    The soft targets are one probability distribution per example (rows sum to 1); train on them with soft-target
+    cross-entropy, never as multi-label targets (transformers' default loss would pick BCE for float labels).
+    Use it for training batches only and evaluate with `collate_fn`: a Trainer shares one collator between training
+    and evaluation, so the trainer must swap it for evaluation. With both alphas 0 it only applies label smoothing.
+    """
+
+    def __init__(self, mixup: float, cutmix: float, num_classes: int, label_smoothing: float = 0.0):
+        self.num_classes = num_classes
+        self.label_smoothing = label_smoothing
+        mixing = mixup > 0 or cutmix > 0
+        self.mixup_fn = Mixup(
+            mixup_alpha=mixup,
+            cutmix_alpha=cutmix,
+            prob=1.0 if mixing else 0.0,
+            label_smoothing=label_smoothing,
+            num_classes=num_classes,
+        )
+
+    def __call__(self, examples: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
+        batch = collate_fn(examples)
+        pixel_values, labels = batch["pixel_values"], batch["labels"]
+        even = len(labels) - len(labels) % 2  # timm mixes pairs; an odd last example stays unmixed
+        mixed, soft = self.mixup_fn(pixel_values[:even], labels[:even])
+        if even < len(labels):
+            rest = mixup_target(labels[even:], self.num_classes, smoothing=self.label_smoothing)
+            mixed, soft = torch.cat([mixed, pixel_values[even:]]), torch.cat([soft, rest])
+        return {"pixel_values": mixed, "labels": soft}
+
+
+def train_collator(data_args: DataTrainingArguments, num_classes: int) -> Callable[[list[dict[str, Any]]], dict]:
+    """The training collator the data arguments ask for: soft targets only if mixup, cutmix or smoothing is on."""
+    if data_args.mixup > 0 or data_args.cutmix > 0 or data_args.label_smoothing > 0:
+        return MixupCollator(data_args.mixup, data_args.cutmix, num_classes, data_args.label_smoothing)
+    return collate_fn

@@ -1,0 +1,97 @@
+"""examples/train_teacher.py end to end on the embedded dataset: a tiny timm and a tiny transformers teacher."""
+
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import timm
+import torch
+from transformers import AutoImageProcessor, AutoModelForImageClassification
+
+ROOT = Path(__file__).resolve().parents[1]
+SCRIPT = ROOT / "examples" / "train_teacher.py"
+FASHION_MNIST_LABELS = [
+    "T-shirt/top",
+    "Trouser",
+    "Pullover",
+    "Dress",
+    "Coat",
+    "Sandal",
+    "Shirt",
+    "Sneaker",
+    "Bag",
+    "Ankle boot",
+]
+
+
+def tiny_run(epochs: int = 1) -> list[str]:
+    return [
+        "--max_train_samples", "64", "--max_eval_samples", "32", "--num_train_epochs", str(epochs),
+        "--per_device_train_batch_size", "16", "--image_size", "28", "--report_to", "none",
+    ]  # fmt: skip
+
+
+spec = importlib.util.spec_from_file_location("train_teacher", SCRIPT)
+train_teacher = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(train_teacher)
+
+
+def run_script(*args: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "src"), "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
+    result = subprocess.run([sys.executable, str(SCRIPT), *args], env=env, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return result
+
+
+def eval_accuracy(output_dir: Path) -> float:
+    return json.loads((output_dir / "all_results.json").read_text())["eval_accuracy"]
+
+
+@pytest.mark.slow
+def test_timm_teacher_saves_a_timm_folder_and_resumes(tmp_path):
+    out = tmp_path / "timm_teacher"
+    run_script("--model_name_or_path", "test_resnet", "--output_dir", str(out), *tiny_run())
+    assert (out / "model.safetensors").is_file()
+    assert 0.0 <= eval_accuracy(out) <= 1.0
+    model = timm.create_model(f"local-dir:{out}", pretrained=True)
+    assert model.num_classes == 10
+    assert model.pretrained_cfg["label_names"] == FASHION_MNIST_LABELS
+    assert tuple(model.pretrained_cfg["input_size"]) == (1, 28, 28)
+    assert model(torch.zeros(2, 1, 28, 28)).shape == (2, 10)
+
+    result = run_script("--model_name_or_path", "test_resnet", "--output_dir", str(out), *tiny_run(epochs=2))
+    assert "Resuming from" in result.stderr + result.stdout
+    assert json.loads((out / "trainer_state.json").read_text())["global_step"] == 8
+
+
+@pytest.mark.slow
+def test_transformers_teacher_from_config_overrides(tmp_path):
+    out = tmp_path / "hf_teacher"
+    overrides = "hidden_sizes=[16,32],depths=[1,1],embedding_size=16"
+    model_args = ["--model_type", "resnet", "--config_overrides", overrides, "--mixup", "0.8", "--cutmix", "1.0"]
+    run_script(*model_args, "--output_dir", str(out), *tiny_run())
+    assert 0.0 <= eval_accuracy(out) <= 1.0
+    model = AutoModelForImageClassification.from_pretrained(out)
+    assert model.config.model_type == "resnet"
+    assert model.config.num_labels == 10
+    assert [model.config.id2label[i] for i in range(10)] == FASHION_MNIST_LABELS
+    assert model.config.hidden_sizes == [16, 32]
+    assert list(AutoImageProcessor.from_pretrained(out).image_mean) == [0.5]
+
+
+def test_config_overrides_keep_lists_whole():
+    parsed = train_teacher.parse_config_overrides("hidden_sizes=[16,32],depths=[1,1],hidden_act=relu,drop=0.1")
+    assert parsed == {"hidden_sizes": [16, 32], "depths": [1, 1], "hidden_act": "relu", "drop": 0.1}
+
+
+def test_single_config_file_argument(tmp_path):
+    config = tmp_path / "teacher.json"
+    config.write_text(
+        json.dumps({"model_name_or_path": "resnet10t", "output_dir": str(tmp_path), "train_fraction": 0.5})
+    )
+    model_args, data_args, training_args = train_teacher.parse_args([str(config)])
+    assert (model_args.model_name_or_path, data_args.train_fraction) == ("resnet10t", 0.5)
