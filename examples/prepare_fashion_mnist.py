@@ -108,6 +108,8 @@ def prepare(args: PrepareArguments) -> DatasetDict:
         splits[split] = build_split(images, labels, features)
     dataset = DatasetDict(splits)
     dataset.save_to_disk(args.output_dir)
+    # `datasets` writes cache-*.arrow files next to loaded data when it shuffles or splits it: keep them out of git.
+    (Path(args.output_dir) / ".gitignore").write_text("cache-*.arrow\n")
     return dataset
 
 

@@ -59,6 +59,7 @@ def test_train_fraction_on_embedded_dataset():
     assert set(Counter(dataset["train"]["label"]).values()) == {50}
     assert len(dataset["validation"]) == 1000  # the embedded test split, untouched
     assert dataset["train"].features["label"].names[0] == "T-shirt/top"
+    assert not list(data.EMBEDDED_DATASET.glob("*/cache-*.arrow"))  # nothing written into the repository
 
 
 def test_missing_column_names_existing_columns(tmp_path):

@@ -110,10 +110,13 @@ def looks_like_local_path(name: str) -> bool:
     )
 
 
-def load_named_dataset(name: str, config_name: str | None = None, flag: str = "--dataset_name") -> DatasetDict:
+def load_named_dataset(
+    name: str, config_name: str | None = None, flag: str = "--dataset_name", keep_in_memory: bool = False
+) -> DatasetDict:
     """Load a `save_to_disk` folder, another local folder, or a Hub dataset, failing early on a missing path.
 
     The path check comes first so that a typo fails at once with the flag's name, instead of after a Hub lookup.
+    `keep_in_memory` stops `datasets` from writing cache files next to a `save_to_disk` folder's data.
     """
     if looks_like_local_path(name):
         path = Path(name).expanduser()
@@ -123,7 +126,7 @@ def load_named_dataset(name: str, config_name: str | None = None, flag: str = "-
                 "or a Hub dataset name."
             )
         if (path / "dataset_dict.json").is_file() or (path / "state.json").is_file():
-            dataset = load_from_disk(str(path))
+            dataset = load_from_disk(str(path), keep_in_memory=keep_in_memory)
         else:
             dataset = load_dataset(str(path), config_name)
     else:
@@ -235,7 +238,9 @@ def load_image_datasets(data_args: DataTrainingArguments, seed: int) -> DatasetD
         source = "--train_dir/--validation_dir"
     else:
         source = data_args.dataset_name or default_dataset_path()
-        dataset = load_named_dataset(source, data_args.dataset_config_name)
+        # The embedded subset is small and lives in the repository: keep it in memory so no cache lands there.
+        embedded = data_args.dataset_name is None
+        dataset = load_named_dataset(source, data_args.dataset_config_name, keep_in_memory=embedded)
     if "train" not in dataset:
         raise ValueError(f"{source} has no train split; its splits are {list(dataset)}.")
 
