@@ -1,4 +1,4 @@
-"""dearkd_hf: DearKD (data-efficient early knowledge distillation for vision transformers) on the Hugging Face stack."""
+"""dearkd_hf: DearKD (data-efficient early knowledge distillation for ViTs) on the Hugging Face stack."""
 
 from .alignment import AlignmentPair, default_alignment_pairs, parse_alignment_pairs
 from .callbacks import DistillationStopCallback

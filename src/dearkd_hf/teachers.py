@@ -133,7 +133,7 @@ def load_teacher(name_or_path: str | nn.Module | Teacher, **kwargs) -> Teacher:
     if isinstance(name_or_path, Teacher):
         teacher = name_or_path
     elif isinstance(name_or_path, PreTrainedModel):
-        teacher = _from_transformers(name_or_path, source=name_or_path.name_or_path or type(name_or_path).__name__)
+        teacher = _from_transformers(name_or_path, source=name_or_path.name_or_path or None)
     elif isinstance(name_or_path, nn.Module) and hasattr(name_or_path, "pretrained_cfg"):
         teacher = _from_timm_model(name_or_path, source=name_or_path.pretrained_cfg.get("architecture", "timm"))
     elif isinstance(name_or_path, nn.Module):
@@ -195,9 +195,9 @@ def _load_transformers(name_or_path: str, **kwargs) -> PreTrainedModel:
     return AutoModelForImageClassification.from_pretrained(name_or_path, **kwargs)
 
 
-def _from_transformers(model: PreTrainedModel, source: str) -> Teacher:
+def _from_transformers(model: PreTrainedModel, source: str | None) -> Teacher:
     mean, std, input_size = IMAGENET_MEAN, IMAGENET_STD, None
-    processor = _image_processor(source)
+    processor = _image_processor(source) if source else None
     if processor is not None:
         mean = tuple(getattr(processor, "image_mean", None) or mean)
         std = tuple(getattr(processor, "image_std", None) or std)
@@ -210,7 +210,7 @@ def _from_transformers(model: PreTrainedModel, source: str) -> Teacher:
         mean=mean,
         std=std,
         id2label={int(k): v for k, v in model.config.id2label.items()},
-        source=source,
+        source=source or type(model).__name__,
         stage_names=[name for name in names if _TRANSFORMERS_STAGE.search(name)],
         classifier_name=classifier,
         input_size=input_size,

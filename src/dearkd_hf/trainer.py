@@ -14,7 +14,8 @@ from typing import Any
 import safetensors.torch
 import torch
 from torch import nn
-from transformers import Trainer
+from transformers import PreTrainedModel, Trainer
+from transformers.utils import SAFE_WEIGHTS_NAME
 from transformers.utils import logging
 
 from .alignment import (
@@ -240,12 +241,24 @@ class DearKDTrainer(Trainer):
             safetensors.torch.save_file(tensors, os.path.join(folder, ALIGNERS_FILE))
 
     def _load_from_checkpoint(self, resume_from_checkpoint: str, model: nn.Module | None = None) -> None:
-        super()._load_from_checkpoint(resume_from_checkpoint, model)
+        student = self.accelerator.unwrap_model(model if model is not None else self.model)
+        weights = os.path.join(resume_from_checkpoint, SAFE_WEIGHTS_NAME)
+        if isinstance(student, PreTrainedModel) and os.path.isfile(weights) and not self._sharded_training():
+            # transformers 5 saves weights in the checkpoint's original key format (e.g. ViT's legacy names), which
+            # Trainer's raw load_state_dict does not map back; from_pretrained applies the model's key conversion.
+            reloaded = type(student).from_pretrained(resume_from_checkpoint)
+            result = student.load_state_dict(reloaded.state_dict(), strict=False)
+            self._issue_warnings_after_load(result)
+        else:
+            super()._load_from_checkpoint(resume_from_checkpoint, model)
         path = os.path.join(resume_from_checkpoint, ALIGNERS_FILE)
         if self.alignment_pairs and os.path.isfile(path):
             self._alignment_head.load_state_dict(safetensors.torch.load_file(path))
         elif self.alignment_pairs:
             logger.warning(f"{resume_from_checkpoint} has no {ALIGNERS_FILE}: the aligners start fresh.")
+
+    def _sharded_training(self) -> bool:
+        return bool(self.is_fsdp_enabled or self.is_deepspeed_enabled)
 
     def _issue_warnings_after_load(self, load_result: Any) -> None:
         missing = [k for k in load_result.missing_keys if not _is_aligner_key(k)]

@@ -1,0 +1,73 @@
+"""Tiny models and data shared by the tests: everything is built from configs, nothing comes from the Hub."""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+from datasets import Dataset  # noqa: E402
+from transformers import ResNetConfig, ResNetForImageClassification, ViTConfig, ViTForImageClassification  # noqa: E402
+
+IMAGE_SIZE = 16
+NUM_LABELS = 3
+
+
+def make_vit(
+    num_labels: int = NUM_LABELS, num_channels: int = 1, seed: int = 0, **overrides
+) -> ViTForImageClassification:
+    torch.manual_seed(seed)
+    config = dict(
+        image_size=IMAGE_SIZE,
+        patch_size=4,
+        num_channels=num_channels,
+        hidden_size=16,
+        num_hidden_layers=4,
+        num_attention_heads=2,
+        intermediate_size=32,
+        hidden_dropout_prob=0.0,
+        attention_probs_dropout_prob=0.0,
+        num_labels=num_labels,
+    )
+    config.update(overrides)
+    return ViTForImageClassification(ViTConfig(**config))
+
+
+def make_resnet_teacher(
+    num_labels: int = NUM_LABELS, num_channels: int = 1, seed: int = 1
+) -> ResNetForImageClassification:
+    torch.manual_seed(seed)
+    config = ResNetConfig(
+        num_channels=num_channels,
+        embedding_size=8,
+        hidden_sizes=[8, 16],
+        depths=[1, 1],
+        layer_type="basic",
+        num_labels=num_labels,
+    )
+    return ResNetForImageClassification(config).eval()
+
+
+def make_dataset(n: int = 32, num_labels: int = NUM_LABELS, num_channels: int = 1, seed: int = 0) -> Dataset:
+    generator = torch.Generator().manual_seed(seed)
+    pixels = torch.randn(n, num_channels, IMAGE_SIZE, IMAGE_SIZE, generator=generator)
+    labels = torch.randint(0, num_labels, (n,), generator=generator)
+    return Dataset.from_dict({"pixel_values": pixels.numpy(), "labels": labels.tolist()}).with_format("torch")
+
+
+@pytest.fixture
+def student():
+    return make_vit()
+
+
+@pytest.fixture
+def teacher():
+    return make_resnet_teacher()
+
+
+@pytest.fixture
+def dataset():
+    return make_dataset()

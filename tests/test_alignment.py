@@ -1,0 +1,85 @@
+"""Pair parsing, token/map reshapes, normalisation and the aligner hook."""
+
+import pytest
+import torch
+
+from dearkd_hf.alignment import (
+    AlignmentHead,
+    AlignmentPair,
+    attach_alignment_head,
+    default_alignment_pairs,
+    detach_alignment_head,
+    normalize_channels,
+    parse_alignment_pairs,
+    patch_grid,
+    teacher_target,
+    tokens_to_map,
+    validate_alignment_pairs,
+)
+
+
+def test_parse_pairs_and_comma_string():
+    expected = [AlignmentPair(3, "layer1"), AlignmentPair(6, "layer2")]
+    assert parse_alignment_pairs(["3:layer1", "6:layer2"]) == expected
+    assert parse_alignment_pairs("3:layer1,6:layer2") == expected
+    assert [str(p) for p in expected] == ["3:layer1", "6:layer2"]
+
+
+@pytest.mark.parametrize("bad", ["layer1", "x:layer1", "3:", ":layer1"])
+def test_parse_rejects_malformed_pairs(bad):
+    with pytest.raises(ValueError, match="STUDENT_BLOCK:TEACHER_LAYER"):
+        parse_alignment_pairs([bad])
+
+
+def test_default_pairs_quarter_and_half_depth():
+    assert default_alignment_pairs(12, ["layer1", "layer2", "layer3"]) == [
+        AlignmentPair(3, "layer1"),
+        AlignmentPair(6, "layer2"),
+    ]
+    assert default_alignment_pairs(2, ["s1", "s2"]) == [AlignmentPair(1, "s1"), AlignmentPair(1, "s2")]
+    with pytest.raises(ValueError, match="pass them explicitly"):
+        default_alignment_pairs(12, [])
+
+
+def test_validate_pairs_names_valid_layers_and_range():
+    with pytest.raises(ValueError, match=r"Valid layer names: \['layer1', 'layer2'\]"):
+        validate_alignment_pairs([AlignmentPair(1, "layer9")], 4, ["layer1", "layer2"])
+    with pytest.raises(ValueError, match="out of range.*1..4"):
+        validate_alignment_pairs([AlignmentPair(5, "layer1")], 4, ["layer1"])
+
+
+def test_tokens_to_map_drops_prefix_tokens_row_major():
+    tokens = torch.arange(2 * 6 * 3, dtype=torch.float).reshape(2, 6, 3)  # 2 prefix + 2x2 patches, D=3
+    feature_map = tokens_to_map(tokens, (2, 2))
+    assert feature_map.shape == (2, 3, 2, 2)
+    assert torch.equal(feature_map[1, :, 0, 1], tokens[1, 3])  # patch index 1 = row 0, column 1
+    assert torch.equal(feature_map[0, :, 1, 0], tokens[0, 4])
+
+
+def test_patch_grid_rejects_non_square():
+    assert patch_grid(17, 16) == (4, 4)
+    with pytest.raises(ValueError, match="square"):
+        patch_grid(13, 12)
+
+
+def test_normalize_and_teacher_target_by_hand():
+    feature_map = torch.tensor([[[[1.0, 3.0], [5.0, 7.0]], [[3.0, 5.0], [7.0, 9.0]]]])  # (1, 2, 2, 2)
+    target = teacher_target(feature_map, (1, 1))  # pooled: channel means 4 and 6 -> normalised -1, 1
+    assert torch.allclose(target.flatten(), torch.tensor([-1.0, 1.0]), atol=1e-3)
+    normalized = normalize_channels(feature_map)
+    assert torch.allclose(normalized[0, :, 0, 0], torch.tensor([-1.0, 1.0]), atol=1e-3)
+
+
+def test_attached_head_runs_in_forward_only_when_active(student):
+    head = AlignmentHead([AlignmentPair(1, "a"), AlignmentPair(2, "b")], 16, [5, 7], (4, 4))
+    handle = attach_alignment_head(student, head)
+    pixels = torch.randn(2, 1, 16, 16)
+    assert "aligned_features" not in student(pixel_values=pixels, output_hidden_states=True)
+    head.active = True
+    out = student(pixel_values=pixels, output_hidden_states=True)
+    assert [f.shape for f in out["aligned_features"]] == [(2, 5, 4, 4), (2, 7, 4, 4)]
+    out["aligned_features"][0].sum().backward()
+    assert head.aligners[0].proj.weight.grad is not None
+    detach_alignment_head(student, handle)
+    assert not hasattr(student, "dearkd_aligners")
+    assert "aligned_features" not in student(pixel_values=pixels, output_hidden_states=True)

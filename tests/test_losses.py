@@ -1,0 +1,95 @@
+"""Stage-1 and stage-2 losses against hand computations on fixed tensors (METHOD.md sections 2-3)."""
+
+import math
+
+import pytest
+import torch
+
+from dearkd_hf.losses import classification_loss, logit_kd, stage1_loss, stage2_loss
+
+S_CLS = torch.tensor([[2.0, 0.5, -1.0], [0.0, 1.0, 3.0]])
+S_DIST = torch.tensor([[0.3, 1.2, 0.1], [1.5, -0.5, 0.2]])
+TEACHER = torch.tensor([[0.1, 2.0, 0.3], [4.0, 0.0, 1.0]])  # argmax: 1, 0
+LABELS = torch.tensor([0, 2])
+ALIGNED = [torch.tensor([[[[1.0, -1.0]]]]), torch.tensor([[[[0.5]], [[2.0]]]])]
+TARGETS = [torch.tensor([[[[0.0, 1.0]]]]), torch.tensor([[[[1.5]], [[1.0]]]])]
+
+
+def ce_by_hand(logits, labels):
+    total = 0.0
+    for row, y in zip(logits.tolist(), labels.tolist()):
+        total += math.log(sum(math.exp(v) for v in row)) - row[y]
+    return total / len(labels)
+
+
+def soft_kd_by_hand(student, teacher, tau):
+    total = 0.0
+    for s_row, t_row in zip(student.tolist(), teacher.tolist()):
+        s_z = math.log(sum(math.exp(v / tau) for v in s_row))
+        t_z = math.log(sum(math.exp(v / tau) for v in t_row))
+        for s, t in zip(s_row, t_row):
+            p_t = math.exp(t / tau - t_z)
+            total += p_t * ((t / tau - t_z) - (s / tau - s_z))
+    return total * tau * tau / student.numel()
+
+
+# MSE pair 1: ((1-0)^2 + (-1-1)^2) / 2 = 2.5; pair 2: ((0.5-1.5)^2 + (2-1)^2) / 2 = 1.0
+ALIGN_BY_HAND = 2.5 + 1.0
+
+
+def test_hard_kd_stage1_matches_hand_computation():
+    loss, parts = stage1_loss(
+        S_CLS, S_DIST, LABELS, TEACHER, ALIGNED, TARGETS, distillation_type="hard", alpha=0.3, beta=0.7, tau=1.0
+    )
+    ce = ce_by_hand(S_CLS, LABELS)
+    kd = ce_by_hand(S_DIST, torch.tensor([1, 0]))
+    assert parts["loss_ce"].item() == pytest.approx(ce, rel=1e-5)
+    assert parts["loss_kd"].item() == pytest.approx(kd, rel=1e-5)
+    assert parts["loss_align"].item() == pytest.approx(ALIGN_BY_HAND, rel=1e-6)
+    assert loss.item() == pytest.approx(0.7 * ce + 0.3 * kd + 0.7 * ALIGN_BY_HAND, rel=1e-5)
+
+
+@pytest.mark.parametrize("tau", [1.0, 3.0])
+def test_soft_kd_stage1_matches_hand_computation(tau):
+    loss, parts = stage1_loss(
+        S_CLS, S_DIST, LABELS, TEACHER, ALIGNED, TARGETS, distillation_type="soft", alpha=0.5, beta=1.0, tau=tau
+    )
+    kd = soft_kd_by_hand(S_DIST, TEACHER, tau)
+    assert parts["loss_kd"].item() == pytest.approx(kd, rel=1e-5)
+    assert loss.item() == pytest.approx(0.5 * ce_by_hand(S_CLS, LABELS) + 0.5 * kd + ALIGN_BY_HAND, rel=1e-5)
+
+
+def test_kd_uses_class_logits_without_distillation_token():
+    _, parts = stage1_loss(
+        S_CLS, None, LABELS, TEACHER, [], [], distillation_type="hard", alpha=0.5, beta=1.0, tau=1.0
+    )
+    assert parts["loss_kd"].item() == pytest.approx(ce_by_hand(S_CLS, torch.tensor([1, 0])), rel=1e-5)
+    assert parts["loss_align"].item() == 0.0
+
+
+def test_distillation_none_keeps_alignment_and_labels_only():
+    loss, parts = stage1_loss(
+        S_CLS, S_DIST, LABELS, None, ALIGNED, TARGETS, distillation_type="none", alpha=0.5, beta=2.0, tau=1.0
+    )
+    ce = (ce_by_hand(S_CLS, LABELS) + ce_by_hand(S_DIST, LABELS)) / 2
+    assert parts["loss_kd"].item() == 0.0
+    assert loss.item() == pytest.approx(ce + 2.0 * ALIGN_BY_HAND, rel=1e-5)
+
+
+def test_stage2_loss_averages_both_heads_or_uses_class_head_alone():
+    both = (ce_by_hand(S_CLS, LABELS) + ce_by_hand(S_DIST, LABELS)) / 2
+    assert stage2_loss(S_CLS, S_DIST, LABELS).item() == pytest.approx(both, rel=1e-5)
+    assert stage2_loss(S_CLS, None, LABELS).item() == pytest.approx(ce_by_hand(S_CLS, LABELS), rel=1e-5)
+
+
+def test_soft_targets_are_cross_entropy_not_multilabel():
+    one_hot = torch.nn.functional.one_hot(LABELS, 3).float()
+    assert classification_loss(S_CLS, one_hot).item() == pytest.approx(ce_by_hand(S_CLS, LABELS), rel=1e-5)
+    mixed = 0.6 * one_hot + 0.4 * one_hot.flip(0)
+    expected = 0.6 * ce_by_hand(S_CLS, LABELS) + 0.4 * ce_by_hand(S_CLS, LABELS.flip(0))
+    assert classification_loss(S_CLS, mixed).item() == pytest.approx(expected, rel=1e-5)
+
+
+def test_unknown_kd_type_is_rejected():
+    with pytest.raises(ValueError, match="distillation_type"):
+        logit_kd(S_CLS, TEACHER, "medium", 1.0)

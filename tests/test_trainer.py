@@ -1,0 +1,232 @@
+"""DearKDTrainer end to end on tiny models: stages, teacher use, resume, saving, gradient accumulation, bad input."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+from conftest import make_dataset, make_resnet_teacher, make_vit
+from safetensors.torch import load_file
+from transformers import AutoModelForImageClassification, ViTImageProcessor
+
+from dearkd_hf import DearKDConfig, DearKDTrainer
+from dearkd_hf.trainer import ALIGNERS_FILE
+
+STAGES = ["resnet.encoder.stages.0", "resnet.encoder.stages.1"]
+
+
+def make_config(tmp_path, **overrides) -> DearKDConfig:
+    values = dict(
+        output_dir=str(tmp_path),
+        num_train_epochs=2,
+        per_device_train_batch_size=8,
+        per_device_eval_batch_size=8,
+        learning_rate=1e-3,
+        logging_steps=1,
+        save_strategy="no",
+        report_to="none",
+        use_cpu=True,
+        seed=0,
+        distillation_stop_epoch=1.0,
+        dataloader_num_workers=0,
+    )
+    values.update(overrides)
+    return DearKDConfig(**values)
+
+
+def make_trainer(tmp_path, student=None, teacher=None, dataset=None, **config) -> DearKDTrainer:
+    return DearKDTrainer(
+        model=student if student is not None else make_vit(),
+        teacher_model=teacher if teacher is not None else make_resnet_teacher(),
+        args=make_config(tmp_path, **config),
+        train_dataset=dataset if dataset is not None else make_dataset(),
+        eval_dataset=make_dataset(8, seed=5),
+    )
+
+
+def count_calls(module: torch.nn.Module) -> list[int]:
+    calls = [0]
+    module.register_forward_hook(lambda *_: calls.__setitem__(0, calls[0] + 1))
+    return calls
+
+
+def train_losses(trainer) -> dict[int, float]:
+    return {log["step"]: log["loss"] for log in trainer.state.log_history if "loss" in log}
+
+
+def test_teacher_runs_every_stage1_step_never_after_switch_nor_in_eval(tmp_path):
+    teacher = make_resnet_teacher()
+    trainer = make_trainer(tmp_path, teacher=teacher, eval_strategy="steps", eval_steps=1)
+    calls = count_calls(teacher)
+    trainer.evaluate()
+    assert calls[0] == 0
+    trainer.train()
+    assert calls[0] == 4  # 32 images / batch 8 = 4 stage-1 steps in epoch 1, none in epoch 2
+    stages = [log["stage"] for log in trainer.state.log_history if "loss" in log]
+    assert stages == [1.0] * 4 + [2.0] * 4
+    assert trainer.teacher is None  # released at the switch
+    parts = [log for log in trainer.state.log_history if "loss_align" in log]
+    assert len(parts) == 4 and all(log["loss_kd"] > 0 and log["loss_align"] > 0 for log in parts)
+    assert any(log.get("distillation_stopped_at_epoch") == 1.0 for log in trainer.state.log_history)
+
+
+def test_default_stop_epoch_is_80_percent_of_epochs(tmp_path):
+    teacher = make_resnet_teacher()
+    trainer = make_trainer(tmp_path, teacher=teacher, distillation_stop_epoch=None, num_train_epochs=5)
+    calls = count_calls(teacher)
+    trainer.train()
+    assert trainer.distillation_stop.stop_epoch == pytest.approx(4.0)
+    assert calls[0] == 16
+
+
+def test_teacher_sees_batches_renormalised_to_its_statistics(tmp_path):
+    teacher = make_resnet_teacher()
+    seen = []
+    teacher.register_forward_pre_hook(lambda _m, args: seen.append(args[0].clone()))
+    processor = ViTImageProcessor(image_mean=[0.5], image_std=[0.25])
+    trainer = DearKDTrainer(
+        model=make_vit(),
+        teacher_model=teacher,
+        args=make_config(tmp_path, max_steps=1),
+        train_dataset=make_dataset(8),
+        processing_class=processor,
+    )
+    batch = next(iter(trainer.get_train_dataloader()))
+    trainer.compute_loss(trainer.model.train(), batch)
+    t_mean, t_std = trainer.teacher.mean[0], trainer.teacher.std[0]
+    expected = (batch["pixel_values"] * 0.25 + 0.5 - t_mean) / t_std
+    assert torch.allclose(seen[-1], expected, atol=1e-6)
+
+
+def run_with_checkpoints(tmp_path):
+    trainer = make_trainer(tmp_path, save_strategy="steps", save_steps=2)
+    trainer.train()
+    return trainer
+
+
+@pytest.mark.parametrize("checkpoint, stage_after", [(2, 1), (6, 2)])
+def test_resume_lands_in_the_right_stage_and_matches_uninterrupted_run(tmp_path, checkpoint, stage_after):
+    reference = run_with_checkpoints(tmp_path / "full")
+    ckpt = tmp_path / "full" / f"checkpoint-{checkpoint}"
+    assert (ckpt / ALIGNERS_FILE).is_file()
+    assert not [k for k in load_file(ckpt / "model.safetensors") if "aligner" in k]
+
+    teacher = make_resnet_teacher()
+    resumed = make_trainer(tmp_path / "resumed", student=make_vit(seed=123), teacher=teacher)
+    calls = count_calls(teacher)
+    resumed.train(resume_from_checkpoint=str(ckpt))
+    logs = [log for log in resumed.state.log_history if "loss" in log and log["step"] > checkpoint]
+    assert logs[0]["stage"] == stage_after
+    assert calls[0] == (4 - checkpoint if stage_after == 1 else 0)
+    expected = train_losses(reference)
+    for step, loss in train_losses(resumed).items():
+        if step > checkpoint:
+            assert loss == pytest.approx(expected[step], rel=1e-4, abs=1e-5), step
+
+
+def test_resume_restores_aligners_from_checkpoint(tmp_path):
+    run_with_checkpoints(tmp_path / "full")
+    ckpt = tmp_path / "full" / "checkpoint-2"
+    fresh = make_trainer(tmp_path / "fresh", student=make_vit(seed=7))
+    fresh._load_from_checkpoint(str(ckpt))
+    saved = load_file(ckpt / ALIGNERS_FILE)
+    restored = fresh._alignment_head.state_dict()
+    assert saved.keys() == restored.keys()
+    assert all(torch.equal(saved[k], restored[k]) for k in saved)
+
+
+def test_save_model_holds_only_the_student_and_reloads(tmp_path):
+    student = make_vit()
+    trainer = make_trainer(tmp_path, student=student, max_steps=2)
+    trainer.train()
+    out = tmp_path / "student"
+    trainer.save_model(str(out))
+    keys = load_file(out / "model.safetensors").keys()
+    assert not [k for k in keys if "aligner" in k or k.startswith("resnet")]
+    assert not hasattr(student, "dearkd_aligners")  # the user's student is left as it came
+    reloaded, info = AutoModelForImageClassification.from_pretrained(out, output_loading_info=True)
+    assert not info["missing_keys"] and not info["unexpected_keys"]
+    pixels = torch.randn(2, 1, 16, 16)
+    with torch.no_grad():
+        assert torch.allclose(reloaded.eval()(pixels).logits, student.eval()(pixels).logits, atol=1e-6)
+
+
+def test_gradient_accumulation_equals_larger_batch(tmp_path):
+    common = dict(max_steps=1, optim="sgd", learning_rate=0.5, lr_scheduler_type="constant", max_grad_norm=0.0)
+    dataset = make_dataset(8)
+    params = []
+    for batch, accumulation in [(4, 2), (8, 1)]:
+        student = make_vit(seed=3)
+        trainer = make_trainer(
+            tmp_path / f"b{batch}",
+            student=student,
+            dataset=dataset,
+            per_device_train_batch_size=batch,
+            gradient_accumulation_steps=accumulation,
+            **common,
+        )
+        trainer.train()
+        params.append(torch.cat([p.detach().flatten() for p in student.parameters()]))
+    initial = torch.cat([p.detach().flatten() for p in make_vit(seed=3).parameters()])
+    assert not torch.allclose(params[0], initial)
+    assert torch.allclose(params[0], params[1], atol=1e-5)
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        (dict(alignment_pairs=["1:resnet.no_such_layer"]), r"no layer 'resnet.no_such_layer'.*Valid layer names"),
+        (dict(alignment_pairs=["9:resnet.encoder.stages.0"]), r"student block 9 is out of range.*1..4"),
+    ],
+)
+def test_bad_alignment_pairs_fail_at_construction(tmp_path, kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        make_trainer(tmp_path, **kwargs)
+
+
+def test_label_mismatch_fails_unless_distillation_none(tmp_path):
+    with pytest.raises(ValueError, match="distillation_type='none'"):
+        make_trainer(tmp_path, teacher=make_resnet_teacher(num_labels=5))
+    trainer = make_trainer(tmp_path, teacher=make_resnet_teacher(num_labels=5), distillation_type="none", max_steps=1)
+    trainer.train()
+
+
+def test_non_square_patch_grid_fails(tmp_path):
+    with pytest.raises(ValueError, match="square patch grid"):
+        make_trainer(tmp_path, student=make_vit(image_size=18))
+
+
+def test_channel_mismatch_fails(tmp_path):
+    with pytest.raises(ValueError, match="3 input channels.*num_channels=3"):
+        make_trainer(tmp_path, teacher=make_resnet_teacher(num_channels=3))
+
+
+def test_missing_teacher_fails(tmp_path):
+    with pytest.raises(ValueError, match="teacher_model"):
+        DearKDTrainer(model=make_vit(), args=make_config(tmp_path), train_dataset=make_dataset())
+
+
+@pytest.mark.parametrize(
+    "field, value, message",
+    [("alpha", 1.5, r"alpha=1.5 must lie in \[0, 1\]"), ("beta", -1.0, "beta=-1.0 must be >= 0"), ("tau", 0.0, "tau")],
+)
+def test_bad_config_values_fail(tmp_path, field, value, message):
+    with pytest.raises(ValueError, match=message):
+        make_config(tmp_path, **{field: value})
+
+
+def test_stop_epoch_beyond_run_warns(tmp_path):
+    with pytest.warns(UserWarning, match="distillation never stops"):
+        make_config(tmp_path, distillation_stop_epoch=5.0, num_train_epochs=2)
+
+
+def test_config_parses_with_hf_argument_parser(tmp_path):
+    from transformers import HfArgumentParser
+
+    (config,) = HfArgumentParser(DearKDConfig).parse_args_into_dataclasses(
+        ["--output_dir", str(tmp_path), "--alignment_pairs", "3:layer1", "6:layer2", "--distillation_type", "soft"]
+    )
+    assert config.alignment_pairs == ["3:layer1", "6:layer2"]
+    assert config.distillation_type == "soft" and config.remove_unused_columns is False
+    assert os.fspath(config.output_dir) == str(tmp_path)
