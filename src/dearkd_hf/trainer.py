@@ -15,8 +15,7 @@ import safetensors.torch
 import torch
 from torch import nn
 from transformers import PreTrainedModel, Trainer
-from transformers.utils import SAFE_WEIGHTS_NAME
-from transformers.utils import logging
+from transformers.utils import SAFE_WEIGHTS_NAME, logging
 
 from .alignment import (
     ALIGNERS_ATTRIBUTE,
