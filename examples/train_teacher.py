@@ -11,11 +11,9 @@ folder loads with `dearkd_hf.teachers.load_teacher`: timm teachers are saved in 
     python examples/train_teacher.py config.yaml
 """
 
-import ast
 import json
 import logging
 import os
-import re
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -39,6 +37,7 @@ from transformers import (
 from transformers.modeling_outputs import ImageClassifierOutput
 from transformers.trainer_utils import get_last_checkpoint
 
+from dearkd_hf.cli import parse_config_overrides, parse_script_args
 from dearkd_hf.data import (
     DataTrainingArguments,
     collate_fn,
@@ -120,37 +119,7 @@ class TeacherTrainer(Trainer):
 
 def parse_args(argv: list[str]) -> tuple[TeacherModelArguments, DataTrainingArguments, TrainingArguments]:
     """Command-line flags, or a single .json/.yaml file holding them."""
-    parser = HfArgumentParser((TeacherModelArguments, DataTrainingArguments, TrainingArguments))
-    if len(argv) == 1 and argv[0].endswith(".json"):
-        return parser.parse_json_file(json_file=os.path.abspath(argv[0]))
-    if len(argv) == 1 and argv[0].endswith((".yaml", ".yml")):
-        return parser.parse_yaml_file(yaml_file=os.path.abspath(argv[0]))
-    return parser.parse_args_into_dataclasses(args=argv)
-
-
-def parse_config_overrides(overrides: str | None) -> dict[str, Any]:
-    """`"a=1,b=[2,3],c=gelu"` -> {"a": 1, "b": [2, 3], "c": "gelu"}; commas inside brackets stay in their value.
-
-    Unlike `PretrainedConfig.update_from_string`, this accepts lists, which ResNet-style configs need per stage.
-    """
-    if not overrides:
-        return {}
-    parsed = {}
-    for item in re.split(r",(?![^\[\]]*\])", overrides):
-        key, sep, value = item.partition("=")
-        if not sep:
-            raise ValueError(f"--config_overrides: expected key=value, got {item!r}.")
-        parsed[key.strip()] = _literal(value.strip())
-    return parsed
-
-
-def _literal(value: str) -> Any:
-    for parse in (json.loads, ast.literal_eval):
-        try:
-            return parse(value)
-        except (ValueError, SyntaxError):
-            continue
-    return value
+    return parse_script_args(HfArgumentParser((TeacherModelArguments, DataTrainingArguments, TrainingArguments)), argv)
 
 
 def timm_model_folder(name: str) -> bool:

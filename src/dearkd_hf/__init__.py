@@ -1,8 +1,13 @@
-"""dearkd_hf: DearKD (data-efficient early knowledge distillation for ViTs) on the Hugging Face stack."""
+"""dearkd_hf: DearKD (data-efficient early knowledge distillation for ViTs) on the Hugging Face stack.
+
+Importing it registers the DearKD ViT with ``AutoConfig`` and ``AutoModelForImageClassification``.
+"""
 
 from .alignment import AlignmentPair, default_alignment_pairs, parse_alignment_pairs
+from .attention_distance import AttentionDistanceCallback, mean_attention_distance
 from .callbacks import DistillationStopCallback
 from .config import DearKDConfig
+from .modeling import DearKDViTConfig, DearKDViTForImageClassification
 from .teachers import Teacher, TeacherOutput, load_teacher
 from .trainer import DearKDTrainer
 
@@ -10,12 +15,16 @@ __version__ = "0.1.0"
 
 __all__ = [
     "AlignmentPair",
+    "AttentionDistanceCallback",
     "DearKDConfig",
     "DearKDTrainer",
+    "DearKDViTConfig",
+    "DearKDViTForImageClassification",
     "DistillationStopCallback",
     "Teacher",
     "TeacherOutput",
     "default_alignment_pairs",
     "load_teacher",
+    "mean_attention_distance",
     "parse_alignment_pairs",
 ]

@@ -30,6 +30,8 @@ from .alignment import (
 )
 from .callbacks import DistillationStopCallback
 from .config import DearKDConfig
+from .data import MixupCollator, collate_fn
+from .hub import ModelCardInfo, build_model_card
 from .losses import stage1_loss, stage2_loss
 from .students import StudentGeometry, student_geometry, student_outputs
 from .teachers import Teacher, TeacherOutput, load_teacher
@@ -63,6 +65,7 @@ class DearKDTrainer(Trainer):
             raise TypeError(f"args must be a DearKDConfig (got {type(args).__name__}); it carries the DearKD knobs.")
         self.geometry = student_geometry(model)
         self.teacher = self._load_and_check_teacher(teacher_model, args)
+        self.teacher_source = self.teacher.source
         self.alignment_pairs = self._resolve_pairs(args)
         self._alignment_head = self._build_alignment_head()
         self._aligners_hook = attach_alignment_head(model, self._alignment_head)
@@ -213,6 +216,58 @@ class DearKDTrainer(Trainer):
             logs["stage"] = float(self.stage)
             self._metrics.clear()
         super().log(logs, start_time)
+
+    # ---- evaluation data and the model card ----
+
+    def get_eval_dataloader(self, eval_dataset: Any = None):
+        """Evaluation batches never go through mixup/cutmix, which a shared training collator would apply."""
+        if not isinstance(self.data_collator, MixupCollator):
+            return super().get_eval_dataloader(eval_dataset)
+        train_collator, self.data_collator = self.data_collator, collate_fn
+        try:
+            return super().get_eval_dataloader(eval_dataset)
+        finally:
+            self.data_collator = train_collator
+
+    def create_model_card(
+        self,
+        model_name: str | None = None,
+        dataset: str | list[str] | None = None,
+        train_fraction: float = 1.0,
+        metrics: dict[str, float] | None = None,
+        base_model: str | None = None,
+        **_: Any,
+    ) -> None:
+        """Write README.md naming the teacher, DearKD's weights, pairs and stage split, the data and the metrics.
+
+        Called by ``push_to_hub`` (its keyword arguments are passed here) in place of the Trainer's generic card.
+        """
+        if not self.is_world_process_zero():
+            return
+        if metrics is None:
+            metrics = next((log for log in reversed(self.state.log_history) if "eval_loss" in log), {})
+        stop = self.distillation_stop.stop_epoch
+        info = ModelCardInfo(
+            model_name=model_name or os.path.basename(os.path.normpath(self.args.output_dir)),
+            teacher=self.teacher_source,
+            dataset=dataset if isinstance(dataset, str) else ", ".join(dataset or ["unknown"]),
+            num_train_epochs=self.args.num_train_epochs
+            if self.state.num_train_epochs is None
+            else self.state.num_train_epochs,
+            distillation_stop_epoch=stop
+            if stop is not None
+            else self.args.resolved_stop_epoch(self.args.num_train_epochs),
+            alpha=self.args.alpha,
+            beta=self.args.beta,
+            tau=self.args.tau,
+            distillation_type=self.args.distillation_type,
+            alignment_pairs=[str(pair) for pair in self.alignment_pairs],
+            train_fraction=train_fraction,
+            metrics={k: v for k, v in metrics.items() if k.startswith("eval_")},
+            base_model=base_model,
+        )
+        with open(os.path.join(self.args.output_dir, "README.md"), "w", encoding="utf-8") as f:
+            f.write(build_model_card(info))
 
     # ---- the aligners: trained and checkpointed, never saved as part of the student ----
 

@@ -1,0 +1,205 @@
+#!/usr/bin/env python
+"""Train a ViT student with DearKD from a CNN teacher: `accelerate launch examples/run.py ...`.
+
+Shaped like transformers' `examples/pytorch/image-classification/run_image_classification.py`. With no dataset flag
+it trains on the embedded Fashion-MNIST subset, offline.
+
+    accelerate launch examples/run.py \
+        --teacher_model_name_or_path outputs/teacher \
+        --model_type dearkd_vit --config_overrides "hidden_size=192,num_hidden_layers=12,num_attention_heads=3" \
+        --image_size 28 --output_dir outputs/dearkd --num_train_epochs 10 --distillation_stop_epoch 8
+    python examples/run.py config.yaml
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from dataclasses import dataclass, field
+from typing import Any
+
+import transformers
+from transformers import (
+    AutoConfig,
+    AutoImageProcessor,
+    AutoModelForImageClassification,
+    HfArgumentParser,
+    PreTrainedModel,
+    ViTImageProcessor,
+)
+from transformers.trainer_utils import get_last_checkpoint
+
+from dearkd_hf import (
+    AttentionDistanceCallback,
+    DearKDConfig,
+    DearKDTrainer,
+    DearKDViTForImageClassification,
+    Teacher,
+    load_teacher,
+)
+from dearkd_hf.cli import parse_config_overrides, parse_script_args
+from dearkd_hf.data import (
+    DataTrainingArguments,
+    label_names,
+    load_image_datasets,
+    train_collator,
+    with_transforms,
+)
+from dearkd_hf.evaluation import compute_accuracy_metrics
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class ModelArguments:
+    """The ViT student: from the Hub or a folder, from a ViT checkpoint (`--init_from_vit`), or from scratch."""
+
+    model_name_or_path: str | None = field(
+        default=None,
+        metadata={"help": "Student checkpoint (Hub name or folder): transformers ViT/DeiT or a saved DearKD ViT."},
+    )
+    model_type: str = field(
+        default="dearkd_vit",
+        metadata={"help": "Model type to build from scratch when no --model_name_or_path/--init_from_vit is given."},
+    )
+    config_overrides: str | None = field(
+        default=None,
+        metadata={"help": 'Config values for a from-scratch student, e.g. "hidden_size=192,num_hidden_layers=12".'},
+    )
+    init_from_vit: str | None = field(
+        default=None,
+        metadata={"help": "Build a DearKD ViT student from this transformers ViT/DeiT checkpoint (Hub or folder)."},
+    )
+    image_processor_name: str | None = field(default=None, metadata={"help": "Image processor name or path."})
+    ignore_mismatched_sizes: bool = field(
+        default=True, metadata={"help": "Re-initialise a pretrained head whose label count differs from the data's."}
+    )
+    trust_remote_code: bool = field(default=False, metadata={"help": "Allow custom modeling code from the Hub."})
+    log_attention_distance: bool = field(
+        default=False, metadata={"help": "Log each layer's mean attention distance (AttentionDistanceCallback)."}
+    )
+
+
+def parse_args(argv: list[str]) -> tuple[ModelArguments, DataTrainingArguments, DearKDConfig]:
+    return parse_script_args(HfArgumentParser((ModelArguments, DataTrainingArguments, DearKDConfig)), argv)
+
+
+def check_arguments(model_args: ModelArguments, training_args: DearKDConfig) -> None:
+    """Fail on inconsistent flags before any data or model is loaded."""
+    if training_args.teacher_model_name_or_path is None:
+        raise ValueError(
+            "--teacher_model_name_or_path is required: a timm name, a transformers CNN classifier, or a folder "
+            "written by examples/train_teacher.py."
+        )
+    if model_args.model_name_or_path and model_args.init_from_vit:
+        raise ValueError("--model_name_or_path and --init_from_vit are exclusive: give the student one way.")
+    if model_args.config_overrides and model_args.model_name_or_path:
+        raise ValueError("--config_overrides applies to a student built from scratch, not to --model_name_or_path.")
+
+
+def label_kwargs(labels: list[str]) -> dict[str, Any]:
+    return {
+        "num_labels": len(labels),
+        "id2label": dict(enumerate(labels)),
+        "label2id": {label: i for i, label in enumerate(labels)},
+    }
+
+
+def build_student(
+    model_args: ModelArguments, labels: list[str], teacher: Teacher, image_size: int | None
+) -> PreTrainedModel:
+    """The student with the dataset's labels and the teacher's input channels."""
+    if model_args.model_name_or_path:
+        return AutoModelForImageClassification.from_pretrained(
+            model_args.model_name_or_path,
+            ignore_mismatched_sizes=model_args.ignore_mismatched_sizes,
+            trust_remote_code=model_args.trust_remote_code,
+            **label_kwargs(labels),
+        )
+    overrides = parse_config_overrides(model_args.config_overrides)
+    if model_args.init_from_vit:
+        return DearKDViTForImageClassification.from_vit(model_args.init_from_vit, **label_kwargs(labels), **overrides)
+    overrides.setdefault("num_channels", teacher.num_channels)
+    overrides.setdefault("image_size", image_size or teacher.input_size or 224)
+    config = AutoConfig.for_model(model_args.model_type, **overrides, **label_kwargs(labels))
+    return AutoModelForImageClassification.from_config(config)
+
+
+def build_image_processor(model_args: ModelArguments, student: PreTrainedModel, teacher: Teacher) -> Any:
+    """The student's processor if it has one; from scratch, the teacher's statistics so no re-normalisation runs."""
+    name = model_args.image_processor_name or model_args.model_name_or_path or model_args.init_from_vit
+    if name is not None:
+        try:
+            return AutoImageProcessor.from_pretrained(name)
+        except (OSError, ValueError):
+            logger.warning(f"No image processor found for {name}; using the teacher's normalisation.")
+    size = student.config.image_size
+    return ViTImageProcessor(
+        size={"height": size, "width": size}, image_mean=list(teacher.mean), image_std=list(teacher.std)
+    )
+
+
+def resume_checkpoint(training_args: DearKDConfig) -> str | None:
+    """--resume_from_checkpoint, else the last checkpoint in --output_dir (so a re-run continues)."""
+    if training_args.resume_from_checkpoint is not None:
+        return training_args.resume_from_checkpoint
+    if os.path.isdir(training_args.output_dir):
+        return get_last_checkpoint(training_args.output_dir)
+    return None
+
+
+def main(argv: list[str] | None = None) -> dict[str, float]:
+    model_args, data_args, training_args = parse_args(sys.argv[1:] if argv is None else argv)
+    logging.basicConfig(format="%(asctime)s - %(levelname)s - %(name)s - %(message)s", level=logging.INFO)
+    transformers.utils.logging.set_verbosity(training_args.get_process_log_level())
+    check_arguments(model_args, training_args)
+
+    dataset = load_image_datasets(data_args, seed=training_args.seed)
+    labels = label_names(dataset["train"])
+    teacher = load_teacher(training_args.teacher_model_name_or_path)
+    student = build_student(model_args, labels, teacher, data_args.image_size)
+    processor = build_image_processor(model_args, student, teacher)
+    image_size = student.config.image_size
+    num_channels = student.config.num_channels
+    mean, std = list(processor.image_mean)[:num_channels], list(processor.image_std)[:num_channels]
+    dataset = with_transforms(dataset, image_size, mean, std, num_channels, rand_augment=data_args.rand_augment)
+
+    trainer = DearKDTrainer(
+        model=student,
+        teacher_model=teacher,
+        args=training_args,
+        train_dataset=dataset["train"],
+        eval_dataset=dataset["validation"],
+        data_collator=train_collator(data_args, len(labels)),
+        compute_metrics=compute_accuracy_metrics,
+        processing_class=processor,
+    )
+    if model_args.log_attention_distance:
+        trainer.add_callback(AttentionDistanceCallback(trainer))
+
+    train_result = trainer.train(resume_from_checkpoint=resume_checkpoint(training_args))
+    trainer.save_model()
+    trainer.log_metrics("train", train_result.metrics)
+    trainer.save_metrics("train", train_result.metrics)
+    trainer.save_state()
+
+    metrics = trainer.evaluate()
+    trainer.log_metrics("eval", metrics)
+    trainer.save_metrics("eval", metrics)
+
+    card = {
+        "dataset": data_args.dataset_name or data_args.train_dir or "fashion_mnist (embedded 5k subset)",
+        "train_fraction": data_args.train_fraction,
+        "metrics": metrics,
+        "base_model": model_args.model_name_or_path or model_args.init_from_vit,
+    }
+    if training_args.push_to_hub:
+        trainer.push_to_hub(**card)
+    else:
+        trainer.create_model_card(**card)
+    return metrics
+
+
+if __name__ == "__main__":
+    main()

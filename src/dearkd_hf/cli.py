@@ -1,0 +1,45 @@
+"""What the example scripts share on the command line: flags or one .json/.yaml file, and config overrides."""
+
+from __future__ import annotations
+
+import ast
+import json
+import os
+import re
+from typing import Any
+
+from transformers import HfArgumentParser
+
+
+def parse_script_args(parser: HfArgumentParser, argv: list[str]) -> tuple:
+    """Command-line flags, or a single .json/.yaml file holding them (as transformers' example scripts accept)."""
+    if len(argv) == 1 and argv[0].endswith(".json"):
+        return parser.parse_json_file(json_file=os.path.abspath(argv[0]))
+    if len(argv) == 1 and argv[0].endswith((".yaml", ".yml")):
+        return parser.parse_yaml_file(yaml_file=os.path.abspath(argv[0]))
+    return parser.parse_args_into_dataclasses(args=argv)
+
+
+def parse_config_overrides(overrides: str | None) -> dict[str, Any]:
+    """`"a=1,b=[2,3],c=gelu"` -> {"a": 1, "b": [2, 3], "c": "gelu"}; commas inside brackets stay in their value.
+
+    Unlike `PretrainedConfig.update_from_string`, this accepts lists, which ResNet-style configs need per stage.
+    """
+    if not overrides:
+        return {}
+    parsed = {}
+    for item in re.split(r",(?![^\[\]]*\])", overrides):
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise ValueError(f"--config_overrides: expected key=value, got {item!r}.")
+        parsed[key.strip()] = _literal(value.strip())
+    return parsed
+
+
+def _literal(value: str) -> Any:
+    for parse in (json.loads, ast.literal_eval):
+        try:
+            return parse(value)
+        except (ValueError, SyntaxError):
+            continue
+    return value
