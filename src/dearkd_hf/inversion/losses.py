@@ -1,0 +1,104 @@
+"""The terms of the inversion loss: DeepInversion's priors and competition term, and our BPID loss (METHOD.md §5).
+
+Formulas follow DeepInversion's public code where METHOD.md defers to it (L2 norms, not squared norms, for the
+BatchNorm, total-variation and image terms).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+def batchnorm_statistics_loss(
+    inputs: torch.Tensor, running_mean: torch.Tensor, running_var: torch.Tensor
+) -> torch.Tensor:
+    """``||mu(x) - mu||_2 + ||var(x) - var||_2`` for one BatchNorm2d input ``(B, C, H, W)`` (biased variance)."""
+    mean = inputs.mean(dim=(0, 2, 3))
+    var = inputs.var(dim=(0, 2, 3), correction=0)
+    return torch.linalg.vector_norm(mean - running_mean) + torch.linalg.vector_norm(var - running_var)
+
+
+class BatchNormStatistics:
+    """Forward hooks on every BatchNorm2d of a module that record how far each input's statistics are from the
+    layer's running statistics; use as a context manager around the forwards to be scored.
+    """
+
+    def __init__(self, module: nn.Module, name: str = "teacher") -> None:
+        self.layers = [m for m in module.modules() if isinstance(m, nn.BatchNorm2d) and m.running_mean is not None]
+        if not self.layers:
+            raise ValueError(
+                f"The {name} cannot be inverted: no BatchNorm2d layers (with running statistics) were found, and "
+                "DeepInversion needs their statistics as the image prior."
+            )
+        self._losses: dict[int, torch.Tensor] = {}
+        self._handles: list[torch.utils.hooks.RemovableHandle] = []
+
+    def __enter__(self) -> BatchNormStatistics:
+        self._handles = [layer.register_forward_hook(self._hook(i)) for i, layer in enumerate(self.layers)]
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        for handle in self._handles:
+            handle.remove()
+        self._handles = []
+        self._losses = {}
+
+    def _hook(self, index: int):
+        def record(layer: nn.BatchNorm2d, args: tuple[torch.Tensor, ...], _output: torch.Tensor) -> None:
+            self._losses[index] = batchnorm_statistics_loss(args[0], layer.running_mean, layer.running_var)
+
+        return record
+
+    def loss(self, first_bn_multiplier: float) -> torch.Tensor:
+        """``sum_l w_l * loss_l`` over the layers the last forward reached; ``w`` is the multiplier for the first."""
+        if not self._losses:
+            raise RuntimeError("No BatchNorm2d statistics recorded: run the forward inside `with statistics:`.")
+        return sum(loss * (first_bn_multiplier if i == 0 else 1.0) for i, loss in self._losses.items())
+
+
+def total_variation(images: torch.Tensor) -> torch.Tensor:
+    """DeepInversion's L2 total variation: norms of the horizontal, vertical and both diagonal differences."""
+    diffs = (
+        images[..., :, :-1] - images[..., :, 1:],
+        images[..., :-1, :] - images[..., 1:, :],
+        images[..., 1:, :-1] - images[..., :-1, 1:],
+        images[..., :-1, :-1] - images[..., 1:, 1:],
+    )
+    return sum(torch.linalg.vector_norm(diff) for diff in diffs)
+
+
+def l2_prior(images: torch.Tensor) -> torch.Tensor:
+    return torch.linalg.vector_norm(images)
+
+
+def competition_loss(
+    student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float = 3.0
+) -> torch.Tensor:
+    """Adaptive DeepInversion's ``1 - JS(student, teacher)``: small when the two disagree, so minimising it makes
+    images on which the student has not caught up yet. Clamping and temperature as in DeepInversion's code.
+    """
+    p = F.softmax(student_logits / temperature, dim=1)
+    q = F.softmax(teacher_logits / temperature, dim=1)
+    m = (0.5 * (p + q)).clamp(0.01, 0.99)
+    p, q = p.clamp(0.01, 0.99), q.clamp(0.01, 0.99)
+    js = 0.5 * F.kl_div(p.log(), m, reduction="batchmean") + 0.5 * F.kl_div(q.log(), m, reduction="batchmean")
+    return 1.0 - js.clamp(0.0, 1.0)
+
+
+def bpid_intra(features: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """``mean_{i != j, y_i = y_j} z_i . z_j`` with ``z`` the L2-normalised features; 0 when no class repeats."""
+    z = F.normalize(features.flatten(1), dim=1)
+    same_class = labels[:, None] == labels[None, :]
+    same_class.fill_diagonal_(False)
+    if not same_class.any():
+        return z.new_zeros(())
+    return (z @ z.T)[same_class].mean()
+
+
+def bpid_boundary(logits: torch.Tensor, labels: torch.Tensor, margin: float) -> torch.Tensor:
+    """``mean_i relu(m - (l_i[y_i] - max_{c != y_i} l_i[c]))``: keeps each image at least ``m`` inside its class."""
+    target = logits.gather(1, labels[:, None]).squeeze(1)
+    others = logits.masked_fill(F.one_hot(labels, logits.shape[1]).bool(), float("-inf"))
+    return F.relu(margin - (target - others.amax(dim=1))).mean()

@@ -1,0 +1,75 @@
+"""examples/generate.py end to end, as a user runs it, on a tiny timm teacher saved to a local folder."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import PIL.Image
+import pytest
+import timm
+from datasets import ClassLabel, Image, load_from_disk
+
+ROOT = Path(__file__).resolve().parents[1]
+SCRIPT = ROOT / "examples" / "generate.py"
+
+
+@pytest.fixture(scope="module")
+def teacher_dir(tmp_path_factory) -> str:
+    folder = str(tmp_path_factory.mktemp("teacher"))
+    model_args = {"num_classes": 3, "in_chans": 1}
+    timm.models.save_for_hf(
+        timm.create_model("test_resnet", pretrained=False, **model_args), folder, model_args=model_args
+    )
+    return folder
+
+
+def generate(*args: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "src"), "HF_HUB_OFFLINE": "1"}
+    result = subprocess.run(
+        [sys.executable, str(SCRIPT), *args], capture_output=True, text=True, env=env, cwd=ROOT, timeout=300
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    return result
+
+
+def image_hashes(dataset) -> list[str]:
+    images = dataset.cast_column("image", Image(decode=False))["image"]
+    return [hashlib.sha256(image["bytes"]).hexdigest() for image in images]
+
+
+@pytest.mark.slow
+def test_generate_writes_resumes_and_extends_a_dataset(teacher_dir, tmp_path):
+    output_dir = tmp_path / "synthetic"
+    common = [
+        f"--teacher_model_name_or_path={teacher_dir}",
+        f"--output_dir={output_dir}",
+        "--iterations=3",
+        "--resolution=16",
+        "--batch_size=8",
+    ]
+
+    generate(*common, "--num_images=12", "--max_batches=1")  # stops as if killed after one shard
+    assert sorted(os.listdir(output_dir / "shards")) == ["batch-000000", "fingerprint.json"]
+    assert not (output_dir / "state.json").exists()
+
+    generate(*common, "--num_images=12")
+    dataset = load_from_disk(str(output_dir))
+    assert len(dataset) == 12 and len(set(image_hashes(dataset))) == 12
+    assert dataset.features["label"] == ClassLabel(names=["LABEL_0", "LABEL_1", "LABEL_2"])
+    assert dataset[0]["image"].mode == "L" and dataset[0]["image"].size == (16, 16)
+    with PIL.Image.open(output_dir / "samples.png") as grid:
+        assert grid.size == (8 * 17 + 1, 3 * 17 + 1)  # 8 samples per class, one row per class, 1-pixel padding
+    config = json.loads((output_dir / "generation_config.json").read_text())
+    assert config["teacher"].endswith(teacher_dir) and config["seed"] == 0 and config["num_images"] == 12
+    assert config["inversion_config"]["iterations"] == 3 and config["inversion_config"]["jitter"] == 2
+    assert {"ce", "bn", "tv", "l2", "bpid_intra", "bpid_bound", "total"} <= config["loss_terms"].keys()
+
+    generate(*common, "--num_images=20")
+    extended = load_from_disk(str(output_dir))
+    assert image_hashes(extended)[:12] == image_hashes(dataset)
+    assert len(extended) == 20 and len(set(image_hashes(extended))) == 20
