@@ -7,6 +7,7 @@ from .alignment import AlignmentPair, default_alignment_pairs, parse_alignment_p
 from .attention_distance import AttentionDistanceCallback, mean_attention_distance
 from .callbacks import DistillationStopCallback
 from .config import DearKDConfig
+from .inversion import DeepInversionGenerator, InversionConfig
 from .modeling import DearKDViTConfig, DearKDViTForImageClassification
 from .teachers import Teacher, TeacherOutput, load_teacher
 from .trainer import DearKDTrainer
@@ -20,7 +21,9 @@ __all__ = [
     "DearKDTrainer",
     "DearKDViTConfig",
     "DearKDViTForImageClassification",
+    "DeepInversionGenerator",
     "DistillationStopCallback",
+    "InversionConfig",
     "Teacher",
     "TeacherOutput",
     "default_alignment_pairs",
