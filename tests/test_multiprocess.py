@@ -1,0 +1,76 @@
+"""DearKD under `accelerate launch` with two CPU processes (gloo): training crosses the stage switch in sync.
+
+`accelerate launch --cpu --num_processes 2` starts a single process (accelerate's simple launcher only fans out
+through mpirun), so the launch goes through torchrun with `--multi_gpu`; the script's `use_cpu=True` then gives
+accelerate's MULTI_CPU mode with the gloo backend, on machines with or without GPUs.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+HELPER = ROOT / "tests" / "helpers_distributed.py"
+ACCELERATE = Path(sys.executable).with_name("accelerate")
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def launch_two_processes(output_dir: Path) -> subprocess.CompletedProcess:
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join([str(ROOT / "src"), str(ROOT / "tests")]),
+        "OMP_NUM_THREADS": "1",
+        "HF_HUB_OFFLINE": "1",
+        "HF_HOME": str(output_dir / "hf_home"),  # no user accelerate config leaks in
+        "CUDA_VISIBLE_DEVICES": "",
+        "MASTER_ADDR": "127.0.0.1",
+    }
+    command = [
+        str(ACCELERATE), "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
+        "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_ip", "127.0.0.1",
+        "--main_process_port", str(free_port()), str(HELPER), str(output_dir),
+    ]  # fmt: skip
+    return subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=240)
+
+
+def failure_report(result: subprocess.CompletedProcess) -> str:
+    output = result.stdout + result.stderr
+    errors = [line for line in output.splitlines() if "Error" in line and "[rank" in line]
+    return "\n".join(errors[:10]) + "\n...\n" + output[-3000:]
+
+
+def test_two_cpu_processes_train_across_the_stage_switch_in_sync(tmp_path):
+    result = launch_two_processes(tmp_path)
+    assert result.returncode == 0, failure_report(result)
+    ranks = [torch.load(tmp_path / f"rank{i}.pt") for i in range(2)]
+
+    for i, rank in enumerate(ranks):
+        assert rank["process_index"] == i and rank["num_processes"] == 2
+        assert rank["distributed_type"] == "DistributedType.MULTI_CPU"
+        # 32 examples / (2 processes x batch 4) = 4 steps per epoch; stage 2 from epoch 1 on
+        assert rank["stages"] == [1.0] * 4 + [2.0] * 4
+        assert rank["teacher_released"]
+
+    first, second = ranks
+    # Each rank built its own aligners; DDP starts both from rank 0's and keeps them equal.
+    assert any(not torch.equal(first["initial_aligners"][k], second["initial_aligners"][k]) for k in first["aligners"])
+    assert first["aligners"].keys() == second["aligners"].keys() and first["aligners"]
+    for key in first["aligners"]:
+        assert torch.equal(first["aligners"][key], second["aligners"][key]), key
+        assert not torch.equal(first["aligners"][key], first["initial_aligners"][key]), key  # they trained
+
+    assert first["student"].keys() == second["student"].keys()
+    assert not [k for k in first["student"] if "aligner" in k]  # detached after training
+    for key in first["student"]:
+        assert torch.equal(first["student"][key], second["student"][key]), key

@@ -1,0 +1,246 @@
+"""examples/run.py end to end on the embedded dataset: a tiny DearKD ViT student, a tiny ResNet teacher, seconds each.
+
+Covers the saved student and its model card, a YAML config, resuming into the same output_dir, --push_to_hub against
+an intercepted Hub client (no network) and bad input that must fail before training.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+import torch
+from datasets import load_from_disk
+from huggingface_hub.utils import DEFAULT_IGNORE_PATTERNS, filter_repo_objects
+from safetensors import safe_open
+from safetensors.torch import load_file
+from transformers import AutoModelForImageClassification, ResNetConfig, ResNetForImageClassification
+
+import dearkd_hf  # noqa: F401  (registers the dearkd_vit model type with the Auto classes)
+from dearkd_hf.trainer import ALIGNERS_FILE, DearKDTrainer
+
+ROOT = Path(__file__).resolve().parents[1]
+SCRIPT = ROOT / "examples" / "run.py"
+EMBEDDED = ROOT / "examples" / "data" / "fashion_mnist_small"
+STUDENT = "hidden_size=32,num_hidden_layers=4,num_attention_heads=2,intermediate_size=64,patch_size=4"
+
+spec = importlib.util.spec_from_file_location("dearkd_run_script", SCRIPT)
+run_script = importlib.util.module_from_spec(spec)
+sys.modules[spec.name] = run_script  # dataclasses resolve string annotations through the module
+spec.loader.exec_module(run_script)
+
+
+def write_teacher(folder: Path, num_labels: int) -> str:
+    names = load_from_disk(str(EMBEDDED))["train"].features["label"].names[:num_labels]
+    torch.manual_seed(0)
+    config = ResNetConfig(
+        num_channels=1,
+        embedding_size=8,
+        hidden_sizes=[8, 16],
+        depths=[1, 1],
+        layer_type="basic",
+        num_labels=num_labels,
+        id2label=dict(enumerate(names)),
+        label2id={name: i for i, name in enumerate(names)},
+    )
+    ResNetForImageClassification(config).save_pretrained(folder)
+    return str(folder)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """Tiny models gain nothing from intra-op threads, which on a busy shared CPU make each step seconds long."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def teacher_dir(tmp_path_factory) -> str:
+    """A tiny grayscale ResNet with the embedded Fashion-MNIST subset's ten labels."""
+    return write_teacher(tmp_path_factory.mktemp("teacher"), num_labels=10)
+
+
+@pytest.fixture(scope="module")
+def teacher5_dir(tmp_path_factory) -> str:
+    """The same teacher with only five labels: its label space differs from the dataset's."""
+    return write_teacher(tmp_path_factory.mktemp("teacher5"), num_labels=5)
+
+
+def tiny_args(teacher: str, output_dir: Path, epochs: int = 2) -> list[str]:
+    return [
+        "--teacher_model_name_or_path", teacher, "--config_overrides", STUDENT, "--image_size", "28",
+        "--max_train_samples", "64", "--max_eval_samples", "32", "--num_train_epochs", str(epochs),
+        "--per_device_train_batch_size", "16", "--report_to", "none", "--output_dir", str(output_dir),
+    ]  # fmt: skip
+
+
+def run_cli(*args: str) -> subprocess.CompletedProcess:
+    offline = {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
+    env = {**os.environ, **offline, "PYTHONPATH": str(ROOT / "src"), "OMP_NUM_THREADS": "1"}
+    result = subprocess.run(
+        [sys.executable, str(SCRIPT), *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    return result
+
+
+def foreign_keys(keys) -> list[str]:
+    """Keys that belong to the aligners or to the ResNet teacher, never to a saved student."""
+    return [k for k in keys if "aligner" in k or k.startswith(("resnet.", "teacher")) or ".resnet." in k]
+
+
+def assert_student_folder(out: Path, teacher: str) -> dict:
+    keys = load_file(out / "model.safetensors").keys()
+    assert keys and not foreign_keys(keys)
+    assert json.loads((out / "config.json").read_text())["model_type"] == "dearkd_vit"
+    card = (out / "README.md").read_text()
+    assert teacher in card and "DearKD" in card and "alpha" in card
+    results = json.loads((out / "all_results.json").read_text())
+    assert 0.0 <= results["eval_accuracy"] <= 1.0
+    return results
+
+
+def test_end_to_end_saves_student_card_and_metrics_and_reloads(tmp_path, teacher_dir):
+    out = tmp_path / "out"
+    run_cli(*tiny_args(teacher_dir, out))
+    assert_student_folder(out, teacher_dir)
+    assert not (out / ALIGNERS_FILE).exists()  # only checkpoints carry the aligners
+
+    model, info = AutoModelForImageClassification.from_pretrained(out, output_loading_info=True)
+    assert type(model).__name__ == "DearKDViTForImageClassification"
+    assert not info["missing_keys"] and not info["unexpected_keys"]
+    assert model.config.num_labels == 10 and model.config.id2label[9] == "Ankle boot"
+    with torch.no_grad():
+        assert model.eval()(torch.randn(2, 1, 28, 28)).logits.shape == (2, 10)
+
+
+def test_yaml_config_file(tmp_path, teacher_dir):
+    out = tmp_path / "out"
+    config = tmp_path / "config.yaml"
+    config.write_text(
+        f"teacher_model_name_or_path: {teacher_dir}\n"
+        f'config_overrides: "{STUDENT}"\n'
+        "image_size: 28\nmax_train_samples: 32\nmax_eval_samples: 16\nnum_train_epochs: 1\n"
+        "per_device_train_batch_size: 16\nreport_to: none\nsave_strategy: 'no'\nalpha: 0.25\n"
+        f"output_dir: {out}\n"
+    )
+    metrics = run_script.main([str(config)])
+    assert "eval_accuracy" in metrics
+    assert_student_folder(out, teacher_dir)
+    assert "alpha = 0.25" in (out / "README.md").read_text()
+
+
+def test_rerun_into_same_output_dir_resumes_from_last_checkpoint(tmp_path, teacher_dir, monkeypatch):
+    out = tmp_path / "out"
+    args = [*tiny_args(teacher_dir, out, epochs=1), "--save_strategy", "epoch", "--logging_steps", "1"]
+    run_script.main(args)
+    assert (out / "checkpoint-4" / ALIGNERS_FILE).is_file()  # 64 examples / batch 16 = 4 steps per epoch
+
+    loaded, steps = [], []
+    load_from_checkpoint, training_step = DearKDTrainer._load_from_checkpoint, DearKDTrainer.training_step
+
+    def spy_load(self, checkpoint, model=None):
+        loaded.append(os.path.basename(checkpoint))
+        return load_from_checkpoint(self, checkpoint, model)
+
+    def spy_step(self, *a, **kw):
+        steps.append(self.state.global_step)
+        return training_step(self, *a, **kw)
+
+    monkeypatch.setattr(DearKDTrainer, "_load_from_checkpoint", spy_load)
+    monkeypatch.setattr(DearKDTrainer, "training_step", spy_step)
+    args[args.index("--num_train_epochs") + 1] = "2"
+    run_script.main(args)
+
+    assert loaded == ["checkpoint-4"]
+    assert steps == [4, 5, 6, 7]  # only the second epoch ran
+    state = json.loads((out / "trainer_state.json").read_text())
+    assert state["global_step"] == 8
+    resumed = [log["stage"] for log in state["log_history"] if "loss" in log and log["step"] > 4]
+    assert resumed[0] == 1.0 and resumed[-1] == 2.0  # back in stage 1 (stop epoch 1.6 of 2), then the switch
+
+
+class FakeHubApi:
+    """Stands in for transformers' shared HfApi: records repos and what upload_folder would upload, sends nothing."""
+
+    def __init__(self):
+        self.repos: list[str] = []
+        self.uploads: list[dict] = []
+
+    def create_repo(self, repo_id, token=None, private=None, exist_ok=True, **kwargs):
+        self.repos.append(repo_id)
+        return SimpleNamespace(repo_id=repo_id, url=f"https://huggingface.co/{repo_id}")
+
+    def upload_folder(self, *, repo_id, folder_path, ignore_patterns=None, allow_patterns=None, **kwargs):
+        """The files huggingface_hub would upload (same walk and filter), with what they hold at upload time."""
+        folder = Path(folder_path)
+        patterns = [ignore_patterns] if isinstance(ignore_patterns, str) else list(ignore_patterns or [])
+        relpaths = sorted(p.relative_to(folder).as_posix() for p in folder.glob("**/*") if p.is_file())
+        files = list(
+            filter_repo_objects(
+                relpaths, allow_patterns=allow_patterns, ignore_patterns=patterns + DEFAULT_IGNORE_PATTERNS
+            )
+        )
+        tensors = {}
+        for name in files:
+            if name.endswith(".safetensors"):
+                with safe_open(folder / name, framework="pt") as f:
+                    tensors[name] = list(f.keys())
+        card = (folder / "README.md").read_text() if "README.md" in files else None
+        self.uploads.append({"repo_id": repo_id, "files": files, "tensors": tensors, "card": card, **kwargs})
+        return None
+
+    def __getattr__(self, name):
+        raise AssertionError(f"unexpected Hub call: hf_api().{name}")
+
+
+def test_push_to_hub_uploads_the_student_only(tmp_path, teacher_dir, monkeypatch):
+    hub = FakeHubApi()
+    monkeypatch.setattr("transformers.trainer.hf_api", lambda: hub)
+    out = tmp_path / "out"
+    run_script.main(
+        [*tiny_args(teacher_dir, out), "--push_to_hub", "--hub_model_id", "me/dearkd-tiny", "--save_strategy", "no"]
+    )
+
+    assert hub.repos == ["me/dearkd-tiny"]
+    assert hub.uploads and all(upload["repo_id"] == "me/dearkd-tiny" for upload in hub.uploads)
+    final = hub.uploads[-1]
+    assert {"model.safetensors", "config.json", "preprocessor_config.json", "README.md"} <= set(final["files"])
+    assert teacher_dir in final["card"] and "DearKD" in final["card"] and "eval_accuracy" in final["card"]
+    for upload in hub.uploads:
+        names = [os.path.basename(f) for f in upload["files"]]
+        assert ALIGNERS_FILE not in names and not [f for f in upload["files"] if f.startswith("checkpoint-")]
+        assert not [n for n in names if n.endswith((".pt", ".pth", ".ckpt"))]  # no optimizer/teacher pickles
+        for name, keys in upload["tensors"].items():
+            assert keys and not foreign_keys(keys), name
+    assert "model.safetensors" in final["tensors"]
+
+
+@pytest.mark.parametrize(
+    "extra, error, message",
+    [
+        (["--image_column_name", "pixels"], ValueError, r"Column 'pixels' not found.*\['image', 'label'\]"),
+        (["--label_column_name", "target"], ValueError, r"Column 'target' not found.*\['image', 'label'\]"),
+        (["--dataset_name", "/nonexistent/path"], FileNotFoundError, r"--dataset_name /nonexistent/path"),
+        (["--teacher_model_name_or_path", "TEACHER5"], ValueError, r"5 labels.*distillation_type"),
+        ([], ValueError, r"--teacher_model_name_or_path is required"),
+    ],
+    ids=["image-column", "label-column", "dataset-path", "teacher-labels", "no-teacher"],
+)
+def test_bad_input_fails_before_training(tmp_path, teacher_dir, teacher5_dir, extra, error, message):
+    out = tmp_path / "out"
+    args = tiny_args(teacher_dir, out) + [teacher5_dir if value == "TEACHER5" else value for value in extra]
+    if not extra:
+        index = args.index("--teacher_model_name_or_path")
+        del args[index : index + 2]
+    with pytest.raises(error, match=message):
+        run_script.main(args)
+    assert not list(out.glob("checkpoint-*")) and not (out / "model.safetensors").exists()
