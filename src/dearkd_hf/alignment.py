@@ -11,6 +11,8 @@ gradients are synchronised), and the trainer strips them from anything it saves 
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -152,10 +154,24 @@ def attach_alignment_head(student: nn.Module, head: AlignmentHead) -> torch.util
     def hook(_module: nn.Module, _args, output):
         hidden_states = getattr(output, "hidden_states", None)
         if head.active and hidden_states is not None:
-            output[ALIGNED_FEATURES_KEY] = head(hidden_states)
+            output = _with_aligned_features(type(output))(**output, aligned_features=head(hidden_states))
         return output
 
     return student.register_forward_hook(hook)
+
+
+@functools.cache
+def _with_aligned_features(output_class: type) -> type:
+    """``output_class`` plus an ``aligned_features`` field.
+
+    The maps must be a real field of the output: DDP finds the tensors that took part in the forward through the
+    output and rebuilds it with ``output_class(**fields)``, which a key set by hand would break.
+    """
+    return dataclasses.make_dataclass(
+        f"{output_class.__name__}WithAlignment",
+        [(ALIGNED_FEATURES_KEY, tuple | None, None)],
+        bases=(output_class,),
+    )
 
 
 def detach_alignment_head(student: nn.Module, handle: torch.utils.hooks.RemovableHandle | None) -> None:
