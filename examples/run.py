@@ -49,6 +49,7 @@ from dearkd_hf.data import (
 from dearkd_hf.evaluation import compute_accuracy_metrics
 
 logger = logging.getLogger(__name__)
+EMBEDDED_DATASET_NAME = "fashion_mnist (the 5k/1k subset embedded in dearkd_hf)"
 
 
 @dataclass
@@ -179,7 +180,6 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         trainer.add_callback(AttentionDistanceCallback(trainer))
 
     train_result = trainer.train(resume_from_checkpoint=resume_checkpoint(training_args))
-    trainer.save_model()
     trainer.log_metrics("train", train_result.metrics)
     trainer.save_metrics("train", train_result.metrics)
     trainer.save_state()
@@ -189,14 +189,15 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     trainer.save_metrics("eval", metrics)
 
     card = {
-        "dataset": data_args.dataset_name or data_args.train_dir or "fashion_mnist (embedded 5k subset)",
+        "dataset": data_args.dataset_name or data_args.train_dir or EMBEDDED_DATASET_NAME,
         "train_fraction": data_args.train_fraction,
         "metrics": metrics,
         "base_model": model_args.model_name_or_path or model_args.init_from_vit,
     }
     if training_args.push_to_hub:
-        trainer.push_to_hub(**card)
+        trainer.push_to_hub(**card)  # saves the student and its card, then uploads them once
     else:
+        trainer.save_model()
         trainer.create_model_card(**card)
     return metrics
 

@@ -4,6 +4,7 @@ A card is what tells a reader of the Hub page that this ViT learned from a CNN's
 its training only; without the teacher, the loss weights and the stage split the result cannot be reproduced.
 """
 
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
@@ -11,6 +12,7 @@ from huggingface_hub import ModelCard, ModelCardData
 
 from .data import looks_like_local_path
 
+HUB_ID = re.compile(r"[\w.-]+(/[\w.-]+)?")
 PAPER_URL = "https://arxiv.org/abs/2204.12997"
 # Keys of Trainer.evaluate() results that are bookkeeping, not quality metrics.
 NON_METRICS = {"loss", "epoch", "runtime", "samples_per_second", "steps_per_second"}
@@ -43,11 +45,16 @@ def _card_data(info: ModelCardInfo) -> ModelCardData:
         library_name="transformers",
         pipeline_tag="image-classification",
         tags=list(CARD_TAGS),
-        datasets=None if looks_like_local_path(info.dataset) else [info.dataset],
+        datasets=[info.dataset] if _is_hub_id(info.dataset) else None,
         metrics=_metric_names(info.metrics) or None,
         base_model=info.base_model,
         model_name=info.model_name,
     )
+
+
+def _is_hub_id(name: str) -> bool:
+    """Only `name` or `owner/name` ids belong in the card's `datasets`; local folders and descriptions do not."""
+    return bool(HUB_ID.fullmatch(name)) and not looks_like_local_path(name)
 
 
 def _metric_names(metrics: Mapping[str, float]) -> list[str]:
