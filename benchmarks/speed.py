@@ -1,0 +1,466 @@
+#!/usr/bin/env python
+"""Step time and peak memory of DearKD's stages against their baselines, side by side in one process.
+
+Configurations, each with its own copy of the same student (same weights) and teacher, run on the same batches:
+
+    plain        transformers.Trainer step of the student, labels only                       (a)
+    deit_kd      DearKDTrainer, beta=0, stage 1: DeiT hard logit distillation                (b)
+    dearkd_s1    DearKDTrainer, stage 1: logit KD + early-layer alignment                    (c)
+    dearkd_s2    DearKDTrainer after the switch (teacher released): labels alone             (d)
+    teacher_fwd  the teacher's no-grad forward alone; limit = plain + teacher_fwd
+    deit_kd_vit  (extra) as deit_kd with a plain-attention student (mhca_layers=[]): the cost of MHCA
+
+A step is ``trainer.training_step(model, batch)`` (forward, loss, backward) plus ``optimizer.step()`` and
+``zero_grad``; the optimizer is the Trainer's own (``create_optimizer``). Configurations are interleaved repeat by
+repeat (rotating the order) so that load from other processes hits all of them alike; medians are reported.
+
+Peak memory of a step = the bytes resident before it that belong to that configuration (student, aligners,
+optimizer state, teacher) + the peak of what the step allocates on top. On CUDA the latter is
+``max_memory_allocated - memory_allocated`` around one step; on CPU it is read from the PyTorch profiler's
+allocator events (``profile_memory=True``: allocations and frees in time order, at op granularity), so it is exact
+for tensors but ignores non-tensor process memory.
+
+    python benchmarks/speed.py                         # DeiT-Ti-like student on 28x28 Fashion-MNIST, resnet18 teacher
+    python benchmarks/speed.py --device cuda --batch_size 128 --repeats 50
+    python benchmarks/speed.py --quick --output /tmp/speed.json   # smoke run, seconds
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import os
+import platform
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import timm  # noqa: E402
+import torch  # noqa: E402
+from torch import nn  # noqa: E402
+from transformers import Trainer, TrainerState, TrainingArguments  # noqa: E402
+from transformers.utils import logging as hf_logging  # noqa: E402
+
+from dearkd_hf import DearKDConfig, DearKDTrainer, DearKDViTConfig, DearKDViTForImageClassification  # noqa: E402
+from dearkd_hf.data import DataTrainingArguments, collate_fn, load_image_datasets, with_transforms  # noqa: E402
+from dearkd_hf.inversion import DeepInversionGenerator, InversionConfig  # noqa: E402
+from dearkd_hf.teachers import Teacher, load_teacher  # noqa: E402
+
+RESULTS_DIR = Path(__file__).resolve().parent / "results"
+TARGETS = {"stage1_vs_deit": 1.10, "stage1_vs_limit": 1.05, "stage2_vs_plain": 1.03}
+TRAINER_CONFIGS = ("plain", "deit_kd", "dearkd_s1", "dearkd_s2", "deit_kd_vit")
+NUM_BATCHES = 4  # distinct batches cycled through; every configuration sees the same one at each repeat
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (cuda when available).")
+    parser.add_argument("--batch_size", type=int, default=None, help="Training batch size (default 64; quick 8).")
+    parser.add_argument("--repeats", type=int, default=None, help="Timed steps per configuration (default 10).")
+    parser.add_argument("--warmup", type=int, default=None, help="Untimed steps per configuration first (default 2).")
+    parser.add_argument("--quick", action="store_true", help="Tiny student and sizes: a smoke run of seconds.")
+    parser.add_argument("--image_size", type=int, default=None, help="Input side (default 28, Fashion-MNIST).")
+    parser.add_argument("--patch_size", type=int, default=4)
+    parser.add_argument("--hidden_size", type=int, default=None, help="Student width (default 192, DeiT-Ti).")
+    parser.add_argument("--num_hidden_layers", type=int, default=None, help="Student depth (default 12).")
+    parser.add_argument("--num_attention_heads", type=int, default=None, help="Student heads (default 3).")
+    parser.add_argument("--teacher", default=None, help="timm CNN, built with pretrained=False (default resnet18).")
+    parser.add_argument("--gen_batch_size", type=int, default=None, help="Generator batch (default 64; quick 8).")
+    parser.add_argument("--gen_iterations", type=int, default=None, help="Generator steps timed (default 20).")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="torch intra-op threads (CPU default 1: on a shared machine 2 OpenMP threads slow steps down up to 50x).",
+    )
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--output", default=None, help="JSON path (default benchmarks/results/speed[_quick].json).")
+    args = parser.parse_args(argv)
+    defaults = dict(
+        batch_size=(8, 64),
+        repeats=(2, 10),
+        warmup=(1, 2),
+        image_size=(16, 28),
+        hidden_size=(32, 192),
+        num_hidden_layers=(4, 12),
+        num_attention_heads=(2, 3),
+        teacher=("test_resnet", "resnet18"),
+        gen_batch_size=(8, 64),
+        gen_iterations=(2, 20),
+    )
+    for name, (quick, full) in defaults.items():
+        if getattr(args, name) is None:
+            setattr(args, name, quick if args.quick else full)
+    if args.output is None:
+        args.output = str(RESULTS_DIR / ("speed_quick.json" if args.quick else "speed.json"))
+    if args.device == "auto":
+        args.device = "cuda" if torch.cuda.is_available() else "cpu"
+    if args.threads is None and args.device == "cpu":
+        args.threads = 1
+    return args
+
+
+# ---- models, data, trainers ----
+
+
+def make_student(args: argparse.Namespace, num_labels: int, mhca_layers: list[int] | None = None) -> nn.Module:
+    torch.manual_seed(args.seed)
+    config = DearKDViTConfig(
+        image_size=args.image_size,
+        patch_size=args.patch_size,
+        num_channels=1,
+        hidden_size=args.hidden_size,
+        num_hidden_layers=args.num_hidden_layers,
+        num_attention_heads=args.num_attention_heads,
+        intermediate_size=4 * args.hidden_size,
+        mhca_layers=mhca_layers,
+        num_labels=num_labels,
+    )
+    return DearKDViTForImageClassification(config)
+
+
+def make_teacher(args: argparse.Namespace, num_labels: int) -> nn.Module:
+    torch.manual_seed(args.seed + 1)
+    return timm.create_model(args.teacher, pretrained=False, num_classes=num_labels, in_chans=1)
+
+
+def make_batches(args: argparse.Namespace, device: torch.device) -> tuple[list[dict[str, torch.Tensor]], int]:
+    """NUM_BATCHES batches of the embedded Fashion-MNIST subset, transformed as training data, on the device."""
+    dataset = load_image_datasets(DataTrainingArguments(), seed=args.seed)
+    num_labels = dataset["train"].features["label"].num_classes
+    train = dataset["train"].select(range(NUM_BATCHES * args.batch_size))
+    train = with_transforms({"train": train}, args.image_size, (0.5,), (0.5,), num_channels=1)["train"]
+    batches = []
+    for i in range(NUM_BATCHES):
+        examples = [train[j] for j in range(i * args.batch_size, (i + 1) * args.batch_size)]
+        batches.append({k: v.to(device) for k, v in collate_fn(examples).items()})
+    return batches, num_labels
+
+
+def training_args(cls: type, args: argparse.Namespace, output_dir: str, **extra: Any) -> TrainingArguments:
+    return cls(
+        output_dir=output_dir,
+        per_device_train_batch_size=args.batch_size,
+        report_to="none",
+        use_cpu=args.device == "cpu",
+        save_strategy="no",
+        disable_tqdm=True,
+        seed=args.seed,
+        **extra,
+    )
+
+
+def build_trainers(
+    args: argparse.Namespace, teacher: nn.Module, num_labels: int, output_dir: str
+) -> dict[str, Trainer]:
+    """One trainer per configuration, each with its own student copy (same initial weights) and teacher copy."""
+
+    def dearkd(student: nn.Module, **extra: Any) -> DearKDTrainer:
+        config = training_args(DearKDConfig, args, output_dir, **extra)
+        return DearKDTrainer(model=student, teacher_model=copy.deepcopy(teacher), args=config)
+
+    plain_args = training_args(TrainingArguments, args, output_dir)
+    trainers = {
+        "plain": Trainer(model=make_student(args, num_labels), args=plain_args),
+        "deit_kd": dearkd(make_student(args, num_labels), beta=0.0),
+        "dearkd_s1": dearkd(make_student(args, num_labels)),
+        "dearkd_s2": dearkd(make_student(args, num_labels), distillation_stop_epoch=1.0, num_train_epochs=2),
+        "deit_kd_vit": dearkd(make_student(args, num_labels, mhca_layers=[]), beta=0.0),
+    }
+    for trainer in trainers.values():
+        trainer.create_optimizer()
+        trainer.current_gradient_accumulation_steps = 1  # set by the Trainer's train loop, which we bypass
+    return trainers
+
+
+def switch_to_stage2(trainer: DearKDTrainer, device: torch.device) -> dict[str, Any]:
+    """Cross the stop epoch as training would (the callback's on_step_begin) and check the teacher is released."""
+    before = _allocated(device)
+    state = TrainerState(epoch=trainer.distillation_stop.stop_epoch, num_train_epochs=2)
+    trainer.distillation_stop.on_step_begin(trainer.args, state, trainer.control)
+    after = _allocated(device)
+    return {
+        "stage_after_switch": trainer.stage,
+        "teacher_is_none": trainer.teacher is None,
+        "device_memory_released_bytes": None if before is None else before - after,
+    }
+
+
+# ---- measurement ----
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _allocated(device: torch.device) -> int | None:
+    if device.type != "cuda":
+        return None
+    _sync(device)
+    return torch.cuda.memory_allocated(device)
+
+
+def make_step(trainer: Trainer, device: torch.device):
+    model, optimizer = trainer.model, trainer.optimizer
+
+    def step(batch: dict[str, torch.Tensor]) -> None:
+        trainer.training_step(model, batch)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        _sync(device)
+
+    return step
+
+
+def make_teacher_forward(teacher: Teacher, device: torch.device):
+    module = teacher.module
+
+    def step(batch: dict[str, torch.Tensor]) -> None:
+        with torch.no_grad():
+            module(batch["pixel_values"])
+        _sync(device)
+
+    return step
+
+
+def tensor_bytes(tensors) -> int:
+    seen, total = set(), 0
+    for tensor in tensors:
+        if isinstance(tensor, torch.Tensor) and tensor.data_ptr() not in seen:
+            seen.add(tensor.data_ptr())
+            total += tensor.numel() * tensor.element_size()
+    return total
+
+
+def resident_bytes(trainer: Trainer | None, teacher: Teacher | None) -> int:
+    """Tensors a configuration keeps between steps: its model (with aligners), optimizer state and teacher."""
+    tensors = []
+    if trainer is not None:
+        tensors += list(trainer.model.parameters()) + list(trainer.model.buffers())
+        for state in trainer.optimizer.state.values():
+            tensors += [v for v in state.values() if isinstance(v, torch.Tensor)]
+    if teacher is not None:
+        tensors += list(teacher.module.parameters()) + list(teacher.module.buffers())
+    return tensor_bytes(tensors)
+
+
+def step_peak_bytes(step, batch: dict[str, torch.Tensor], device: torch.device) -> int:
+    """Peak bytes allocated during one step above what was allocated before it."""
+    if device.type == "cuda":
+        _sync(device)
+        base = torch.cuda.memory_allocated(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        step(batch)
+        return torch.cuda.max_memory_allocated(device) - base
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        step(batch)
+    live = peak = 0
+    for event in sorted(prof.events(), key=lambda e: e.time_range.start):
+        live += event.self_cpu_memory_usage
+        peak = max(peak, live)
+    return peak
+
+
+def time_steps(
+    steps: dict[str, Any], batches: list, warmup: int, repeats: int
+) -> tuple[dict[str, list[float]], dict[str, list[float]]]:
+    """Interleaved timing: each repeat runs every configuration once on the same batch, in a rotating order.
+
+    Returns wall-clock and process CPU times per configuration, one entry per timed repeat.
+    """
+    names = list(steps)
+    wall: dict[str, list[float]] = {name: [] for name in names}
+    cpu: dict[str, list[float]] = {name: [] for name in names}
+    for r in range(warmup + repeats):
+        batch = batches[r % len(batches)]
+        order = names[r % len(names) :] + names[: r % len(names)]
+        for name in order:
+            start, start_cpu = time.perf_counter(), time.process_time()
+            steps[name](batch)
+            elapsed, elapsed_cpu = time.perf_counter() - start, time.process_time() - start_cpu
+            if r >= warmup:
+                wall[name].append(elapsed)
+                cpu[name].append(elapsed_cpu)
+    return wall, cpu
+
+
+def ratios_of(times: dict[str, list[float]]) -> dict[str, float]:
+    """The contract's ratios from medians of step times."""
+    med = {name: statistics.median(t) for name, t in times.items()}
+    return {
+        "stage1_vs_deit": med["dearkd_s1"] / med["deit_kd"],
+        "stage1_vs_limit": med["dearkd_s1"] / (med["plain"] + med["teacher_fwd"]),
+        "stage2_vs_plain": med["dearkd_s2"] / med["plain"],
+    }
+
+
+def paired_ratios(times: dict[str, list[float]]) -> dict[str, float]:
+    """The same ratios as medians over repeats of per-repeat ratios: steps of one repeat run back to back, so
+    load from other processes largely cancels."""
+    n = len(times["plain"])
+    per_repeat = [ratios_of({name: [t[i]] for name, t in times.items()}) for i in range(n)]
+    return {key: statistics.median(r[key] for r in per_repeat) for key in per_repeat[0]}
+
+
+def generator_speed(args: argparse.Namespace, teacher: nn.Module, device: torch.device) -> dict[str, Any]:
+    """Images per second of DeepInversion + BPID with this teacher, batch and resolution."""
+    config = InversionConfig(
+        iterations=args.gen_iterations, batch_size=args.gen_batch_size, resolution=args.image_size, seed=args.seed
+    )
+    generator = DeepInversionGenerator(copy.deepcopy(teacher), config, device=device)
+    labels = generator.batch_labels(0)
+    generator.generate_batch([0, 0, 1, 1], seed=0)  # warm-up (untimed)
+    step_times: list[float] = []
+    last = [time.perf_counter()]
+
+    def on_step(_step: int, _loss: float) -> None:
+        now = time.perf_counter()
+        step_times.append(now - last[0])
+        last[0] = now
+
+    _sync(device)
+    start = last[0] = time.perf_counter()
+    generator.generate_batch(labels, seed=1, callback=on_step)
+    _sync(device)
+    elapsed = time.perf_counter() - start
+    per_iteration = statistics.median(step_times)
+    return {
+        "batch_size": args.gen_batch_size,
+        "iterations": args.gen_iterations,
+        "resolution": args.image_size,
+        "batch_s": elapsed,
+        "iteration_median_s": per_iteration,
+        "images_per_s": args.gen_batch_size / elapsed,
+        # DeepInversion's default is 2000 iterations per batch: what a real data-free run gets.
+        "images_per_s_at_2000_iterations": args.gen_batch_size / (2000 * per_iteration),
+    }
+
+
+def summarise(times: list[float]) -> dict[str, float]:
+    q = statistics.quantiles(times, n=4) if len(times) >= 2 else [times[0]] * 3
+    return {"median_s": statistics.median(times), "q1_s": q[0], "q3_s": q[2], "min_s": min(times), "n": len(times)}
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    args = parse_args(argv)
+    hf_logging.set_verbosity_error()
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
+    device = torch.device(args.device)
+    batches, num_labels = make_batches(args, device)
+    teacher_module = make_teacher(args, num_labels)
+
+    with tempfile.TemporaryDirectory() as output_dir:
+        trainers = build_trainers(args, teacher_module, num_labels, output_dir)
+        switch = switch_to_stage2(trainers["dearkd_s2"], device)
+        teacher_alone = load_teacher(copy.deepcopy(teacher_module)).to(device)
+
+        steps = {name: make_step(trainer, device) for name, trainer in trainers.items()}
+        steps["teacher_fwd"] = make_teacher_forward(teacher_alone, device)
+        times, cpu_times = time_steps(steps, batches, args.warmup, args.repeats)
+
+        memory = {}
+        for name, step in steps.items():
+            trainer = trainers.get(name)
+            teacher = teacher_alone if name == "teacher_fwd" else getattr(trainer, "teacher", None)
+            memory[name] = resident_bytes(trainer, teacher) + step_peak_bytes(step, batches[0], device)
+
+    medians = {name: statistics.median(t) for name, t in times.items()}
+    limit = medians["plain"] + medians["teacher_fwd"]
+    ratios = {**ratios_of(times), "stage1_peak_mem_vs_deit": memory["dearkd_s1"] / memory["deit_kd"]}
+    generator = generator_speed(args, teacher_module, device)
+    result = {
+        **ratios,
+        "generator_images_per_s": generator["images_per_s"],
+        "targets": {name: {"max": bound, "met": ratios[name] <= bound} for name, bound in TARGETS.items()},
+        "paired_ratios": paired_ratios(times),
+        "cpu_time_ratios": ratios_of(cpu_times),
+        "timings": {name: summarise(t) for name, t in times.items()},
+        "cpu_timings": {name: summarise(t) for name, t in cpu_times.items()},
+        "raw_times_s": times,
+        "raw_cpu_times_s": cpu_times,
+        "physical_limit_stage1_s": limit,
+        "mhca_cost_deit_kd_vs_plain_attention": medians["deit_kd"] / medians["deit_kd_vit"],
+        "peak_memory_bytes": memory,
+        "peak_memory_method": (
+            "cuda: resident tensors + torch.cuda.max_memory_allocated above the pre-step allocation"
+            if device.type == "cuda"
+            else "cpu: resident tensors + peak of the PyTorch profiler's allocator events during one step "
+            "(tensors only, op granularity; not process RSS)"
+        ),
+        "stage2_switch": switch,
+        "generator": generator,
+        "setup": {
+            "device": str(device),
+            "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor(),
+            "torch_threads": torch.get_num_threads(),
+            "load_average": os.getloadavg() if hasattr(os, "getloadavg") else None,
+            "cpu_count": os.cpu_count(),
+            "torch": torch.__version__,
+            "student": {
+                "image_size": args.image_size,
+                "patch_size": args.patch_size,
+                "hidden_size": args.hidden_size,
+                "num_hidden_layers": args.num_hidden_layers,
+                "num_attention_heads": args.num_attention_heads,
+                "mhca_layers": "all (deit_kd_vit: none)",
+                "parameters": sum(p.numel() for p in make_student(args, num_labels).parameters()),
+            },
+            "teacher": args.teacher,
+            "teacher_parameters": sum(p.numel() for p in teacher_module.parameters()),
+            "batch_size": args.batch_size,
+            "repeats": args.repeats,
+            "warmup": args.warmup,
+            "quick": args.quick,
+            "command": " ".join([Path(sys.argv[0]).name, *(argv if argv is not None else sys.argv[1:])]),
+        },
+    }
+    Path(args.output).parent.mkdir(parents=True, exist_ok=True)
+    with open(args.output, "w", encoding="utf-8") as f:
+        json.dump(result, f, indent=2)
+    print_table(result)
+    print(f"\nWrote {args.output}")
+    return result
+
+
+def print_table(result: dict[str, Any]) -> None:
+    mem = result["peak_memory_bytes"]
+    print(f"\n{'config':<12} {'median ms':>10} {'q1-q3 ms':>16} {'peak MiB':>9}")
+    for name, t in result["timings"].items():
+        iqr = f"{t['q1_s'] * 1e3:.1f}-{t['q3_s'] * 1e3:.1f}"
+        print(f"{name:<12} {t['median_s'] * 1e3:>10.1f} {iqr:>16} {mem[name] / 2**20:>9.1f}")
+    print(f"{'limit (a+t)':<12} {result['physical_limit_stage1_s'] * 1e3:>10.1f}")
+    print()
+    print(f"{'ratio':<24} {'wall':>6} {'paired':>7} {'cpu':>6}")
+    for name in ("stage1_vs_deit", "stage1_vs_limit", "stage2_vs_plain"):
+        target = result["targets"][name]
+        verdict = "ok" if target["met"] else "MISSED"
+        print(
+            f"{name:<24} {result[name]:>6.3f} {result['paired_ratios'][name]:>7.3f} "
+            f"{result['cpu_time_ratios'][name]:>6.3f}  (target <= {target['max']:.2f} on wall: {verdict})"
+        )
+    print(f"{'stage1_peak_mem_vs_deit':<24} {result['stage1_peak_mem_vs_deit']:.3f}")
+    print(f"{'MHCA cost (deit_kd)':<24} {result['mhca_cost_deit_kd_vs_plain_attention']:.3f} x plain attention")
+    gen = result["generator"]
+    print(
+        f"generator: {gen['images_per_s']:.1f} images/s at {gen['iterations']} iterations "
+        f"({gen['images_per_s_at_2000_iterations']:.3f} images/s at DeepInversion's 2000)"
+    )
+    switch = result["stage2_switch"]
+    print(
+        f"stage-2 switch: teacher is None: {switch['teacher_is_none']}; device memory released: "
+        f"{switch['device_memory_released_bytes']}"
+    )
+
+
+if __name__ == "__main__":
+    main()
