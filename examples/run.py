@@ -14,7 +14,6 @@ it trains on the embedded Fashion-MNIST subset, offline.
 from __future__ import annotations
 
 import logging
-import os
 import sys
 from dataclasses import dataclass, field
 from typing import Any
@@ -28,7 +27,6 @@ from transformers import (
     PreTrainedModel,
     ViTImageProcessor,
 )
-from transformers.trainer_utils import get_last_checkpoint
 
 from dearkd_hf import (
     AttentionDistanceCallback,
@@ -38,7 +36,7 @@ from dearkd_hf import (
     Teacher,
     load_teacher,
 )
-from dearkd_hf.cli import parse_config_overrides, parse_script_args
+from dearkd_hf.cli import parse_config_overrides, parse_script_args, resume_checkpoint
 from dearkd_hf.data import (
     DataTrainingArguments,
     label_names,
@@ -139,15 +137,6 @@ def build_image_processor(model_args: ModelArguments, student: PreTrainedModel, 
     return ViTImageProcessor(
         size={"height": size, "width": size}, image_mean=list(teacher.mean), image_std=list(teacher.std)
     )
-
-
-def resume_checkpoint(training_args: DearKDConfig) -> str | None:
-    """--resume_from_checkpoint, else the last checkpoint in --output_dir (so a re-run continues)."""
-    if training_args.resume_from_checkpoint is not None:
-        return training_args.resume_from_checkpoint
-    if os.path.isdir(training_args.output_dir):
-        return get_last_checkpoint(training_args.output_dir)
-    return None
 
 
 def main(argv: list[str] | None = None) -> dict[str, float]:

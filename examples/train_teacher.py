@@ -13,7 +13,6 @@ folder loads with `dearkd_hf.teachers.load_teacher`: timm teachers are saved in 
 
 import json
 import logging
-import os
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -35,9 +34,8 @@ from transformers import (
     ViTImageProcessor,
 )
 from transformers.modeling_outputs import ImageClassifierOutput
-from transformers.trainer_utils import get_last_checkpoint
 
-from dearkd_hf.cli import parse_config_overrides, parse_script_args
+from dearkd_hf.cli import parse_config_overrides, parse_script_args, resume_checkpoint
 from dearkd_hf.data import (
     DataTrainingArguments,
     collate_fn,
@@ -229,9 +227,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         compute_metrics=compute_accuracy_metrics,
         processing_class=processor,
     )
-    checkpoint = training_args.resume_from_checkpoint
-    if checkpoint is None and os.path.isdir(training_args.output_dir):
-        checkpoint = get_last_checkpoint(training_args.output_dir)
+    checkpoint = resume_checkpoint(training_args)
     if checkpoint is not None:
         logger.info(f"Resuming from {checkpoint}.")
     train_result = trainer.train(resume_from_checkpoint=checkpoint)

@@ -8,7 +8,8 @@ import os
 import re
 from typing import Any
 
-from transformers import HfArgumentParser
+from transformers import HfArgumentParser, TrainingArguments
+from transformers.trainer_utils import get_last_checkpoint
 
 
 def parse_script_args(parser: HfArgumentParser, argv: list[str]) -> tuple:
@@ -43,3 +44,12 @@ def _literal(value: str) -> Any:
         except (ValueError, SyntaxError):
             continue
     return value
+
+
+def resume_checkpoint(training_args: TrainingArguments) -> str | None:
+    """--resume_from_checkpoint, else the last checkpoint in --output_dir, so that a re-run continues a killed one."""
+    if training_args.resume_from_checkpoint is not None:
+        return training_args.resume_from_checkpoint
+    if os.path.isdir(training_args.output_dir):
+        return get_last_checkpoint(training_args.output_dir)
+    return None
