@@ -66,11 +66,11 @@ ROW_KEYS = ("method", "train_fraction", "seed", "accuracy", "epochs", "wall_s")
 # cores with one torch thread (see benchmarks/README.md for the estimate).
 SIZES = {
     "full": dict(
-        epochs=4,
+        epochs=5,
         student="image_size=28,patch_size=7,hidden_size=64,num_hidden_layers=4,num_attention_heads=4,"
         "intermediate_size=256",
         teacher="embedding_size=32,hidden_sizes=[32,64,128,256],depths=[1,1,1,1],layer_type=basic",
-        num_generated=1280,
+        num_generated=2560,
         gen_iterations=100,
         gen_batch_size=64,
         batch_size=64,
@@ -102,7 +102,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--fractions", type=float, nargs="+", default=[0.1, 1.0], help="Train fractions.")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1], help="Seeds (at least two for a spread).")
     parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS, help="Rows to run.")
-    parser.add_argument("--epochs", type=float, default=None, help="Epochs of every row (default 4; quick 1).")
+    parser.add_argument("--epochs", type=float, default=None, help="Epochs of every row (default 5; quick 1).")
     parser.add_argument("--batch_size", type=int, default=None)
     parser.add_argument("--learning_rate", type=float, default=1e-3)
     parser.add_argument("--weight_decay", type=float, default=0.05)
