@@ -23,7 +23,7 @@ $(STAMP): setup.py
 	touch $(STAMP)
 
 test: install
-	$(PY) -m pytest tests -q
+	OMP_NUM_THREADS=$${OMP_NUM_THREADS:-1} $(PY) -m pytest tests -q
 
 demo: install
 	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" bash examples/demo.sh

@@ -4,6 +4,7 @@ import pytest
 import torch
 
 from dearkd_hf.alignment import (
+    Aligner,
     AlignmentHead,
     AlignmentPair,
     attach_alignment_head,
@@ -12,6 +13,7 @@ from dearkd_hf.alignment import (
     normalize_channels,
     parse_alignment_pairs,
     patch_grid,
+    patch_tokens,
     teacher_target,
     tokens_to_map,
     validate_alignment_pairs,
@@ -65,9 +67,26 @@ def test_patch_grid_rejects_non_square():
 def test_normalize_and_teacher_target_by_hand():
     feature_map = torch.tensor([[[[1.0, 3.0], [5.0, 7.0]], [[3.0, 5.0], [7.0, 9.0]]]])  # (1, 2, 2, 2)
     target = teacher_target(feature_map, (1, 1))  # pooled: channel means 4 and 6 -> normalised -1, 1
+    assert target.shape == (1, 1, 2)
     assert torch.allclose(target.flatten(), torch.tensor([-1.0, 1.0]), atol=1e-3)
-    normalized = normalize_channels(feature_map)
-    assert torch.allclose(normalized[0, :, 0, 0], torch.tensor([-1.0, 1.0]), atol=1e-3)
+    same_grid = teacher_target(feature_map, (2, 2))  # no pooling; position (0, 1) is token 1: channels 3, 5
+    assert same_grid.shape == (1, 4, 2)
+    assert torch.allclose(same_grid[0, 1], torch.tensor([-1.0, 1.0]), atol=1e-3)
+    assert torch.allclose(
+        normalize_channels(torch.tensor([[2.0, 4.0, 6.0]])), torch.tensor([[-1.2247, 0.0, 1.2247]]), atol=1e-4
+    )
+
+
+def test_aligner_equals_a_1x1_convolution_on_the_feature_map():
+    torch.manual_seed(0)
+    tokens = torch.randn(2, 1 + 9, 4)
+    aligner = Aligner(4, 6)
+    conv = torch.nn.Conv2d(4, 6, kernel_size=1)
+    conv.weight.data = aligner.proj.weight.data.view(6, 4, 1, 1).clone()
+    conv.bias.data = aligner.proj.bias.data.clone()
+    as_map = conv(tokens_to_map(tokens, (3, 3)))  # METHOD.md's formulation: (B, C, h, w)
+    expected = torch.nn.functional.layer_norm(as_map.permute(0, 2, 3, 1), (6,)).reshape(2, 9, 6)
+    assert torch.allclose(aligner(patch_tokens(tokens, (3, 3))), expected, atol=1e-5)
 
 
 def test_attached_head_runs_in_forward_only_when_active(student):
@@ -77,7 +96,7 @@ def test_attached_head_runs_in_forward_only_when_active(student):
     assert "aligned_features" not in student(pixel_values=pixels, output_hidden_states=True)
     head.active = True
     out = student(pixel_values=pixels, output_hidden_states=True)
-    assert [f.shape for f in out["aligned_features"]] == [(2, 5, 4, 4), (2, 7, 4, 4)]
+    assert [f.shape for f in out["aligned_features"]] == [(2, 16, 5), (2, 16, 7)]
     out["aligned_features"][0].sum().backward()
     assert head.aligners[0].proj.weight.grad is not None
     detach_alignment_head(student, handle)

@@ -2,7 +2,8 @@
 
 METHOD.md section 2 fixes the formulation (ours): drop prefix tokens, reshape to ``(B, D, h, w)``, a 1x1 convolution
 ``D -> C``, a per-position layer norm over channels on both sides, and an MSE against the teacher map pooled to
-``(h, w)``.
+``(h, w)``. It is computed in the equivalent token layout ``(B, h*w, C)`` (a 1x1 convolution is a per-token linear
+map), which saves the layout copies that dominate on small students.
 
 The aligners live on the student as the submodule ``dearkd_aligners`` and run inside the student's forward through
 a forward hook. That way they are in the optimizer, DDP/FSDP/DeepSpeed see them as part of the model (so their
@@ -93,32 +94,44 @@ def patch_grid(num_tokens: int, num_patches: int) -> tuple[int, int]:
     return side, side
 
 
+def patch_tokens(tokens: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
+    """``(B, prefix + h*w, D)`` -> the ``(B, h*w, D)`` patch tokens (row-major), prefix tokens dropped."""
+    return tokens[:, tokens.shape[1] - grid[0] * grid[1] :]
+
+
 def tokens_to_map(tokens: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
     """``(B, prefix + h*w, D)`` tokens -> ``(B, D, h, w)`` map, prefix tokens (class, distillation) dropped."""
-    h, w = grid
-    patches = tokens[:, tokens.shape[1] - h * w :]
-    return patches.transpose(1, 2).reshape(tokens.shape[0], tokens.shape[2], h, w)
+    patches = patch_tokens(tokens, grid)
+    return patches.transpose(1, 2).reshape(tokens.shape[0], tokens.shape[2], *grid)
 
 
-def normalize_channels(feature_map: torch.Tensor) -> torch.Tensor:
-    """Layer norm over channels at each position, without affine: makes CNN and ViT scales comparable."""
-    return F.layer_norm(feature_map.transpose(1, -1), feature_map.shape[1:2]).transpose(1, -1)
+def normalize_channels(features: torch.Tensor) -> torch.Tensor:
+    """Layer norm over channels at each position (the last dimension), without affine: makes CNN and ViT scales
+    comparable."""
+    return F.layer_norm(features, features.shape[-1:])
 
 
 def teacher_target(feature_map: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
-    """The teacher's map pooled to the student's grid and normalised: the alignment target."""
-    return normalize_channels(F.adaptive_avg_pool2d(feature_map, grid))
+    """The teacher's ``(B, C, H, W)`` map pooled to the student's grid and normalised: ``(B, h*w, C)``, the
+    alignment target in the student's token order."""
+    if tuple(feature_map.shape[-2:]) != tuple(grid):
+        feature_map = F.adaptive_avg_pool2d(feature_map, grid)
+    return normalize_channels(feature_map.flatten(2).transpose(1, 2))
 
 
 class Aligner(nn.Module):
-    """A 1x1 convolution from the student's width to the teacher layer's channels, then channel normalisation."""
+    """A 1x1 convolution from the student's width to the teacher layer's channels, then channel normalisation.
+
+    A 1x1 convolution over the ``(B, D, h, w)`` map is a linear map per token, so it runs as one on the
+    ``(B, h*w, D)`` tokens: the same function without layout copies.
+    """
 
     def __init__(self, student_dim: int, teacher_channels: int):
         super().__init__()
-        self.proj = nn.Conv2d(student_dim, teacher_channels, kernel_size=1)
+        self.proj = nn.Linear(student_dim, teacher_channels)
 
-    def forward(self, student_map: torch.Tensor) -> torch.Tensor:
-        return normalize_channels(self.proj(student_map))
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        return normalize_channels(self.proj(tokens))
 
 
 class AlignmentHead(nn.Module):
@@ -139,7 +152,7 @@ class AlignmentHead(nn.Module):
 
     def forward(self, hidden_states: Sequence[torch.Tensor]) -> tuple[torch.Tensor, ...]:
         return tuple(
-            aligner(tokens_to_map(hidden_states[pair.student_block], self.grid))
+            aligner(patch_tokens(hidden_states[pair.student_block], self.grid))
             for pair, aligner in zip(self.pairs, self.aligners)
         )
 
