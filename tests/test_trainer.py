@@ -230,3 +230,60 @@ def test_config_parses_with_hf_argument_parser(tmp_path):
     assert config.alignment_pairs == ["3:layer1", "6:layer2"]
     assert config.distillation_type == "soft" and config.remove_unused_columns is False
     assert os.fspath(config.output_dir) == str(tmp_path)
+
+
+def _deit(with_teacher: bool):
+    from transformers import DeiTConfig, DeiTForImageClassification, DeiTForImageClassificationWithTeacher
+
+    config = DeiTConfig(
+        image_size=16,
+        patch_size=4,
+        num_channels=1,
+        hidden_size=16,
+        num_hidden_layers=4,
+        num_attention_heads=2,
+        intermediate_size=32,
+        num_labels=3,
+    )
+    return (DeiTForImageClassificationWithTeacher if with_teacher else DeiTForImageClassification)(config)
+
+
+def _dearkd_vit():
+    from dearkd_hf import DearKDViTConfig, DearKDViTForImageClassification
+
+    config = DearKDViTConfig(
+        image_size=16,
+        patch_size=4,
+        num_channels=1,
+        hidden_size=16,
+        num_hidden_layers=4,
+        num_attention_heads=2,
+        intermediate_size=32,
+        num_labels=3,
+        attention_probs_dropout_prob=0.0,
+        drop_path_rate=0.0,
+    )
+    return DearKDViTForImageClassification(config)
+
+
+@pytest.mark.parametrize(
+    "build, has_distillation_head",
+    [(lambda: _deit(False), False), (lambda: _deit(True), True), (_dearkd_vit, True)],
+    ids=["deit", "deit_with_teacher", "dearkd_vit"],
+)
+def test_every_supported_student_trains_and_kd_uses_the_distillation_head(tmp_path, build, has_distillation_head):
+    student = build()
+    trainer = make_trainer(tmp_path, student=student, max_steps=2)
+    batch = next(iter(trainer.get_train_dataloader()))
+    loss = trainer.compute_loss(trainer.model.train(), batch)
+    with torch.no_grad():
+        outputs = student(pixel_values=batch["pixel_values"])
+        teacher_labels = trainer.teacher.logits(batch["pixel_values"]).argmax(-1)
+    kd_logits = outputs.distillation_logits if has_distillation_head else outputs.logits
+    expected_kd = torch.nn.functional.cross_entropy(kd_logits, teacher_labels)
+    assert trainer._metrics["loss_kd"][-1].item() == pytest.approx(expected_kd.item(), rel=1e-4)
+    assert torch.isfinite(loss)
+    trainer.train()
+    assert [log["stage"] for log in trainer.state.log_history if "loss" in log] == [1.0, 1.0]
+    metrics = trainer.evaluate()
+    assert "eval_loss" in metrics
