@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -73,3 +74,36 @@ def test_generate_writes_resumes_and_extends_a_dataset(teacher_dir, tmp_path):
     extended = load_from_disk(str(output_dir))
     assert image_hashes(extended)[:12] == image_hashes(dataset)
     assert len(extended) == 20 and len(set(image_hashes(extended))) == 20
+
+
+def test_accelerate_launch_two_processes_writes_one_dataset_equal_to_one_process(teacher_dir, tmp_path):
+    common = [f"--teacher_model_name_or_path={teacher_dir}", "--iterations=2", "--resolution=16", "--batch_size=8"]
+    generate(*common, "--num_images=24", f"--output_dir={tmp_path / 'single'}")
+    env = {
+        **os.environ,
+        "PYTHONPATH": str(ROOT / "src"),
+        "HF_HUB_OFFLINE": "1",
+        "CUDA_VISIBLE_DEVICES": "",
+        "OMP_NUM_THREADS": "1",
+        "HF_HOME": str(tmp_path / "hf_home"),  # no saved accelerate config changes the launch
+    }
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    launcher = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2"]
+    launcher += ["--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no"]
+    launcher += ["--main_process_port", str(port), str(SCRIPT)]
+    result = subprocess.run(
+        [*launcher, *common, "--num_images=24", f"--output_dir={tmp_path / 'double'}"],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=ROOT,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    config = json.loads((tmp_path / "double" / "generation_config.json").read_text())
+    assert config["num_processes"] == 2
+    double, single = load_from_disk(str(tmp_path / "double")), load_from_disk(str(tmp_path / "single"))
+    assert len(double) == 24 and len(set(image_hashes(double))) == 24
+    assert image_hashes(double) == image_hashes(single)  # batches depend on (seed, index) only
