@@ -3,7 +3,7 @@ from setuptools import find_packages, setup
 setup(
     name="dearkd_hf",
     version="0.1.0",
-    description="DearKD (data-efficient early knowledge distillation for vision transformers) for the Hugging Face stack",
+    description="DearKD (data-efficient early knowledge distillation for ViTs) for the Hugging Face stack",
     long_description=open("README.md", encoding="utf-8").read(),
     long_description_content_type="text/markdown",
     license="Apache-2.0",
