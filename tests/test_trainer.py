@@ -232,37 +232,29 @@ def test_config_parses_with_hf_argument_parser(tmp_path):
     assert os.fspath(config.output_dir) == str(tmp_path)
 
 
+TINY_VIT = dict(
+    image_size=16,
+    patch_size=4,
+    num_channels=1,
+    hidden_size=16,
+    num_hidden_layers=4,
+    num_attention_heads=2,
+    intermediate_size=32,
+    num_labels=3,
+)
+
+
 def _deit(with_teacher: bool):
     from transformers import DeiTConfig, DeiTForImageClassification, DeiTForImageClassificationWithTeacher
 
-    config = DeiTConfig(
-        image_size=16,
-        patch_size=4,
-        num_channels=1,
-        hidden_size=16,
-        num_hidden_layers=4,
-        num_attention_heads=2,
-        intermediate_size=32,
-        num_labels=3,
-    )
-    return (DeiTForImageClassificationWithTeacher if with_teacher else DeiTForImageClassification)(config)
+    model_class = DeiTForImageClassificationWithTeacher if with_teacher else DeiTForImageClassification
+    return model_class(DeiTConfig(**TINY_VIT))
 
 
 def _dearkd_vit():
     from dearkd_hf import DearKDViTConfig, DearKDViTForImageClassification
 
-    config = DearKDViTConfig(
-        image_size=16,
-        patch_size=4,
-        num_channels=1,
-        hidden_size=16,
-        num_hidden_layers=4,
-        num_attention_heads=2,
-        intermediate_size=32,
-        num_labels=3,
-        attention_probs_dropout_prob=0.0,
-        drop_path_rate=0.0,
-    )
+    config = DearKDViTConfig(**TINY_VIT, attention_probs_dropout_prob=0.0, drop_path_rate=0.0)
     return DearKDViTForImageClassification(config)
 
 
