@@ -18,7 +18,7 @@ echo $(( $(date +%s) - start )) > "$OUT/teacher/wall_s"
 start=$(date +%s)
 python examples/run.py --teacher_model_name_or_path "$OUT/teacher" --model_type dearkd_vit \
   --config_overrides "patch_size=4,hidden_size=64,num_hidden_layers=4,num_attention_heads=4,intermediate_size=128" \
-  --num_train_epochs 8 --distillation_stop_epoch 6 --learning_rate 1e-3 --weight_decay 0.05 --warmup_steps 50 \
+  --num_train_epochs 15 --distillation_stop_epoch 12 --learning_rate 1e-3 --weight_decay 0.05 --warmup_steps 50 \
   --output_dir "$OUT/student" "${COMMON[@]}"
 echo $(( $(date +%s) - start )) > "$OUT/student/wall_s"
 
