@@ -126,7 +126,9 @@ def load_named_dataset(
                 "or a Hub dataset name."
             )
         if (path / "dataset_dict.json").is_file() or (path / "state.json").is_file():
-            dataset = load_from_disk(str(path), keep_in_memory=keep_in_memory)
+            # The embedded subset lives in the repository: however named, keep it in memory so no cache lands there.
+            in_repo = path.resolve() == EMBEDDED_DATASET.resolve()
+            dataset = load_from_disk(str(path), keep_in_memory=keep_in_memory or in_repo)
         else:
             dataset = load_dataset(str(path), config_name)
     else:
@@ -238,9 +240,7 @@ def load_image_datasets(data_args: DataTrainingArguments, seed: int) -> DatasetD
         source = "--train_dir/--validation_dir"
     else:
         source = data_args.dataset_name or default_dataset_path()
-        # The embedded subset is small and lives in the repository: keep it in memory so no cache lands there.
-        embedded = data_args.dataset_name is None
-        dataset = load_named_dataset(source, data_args.dataset_config_name, keep_in_memory=embedded)
+        dataset = load_named_dataset(source, data_args.dataset_config_name)
     if "train" not in dataset:
         raise ValueError(f"{source} has no train split; its splits are {list(dataset)}.")
 
