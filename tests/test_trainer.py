@@ -279,3 +279,12 @@ def test_every_supported_student_trains_and_kd_uses_the_distillation_head(tmp_pa
     assert [log["stage"] for log in trainer.state.log_history if "loss" in log] == [1.0, 1.0]
     metrics = trainer.evaluate()
     assert "eval_loss" in metrics
+
+
+def test_reordered_teacher_labels_are_warned_about(tmp_path, caplog):
+    teacher = make_resnet_teacher()
+    teacher.config.id2label = {0: "cat", 1: "dog", 2: "bird"}
+    student = make_vit(id2label={0: "dog", 1: "cat", 2: "bird"})
+    with caplog.at_level("WARNING"):
+        make_trainer(tmp_path, student=student, teacher=teacher)
+    assert "differ from the student's" in caplog.text

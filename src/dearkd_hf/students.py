@@ -24,6 +24,7 @@ class StudentGeometry:
     image_size: int
     num_channels: int
     num_labels: int
+    id2label: dict[int, str]
 
 
 @dataclass
@@ -63,6 +64,7 @@ def student_geometry(model: nn.Module) -> StudentGeometry:
         image_size=image_size[0],
         num_channels=getattr(config, "num_channels", 3),
         num_labels=config.num_labels,
+        id2label={int(k): v for k, v in config.id2label.items()},
     )
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import gc
 import os
+import re
 from collections import defaultdict
 from typing import Any
 
@@ -106,6 +107,8 @@ class DearKDTrainer(Trainer):
                 "needs the same label space. Give the student num_labels matching the teacher, or set "
                 "distillation_type='none' to keep only the feature alignment."
             )
+        if args.distillation_type != "none":
+            _warn_on_label_order(teacher.id2label, self.geometry.id2label)
         return teacher
 
     def _resolve_pairs(self, args: DearKDConfig) -> list[AlignmentPair]:
@@ -317,6 +320,21 @@ class DearKDTrainer(Trainer):
     def _issue_warnings_after_load(self, load_result: Any) -> None:
         missing = [k for k in load_result.missing_keys if not _is_aligner_key(k)]
         super()._issue_warnings_after_load(load_result._replace(missing_keys=missing))
+
+
+def _warn_on_label_order(teacher_labels: dict[int, str], student_labels: dict[int, str]) -> None:
+    """Same count but other names in another order means the logit KD would teach the wrong classes."""
+    generic = re.compile(r"LABEL_\d+")
+    named = [
+        labels for labels in (teacher_labels, student_labels) if not all(generic.fullmatch(v) for v in labels.values())
+    ]
+    if len(named) == 2 and [teacher_labels[i] for i in sorted(teacher_labels)] != [
+        student_labels[i] for i in sorted(student_labels)
+    ]:
+        logger.warning(
+            f"The teacher's labels {list(teacher_labels.values())} differ from the student's "
+            f"{list(student_labels.values())}: logit distillation assumes index i is the same class in both."
+        )
 
 
 def _is_aligner_key(key: str) -> bool:
