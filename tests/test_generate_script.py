@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 import json
 import os
 import socket
@@ -13,7 +14,8 @@ from pathlib import Path
 import PIL.Image
 import pytest
 import timm
-from datasets import ClassLabel, Image, load_from_disk
+from accelerate.state import AcceleratorState
+from datasets import ClassLabel, Dataset, Image, load_from_disk
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "examples" / "generate.py"
@@ -107,3 +109,27 @@ def test_accelerate_launch_two_processes_writes_one_dataset_equal_to_one_process
     double, single = load_from_disk(str(tmp_path / "double")), load_from_disk(str(tmp_path / "single"))
     assert len(double) == 24 and len(set(image_hashes(double))) == 24
     assert image_hashes(double) == image_hashes(single)  # batches depend on (seed, index) only
+
+
+def test_push_to_hub_uploads_the_finished_dataset(teacher_dir, tmp_path, monkeypatch):
+    spec = importlib.util.spec_from_file_location("dearkd_generate_script", SCRIPT)
+    script = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = script  # dataclasses resolve string annotations through the module
+    spec.loader.exec_module(script)
+    pushed = []
+    monkeypatch.setattr(Dataset, "push_to_hub", lambda self, repo_id, **kw: pushed.append((repo_id, len(self))))
+    output_dir = tmp_path / "synthetic"
+    script.main(
+        [
+            f"--teacher_model_name_or_path={teacher_dir}",
+            f"--output_dir={output_dir}",
+            "--iterations=1",
+            "--resolution=16",
+            "--batch_size=6",
+            "--num_images=6",
+            "--push_to_hub",
+            "--hub_model_id=me/synthetic-images",
+        ]
+    )
+    AcceleratorState._reset_state(reset_partial_state=True)  # the script's PartialState must not leak into other tests
+    assert pushed == [("me/synthetic-images", 6)]
