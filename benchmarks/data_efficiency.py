@@ -5,7 +5,9 @@ Every row is trained with the example scripts' ``main()`` (what a user runs), wi
 augmentation (the scripts' default random-resized-crop + flip) and seeds, and evaluated on the real test set:
 
     teacher          examples/train_teacher.py: the CNN teacher (a small transformers ResNet), on the fraction
-    scratch          examples/run.py with distillation_stop_epoch=0: the student on labels alone from step 0
+    scratch          a plain-attention ViT (mhca_layers=[]) of the same size on labels alone from step 0
+                     (examples/run.py with distillation_stop_epoch=0)
+    scratch_mhca     the DearKD ViT (MHCA) on labels alone: separates MHCA's inductive bias from distillation
     deit             DeiT hard distillation via the distillation token: beta=0, no stop, mhca_layers=[]
     dearkd           DearKD: alignment (beta=1) + MHCA in every block + stop at 80% of the epochs
     dearkd_no_mhca   DearKD with mhca_layers=[]
@@ -52,6 +54,7 @@ EMBEDDED_DATASET = EXAMPLES / "data" / "fashion_mnist_small"
 METHODS = (
     "teacher",
     "scratch",
+    "scratch_mhca",
     "deit",
     "dearkd",
     "dearkd_no_mhca",
@@ -316,8 +319,9 @@ class Runner:
         stop = 0.8 * epochs
         if method == "teacher":
             return self.train_teacher_row(fraction, seed), {}
-        if method == "scratch":
-            return self.student_row(method, fraction, seed, beta=0.0, stop_epoch=0.0, mhca=True), {}
+        if method in ("scratch", "scratch_mhca"):
+            mhca = method == "scratch_mhca"
+            return self.student_row(method, fraction, seed, beta=0.0, stop_epoch=0.0, mhca=mhca), {}
         if method == "deit":
             return self.student_row(method, fraction, seed, beta=0.0, stop_epoch=epochs, mhca=False), {}
         if method == "dearkd":

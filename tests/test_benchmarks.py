@@ -15,6 +15,7 @@ BENCHMARKS = ROOT / "benchmarks"
 METHODS = {
     "teacher",
     "scratch",
+    "scratch_mhca",
     "deit",
     "dearkd",
     "dearkd_no_mhca",
