@@ -118,6 +118,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--max_eval_samples", type=int, default=None, help="Debugging: cap the test set.")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (1: steadiest on a shared machine).")
     parser.add_argument("--overwrite", action="store_true", help="Discard results made with another config.")
+    parser.add_argument(
+        "--merge_from",
+        nargs="+",
+        default=None,
+        help="JSON files of other workers (e.g. one per seed, run in parallel with their own --results_dir and "
+        "--work_dir) to fold into this results file; their configuration must match. Runs no training.",
+    )
     args = parser.parse_args(argv)
     for name, value in SIZES["quick" if args.quick else "full"].items():
         if getattr(args, name) is None:
@@ -197,6 +204,17 @@ class Results:
         tmp = self.path.with_suffix(".json.tmp")
         tmp.write_text(json.dumps({"config": self.config, "rows": self.rows}, indent=2))
         os.replace(tmp, self.path)
+
+
+def merge_rows(results: Results, paths: list[Path]) -> None:
+    """Add the rows of other workers' results files that this one lacks (same configuration only)."""
+    for path in paths:
+        other = json.loads(path.read_text())
+        if other.get("config") != results.config:
+            raise SystemExit(f"--merge_from {path}: made with another configuration; it cannot be merged.")
+        for row in other["rows"]:
+            if not results.has(*_key(row)):
+                results.add(row)
 
 
 def _key(row: dict[str, Any]) -> tuple[str, float, int]:
@@ -430,6 +448,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         ensure_dataset(args.dataset_dir)
     results_dir = Path(args.results_dir)
     results = Results(results_dir / f"{args.prefix}.json", run_config(args), args.overwrite)
+    if args.merge_from:
+        merge_rows(results, [Path(path) for path in args.merge_from])
+        write_reports(results, results_dir, args.prefix)
+        return {"config": results.config, "rows": results.rows}
     runner = Runner(args)
     total = len(args.seeds) * len(args.fractions) * len(args.methods)
     done = 0

@@ -83,3 +83,15 @@ def test_data_efficiency_quick_writes_rows_table_plot_and_skips_done_rows(tmp_pa
     rerun = run_script("data_efficiency.py", *args)
     assert "fraction=0.5 seed=0" not in rerun.stdout
     assert json.loads(path.read_text())["rows"] == rows
+
+    # Another worker's rows (same configuration) fold in without training; a foreign configuration is refused.
+    other = tmp_path / "worker" / "data_efficiency_quick.json"
+    other.parent.mkdir()
+    extra = {**rows[0], "seed": 7, "accuracy": 0.5}
+    other.write_text(json.dumps({"config": data["config"], "rows": [rows[1], extra]}))
+    merged = run_script("data_efficiency.py", *args, "--merge_from", str(other))
+    assert "fraction=0.5 seed=7" not in merged.stdout
+    assert json.loads(path.read_text())["rows"] == rows + [extra]
+    other.write_text(json.dumps({"config": {**data["config"], "epochs": 99}, "rows": [extra]}))
+    with pytest.raises(AssertionError, match="another configuration"):
+        run_script("data_efficiency.py", *args, "--merge_from", str(other))
