@@ -14,24 +14,25 @@ from transformers import ResNetConfig, ResNetForImageClassification, ViTConfig, 
 
 IMAGE_SIZE = 16
 NUM_LABELS = 3
+# The ViT geometry every trainer test shares (ViT, DeiT and DearKD ViT configs all take these keys).
+TINY_VIT = dict(
+    image_size=IMAGE_SIZE,
+    patch_size=4,
+    num_channels=1,
+    hidden_size=16,
+    num_hidden_layers=4,
+    num_attention_heads=2,
+    intermediate_size=32,
+    hidden_dropout_prob=0.0,
+    num_labels=NUM_LABELS,
+)
 
 
 def make_vit(
     num_labels: int = NUM_LABELS, num_channels: int = 1, seed: int = 0, **overrides
 ) -> ViTForImageClassification:
     torch.manual_seed(seed)
-    config = dict(
-        image_size=IMAGE_SIZE,
-        patch_size=4,
-        num_channels=num_channels,
-        hidden_size=16,
-        num_hidden_layers=4,
-        num_attention_heads=2,
-        intermediate_size=32,
-        hidden_dropout_prob=0.0,
-        attention_probs_dropout_prob=0.0,
-        num_labels=num_labels,
-    )
+    config = dict(TINY_VIT, num_channels=num_channels, num_labels=num_labels, attention_probs_dropout_prob=0.0)
     config.update(overrides)
     return ViTForImageClassification(ViTConfig(**config))
 

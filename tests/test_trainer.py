@@ -6,7 +6,7 @@ import os
 
 import pytest
 import torch
-from conftest import make_dataset, make_resnet_teacher, make_vit
+from conftest import TINY_VIT, make_dataset, make_resnet_teacher, make_vit
 from safetensors.torch import load_file
 from transformers import AutoModelForImageClassification, ViTImageProcessor
 
@@ -230,18 +230,6 @@ def test_config_parses_with_hf_argument_parser(tmp_path):
     assert config.alignment_pairs == ["3:layer1", "6:layer2"]
     assert config.distillation_type == "soft" and config.remove_unused_columns is False
     assert os.fspath(config.output_dir) == str(tmp_path)
-
-
-TINY_VIT = dict(
-    image_size=16,
-    patch_size=4,
-    num_channels=1,
-    hidden_size=16,
-    num_hidden_layers=4,
-    num_attention_heads=2,
-    intermediate_size=32,
-    num_labels=3,
-)
 
 
 def _deit(with_teacher: bool):
