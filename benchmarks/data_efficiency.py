@@ -30,12 +30,14 @@ most the row in progress. Outputs (``<prefix>`` is ``data_efficiency``, ``data_e
 from __future__ import annotations
 
 import argparse
+import functools
 import importlib.util
 import json
 import math
 import os
 import shutil
 import statistics
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -69,23 +71,29 @@ ROW_KEYS = ("method", "train_fraction", "seed", "accuracy", "epochs", "wall_s")
 # cores with one torch thread (see benchmarks/README.md for the estimate).
 SIZES = {
     "full": dict(
-        epochs=5,
+        full_set_epochs=5,
+        max_epochs=30,
         student="image_size=28,patch_size=7,hidden_size=64,num_hidden_layers=4,num_attention_heads=4,"
         "intermediate_size=256",
         teacher="embedding_size=32,hidden_sizes=[32,64,128,256],depths=[1,1,1,1],layer_type=basic",
         num_generated=2560,
         gen_iterations=100,
         gen_batch_size=64,
+        gen_tv=3e-3,
+        gen_jitter=0,
         batch_size=64,
     ),
     "quick": dict(
-        epochs=1,
+        full_set_epochs=1,
+        max_epochs=1,
         student="image_size=28,patch_size=7,hidden_size=32,num_hidden_layers=2,num_attention_heads=2,"
         "intermediate_size=64",
         teacher="embedding_size=8,hidden_sizes=[8,16],depths=[1,1],layer_type=basic",
         num_generated=32,
         gen_iterations=2,
         gen_batch_size=16,
+        gen_tv=3e-3,
+        gen_jitter=0,
         batch_size=32,
     ),
 }
@@ -105,7 +113,37 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--fractions", type=float, nargs="+", default=[0.1, 1.0], help="Train fractions.")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1], help="Seeds (at least two for a spread).")
     parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS, help="Rows to run.")
-    parser.add_argument("--epochs", type=float, default=None, help="Epochs of every row (default 5; quick 1).")
+    parser.add_argument(
+        "--epochs",
+        type=float,
+        nargs="+",
+        default=None,
+        help="Epochs: one value for every fraction, or one per --fractions entry. Default: the schedule below.",
+    )
+    parser.add_argument(
+        "--full_set_epochs",
+        type=float,
+        default=None,
+        help="Default schedule: fraction f trains min(max_epochs, full_set_epochs / f) epochs, i.e. the same "
+        "number of images as full_set_epochs passes over the full set, up to max_epochs (default 5; quick 1).",
+    )
+    parser.add_argument("--max_epochs", type=float, default=None, help="Cap of the default schedule (30; quick 1).")
+    parser.add_argument(
+        "--datafree_epochs",
+        type=float,
+        default=None,
+        help="Epochs of the data-free students on the generated images (default: max_epochs).",
+    )
+    parser.add_argument(
+        "--datafree_distillation_type",
+        default="soft",
+        choices=["hard", "soft"],
+        help="KD of the data-free students: soft (default) passes on the teacher's whole distribution, which on "
+        "generated images is most of what they carry (their hard labels are the generation targets).",
+    )
+    parser.add_argument(
+        "--rand_augment", action="store_true", help="RandAugment on top of crop + flip, for every row (teachers too)."
+    )
     parser.add_argument("--batch_size", type=int, default=None)
     parser.add_argument("--learning_rate", type=float, default=1e-3)
     parser.add_argument("--weight_decay", type=float, default=0.05)
@@ -114,10 +152,26 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--num_generated", type=int, default=None, help="Images generated per data-free student.")
     parser.add_argument("--gen_iterations", type=int, default=None, help="DeepInversion steps per batch.")
     parser.add_argument("--gen_batch_size", type=int, default=None)
+    parser.add_argument(
+        "--gen_tv",
+        type=float,
+        default=None,
+        help="Total-variation weight (default 3e-3: DeepInversion's 1e-4 is for 224 px; at 28 px it left noise).",
+    )
+    parser.add_argument(
+        "--gen_jitter", type=int, default=None, help="Random roll in pixels (default 0: a 28 px item rolls apart)."
+    )
     parser.add_argument("--max_train_samples", type=int, default=None, help="Debugging: cap the training set.")
     parser.add_argument("--max_eval_samples", type=int, default=None, help="Debugging: cap the test set.")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (1: steadiest on a shared machine).")
     parser.add_argument("--overwrite", action="store_true", help="Discard results made with another config.")
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        help="Processes that split the seeds between them (one core each, --threads threads), merged at the end; "
+        "each writes <work_dir>/workers/seeds-*.log and resumes from its own results file.",
+    )
     parser.add_argument(
         "--merge_from",
         nargs="+",
@@ -126,9 +180,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--work_dir) to fold into this results file; their configuration must match. Runs no training.",
     )
     args = parser.parse_args(argv)
+    if args.workers < 1:
+        parser.error(f"--workers={args.workers}: must be >= 1.")
     for name, value in SIZES["quick" if args.quick else "full"].items():
         if getattr(args, name) is None:
             setattr(args, name, value)
+    if args.epochs is not None and len(args.epochs) not in (1, len(args.fractions)):
+        parser.error(
+            f"--epochs: got {len(args.epochs)} values for {len(args.fractions)} --fractions; give one value, or one "
+            "per fraction in the same order."
+        )
+    if args.datafree_epochs is None:
+        args.datafree_epochs = args.max_epochs
     if args.dataset_dir is None:
         args.dataset_dir = str(EMBEDDED_DATASET if args.quick else ROOT / "outputs" / "fashion_mnist_full")
     prefix = "data_efficiency_quick" if args.quick else "data_efficiency"
@@ -164,7 +227,12 @@ def run_config(args: argparse.Namespace) -> dict[str, Any]:
     """Everything that changes a row's number; rows from a different config are never mixed in."""
     return {
         "dataset_dir": os.path.abspath(args.dataset_dir),
-        "epochs": args.epochs,
+        "epochs": args.epochs and dict(zip(map(str, args.fractions), args.epochs * len(args.fractions))),
+        "full_set_epochs": args.full_set_epochs,
+        "max_epochs": args.max_epochs,
+        "datafree_epochs": args.datafree_epochs,
+        "datafree_distillation_type": args.datafree_distillation_type,
+        "rand_augment": args.rand_augment,
         "batch_size": args.batch_size,
         "learning_rate": args.learning_rate,
         "weight_decay": args.weight_decay,
@@ -173,6 +241,8 @@ def run_config(args: argparse.Namespace) -> dict[str, Any]:
         "num_generated": args.num_generated,
         "gen_iterations": args.gen_iterations,
         "gen_batch_size": args.gen_batch_size,
+        "gen_tv": args.gen_tv,
+        "gen_jitter": args.gen_jitter,
         "max_train_samples": args.max_train_samples,
         "max_eval_samples": args.max_eval_samples,
         "stop_epoch_fraction": 0.8,
@@ -217,6 +287,37 @@ def merge_rows(results: Results, paths: list[Path]) -> None:
                 results.add(row)
 
 
+def run_workers(args: argparse.Namespace, argv: list[str], results: Results) -> None:
+    """This script once per group of seeds, in parallel, each with its own results file; then fold them in."""
+    groups = [args.seeds[i :: args.workers] for i in range(min(args.workers, len(args.seeds)))]
+    workers_dir = Path(args.work_dir) / "workers"
+    workers_dir.mkdir(parents=True, exist_ok=True)
+    jobs = []
+    for seeds in groups:
+        name = "seeds-" + "-".join(map(str, seeds))
+        path = workers_dir / name / f"{args.prefix}.json"
+        if args.overwrite:
+            path.unlink(missing_ok=True)
+        own = Results(path, results.config, overwrite=False)
+        for row in results.rows:  # rows this file already has are not trained again
+            if row["seed"] in seeds and not own.has(*_key(row)):
+                own.add(row)
+        passed = [arg for arg in argv if arg != "--overwrite"]  # handled above, once
+        command = [sys.executable, __file__, *passed, "--workers=1", "--seeds", *map(str, seeds)]
+        command.append(f"--results_dir={own.path.parent}")
+        log = open(workers_dir / f"{name}.log", "w")  # noqa: SIM115 (closed below, after the process ends)
+        print(f"worker {name}: log in {log.name}", flush=True)
+        jobs.append((subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT), log, own.path))
+    failed = []
+    for process, log, _ in jobs:
+        if process.wait() != 0:
+            failed.append(log.name)
+        log.close()
+    merge_rows(results, [path for *_, path in jobs if path.is_file()])
+    if failed:
+        raise SystemExit(f"workers failed (their finished rows are kept); see {', '.join(failed)}")
+
+
 def _key(row: dict[str, Any]) -> tuple[str, float, int]:
     return row["method"], float(row["train_fraction"]), int(row["seed"])
 
@@ -232,14 +333,15 @@ class Runner:
         self.run = load_example("run")
         self.generate = load_example("generate")
 
-    def common(self, fraction: float, seed: int, output_dir: Path) -> list[str]:
+    def common(self, fraction: float, seed: int, output_dir: Path, epochs: float) -> list[str]:
         a = self.args
         flags = [
             f"--train_fraction={fraction}",
             f"--seed={seed}",
             "--image_size=28",
             f"--output_dir={output_dir}",
-            f"--num_train_epochs={a.epochs}",
+            f"--num_train_epochs={epochs}",
+            f"--rand_augment={a.rand_augment}",
             f"--per_device_train_batch_size={a.batch_size}",
             "--per_device_eval_batch_size=256",
             f"--learning_rate={a.learning_rate}",
@@ -270,7 +372,7 @@ class Runner:
             "--model_type=resnet",
             f"--config_overrides={self.args.teacher}",
             f"--dataset_name={self.args.dataset_dir}",
-            *self.common(fraction, seed, output_dir),
+            *self.common(fraction, seed, output_dir, epochs_for(self.args, fraction)),
         ]
         metrics = self.train_teacher.main(argv)
         (output_dir / "DONE").write_text(json.dumps(metrics))
@@ -293,6 +395,7 @@ class Runner:
         beta: float,
         stop_epoch: float,
         mhca: bool,
+        epochs: float,
         dataset: str | None = None,
     ) -> float:
         """examples/run.py on the real data (or a generated set, evaluated on the real test set)."""
@@ -307,12 +410,16 @@ class Runner:
             f"--config_overrides={student}",
             f"--beta={beta}",
             f"--distillation_stop_epoch={stop_epoch}",
-            *self.common(1.0 if dataset else fraction, seed, output_dir),
+            *self.common(1.0 if dataset else fraction, seed, output_dir, epochs),
         ]
         if dataset is None:
             argv.append(f"--dataset_name={a.dataset_dir}")
         else:
-            argv += [f"--dataset_name={dataset}", f"--eval_dataset_name={a.dataset_dir}"]
+            argv += [
+                f"--dataset_name={dataset}",
+                f"--eval_dataset_name={a.dataset_dir}",
+                f"--distillation_type={a.datafree_distillation_type}",
+            ]
         return self.run.main(argv)["eval_accuracy"]
 
     def generated_set(self, fraction: float, seed: int, bpid: bool) -> str:
@@ -327,35 +434,49 @@ class Runner:
             f"--batch_size={a.gen_batch_size}",
             "--resolution=28",
             f"--bpid_weight={1.0 if bpid else 0.0}",
+            f"--tv={a.gen_tv}",
+            f"--jitter={a.gen_jitter}",
+            f"--flip={a.gen_jitter > 0}",
             f"--seed={seed}",
         ]
         self.generate.main(argv)
         return str(output_dir)
 
     def row(self, method: str, fraction: float, seed: int) -> tuple[float, dict[str, Any]]:
-        epochs = self.args.epochs
+        epochs = row_epochs(self.args, method, fraction)
         stop = 0.8 * epochs
+        train = functools.partial(self.student_row, method, fraction, seed, epochs=epochs)
         if method == "teacher":
             return self.train_teacher_row(fraction, seed), {}
         if method in ("scratch", "scratch_mhca"):
-            mhca = method == "scratch_mhca"
-            return self.student_row(method, fraction, seed, beta=0.0, stop_epoch=0.0, mhca=mhca), {}
+            return train(beta=0.0, stop_epoch=0.0, mhca=method == "scratch_mhca"), {}
         if method == "deit":
-            return self.student_row(method, fraction, seed, beta=0.0, stop_epoch=epochs, mhca=False), {}
+            return train(beta=0.0, stop_epoch=epochs, mhca=False), {}
         if method == "dearkd":
-            return self.student_row(method, fraction, seed, beta=1.0, stop_epoch=stop, mhca=True), {}
+            return train(beta=1.0, stop_epoch=stop, mhca=True), {}
         if method == "dearkd_no_mhca":
-            return self.student_row(method, fraction, seed, beta=1.0, stop_epoch=stop, mhca=False), {}
+            return train(beta=1.0, stop_epoch=stop, mhca=False), {}
         if method == "dearkd_no_align":
-            return self.student_row(method, fraction, seed, beta=0.0, stop_epoch=stop, mhca=True), {}
+            return train(beta=0.0, stop_epoch=stop, mhca=True), {}
         if method == "dearkd_no_stop":
-            return self.student_row(method, fraction, seed, beta=1.0, stop_epoch=epochs, mhca=True), {}
+            return train(beta=1.0, stop_epoch=epochs, mhca=True), {}
         bpid = method == "datafree_bpid"
         start = time.perf_counter()
         dataset = self.generated_set(fraction, seed, bpid)
         generation_s = time.perf_counter() - start
-        accuracy = self.student_row(method, fraction, seed, beta=1.0, stop_epoch=stop, mhca=True, dataset=dataset)
+        accuracy = train(beta=1.0, stop_epoch=stop, mhca=True, dataset=dataset)
         return accuracy, {"generation_s": generation_s, "num_generated": self.args.num_generated}
+
+
+def epochs_for(args: argparse.Namespace, fraction: float) -> float:
+    """Epochs on ``fraction`` of the real training set (the same for every method at that fraction)."""
+    if args.epochs is not None:
+        return args.epochs[0] if len(args.epochs) == 1 else args.epochs[args.fractions.index(fraction)]
+    return min(args.max_epochs, args.full_set_epochs / fraction)
+
+
+def row_epochs(args: argparse.Namespace, method: str, fraction: float) -> float:
+    return args.datafree_epochs if method.startswith("datafree") else epochs_for(args, fraction)
 
 
 # ---- table and plot ----
@@ -452,6 +573,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         merge_rows(results, [Path(path) for path in args.merge_from])
         write_reports(results, results_dir, args.prefix)
         return {"config": results.config, "rows": results.rows}
+    if args.workers > 1 and len(args.seeds) > 1:
+        run_workers(args, sys.argv[1:] if argv is None else list(argv), results)
+        write_reports(results, results_dir, args.prefix)
+        return {"config": results.config, "rows": results.rows}
     runner = Runner(args)
     total = len(args.seeds) * len(args.fractions) * len(args.methods)
     done = 0
@@ -469,7 +594,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                     "train_fraction": fraction,
                     "seed": seed,
                     "accuracy": accuracy,
-                    "epochs": args.epochs,
+                    "epochs": row_epochs(args, method, fraction),
                     "wall_s": time.perf_counter() - start,
                     **extra,
                 }

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import subprocess
@@ -95,3 +96,71 @@ def test_data_efficiency_quick_writes_rows_table_plot_and_skips_done_rows(tmp_pa
     other.write_text(json.dumps({"config": {**data["config"], "epochs": 99}, "rows": [extra]}))
     with pytest.raises(AssertionError, match="another configuration"):
         run_script("data_efficiency.py", *args, "--merge_from", str(other))
+
+
+def load_data_efficiency():
+    spec = importlib.util.spec_from_file_location("data_efficiency_under_test", BENCHMARKS / "data_efficiency.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_data_efficiency_schedule_trains_small_fractions_longer_up_to_the_cap():
+    bench = load_data_efficiency()
+    args = bench.parse_args(["--fractions", "0.1", "0.5", "1.0"])
+    assert [bench.epochs_for(args, f) for f in args.fractions] == [30, 10, 5]
+    assert bench.row_epochs(args, "datafree_di", 1.0) == 30 and bench.row_epochs(args, "deit", 1.0) == 5
+    assert bench.run_config(args)["max_epochs"] == 30
+
+    fixed = bench.parse_args(["--fractions", "0.1", "1.0", "--epochs", "7", "3", "--datafree_epochs", "2"])
+    assert bench.epochs_for(fixed, 0.1) == 7 and bench.epochs_for(fixed, 1.0) == 3
+    assert bench.row_epochs(fixed, "datafree_bpid", 0.1) == 2
+    assert bench.run_config(fixed)["epochs"] == {"0.1": 7, "1.0": 3}
+
+
+def test_data_efficiency_rejects_epochs_that_do_not_match_the_fractions(capsys):
+    bench = load_data_efficiency()
+    with pytest.raises(SystemExit):
+        bench.parse_args(["--fractions", "0.1", "--epochs", "5", "6"])
+    assert "--epochs: got 2 values for 1 --fractions" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        bench.parse_args(["--workers", "0"])
+    assert "--workers=0: must be >= 1" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_data_efficiency_workers_split_seeds_and_merge_their_rows(tmp_path):
+    args = [
+        "--quick",
+        "--seeds",
+        "0",
+        "1",
+        "--fractions",
+        "0.5",
+        "--methods",
+        "teacher",
+        "scratch",
+        "--max_train_samples=40",
+        "--max_eval_samples=40",
+        f"--results_dir={tmp_path / 'results'}",
+        f"--work_dir={tmp_path / 'work'}",
+    ]
+    # Seed 0's teacher row is already done: its worker must not train it again.
+    done = {"method": "teacher", "train_fraction": 0.5, "seed": 0, "accuracy": 0.25, "epochs": 1, "wall_s": 1.0}
+    config = load_data_efficiency().run_config(load_data_efficiency().parse_args(args))
+    (tmp_path / "results").mkdir()
+    (tmp_path / "results" / "data_efficiency_quick.json").write_text(json.dumps({"config": config, "rows": [done]}))
+
+    result = run_script("data_efficiency.py", *args, "--workers", "2")
+    rows = json.loads((tmp_path / "results" / "data_efficiency_quick.json").read_text())["rows"]
+    assert sorted((r["method"], r["seed"]) for r in rows) == [
+        ("scratch", 0),
+        ("scratch", 1),
+        ("teacher", 0),
+        ("teacher", 1),
+    ]
+    assert done in rows
+    logs = {name: (tmp_path / "work" / "workers" / f"{name}.log").read_text() for name in ("seeds-0", "seeds-1")}
+    assert "teacher fraction=0.5 seed=0" not in logs["seeds-0"] and "scratch fraction=0.5 seed=0" in logs["seeds-0"]
+    assert "teacher fraction=0.5 seed=1" in logs["seeds-1"]
+    assert "worker seeds-0" in result.stdout
