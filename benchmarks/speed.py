@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import gc
 import json
 import os
 import platform
@@ -36,6 +37,7 @@ import statistics
 import sys
 import tempfile
 import time
+import weakref
 from pathlib import Path
 from typing import Any
 
@@ -181,13 +183,16 @@ def build_trainers(
 
 def switch_to_stage2(trainer: DearKDTrainer, device: torch.device) -> dict[str, Any]:
     """Cross the stop epoch as training would (the callback's on_step_begin) and check the teacher is released."""
+    weight = weakref.ref(next(trainer.teacher.module.parameters()))
     before = _allocated(device)
     state = TrainerState(epoch=trainer.distillation_stop.stop_epoch, num_train_epochs=2)
     trainer.distillation_stop.on_step_begin(trainer.args, state, trainer.control)
+    gc.collect()
     after = _allocated(device)
     return {
         "stage_after_switch": trainer.stage,
         "teacher_is_none": trainer.teacher is None,
+        "teacher_weights_freed": weight() is None,  # no reference left anywhere: the memory went back
         "device_memory_released_bytes": None if before is None else before - after,
     }
 
@@ -457,7 +462,8 @@ def print_table(result: dict[str, Any]) -> None:
     )
     switch = result["stage2_switch"]
     print(
-        f"stage-2 switch: teacher is None: {switch['teacher_is_none']}; device memory released: "
+        f"stage-2 switch: teacher is None: {switch['teacher_is_none']}; its weights freed: "
+        f"{switch['teacher_weights_freed']}; device memory released: "
         f"{switch['device_memory_released_bytes']}"
     )
 

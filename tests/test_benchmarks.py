@@ -49,6 +49,7 @@ def test_speed_quick_writes_ratios_and_timings(tmp_path):
     assert all(len(result["raw_times_s"][name]) == 2 for name in configs)
     assert set(result["targets"]) == {"stage1_vs_deit", "stage1_vs_limit", "stage2_vs_plain"}
     assert result["stage2_switch"]["teacher_is_none"] is True
+    assert result["stage2_switch"]["teacher_weights_freed"] is True
     assert result["stage2_switch"]["stage_after_switch"] == 2
 
 

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import gc
 import os
+import weakref
 
 import pytest
 import torch
 from conftest import TINY_VIT, make_dataset, make_resnet_teacher, make_vit
 from safetensors.torch import load_file
-from transformers import AutoModelForImageClassification, ViTImageProcessor
+from transformers import AutoModelForImageClassification, TrainerCallback, ViTImageProcessor
 
 from dearkd_hf import DearKDConfig, DearKDTrainer
 from dearkd_hf.trainer import ALIGNERS_FILE
@@ -69,6 +71,25 @@ def test_teacher_runs_every_stage1_step_never_after_switch_nor_in_eval(tmp_path)
     parts = [log for log in trainer.state.log_history if "loss_align" in log]
     assert len(parts) == 4 and all(log["loss_kd"] > 0 and log["loss_align"] > 0 for log in parts)
     assert any(log.get("distillation_stopped_at_epoch") == 1.0 for log in trainer.state.log_history)
+
+
+def test_teacher_memory_is_freed_at_the_switch_while_training_goes_on(tmp_path):
+    """Nothing keeps the teacher alive past the switch, so its (device) memory goes back before stage 2's steps."""
+    teacher = make_resnet_teacher()
+    weight = weakref.ref(next(teacher.parameters()))
+    trainer = make_trainer(tmp_path, teacher=teacher)
+    del teacher
+    seen = []
+
+    class Probe(TrainerCallback):  # runs after DistillationStopCallback in every event
+        def on_step_begin(self, args, state, control, **kwargs):
+            gc.collect()
+            seen.append((state.global_step, trainer.stage, weight() is not None))
+
+    trainer.add_callback(Probe())
+    trainer.train()
+    assert seen[:4] == [(step, 1, True) for step in range(4)]
+    assert seen[4:] == [(step, 2, False) for step in range(4, 8)]
 
 
 def test_default_stop_epoch_is_80_percent_of_epochs(tmp_path):
