@@ -23,7 +23,7 @@ most the row in progress. Outputs (``<prefix>`` is ``data_efficiency``, ``data_e
 ``<results_dir>/<prefix>.json`` ({"config", "rows": [{"method", "train_fraction", "seed", "accuracy", "epochs",
 "wall_s", ...}]}), ``<prefix>.md`` (mean and standard deviation over seeds) and ``<prefix>.png``.
 
-    python benchmarks/data_efficiency.py            # the full benchmark: about two hours on 2 CPU cores
+    python benchmarks/data_efficiency.py            # the full benchmark: about two hours on 2 CPU cores (2 workers)
     python benchmarks/data_efficiency.py --quick    # embedded 5k/1k subset, tiny models: a few minutes
 """
 
@@ -183,9 +183,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--workers",
         type=int,
-        default=1,
+        default=min(2, os.cpu_count() or 1),
         help="Processes that split the seeds between them (one core each, --threads threads), merged at the end; "
-        "each writes <work_dir>/workers/seeds-*.log and resumes from its own results file.",
+        "each writes <work_dir>/workers/seeds-*.log and resumes from its own results file. Default: 2 (1 on a "
+        "one-core machine).",
     )
     parser.add_argument(
         "--merge_from",
