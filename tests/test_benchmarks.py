@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 BENCHMARKS = ROOT / "benchmarks"
@@ -99,11 +100,15 @@ def test_data_efficiency_quick_writes_rows_table_plot_and_skips_done_rows(tmp_pa
         run_script("data_efficiency.py", *args, "--merge_from", str(other))
 
 
-def load_data_efficiency():
-    spec = importlib.util.spec_from_file_location("data_efficiency_under_test", BENCHMARKS / "data_efficiency.py")
+def load_script(name: str):
+    spec = importlib.util.spec_from_file_location(f"{name}_under_test", BENCHMARKS / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+def load_data_efficiency():
+    return load_script("data_efficiency")
 
 
 def test_data_efficiency_schedule_trains_small_fractions_longer_up_to_the_cap():
@@ -165,3 +170,35 @@ def test_data_efficiency_workers_split_seeds_and_merge_their_rows(tmp_path):
     assert "teacher fraction=0.5 seed=0" not in logs["seeds-0"] and "scratch fraction=0.5 seed=0" in logs["seeds-0"]
     assert "teacher fraction=0.5 seed=1" in logs["seeds-1"]
     assert "worker seeds-0" in result.stdout
+
+
+def test_teacher_agreement_counts_teacher_argmax_equal_to_label(tmp_path):
+    """A teacher that always answers class 2 agrees exactly on the class-2 share of its training subset."""
+    import datasets
+    from conftest import make_resnet_teacher
+
+    from dearkd_hf.data import stratified_fraction
+
+    dataset_dir = ROOT / "examples" / "data" / "fashion_mnist_small"
+    teacher = make_resnet_teacher(num_labels=10)
+    with torch.no_grad():
+        teacher.classifier[-1].weight.zero_()
+        teacher.classifier[-1].bias.copy_(torch.nn.functional.one_hot(torch.tensor(2), 10) * 50.0)
+    folder = tmp_path / "work" / "teacher-f0.1-s3"
+    teacher.save_pretrained(folder)
+    (folder / "DONE").write_text("{}")
+    output = tmp_path / "agreement.json"
+
+    agreement = load_script("teacher_agreement")
+    rows = agreement.main(
+        [f"--work_dir={tmp_path / 'work'}", f"--dataset_dir={dataset_dir}", "--fractions", "0.1", "--seeds", "3"]
+        + [f"--output={output}", "--views=1"]
+    )
+    labels = stratified_fraction(datasets.load_from_disk(str(dataset_dir))["train"], 0.1, 3)["label"]
+    expected = labels.count(2) / len(labels)
+    assert rows == json.loads(output.read_text())["rows"]
+    assert rows[0]["train_images"] == len(labels)
+    assert rows[0]["clean"] == pytest.approx(expected) and rows[0]["augmented"] == pytest.approx(expected)
+
+    with pytest.raises(SystemExit, match="no finished teacher"):
+        agreement.main([f"--work_dir={tmp_path / 'work'}", f"--dataset_dir={dataset_dir}", "--seeds", "4"])
