@@ -1,4 +1,4 @@
-"""Smoke tests of benchmarks/speed.py and benchmarks/data_efficiency.py: quick mode, tiny sizes, JSON schema."""
+"""Tests of the benchmark scripts: quick modes, tiny sizes, JSON schema, schedule, workers, diagnostics."""
 
 from __future__ import annotations
 
@@ -9,8 +9,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+import datasets
 import pytest
 import torch
+from conftest import make_resnet_teacher
+
+from dearkd_hf.data import stratified_fraction
 
 ROOT = Path(__file__).resolve().parents[1]
 BENCHMARKS = ROOT / "benchmarks"
@@ -174,11 +178,6 @@ def test_data_efficiency_workers_split_seeds_and_merge_their_rows(tmp_path):
 
 def test_teacher_agreement_counts_teacher_argmax_equal_to_label(tmp_path):
     """A teacher that always answers class 2 agrees exactly on the class-2 share of its training subset."""
-    import datasets
-    from conftest import make_resnet_teacher
-
-    from dearkd_hf.data import stratified_fraction
-
     dataset_dir = ROOT / "examples" / "data" / "fashion_mnist_small"
     teacher = make_resnet_teacher(num_labels=10)
     with torch.no_grad():
@@ -202,3 +201,27 @@ def test_teacher_agreement_counts_teacher_argmax_equal_to_label(tmp_path):
 
     with pytest.raises(SystemExit, match="no finished teacher"):
         agreement.main([f"--work_dir={tmp_path / 'work'}", f"--dataset_dir={dataset_dir}", "--seeds", "4"])
+
+
+@pytest.mark.slow
+def test_datafree_priors_generates_trains_and_tabulates_each_setting(tmp_path):
+    names = datasets.load_from_disk(str(ROOT / "examples" / "data" / "fashion_mnist_small"))["train"]
+    names = names.features["label"].names
+    model = make_resnet_teacher(num_labels=10)
+    model.config.id2label, model.config.label2id = dict(enumerate(names)), {n: i for i, n in enumerate(names)}
+    teacher = tmp_path / "teacher"
+    model.save_pretrained(teacher)
+    rows = load_script("datafree_priors").main(
+        [f"--teacher={teacher}", "--settings", "imagenet_no_roll_flip", "benchmark_bpid", "--num_images=12"]
+        + ["--iterations=2", "--epochs=1", f"--work_dir={tmp_path / 'work'}", f"--results_dir={tmp_path / 'res'}"]
+        + ["--benchmark_args", "--quick", "--max_eval_samples=20"]
+    )
+    assert [r["setting"] for r in rows] == ["imagenet_no_roll_flip", "benchmark_bpid"]
+    assert all(0.0 <= r["accuracy"] <= 1.0 and r["loss_terms"]["bn"] > 0 for r in rows)
+    assert "bpid_intra" in rows[1]["loss_terms"] and "bpid_intra" not in rows[0]["loss_terms"]
+    generated = json.loads((tmp_path / "work" / "benchmark_bpid" / "images" / "generation_config.json").read_text())
+    assert generated["inversion_config"]["tv"] == 3e-3 and generated["inversion_config"]["jitter"] == 0
+    assert generated["num_images"] == 12
+    saved = json.loads((tmp_path / "res" / "datafree_priors.json").read_text())
+    assert saved["rows"] == json.loads(json.dumps(rows))
+    assert "| benchmark_bpid | 0.003 | 0.1 | 0 | False | 1 |" in (tmp_path / "res" / "datafree_priors.md").read_text()
