@@ -225,3 +225,28 @@ def test_datafree_priors_generates_trains_and_tabulates_each_setting(tmp_path):
     saved = json.loads((tmp_path / "res" / "datafree_priors.json").read_text())
     assert saved["rows"] == json.loads(json.dumps(rows))
     assert "| benchmark_bpid | 0.003 | 0.1 | 0 | False | 1 |" in (tmp_path / "res" / "datafree_priors.md").read_text()
+
+
+def test_data_efficiency_targets_are_checked_on_the_means_where_rows_exist():
+    bench = load_data_efficiency()
+    accuracies = {"teacher": [0.80, 0.82], "scratch": [0.70, 0.70], "deit": [0.73, 0.73], "dearkd": [0.81, 0.83]}
+    rows = [
+        {"method": m, "train_fraction": 0.1, "seed": seed, "accuracy": a, "wall_s": 1.0}
+        for m, values in accuracies.items()
+        for seed, a in enumerate(values)
+    ]
+    rows += [{"method": "dearkd", "train_fraction": 1.0, "seed": 0, "accuracy": 0.90, "wall_s": 1.0}]
+    rows += [{"method": "datafree_di", "train_fraction": 1.0, "seed": 0, "accuracy": 0.765, "wall_s": 1.0}]
+    checks = {c["target"]: c for c in bench.targets(bench.summary(rows))}
+    assert (
+        checks["10%: dearkd >= deit + 0.5"]["value"] == pytest.approx(9.0)
+        and checks["10%: dearkd >= deit + 0.5"]["met"]
+    )
+    assert checks["10%: deit >= scratch + 2"]["value"] == pytest.approx(3.0)
+    assert checks["10%: dearkd >= teacher"]["value"] == pytest.approx(1.0) and checks["10%: dearkd >= teacher"]["met"]
+    datafree = checks["datafree_di (teacher of 100%) >= 85% of full-data dearkd"]
+    assert datafree["value"] == pytest.approx(0.85) and datafree["met"] and datafree["measured"] == "85% of it"
+    # No BPID row and no data-free row at 10%: those targets are not reported rather than guessed.
+    assert not any("bpid" in target or "teacher of 10%" in target for target in checks)
+    rows[-1]["accuracy"] = 0.5
+    assert not {c["target"]: c for c in bench.targets(bench.summary(rows))}[datafree["target"]]["met"]
