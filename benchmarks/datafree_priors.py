@@ -111,8 +111,9 @@ def write(args: argparse.Namespace, rows: list[dict]) -> None:
     lines = [
         "# Generator priors against the accuracy of a student trained on the images alone",
         "",
-        f"`benchmarks/datafree_priors.py`: {args.num_images} images at {args.iterations} iterations per batch, "
-        f"student {args.epochs:g} epochs, seed {args.seed}, real Fashion-MNIST test accuracy.",
+        f"`benchmarks/datafree_priors.py`: teacher `{Path(args.teacher).name}`, {args.num_images} images at "
+        f"{args.iterations} iterations per batch, student {args.epochs:g} epochs, seed {args.seed}, real "
+        "Fashion-MNIST test accuracy.",
         "",
         "| setting | tv | r_bn | jitter | flip | bpid | BN term | TV term | accuracy % |",
         "|---|---|---|---|---|---|---|---|---|",
