@@ -448,7 +448,9 @@ class Runner:
     def generated_set(self, fraction: float, seed: int, bpid: bool) -> str:
         """examples/generate.py from the (fraction, seed) teacher; resumes or reuses a finished set."""
         a = self.args
-        output_dir = self.work / f"generated-{'bpid' if bpid else 'di'}-f{fraction}-s{seed}"
+        # The priors are in the name: a set made with other priors is kept, never resumed with these ones.
+        priors = f"tv{a.gen_tv:g}-rbn{a.gen_r_bn:g}-j{a.gen_jitter}-it{a.gen_iterations}-b{a.gen_batch_size}"
+        output_dir = self.work / f"generated-{'bpid' if bpid else 'di'}-f{fraction}-s{seed}-{priors}"
         argv = [
             f"--teacher_model_name_or_path={self.ensure_teacher(fraction, seed)}",
             f"--num_images={a.num_generated}",

@@ -85,6 +85,9 @@ def test_data_efficiency_quick_writes_rows_table_plot_and_skips_done_rows(tmp_pa
     table = (tmp_path / "results" / "data_efficiency_quick.md").read_text()
     assert all(f"| {method} |" in table for method in METHODS)
     assert (tmp_path / "results" / "data_efficiency_quick.png").read_bytes()[:4] == b"\x89PNG"
+    # Generated sets are named by their priors, so sets made with other priors are never resumed with these.
+    generated = sorted(path.name for path in (tmp_path / "work").glob("generated-*"))
+    assert generated == [f"generated-{kind}-f0.5-s0-tv0.003-rbn0.1-j0-it2-b8" for kind in ("bpid", "di")]
 
     # A re-run finds every row done and trains nothing.
     rerun = run_script("data_efficiency.py", *args)
