@@ -176,7 +176,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "on this small teacher).",
     )
     parser.add_argument(
-        "--gen_jitter", type=int, default=None, help="Random roll in pixels (default 0: a 28 px item rolls apart)."
+        "--gen_jitter",
+        type=int,
+        default=None,
+        help="Random roll in pixels, with random flips when > 0 (default 0: a 28 px item rolls apart).",
     )
     parser.add_argument("--max_train_samples", type=int, default=None, help="Debugging: cap the training set.")
     parser.add_argument("--max_eval_samples", type=int, default=None, help="Debugging: cap the test set.")
@@ -420,10 +423,14 @@ class Runner:
         mhca: bool,
         epochs: float,
         dataset: str | None = None,
+        teacher: str | None = None,
     ) -> float:
-        """examples/run.py on the real data (or a generated set, evaluated on the real test set)."""
+        """examples/run.py on the real data (or a generated set, evaluated on the real test set).
+
+        The teacher is the (fraction, seed) teacher of the work dir unless ``teacher`` names another folder.
+        """
         a = self.args
-        teacher = self.ensure_teacher(fraction, seed)
+        teacher = teacher or self.ensure_teacher(fraction, seed)
         output_dir = self.work / f"{method}-f{fraction}-s{seed}"
         shutil.rmtree(output_dir, ignore_errors=True)
         student = a.student + ("" if mhca else ",mhca_layers=[]")

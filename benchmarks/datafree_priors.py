@@ -69,33 +69,31 @@ def generate(args: argparse.Namespace, name: str, output_dir: Path) -> dict[str,
     return json.loads((output_dir / "generation_config.json").read_text())["loss_terms"]
 
 
-def train_student(args: argparse.Namespace, bench: argparse.Namespace, dataset: Path, output_dir: Path) -> float:
-    """The data-efficiency benchmark's data-free student, trained on ``dataset`` only."""
-    runner = data_efficiency.Runner(bench)
-    argv = [
-        f"--teacher_model_name_or_path={args.teacher}",
-        "--model_type=dearkd_vit",
-        f"--config_overrides={bench.student}",
-        "--beta=1.0",
-        f"--distillation_stop_epoch={0.8 * args.epochs}",
-        "--distillation_type=soft",
-        *runner.common(1.0, args.seed, output_dir, args.epochs),
-        f"--dataset_name={dataset}",
-        f"--eval_dataset_name={bench.dataset_dir}",
-    ]
-    return runner.run.main(argv)["eval_accuracy"]
+def train_student(args: argparse.Namespace, bench: argparse.Namespace, name: str, dataset: Path) -> float:
+    """The data-efficiency benchmark's data-free student (DearKD, soft KD), trained on ``dataset`` only."""
+    return data_efficiency.Runner(bench).student_row(
+        name,
+        1.0,
+        args.seed,
+        beta=1.0,
+        stop_epoch=0.8 * args.epochs,
+        mhca=True,
+        epochs=args.epochs,
+        dataset=str(dataset),
+        teacher=args.teacher,
+    )
 
 
 def main(argv: list[str] | None = None) -> list[dict]:
     args = parse_args(argv)
     torch.set_num_threads(1)
-    bench = data_efficiency.parse_args(args.benchmark_args)
+    bench = data_efficiency.parse_args([*args.benchmark_args, f"--work_dir={args.work_dir}"])
     rows = []
     for name in args.settings:
         start = time.perf_counter()
         work = Path(args.work_dir) / name
         losses = generate(args, name, work / "images")
-        accuracy = train_student(args, bench, work / "images", work / "student")
+        accuracy = train_student(args, bench, name, work / "images")
         rows.append({"setting": name, **SETTINGS[name], "accuracy": accuracy, "loss_terms": losses})
         rows[-1]["wall_s"] = time.perf_counter() - start
         print(f"{name}: student accuracy {accuracy:.4f}, BatchNorm term {losses['bn']:.1f}", flush=True)
