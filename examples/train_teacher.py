@@ -73,6 +73,10 @@ class TeacherModelArguments:
             '"hidden_sizes=[16,32],depths=[1,1],embedding_size=16" (values are JSON or Python literals).'
         },
     )
+    num_channels: int | None = field(
+        default=None,
+        metadata={"help": "Input channels (1 or 3). Default: the dataset's; 3 serves grayscale images as RGB."},
+    )
     pretrained: bool = field(
         default=False, metadata={"help": "timm: start from pretrained weights (downloads them from the Hub)."}
     )
@@ -202,7 +206,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
 
     dataset = load_image_datasets(data_args, seed=training_args.seed)
     labels = label_names(dataset["train"])
-    data_channels = infer_num_channels(dataset["train"])
+    data_channels = model_args.num_channels or infer_num_channels(dataset["train"])
 
     use_timm = model_args.model_type is None and is_timm_model(model_args.model_name_or_path)
     if use_timm:

@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from dearkd_hf.losses import classification_loss, logit_kd, stage1_loss, stage2_loss
+from dearkd_hf.losses import classification_loss, logit_kd, scheduled_beta, stage1_loss, stage2_loss
 
 S_CLS = torch.tensor([[2.0, 0.5, -1.0], [0.0, 1.0, 3.0]])
 S_DIST = torch.tensor([[0.3, 1.2, 0.1], [1.5, -0.5, 0.2]])
@@ -71,15 +71,55 @@ def test_distillation_none_keeps_alignment_and_labels_only():
     loss, parts = stage1_loss(
         S_CLS, S_DIST, LABELS, None, ALIGNED, TARGETS, distillation_type="none", alpha=0.5, beta=2.0, tau=1.0
     )
-    ce = (ce_by_hand(S_CLS, LABELS) + ce_by_hand(S_DIST, LABELS)) / 2
+    ce = ce_by_hand((S_CLS + S_DIST) / 2, LABELS)
     assert parts["loss_kd"].item() == 0.0
     assert loss.item() == pytest.approx(ce + 2.0 * ALIGN_BY_HAND, rel=1e-5)
 
 
-def test_stage2_loss_averages_both_heads_or_uses_class_head_alone():
+def test_stage2_loss_is_ce_of_averaged_logits_by_default():
+    averaged = ce_by_hand((S_CLS + S_DIST) / 2, LABELS)
+    assert stage2_loss(S_CLS, S_DIST, LABELS).item() == pytest.approx(averaged, rel=1e-5)
+    # Not the mean of the heads' CEs (the former default): the two differ on these logits.
+    assert averaged != pytest.approx((ce_by_hand(S_CLS, LABELS) + ce_by_hand(S_DIST, LABELS)) / 2, rel=1e-3)
+
+
+def test_stage2_loss_each_head_averages_both_heads_or_uses_class_head_alone():
     both = (ce_by_hand(S_CLS, LABELS) + ce_by_hand(S_DIST, LABELS)) / 2
-    assert stage2_loss(S_CLS, S_DIST, LABELS).item() == pytest.approx(both, rel=1e-5)
-    assert stage2_loss(S_CLS, None, LABELS).item() == pytest.approx(ce_by_hand(S_CLS, LABELS), rel=1e-5)
+    assert stage2_loss(S_CLS, S_DIST, LABELS, "each_head").item() == pytest.approx(both, rel=1e-5)
+    for heads in ("averaged_logits", "each_head"):
+        assert stage2_loss(S_CLS, None, LABELS, heads).item() == pytest.approx(ce_by_hand(S_CLS, LABELS), rel=1e-5)
+    with pytest.raises(ValueError, match="label_loss_heads"):
+        stage2_loss(S_CLS, S_DIST, LABELS, "sum")
+
+
+def test_none_kd_stage1_uses_the_chosen_label_loss():
+    kwargs = dict(distillation_type="none", alpha=0.5, beta=0.0, tau=1.0)
+    loss, _ = stage1_loss(S_CLS, S_DIST, LABELS, TEACHER, [], [], **kwargs)
+    assert loss.item() == pytest.approx(ce_by_hand((S_CLS + S_DIST) / 2, LABELS), rel=1e-5)
+    loss, _ = stage1_loss(S_CLS, S_DIST, LABELS, TEACHER, [], [], label_loss_heads="each_head", **kwargs)
+    assert loss.item() == pytest.approx((ce_by_hand(S_CLS, LABELS) + ce_by_hand(S_DIST, LABELS)) / 2, rel=1e-5)
+
+
+@pytest.mark.parametrize(
+    "schedule, epoch, stop, expected",
+    [
+        ("constant", 0.0, 4.0, 2.0),
+        ("constant", 3.0, 4.0, 2.0),
+        ("linear", 0.0, 4.0, 2.0),
+        ("linear", 1.0, 4.0, 1.5),
+        ("linear", 3.0, 4.0, 0.5),
+        ("linear", 4.0, 4.0, 0.0),
+        ("linear", 5.0, 4.0, 0.0),
+        ("linear", 0.0, 0.0, 0.0),
+    ],
+)
+def test_scheduled_beta_by_hand(schedule, epoch, stop, expected):
+    assert scheduled_beta(2.0, schedule, epoch, stop) == pytest.approx(expected)
+
+
+def test_unknown_beta_schedule_is_rejected():
+    with pytest.raises(ValueError, match="beta_schedule"):
+        scheduled_beta(1.0, "cosine", 0.0, 1.0)
 
 
 def test_soft_targets_are_cross_entropy_not_multilabel():

@@ -101,6 +101,17 @@ def test_default_stop_epoch_is_80_percent_of_epochs(tmp_path):
     assert calls[0] == 16
 
 
+def test_stop_fraction_sets_the_default_stop_epoch(tmp_path):
+    teacher = make_resnet_teacher()
+    trainer = make_trainer(
+        tmp_path, teacher=teacher, distillation_stop_epoch=None, distillation_stop_fraction=0.5, num_train_epochs=4
+    )
+    calls = count_calls(teacher)
+    trainer.train()
+    assert trainer.distillation_stop.stop_epoch == pytest.approx(2.0)
+    assert calls[0] == 8  # 4 steps per epoch, two epochs distilling
+
+
 def test_teacher_sees_batches_renormalised_to_its_statistics(tmp_path):
     teacher = make_resnet_teacher()
     seen = []
@@ -230,7 +241,14 @@ def test_missing_teacher_fails(tmp_path):
 
 @pytest.mark.parametrize(
     "field, value, message",
-    [("alpha", 1.5, r"alpha=1.5 must lie in \[0, 1\]"), ("beta", -1.0, "beta=-1.0 must be >= 0"), ("tau", 0.0, "tau")],
+    [
+        ("alpha", 1.5, r"alpha=1.5 must lie in \[0, 1\]"),
+        ("beta", -1.0, "beta=-1.0 must be >= 0"),
+        ("tau", 0.0, "tau"),
+        ("beta_schedule", "cosine", "beta_schedule='cosine' is not one of"),
+        ("label_loss_heads", "sum", "label_loss_heads='sum' is not one of"),
+        ("distillation_stop_fraction", 1.5, r"distillation_stop_fraction=1.5 must lie in \[0, 1\]"),
+    ],
 )
 def test_bad_config_values_fail(tmp_path, field, value, message):
     with pytest.raises(ValueError, match=message):
@@ -297,3 +315,13 @@ def test_reordered_teacher_labels_are_warned_about(tmp_path, caplog):
     with caplog.at_level("WARNING"):
         make_trainer(tmp_path, student=student, teacher=teacher)
     assert "differ from the student's" in caplog.text
+
+
+@pytest.mark.parametrize(
+    "schedule, expected", [("constant", [1.0, 1.0, 1.0, 1.0]), ("linear", [1.0, 0.75, 0.5, 0.25])]
+)
+def test_alignment_weight_follows_beta_schedule_over_stage1(tmp_path, schedule, expected):
+    trainer = make_trainer(tmp_path, beta_schedule=schedule)  # 4 stage-1 steps, stop at epoch 1
+    trainer.train()
+    betas = [log["beta"] for log in trainer.state.log_history if "beta" in log]
+    assert betas == pytest.approx(expected)

@@ -15,11 +15,17 @@ class DistillationStopCallback(TrainerCallback):
 
     The stage is derived from the trainer state's epoch at every step, never stored, so a run resumed from a
     checkpoint lands in the stage its epoch says. ``on_stop(epoch)`` is where the trainer releases its teacher.
-    ``stop_epoch=None`` means 80% of the run's epochs, read from the state when training begins.
+    ``stop_epoch=None`` means ``stop_fraction`` of the run's epochs, read from the state when training begins.
     """
 
-    def __init__(self, stop_epoch: float | None, on_stop: Callable[[float], None] | None = None):
+    def __init__(
+        self,
+        stop_epoch: float | None,
+        on_stop: Callable[[float], None] | None = None,
+        stop_fraction: float = 0.8,
+    ):
         self.stop_epoch = stop_epoch
+        self.stop_fraction = stop_fraction
         self.on_stop = on_stop
         self.distilling = True
 
@@ -29,7 +35,7 @@ class DistillationStopCallback(TrainerCallback):
 
     def on_train_begin(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs):
         if self.stop_epoch is None:
-            self.stop_epoch = 0.8 * state.num_train_epochs
+            self.stop_epoch = self.stop_fraction * state.num_train_epochs
         self._update(state)
 
     def on_step_begin(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs):

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from transformers import TrainingArguments
 
 from .alignment import parse_alignment_pairs
-from .losses import DISTILLATION_TYPES
+from .losses import BETA_SCHEDULES, DISTILLATION_TYPES, LABEL_LOSS_HEADS
 
 
 @dataclass
@@ -35,9 +35,19 @@ class DearKDConfig(TrainingArguments):
             Pairs `"STUDENT_BLOCK:TEACHER_LAYER"`: a 1-based student block index and a teacher module name, e.g.
             `["3:layer1", "6:layer2"]`. `None` takes the student's blocks at 1/4 and 1/2 of its depth against the
             teacher's first two stages.
+        beta_schedule (`str`, *optional*, defaults to `"constant"`):
+            How the alignment weight moves during stage 1: `"constant"` keeps `beta`; `"linear"` decays it from
+            `beta` at step 0 to 0 at `distillation_stop_epoch`, so stage 1 hands over to the labels gradually.
+        label_loss_heads (`str`, *optional*, defaults to `"averaged_logits"`):
+            The label loss of a student with a distillation token in stage 2 (and in stage 1 with
+            `distillation_type="none"`): `"averaged_logits"` is the cross-entropy of `(s_cls + s_dist) / 2`, the
+            prediction the student makes at inference; `"each_head"` averages the two heads' cross-entropies.
         distillation_stop_epoch (`float` or `None`, *optional*, defaults to `None`):
             Epoch (fractions allowed) at which stage 1 ends: the teacher is dropped and the student trains on labels
-            alone. `None` means 80% of the run's epochs.
+            alone. `None` means `distillation_stop_fraction` of the run's epochs.
+        distillation_stop_fraction (`float`, *optional*, defaults to `0.8`):
+            Where stage 1 ends when `distillation_stop_epoch` is `None`, as a fraction of the run's epochs. In
+            [0, 1].
         remove_unused_columns (`bool`, *optional*, defaults to `False`):
             Kept `False` because image datasets are transformed on the fly (`set_transform`), so their columns
             are not the model's arguments.
@@ -60,9 +70,30 @@ class DearKDConfig(TrainingArguments):
         default=None,
         metadata={"help": "Pairs 'STUDENT_BLOCK:TEACHER_LAYER' (1-based block), e.g. 3:layer1 6:layer2."},
     )
+    beta_schedule: str = field(
+        default="constant",
+        metadata={
+            "help": "Alignment weight over stage 1: constant, or linear decay to 0 at the stop.",
+            "choices": list(BETA_SCHEDULES),
+        },
+    )
+    label_loss_heads: str = field(
+        default="averaged_logits",
+        metadata={
+            "help": "Label loss of a two-head student: CE of the averaged logits, or the mean of each head's CE.",
+            "choices": list(LABEL_LOSS_HEADS),
+        },
+    )
     distillation_stop_epoch: float | None = field(
         default=None,
-        metadata={"help": "Epoch at which distillation stops (stage 2 begins). Default: 0.8 * num_train_epochs."},
+        metadata={
+            "help": "Epoch at which distillation stops (stage 2 begins). Default: distillation_stop_fraction of the "
+            "run's epochs."
+        },
+    )
+    distillation_stop_fraction: float = field(
+        default=0.8,
+        metadata={"help": "Stage 1's share of the run's epochs when --distillation_stop_epoch is not given."},
     )
     remove_unused_columns: bool = field(
         default=False,
@@ -82,6 +113,12 @@ class DearKDConfig(TrainingArguments):
             raise ValueError(
                 f"distillation_type={self.distillation_type!r} is not one of {DISTILLATION_TYPES}; pick one of them."
             )
+        if self.beta_schedule not in BETA_SCHEDULES:
+            raise ValueError(f"beta_schedule={self.beta_schedule!r} is not one of {BETA_SCHEDULES}; pick one of them.")
+        if self.label_loss_heads not in LABEL_LOSS_HEADS:
+            raise ValueError(
+                f"label_loss_heads={self.label_loss_heads!r} is not one of {LABEL_LOSS_HEADS}; pick one of them."
+            )
         if not 0.0 <= self.alpha <= 1.0:
             raise ValueError(f"alpha={self.alpha} must lie in [0, 1] (weight of logit distillation); e.g. 0.5.")
         if self.beta < 0:
@@ -90,6 +127,11 @@ class DearKDConfig(TrainingArguments):
             raise ValueError(f"tau={self.tau} must be > 0 (distillation temperature); e.g. 1.0.")
         if self.alignment_pairs is not None:
             parse_alignment_pairs(self.alignment_pairs)
+        if not 0.0 <= self.distillation_stop_fraction <= 1.0:
+            raise ValueError(
+                f"distillation_stop_fraction={self.distillation_stop_fraction} must lie in [0, 1] (stage 1's share "
+                "of the epochs); e.g. 0.8."
+            )
         if self.distillation_stop_epoch is not None and self.distillation_stop_epoch < 0:
             raise ValueError(f"distillation_stop_epoch={self.distillation_stop_epoch} must be >= 0.")
         if (
@@ -108,4 +150,4 @@ class DearKDConfig(TrainingArguments):
         """The stage switch epoch, with the default taken from the run's actual number of epochs."""
         if self.distillation_stop_epoch is not None:
             return float(self.distillation_stop_epoch)
-        return 0.8 * float(num_train_epochs)
+        return self.distillation_stop_fraction * float(num_train_epochs)

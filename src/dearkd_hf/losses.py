@@ -8,6 +8,8 @@ import torch
 import torch.nn.functional as F
 
 DISTILLATION_TYPES = ("hard", "soft", "none")
+LABEL_LOSS_HEADS = ("averaged_logits", "each_head")
+BETA_SCHEDULES = ("constant", "linear")
 
 
 def classification_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -37,12 +39,32 @@ def alignment_loss(aligned: Sequence[torch.Tensor], targets: Sequence[torch.Tens
     return sum(F.mse_loss(a.float(), t.float()) for a, t in zip(aligned, targets, strict=True))
 
 
-def stage2_loss(cls_logits: torch.Tensor, dist_logits: torch.Tensor | None, labels: torch.Tensor) -> torch.Tensor:
-    """Labels alone: both heads' cross-entropy averaged, or the class head's alone without a distillation token."""
-    loss = classification_loss(cls_logits, labels)
+def stage2_loss(
+    cls_logits: torch.Tensor,
+    dist_logits: torch.Tensor | None,
+    labels: torch.Tensor,
+    heads: str = "averaged_logits",
+) -> torch.Tensor:
+    """Labels alone. With a distillation token, ``heads="averaged_logits"`` is the CE of ``(s_cls + s_dist) / 2``
+    (the prediction the student makes at inference); ``"each_head"`` averages the two heads' CEs. Without a
+    distillation token: the class head's CE.
+    """
     if dist_logits is None:
-        return loss
-    return (loss + classification_loss(dist_logits, labels)) / 2
+        return classification_loss(cls_logits, labels)
+    if heads == "averaged_logits":
+        return classification_loss((cls_logits.float() + dist_logits.float()) / 2, labels)
+    if heads == "each_head":
+        return (classification_loss(cls_logits, labels) + classification_loss(dist_logits, labels)) / 2
+    raise ValueError(f"label_loss_heads must be one of {LABEL_LOSS_HEADS}, got {heads!r}.")
+
+
+def scheduled_beta(beta: float, schedule: str, epoch: float, stop_epoch: float) -> float:
+    """The alignment weight at ``epoch``: ``constant`` keeps ``beta``; ``linear`` decays it to 0 at ``stop_epoch``."""
+    if schedule == "constant":
+        return beta
+    if schedule == "linear":
+        return beta * max(0.0, 1.0 - epoch / stop_epoch) if stop_epoch > 0 else 0.0
+    raise ValueError(f"beta_schedule must be one of {BETA_SCHEDULES}, got {schedule!r}.")
 
 
 def stage1_loss(
@@ -57,15 +79,16 @@ def stage1_loss(
     alpha: float,
     beta: float,
     tau: float,
+    label_loss_heads: str = "averaged_logits",
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """``(1 - alpha) CE(s_cls, y) + alpha KD(s_dist, t) + beta sum_k L_align_k``, and its components for logging.
 
     Without a distillation token KD applies to ``s_cls``. With ``distillation_type="none"`` (ours) the logit term
-    is dropped and the heads train on labels as in stage 2, plus the alignment.
+    is dropped and the heads train on labels as in stage 2 (``label_loss_heads``), plus the alignment.
     """
     align = alignment_loss(aligned, targets) if aligned else cls_logits.new_zeros(())
     if distillation_type == "none":
-        ce = stage2_loss(cls_logits, dist_logits, labels)
+        ce = stage2_loss(cls_logits, dist_logits, labels, label_loss_heads)
         kd = cls_logits.new_zeros(())
         loss = ce + beta * align
     else:

@@ -33,7 +33,7 @@ from .callbacks import DistillationStopCallback
 from .config import DearKDConfig
 from .data import MixupCollator, collate_fn
 from .hub import ModelCardInfo, build_model_card
-from .losses import stage1_loss, stage2_loss
+from .losses import scheduled_beta, stage1_loss, stage2_loss
 from .students import StudentGeometry, student_geometry, student_outputs
 from .teachers import Teacher, TeacherOutput, load_teacher
 
@@ -80,7 +80,9 @@ class DearKDTrainer(Trainer):
             self.label_names = ["labels"]
         self.teacher.to(self.args.device)
         self._student_mean, self._student_std = _normalization_of(self.processing_class)
-        self.distillation_stop = DistillationStopCallback(args.distillation_stop_epoch, on_stop=self._release_teacher)
+        self.distillation_stop = DistillationStopCallback(
+            args.distillation_stop_epoch, on_stop=self._release_teacher, stop_fraction=args.distillation_stop_fraction
+        )
         self.add_callback(self.distillation_stop)
         self._metrics: dict[str, list[torch.Tensor]] = defaultdict(list)
 
@@ -163,6 +165,7 @@ class DearKDTrainer(Trainer):
         student = student_outputs(model(pixel_values=pixel_values, output_hidden_states=aligning))
 
         if distilling:
+            beta = self._current_beta()
             teacher = self._teacher_forward(pixel_values)
             targets = [
                 teacher_target(teacher.features[p.teacher_layer], self.geometry.grid) for p in self.alignment_pairs
@@ -176,15 +179,22 @@ class DearKDTrainer(Trainer):
                 targets if aligning else [],
                 distillation_type=self.args.distillation_type,
                 alpha=self.args.alpha,
-                beta=self.args.beta,
+                beta=beta,
                 tau=self.args.tau,
+                label_loss_heads=self.args.label_loss_heads,
             )
+            components["beta"] = torch.tensor(beta)
         else:
-            loss = stage2_loss(student.cls_logits, student.distillation_logits, labels)
+            loss = stage2_loss(student.cls_logits, student.distillation_logits, labels, self.args.label_loss_heads)
             components = {"loss_ce": loss.detach()}
         if model.training:
             self._record(components)
         return (loss, {"logits": student.logits}) if return_outputs else loss
+
+    def _current_beta(self) -> float:
+        """The alignment weight at this step (``beta_schedule``, read from the state's epoch)."""
+        stop = self.distillation_stop.stop_epoch
+        return scheduled_beta(self.args.beta, self.args.beta_schedule, self.state.epoch or 0.0, stop)
 
     def _teacher_forward(self, pixel_values: torch.Tensor) -> TeacherOutput:
         """The teacher on the student's batch: re-normalised, no grad, same autocast as the student."""
