@@ -24,6 +24,8 @@ from torchvision.transforms.functional import pil_to_tensor
 from torchvision.utils import make_grid, save_image
 from transformers import HfArgumentParser
 
+from dearkd_hf.checks import check_local_folder, check_writable_folder
+from dearkd_hf.cli import run_main
 from dearkd_hf.inversion import DeepInversionGenerator, InversionConfig, mean_loss_terms, write_dataset
 from dearkd_hf.teachers import load_teacher
 
@@ -55,6 +57,9 @@ def main(argv: list[str] | None = None) -> None:
     script_args, config = HfArgumentParser((ScriptArguments, InversionConfig)).parse_args_into_dataclasses(args=argv)
     if script_args.num_images <= 0:
         raise ValueError(f"--num_images={script_args.num_images} must be > 0.")
+    check_local_folder(script_args.teacher_model_name_or_path, "--teacher_model_name_or_path")
+    check_local_folder(script_args.student_model_name_or_path, "--student_model_name_or_path")
+    check_writable_folder(script_args.output_dir)
     # Without cpu=True, processes started on a machine without GPUs would each believe they are alone.
     state = PartialState(cpu=not torch.cuda.is_available() or parse_flag_from_env("ACCELERATE_USE_CPU"))
     generator = DeepInversionGenerator(
@@ -105,4 +110,4 @@ def save_generation_config(generator: DeepInversionGenerator, script_args: Scrip
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)

@@ -26,6 +26,7 @@ from transformers import (
     HfArgumentParser,
     PreTrainedModel,
     ViTImageProcessor,
+    set_seed,
 )
 
 from dearkd_hf import (
@@ -36,7 +37,14 @@ from dearkd_hf import (
     Teacher,
     load_teacher,
 )
-from dearkd_hf.cli import parse_config_overrides, parse_script_args, resume_checkpoint
+from dearkd_hf.checks import check_local_folder, check_writable_folder, hub_lookup
+from dearkd_hf.cli import (
+    check_config_overrides,
+    parse_config_overrides,
+    parse_script_args,
+    resume_checkpoint,
+    run_main,
+)
 from dearkd_hf.data import (
     DataTrainingArguments,
     label_names,
@@ -95,6 +103,10 @@ def check_arguments(model_args: ModelArguments, training_args: DearKDConfig) -> 
         raise ValueError("--model_name_or_path and --init_from_vit are exclusive: give the student one way.")
     if model_args.config_overrides and model_args.model_name_or_path:
         raise ValueError("--config_overrides applies to a student built from scratch, not to --model_name_or_path.")
+    check_local_folder(training_args.teacher_model_name_or_path, "--teacher_model_name_or_path")
+    for flag in ("model_name_or_path", "init_from_vit", "image_processor_name"):
+        check_local_folder(getattr(model_args, flag), f"--{flag}")
+    check_writable_folder(training_args.output_dir)
 
 
 def label_kwargs(labels: list[str]) -> dict[str, Any]:
@@ -110,15 +122,21 @@ def build_student(
 ) -> PreTrainedModel:
     """The student with the dataset's labels and the teacher's input channels."""
     if model_args.model_name_or_path:
-        return AutoModelForImageClassification.from_pretrained(
-            model_args.model_name_or_path,
-            ignore_mismatched_sizes=model_args.ignore_mismatched_sizes,
-            trust_remote_code=model_args.trust_remote_code,
-            **label_kwargs(labels),
-        )
+        with hub_lookup(model_args.model_name_or_path, "--model_name_or_path"):
+            return AutoModelForImageClassification.from_pretrained(
+                model_args.model_name_or_path,
+                ignore_mismatched_sizes=model_args.ignore_mismatched_sizes,
+                trust_remote_code=model_args.trust_remote_code,
+                **label_kwargs(labels),
+            )
     overrides = parse_config_overrides(model_args.config_overrides)
     if model_args.init_from_vit:
-        return DearKDViTForImageClassification.from_vit(model_args.init_from_vit, **label_kwargs(labels), **overrides)
+        check_config_overrides(DearKDViTForImageClassification.config_class(), overrides)
+        with hub_lookup(model_args.init_from_vit, "--init_from_vit"):
+            return DearKDViTForImageClassification.from_vit(
+                model_args.init_from_vit, **label_kwargs(labels), **overrides
+            )
+    check_config_overrides(AutoConfig.for_model(model_args.model_type), overrides)
     overrides.setdefault("num_channels", teacher.num_channels)
     overrides.setdefault("image_size", image_size or teacher.input_size or 224)
     config = AutoConfig.for_model(model_args.model_type, **overrides, **label_kwargs(labels))
@@ -144,6 +162,8 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     logging.basicConfig(format="%(asctime)s - %(levelname)s - %(name)s - %(message)s", level=logging.INFO)
     transformers.utils.logging.set_verbosity(training_args.get_process_log_level())
     check_arguments(model_args, training_args)
+    # Before the teacher, the student and the aligners are built, so that --seed fixes their initial weights too.
+    set_seed(training_args.seed)
 
     dataset = load_image_datasets(data_args, seed=training_args.seed)
     labels = label_names(dataset["train"])
@@ -192,4 +212,4 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)

@@ -11,7 +11,6 @@ folder loads with `dearkd_hf.teachers.load_teacher`: timm teachers are saved in 
     python examples/train_teacher.py config.yaml
 """
 
-import json
 import logging
 import sys
 from dataclasses import dataclass, field
@@ -32,10 +31,26 @@ from transformers import (
     Trainer,
     TrainingArguments,
     ViTImageProcessor,
+    set_seed,
 )
 from transformers.modeling_outputs import ImageClassifierOutput
 
-from dearkd_hf.cli import parse_config_overrides, parse_script_args, resume_checkpoint
+from dearkd_hf.checkpoints import ExactResumeMixin
+from dearkd_hf.checks import (
+    check_finite_loss,
+    check_local_folder,
+    check_writable_folder,
+    hub_lookup,
+    read_json_config,
+    require_finite,
+)
+from dearkd_hf.cli import (
+    check_config_overrides,
+    parse_config_overrides,
+    parse_script_args,
+    resume_checkpoint,
+    run_main,
+)
 from dearkd_hf.data import (
     DataTrainingArguments,
     collate_fn,
@@ -95,8 +110,8 @@ class TimmClassifier(nn.Module):
         return ImageClassifierOutput(loss=loss, logits=logits)
 
 
-class TeacherTrainer(Trainer):
-    """The Trainer with two changes the data pipeline needs.
+class TeacherTrainer(ExactResumeMixin, Trainer):
+    """The Trainer with two changes the data pipeline needs, and dearkd_hf's exact resume and non-finite loss stop.
 
     The loss is cross-entropy against hard labels or the soft (B, num_classes) targets of mixup/cutmix, which
     transformers' own loss would mistake for multi-label targets; and evaluation batches use the plain `collate_fn`,
@@ -109,6 +124,8 @@ class TeacherTrainer(Trainer):
         labels = inputs.pop("labels")
         outputs = model(**inputs)
         loss = F.cross_entropy(outputs.logits, labels)
+        if model.training:
+            check_finite_loss(loss, self.state.global_step + 1, {"loss_ce": loss})
         return (loss, outputs) if return_outputs else loss
 
     def get_eval_dataloader(self, eval_dataset=None):
@@ -127,7 +144,7 @@ def parse_args(argv: list[str]) -> tuple[TeacherModelArguments, DataTrainingArgu
 def timm_model_folder(name: str) -> bool:
     """A folder saved in timm's format (config.json with "architecture"), as this script writes for timm teachers."""
     config = Path(name) / "config.json"
-    return config.is_file() and "architecture" in json.loads(config.read_text())
+    return config.is_file() and "architecture" in read_json_config(str(config))
 
 
 def is_timm_model(name: str) -> bool:
@@ -158,12 +175,16 @@ def build_transformers_teacher(
     }
     overrides = parse_config_overrides(args.config_overrides)
     if args.model_type is not None:
+        check_config_overrides(AutoConfig.for_model(args.model_type), overrides)
         config = AutoConfig.for_model(args.model_type, num_channels=num_channels, **overrides, **label_kwargs)
         return AutoModelForImageClassification.from_config(config), None
-    config = AutoConfig.from_pretrained(args.model_name_or_path, **overrides, **label_kwargs)
-    model = AutoModelForImageClassification.from_pretrained(
-        args.model_name_or_path, config=config, ignore_mismatched_sizes=True
-    )
+    with hub_lookup(args.model_name_or_path, "--model_name_or_path"):
+        config = AutoConfig.from_pretrained(args.model_name_or_path, **label_kwargs)
+        check_config_overrides(config, overrides)
+        config.update(overrides)
+        model = AutoModelForImageClassification.from_pretrained(
+            args.model_name_or_path, config=config, ignore_mismatched_sizes=True
+        )
     try:
         processor = AutoImageProcessor.from_pretrained(args.model_name_or_path)
     except (OSError, ValueError):
@@ -203,6 +224,11 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     transformers.utils.logging.set_verbosity(training_args.get_process_log_level())
     # The lazy transforms read the raw `image` column, which the Trainer would otherwise drop.
     training_args.remove_unused_columns = False
+    require_finite(training_args, prefix="--")
+    if model_args.model_type is None:
+        check_local_folder(model_args.model_name_or_path, "--model_name_or_path")
+    check_writable_folder(training_args.output_dir)
+    set_seed(training_args.seed)  # before the model is built, so that --seed fixes its initial weights too
 
     dataset = load_image_datasets(data_args, seed=training_args.seed)
     labels = label_names(dataset["train"])
@@ -231,10 +257,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         compute_metrics=compute_accuracy_metrics,
         processing_class=processor,
     )
-    checkpoint = resume_checkpoint(training_args)
-    if checkpoint is not None:
-        logger.info(f"Resuming from {checkpoint}.")
-    train_result = trainer.train(resume_from_checkpoint=checkpoint)
+    train_result = trainer.train(resume_from_checkpoint=resume_checkpoint(training_args))
     save_teacher(trainer, model, training_args.output_dir, labels, mean, std, image_size)
     trainer.save_metrics("train", train_result.metrics)
     trainer.save_state()
@@ -246,4 +269,4 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from transformers import TrainingArguments
 
 from .alignment import parse_alignment_pairs
+from .checks import require_finite
 from .losses import BETA_SCHEDULES, DISTILLATION_TYPES, LABEL_LOSS_HEADS
 
 
@@ -48,6 +49,9 @@ class DearKDConfig(TrainingArguments):
         distillation_stop_fraction (`float`, *optional*, defaults to `0.8`):
             Where stage 1 ends when `distillation_stop_epoch` is `None`, as a fraction of the run's epochs. In
             [0, 1].
+        ignore_label_names (`bool`, *optional*, defaults to `False`):
+            Distil the teacher's class i into the student's class i even when both name their classes and the
+            names differ. Off, such a run fails before training; names that match in another order are remapped.
         remove_unused_columns (`bool`, *optional*, defaults to `False`):
             Kept `False` because image datasets are transformed on the fly (`set_transform`), so their columns
             are not the model's arguments.
@@ -95,6 +99,10 @@ class DearKDConfig(TrainingArguments):
         default=0.8,
         metadata={"help": "Stage 1's share of the run's epochs when --distillation_stop_epoch is not given."},
     )
+    ignore_label_names: bool = field(
+        default=False,
+        metadata={"help": "Distil class i into class i even when the teacher's class names differ from the student's"},
+    )
     remove_unused_columns: bool = field(
         default=False,
         metadata={"help": "Drop dataset columns the model's forward does not take (off: images are transformed)."},
@@ -109,6 +117,7 @@ class DearKDConfig(TrainingArguments):
         self._validate_dearkd_fields()
 
     def _validate_dearkd_fields(self) -> None:
+        require_finite(self)
         if self.distillation_type not in DISTILLATION_TYPES:
             raise ValueError(
                 f"distillation_type={self.distillation_type!r} is not one of {DISTILLATION_TYPES}; pick one of them."

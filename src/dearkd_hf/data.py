@@ -23,6 +23,8 @@ from timm.data import Mixup
 from timm.data.mixup import mixup_target
 from torchvision.transforms import v2
 
+from .checks import looks_like_local_path, require_finite
+
 logger = logging.getLogger(__name__)
 
 # Written by examples/prepare_fashion_mnist.py and committed, so the examples and tests run offline.
@@ -80,6 +82,11 @@ class DataTrainingArguments:
     )
 
     def __post_init__(self) -> None:
+        require_finite(self, prefix="--")
+        for flag in ("max_train_samples", "max_eval_samples"):
+            value = getattr(self, flag)
+            if value is not None and value < 1:
+                raise ValueError(f"--{flag} must be >= 1 (leave it unset to keep every example), got {value}.")
         if not 0.0 < self.train_fraction <= 1.0:
             raise ValueError(f"--train_fraction must be in (0, 1], got {self.train_fraction}.")
         if not 0.0 < self.train_val_split < 1.0:
@@ -98,16 +105,6 @@ def default_dataset_path() -> str:
             "Recreate it with `python examples/prepare_fashion_mnist.py`, or pass --dataset_name."
         )
     return str(EMBEDDED_DATASET)
-
-
-def looks_like_local_path(name: str) -> bool:
-    """Hub ids are `name` or `owner/name`; anything else with a separator, or that exists locally, is a path."""
-    return (
-        os.path.exists(name)
-        or name.startswith(("/", "./", "../", "~"))
-        or name.count("/") > 1
-        or (os.sep != "/" and os.sep in name)
-    )
 
 
 def load_named_dataset(

@@ -6,7 +6,6 @@ pre-logit features and its input normalisation; :class:`Teacher` gives exactly t
 
 from __future__ import annotations
 
-import json
 import os
 import re
 from collections.abc import Sequence
@@ -16,6 +15,8 @@ import timm
 import torch
 from torch import nn
 from transformers import AutoImageProcessor, AutoModelForImageClassification, PreTrainedModel
+
+from .checks import check_local_folder, hub_lookup, read_json_config
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -138,13 +139,28 @@ def load_teacher(name_or_path: str | nn.Module | Teacher, **kwargs) -> Teacher:
         teacher = _from_timm_model(name_or_path, source=name_or_path.pretrained_cfg.get("architecture", "timm"))
     elif isinstance(name_or_path, nn.Module):
         teacher = _from_module(name_or_path)
-    elif _is_timm(name_or_path):
-        teacher = _from_timm(name_or_path, **kwargs)
     else:
-        teacher = _from_transformers(_load_transformers(name_or_path, **kwargs), source=name_or_path)
+        check_local_folder(name_or_path, "teacher_model_name_or_path")
+        with hub_lookup(name_or_path, "teacher_model_name_or_path"):
+            if _is_timm(name_or_path):
+                teacher = _from_timm(name_or_path, **kwargs)
+            else:
+                teacher = _from_transformers(_load_transformers(name_or_path, **kwargs), source=name_or_path)
     for key, value in overrides.items():
         setattr(teacher, key, {int(k): v for k, v in value.items()} if key == "id2label" else tuple(value))
+    _require_cnn(teacher)
     return teacher
+
+
+def _require_cnn(teacher: Teacher) -> None:
+    """Refuse a vision transformer (any attention layer) up front: DearKD aligns the student with a CNN's stages."""
+    names = [type(module).__name__ for module in teacher.module.modules()]
+    attention = next((name for name in names if name.endswith("Attention")), None)
+    if attention is not None:
+        raise ValueError(
+            f"teacher_model_name_or_path={teacher.source!r} is not a CNN (it has {attention} layers, as a vision "
+            "transformer does); DearKD distils from a CNN teacher such as a ResNet, RegNet or ConvNeXt."
+        )
 
 
 def _is_timm(name_or_path: str) -> bool:
@@ -152,10 +168,7 @@ def _is_timm(name_or_path: str) -> bool:
         config_path = os.path.join(name_or_path, "config.json")
         if not os.path.isfile(config_path):
             raise ValueError(f"teacher_model_name_or_path={name_or_path!r} is a folder without config.json.")
-        with open(config_path, encoding="utf-8") as f:
-            return "architecture" in json.load(f)
-    if name_or_path.startswith(("/", "./", "../")):
-        raise ValueError(f"teacher_model_name_or_path={name_or_path!r}: no such folder.")
+        return "architecture" in read_json_config(config_path)
     return name_or_path.startswith(_TIMM_PREFIXES) or timm.is_model(name_or_path)
 
 

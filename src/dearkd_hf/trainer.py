@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import gc
 import os
-import re
 from collections import defaultdict
 from typing import Any
 
@@ -16,6 +15,7 @@ import safetensors.torch
 import torch
 from torch import nn
 from transformers import PreTrainedModel, Trainer
+from transformers.trainer_utils import enable_full_determinism, set_seed
 from transformers.utils import SAFE_WEIGHTS_NAME, logging
 
 from .alignment import (
@@ -30,6 +30,8 @@ from .alignment import (
     validate_alignment_pairs,
 )
 from .callbacks import DistillationStopCallback
+from .checkpoints import ExactResumeMixin
+from .checks import check_finite_loss
 from .config import DearKDConfig
 from .data import MixupCollator, collate_fn
 from .hub import ModelCardInfo, build_model_card
@@ -42,7 +44,7 @@ logger = logging.get_logger(__name__)
 ALIGNERS_FILE = "aligners.safetensors"
 
 
-class DearKDTrainer(Trainer):
+class DearKDTrainer(ExactResumeMixin, Trainer):
     """A ``transformers.Trainer`` that trains a ViT student with DearKD.
 
     ``teacher_model`` is an ``nn.Module``, a :class:`~dearkd_hf.teachers.Teacher` or a name/path for
@@ -68,6 +70,8 @@ class DearKDTrainer(Trainer):
         self.teacher = self._load_and_check_teacher(teacher_model, args)
         self.teacher_source = self.teacher.source
         self.alignment_pairs = self._resolve_pairs(args)
+        # Seeded as the Trainer seeds itself (it does so only later), so that the aligners start alike in every run.
+        enable_full_determinism(args.seed) if args.full_determinism else set_seed(args.seed)
         self._alignment_head = self._build_alignment_head()
         self._aligners_hook = attach_alignment_head(model, self._alignment_head)
 
@@ -109,8 +113,10 @@ class DearKDTrainer(Trainer):
                 "needs the same label space. Give the student num_labels matching the teacher, or set "
                 "distillation_type='none' to keep only the feature alignment."
             )
+        order = None
         if args.distillation_type != "none":
-            _warn_on_label_order(teacher.id2label, self.geometry.id2label)
+            order = teacher_label_order(teacher.id2label, self.geometry.id2label, args.ignore_label_names)
+        self._teacher_order = None if order is None else torch.tensor(order)
         return teacher
 
     def _resolve_pairs(self, args: DearKDConfig) -> list[AlignmentPair]:
@@ -188,6 +194,7 @@ class DearKDTrainer(Trainer):
             loss = stage2_loss(student.cls_logits, student.distillation_logits, labels, self.args.label_loss_heads)
             components = {"loss_ce": loss.detach()}
         if model.training:
+            check_finite_loss(loss, self.state.global_step + 1, components)
             self._record(components)
         return (loss, {"logits": student.logits}) if return_outputs else loss
 
@@ -201,7 +208,10 @@ class DearKDTrainer(Trainer):
         teacher_inputs = self.teacher.normalize_from(pixel_values, self._student_mean, self._student_std)
         layers = [pair.teacher_layer for pair in self.alignment_pairs]
         with torch.no_grad(), self.accelerator.autocast():
-            return self.teacher.forward_with_features(teacher_inputs, layers)
+            output = self.teacher.forward_with_features(teacher_inputs, layers)
+        if self._teacher_order is not None:  # the teacher's classes, put in the student's order
+            output.logits = output.logits[:, self._teacher_order.to(output.logits.device)]
+        return output
 
     def _release_teacher(self, epoch: float) -> None:
         """Stage 2 begins: drop the teacher and return its device memory."""
@@ -212,7 +222,10 @@ class DearKDTrainer(Trainer):
         gc.collect()
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
-        self.log({"stage": 2.0, "distillation_stopped_at_epoch": float(epoch)})
+        # A run resumed in stage 2 switches at its first step: report the epoch the switch was logged at, if any.
+        key = "distillation_stopped_at_epoch"
+        epoch = next((log[key] for log in self.state.log_history if key in log), epoch)
+        self.log({"stage": 2.0, key: float(epoch)})
 
     # ---- logging ----
 
@@ -313,7 +326,9 @@ class DearKDTrainer(Trainer):
         if isinstance(student, PreTrainedModel) and os.path.isfile(weights) and not self._sharded_training():
             # transformers 5 saves weights in the checkpoint's original key format (e.g. ViT's legacy names), which
             # Trainer's raw load_state_dict does not map back; from_pretrained applies the model's key conversion.
-            reloaded = type(student).from_pretrained(resume_from_checkpoint)
+            # Building the model draws from the global generator; keep it as it was, so a resume stays exact.
+            with torch.random.fork_rng(devices=[]):
+                reloaded = type(student).from_pretrained(resume_from_checkpoint)
             result = student.load_state_dict(reloaded.state_dict(), strict=False)
             self._issue_warnings_after_load(result)
         else:
@@ -332,19 +347,39 @@ class DearKDTrainer(Trainer):
         super()._issue_warnings_after_load(load_result._replace(missing_keys=missing))
 
 
-def _warn_on_label_order(teacher_labels: dict[int, str], student_labels: dict[int, str]) -> None:
-    """Same count but other names in another order means the logit KD would teach the wrong classes."""
-    generic = re.compile(r"LABEL_\d+")
-    named = [
-        labels for labels in (teacher_labels, student_labels) if not all(generic.fullmatch(v) for v in labels.values())
-    ]
-    if len(named) == 2 and [teacher_labels[i] for i in sorted(teacher_labels)] != [
-        student_labels[i] for i in sorted(student_labels)
-    ]:
+def teacher_label_order(
+    teacher_labels: dict[int, str], student_labels: dict[int, str], ignore_label_names: bool = False
+) -> list[int] | None:
+    """The teacher's class index for each of the student's classes, when both name their classes in other orders.
+
+    None (use the teacher's logits as they are) when either side's names are generic (``LABEL_i`` or ``"i"``) or
+    both orders agree. Names that differ as sets mean logit distillation would teach the wrong classes: a
+    ``ValueError`` unless ``ignore_label_names``.
+    """
+    teacher_names = [teacher_labels[i] for i in sorted(teacher_labels)]
+    student_names = [student_labels[i] for i in sorted(student_labels)]
+    if _generic(teacher_names) or _generic(student_names) or teacher_names == student_names:
+        return None
+    if sorted(teacher_names) == sorted(student_names) and len(set(teacher_names)) == len(teacher_names):
+        logger.info("The teacher orders its classes differently: its logits are put in the student's order.")
+        return [teacher_names.index(name) for name in student_names]
+    if ignore_label_names:
         logger.warning(
-            f"The teacher's labels {list(teacher_labels.values())} differ from the student's "
-            f"{list(student_labels.values())}: logit distillation assumes index i is the same class in both."
+            f"The teacher's classes {teacher_names} are not the student's {student_names}; distilling class i into "
+            "class i anyway (ignore_label_names=True)."
         )
+        return None
+    raise ValueError(
+        f"teacher_model: the teacher's classes {teacher_names} are not the student's {student_names}, so logit "
+        "distillation would teach the wrong classes. Give the student the teacher's class names, set "
+        "distillation_type='none' (feature alignment only), or set ignore_label_names=True (--ignore_label_names) "
+        "to distil class i into class i anyway."
+    )
+
+
+def _generic(names: list[str]) -> bool:
+    """Names that say nothing about the class: transformers' ``LABEL_i`` or the bare index ``"i"``."""
+    return all(name in (f"LABEL_{i}", str(i)) for i, name in enumerate(names))
 
 
 def _is_aligner_key(key: str) -> bool:

@@ -6,6 +6,8 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..checks import require_finite
+
 _NON_NEGATIVE = ("r_bn", "first_bn_multiplier", "tv", "l2", "adi_scale", "bpid_weight", "bpid_margin", "seed")
 
 
@@ -71,6 +73,7 @@ class InversionConfig:
 
     def __post_init__(self) -> None:
         self.betas = [float(beta) for beta in self.betas]
+        require_finite(self, prefix="InversionConfig.")
         _require(self.iterations >= 1, "iterations", self.iterations, "must be >= 1")
         _require(self.lr > 0, "lr", self.lr, "must be > 0")
         _require(

@@ -1,0 +1,215 @@
+"""Which ``checkpoint-N`` folder a re-run may resume from: the newest *complete* one.
+
+A run killed while the Trainer writes a checkpoint leaves a folder that is empty or partial (no
+``trainer_state.json``, a truncated weights file). Resuming from the highest-numbered folder regardless would fail on
+every re-run until the user deleted it by hand; :func:`last_complete_checkpoint` skips such folders and says which
+and why. The Trainer writes ``trainer_state.json`` last, so a folder whose state file parses and whose tensor files
+are whole was written to the end.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import random
+import re
+import struct
+import zipfile
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import torch
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
+
+logger = logging.getLogger(__name__)
+
+TRAINER_STATE_NAME = "trainer_state.json"
+_CHECKPOINT = re.compile(rf"^{PREFIX_CHECKPOINT_DIR}-(\d+)$")
+# Any one of these holds the model: transformers' weights (whole or sharded), or a sharded trainer's own layout.
+_WEIGHTS = re.compile(
+    r"^(model\.safetensors|pytorch_model\.bin|model\.safetensors\.index\.json|pytorch_model\.bin\.index\.json"
+    r"|adapter_model\.(safetensors|bin)|pytorch_model_fsdp_\d+|global_step\d+)$"
+)
+
+
+def checkpoint_problem(folder: str, required_files: Sequence[str] = ()) -> str | None:
+    """Why ``folder`` cannot be resumed from (a short phrase), or None when it is a complete checkpoint.
+
+    Complete: ``trainer_state.json`` parses, the model's weights are there, every ``.safetensors`` file is as long
+    as its header says and every torch pickle is a whole zip archive, and each of ``required_files`` exists.
+    """
+    if not os.path.isdir(folder):
+        return "it is not a folder"
+    names = os.listdir(folder)
+    if not names:
+        return "it is empty (the run was killed while creating it)"
+    for name in required_files:
+        if name not in names:
+            return f"it has no {name}"
+    if TRAINER_STATE_NAME not in names:
+        return f"it has no {TRAINER_STATE_NAME} (the run was killed while writing it)"
+    try:
+        with open(os.path.join(folder, TRAINER_STATE_NAME), encoding="utf-8") as f:
+            json.load(f)
+    except (ValueError, UnicodeDecodeError) as error:
+        return f"its {TRAINER_STATE_NAME} is not valid JSON ({error})"
+    if not any(_WEIGHTS.match(name) for name in names):
+        return "it holds no model weights"
+    for name in sorted(names):
+        path = os.path.join(folder, name)
+        if name.endswith(".safetensors"):
+            problem = _safetensors_problem(path)
+        elif name.endswith((".pt", ".pth", ".bin")) and os.path.isfile(path):
+            problem = None if zipfile.is_zipfile(path) else "is not a whole torch archive"
+        else:
+            problem = None
+        if problem is not None:
+            return f"its {name} {problem}"
+    return None
+
+
+def _safetensors_problem(path: str) -> str | None:
+    """None when the file's length is exactly what its header announces (a truncated write is shorter)."""
+    size = os.path.getsize(path)
+    try:
+        with open(path, "rb") as f:
+            (header_size,) = struct.unpack("<Q", f.read(8))
+            if header_size > size:
+                return "is truncated"
+            header = json.loads(f.read(header_size))
+    except (struct.error, ValueError, UnicodeDecodeError):
+        return "has no readable header (truncated)"
+    ends = [entry["data_offsets"][1] for key, entry in header.items() if key != "__metadata__"]
+    expected = 8 + header_size + max(ends, default=0)
+    return None if size == expected else f"is truncated ({size} of {expected} bytes)"
+
+
+def checkpoint_folders(output_dir: str) -> list[str]:
+    """The ``checkpoint-N`` folders in ``output_dir``, newest (highest N) first."""
+    if not os.path.isdir(output_dir):
+        return []
+    numbered = [(int(m.group(1)), name) for name in os.listdir(output_dir) if (m := _CHECKPOINT.match(name))]
+    return [os.path.join(output_dir, name) for _, name in sorted(numbered, reverse=True)]
+
+
+def last_complete_checkpoint(output_dir: str, required_files: Sequence[str] = ()) -> str | None:
+    """The newest complete checkpoint in ``output_dir`` (None if there is none), warning about each newer one skipped.
+
+    ``required_files`` are files a checkpoint of this run must also hold (passed on to :func:`checkpoint_problem`).
+    """
+    for folder in checkpoint_folders(output_dir):
+        problem = checkpoint_problem(folder, required_files)
+        if problem is None:
+            return folder
+        logger.warning(f"Skipping {folder}: {problem}; looking for an older complete checkpoint.")
+    return None
+
+
+class ExactResumeMixin:
+    """Put before ``transformers.Trainer`` in a trainer's bases: resuming skips partial checkpoints and is exact.
+
+    ``train(resume_from_checkpoint=True)`` takes the last *complete* checkpoint (see
+    :func:`last_complete_checkpoint`). A resume in the middle of an epoch is bit-identical to the uninterrupted run
+    with the same seed: the Trainer's data loader fetches each batch one step ahead, so the random augmentation of
+    the first resumed batch was drawn, in the uninterrupted run, from a random state that no checkpoint holds. Here
+    each training batch is transformed and collated under random generators seeded by ``(seed, epoch, its example
+    indices)`` and the global generators are put back afterwards, so a batch's augmentation never depends on when
+    it is fetched and the training's own random state is untouched by data loading.
+    """
+
+    def train(
+        self,
+        resume_from_checkpoint: str | bool | None = None,
+        trial: Any = None,
+        ignore_keys_for_eval: list[str] | None = None,
+    ):
+        if resume_from_checkpoint is True:
+            resume_from_checkpoint = last_complete_checkpoint(self.args.output_dir)
+            if resume_from_checkpoint is None:
+                raise ValueError(f"resume_from_checkpoint=True: no complete checkpoint in {self.args.output_dir}.")
+        return super().train(resume_from_checkpoint, trial=trial, ignore_keys_for_eval=ignore_keys_for_eval)
+
+    def get_train_dataloader(self):
+        dataset, collator = self.train_dataset, self.data_collator
+        if isinstance(dataset, torch.utils.data.IterableDataset) or not hasattr(dataset, "__len__"):
+            return super().get_train_dataloader()
+        batches = SeededBatches(self.args.seed, self.state)
+        self.train_dataset, self.data_collator = batches.dataset(dataset), batches.collator(collator)
+        try:
+            return super().get_train_dataloader()
+        finally:
+            self.train_dataset, self.data_collator = dataset, collator
+
+
+class SeededBatches:
+    """Fetch each batch under torch/numpy/python generators seeded by ``(seed, epoch, example indices)``.
+
+    ``dataset()`` wraps a map-style dataset, whose ``__getitems__`` saves the global random states and seeds them;
+    ``collator()`` wraps the collate function, which restores them once the batch is built (mixup included). The
+    epoch is read from the trainer's ``state``; both wrappers are picklable for data-loader workers.
+    """
+
+    def __init__(self, seed: int, state: Any):
+        self.seed = seed
+        self.state = state
+        self._saved: tuple | None = None
+
+    def dataset(self, dataset: Any) -> torch.utils.data.Dataset:
+        return _SeededDataset(dataset, self)
+
+    def collator(self, collate_fn: Any) -> Any:
+        return _SeededCollator(collate_fn, self)
+
+    def begin(self, indices: Sequence[int]) -> None:
+        epoch = int((self.state.epoch or 0.0) + 1e-6)
+        digest = hashlib.sha256(repr((self.seed, epoch, [int(i) for i in indices])).encode()).digest()
+        batch_seed = int.from_bytes(digest[:4], "little")
+        self._saved = (torch.random.get_rng_state(), np.random.get_state(), random.getstate())
+        torch.manual_seed(batch_seed)
+        np.random.seed(batch_seed)
+        random.seed(batch_seed)
+
+    def end(self) -> None:
+        if self._saved is not None:
+            torch_state, numpy_state, python_state = self._saved
+            torch.random.set_rng_state(torch_state)
+            np.random.set_state(numpy_state)
+            random.setstate(python_state)
+            self._saved = None
+
+
+class _SeededDataset(torch.utils.data.Dataset):
+    def __init__(self, dataset: Any, batches: SeededBatches):
+        self.inner = dataset
+        self.batches = batches
+
+    def __len__(self) -> int:
+        return len(self.inner)
+
+    def __getitem__(self, index: int) -> Any:
+        return self.inner[index]
+
+    def __getitems__(self, indices: list[int]) -> list:
+        self.batches.begin(indices)
+        try:
+            if hasattr(self.inner, "__getitems__"):
+                return self.inner.__getitems__(indices)
+            return [self.inner[i] for i in indices]
+        except BaseException:
+            self.batches.end()
+            raise
+
+
+class _SeededCollator:
+    def __init__(self, collate_fn: Any, batches: SeededBatches):
+        self.collate_fn = collate_fn
+        self.batches = batches
+
+    def __call__(self, examples: list) -> Any:
+        try:
+            return self.collate_fn(examples)
+        finally:
+            self.batches.end()
