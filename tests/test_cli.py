@@ -1,10 +1,15 @@
-"""Shared CLI helpers: config overrides with lists, one-file arguments, resuming from the last checkpoint."""
+"""Shared CLI helpers: config overrides, one-file arguments, resuming from the last complete checkpoint."""
+
+import json
 
 import pytest
-from transformers import HfArgumentParser
+import torch
+from safetensors.torch import save_file
+from transformers import HfArgumentParser, ViTConfig
 
 from dearkd_hf import DearKDConfig
-from dearkd_hf.cli import parse_config_overrides, parse_script_args, resume_checkpoint
+from dearkd_hf.checkpoints import checkpoint_problem
+from dearkd_hf.cli import check_config_overrides, parse_config_overrides, parse_script_args, resume_checkpoint
 
 
 def test_config_overrides_keep_commas_inside_lists():
@@ -22,12 +27,72 @@ def test_yaml_file_is_parsed_like_flags(tmp_path):
     assert config.alpha == 0.25 and config.alignment_pairs == ["2:layer1"]
 
 
-def test_resume_checkpoint_finds_the_last_one(tmp_path):
+def write_checkpoint(folder, step: int):
+    """The files a complete Trainer checkpoint holds (trainer_state.json written last)."""
+    folder.mkdir(parents=True)
+    save_file({"w": torch.zeros(2)}, folder / "model.safetensors")
+    torch.save({"step": step}, folder / "optimizer.pt")
+    (folder / "trainer_state.json").write_text(json.dumps({"global_step": step}))
+    return folder
+
+
+def test_resume_checkpoint_finds_the_last_complete_one(tmp_path, caplog):
     config = DearKDConfig(output_dir=str(tmp_path), report_to="none")
     assert resume_checkpoint(config) is None
     for step in (4, 12):
-        (tmp_path / f"checkpoint-{step}").mkdir()
-        (tmp_path / f"checkpoint-{step}" / "trainer_state.json").write_text("{}")
+        write_checkpoint(tmp_path / f"checkpoint-{step}", step)
+    with caplog.at_level("INFO"):
+        assert resume_checkpoint(config).endswith("checkpoint-12")
+    assert "Resuming from" in caplog.text and "checkpoint-12" in caplog.text
+    (tmp_path / "checkpoint-16").mkdir()  # a kill just after creating the folder
+    caplog.clear()
     assert resume_checkpoint(config).endswith("checkpoint-12")
-    config.resume_from_checkpoint = "elsewhere"
-    assert resume_checkpoint(config) == "elsewhere"
+    assert "Skipping" in caplog.text and "checkpoint-16: it is empty" in caplog.text
+
+    config.resume_from_checkpoint = str(tmp_path / "checkpoint-4")
+    assert resume_checkpoint(config) == str(tmp_path / "checkpoint-4")
+    config.resume_from_checkpoint = str(tmp_path / "checkpoint-16")
+    with pytest.raises(
+        ValueError, match="--resume_from_checkpoint .*checkpoint-16: cannot resume from it, it is empty"
+    ):
+        resume_checkpoint(config)
+
+
+@pytest.mark.parametrize(
+    "damage, problem",
+    [
+        (lambda f: None, None),
+        (lambda f: (f / "trainer_state.json").unlink(), "no trainer_state.json"),
+        (lambda f: (f / "trainer_state.json").write_text('{"global_st'), "trainer_state.json is not valid JSON"),
+        (lambda f: (f / "model.safetensors").unlink(), "no model weights"),
+        (lambda f: truncate(f / "model.safetensors"), "model.safetensors is truncated"),
+        (lambda f: truncate(f / "optimizer.pt"), "optimizer.pt is not a whole torch archive"),
+    ],
+    ids=["complete", "no-state", "state-cut", "no-weights", "weights-cut", "optimizer-cut"],
+)
+def test_checkpoint_problem_names_what_is_missing(tmp_path, damage, problem):
+    folder = write_checkpoint(tmp_path / "checkpoint-2", 2)
+    damage(folder)
+    found = checkpoint_problem(str(folder))
+    assert found is None if problem is None else problem in found
+    assert "aligners.safetensors" in checkpoint_problem(str(folder), required_files=["aligners.safetensors"])
+
+
+def truncate(path):
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+
+
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        ({"hidden_size": 8}, None),
+        ({"hiden_size": 8}, r"ViTConfig has no 'hiden_size' \(did you mean 'hidden_size'\?\)"),
+    ],
+)
+def test_config_overrides_must_be_keys_of_the_config(overrides, message):
+    if message is None:
+        check_config_overrides(ViTConfig(), overrides)
+    else:
+        with pytest.raises(ValueError, match=message):
+            check_config_overrides(ViTConfig(), overrides)

@@ -3,7 +3,7 @@
 import pytest
 import timm
 import torch
-from conftest import make_resnet_teacher
+from conftest import make_resnet_teacher, make_vit
 from torch import nn
 from transformers import ViTImageProcessor
 
@@ -63,8 +63,46 @@ def test_unknown_layer_and_missing_folder_errors(tmp_path):
     teacher = load_teacher(make_resnet_teacher())
     with pytest.raises(ValueError, match="Unknown teacher layer"):
         teacher.forward_with_features(torch.randn(1, 1, 16, 16), ["nope"])
-    with pytest.raises(ValueError, match="no such folder"):
+    with pytest.raises(FileNotFoundError, match="no such folder"):
         load_teacher(str(tmp_path / "missing"))
     (tmp_path / "empty").mkdir()
     with pytest.raises(ValueError, match="without config.json"):
         load_teacher(str(tmp_path / "empty"))
+
+
+@pytest.mark.parametrize(
+    "name, error, message",
+    [
+        ("./nope_dir/teacher", FileNotFoundError, r"teacher_model_name_or_path ./nope_dir/teacher: no such folder \("),
+        ("EXISTING/teacher", FileNotFoundError, r"EXISTING/teacher: no such folder"),
+        (
+            "nope_dir/teacher",
+            OSError,
+            r"nope_dir/teacher: there is no local folder .* Hub cannot be reached .*offline",
+        ),
+    ],
+    ids=["dot-relative", "first-component-exists", "hub-offline"],
+)
+def test_missing_relative_path_says_no_such_folder_or_that_the_hub_is_unreachable(
+    tmp_path, monkeypatch, name, error, message
+):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr("huggingface_hub.constants.HF_HUB_OFFLINE", True)
+    (tmp_path / "outputs").mkdir()
+    name = name.replace("EXISTING", "outputs")
+    with pytest.raises(error, match=message.replace("EXISTING", "outputs")):
+        load_teacher(name)
+
+
+def test_garbage_config_json_is_named(tmp_path):
+    (tmp_path / "config.json").write_text("{not json")
+    with pytest.raises(ValueError, match=rf"{tmp_path / 'config.json'} is not valid JSON"):
+        load_teacher(str(tmp_path))
+
+
+def test_a_vit_teacher_is_refused_as_not_a_cnn(tmp_path):
+    make_vit().save_pretrained(tmp_path)
+    with pytest.raises(ValueError, match="is not a CNN .*ViT.*Attention"):
+        load_teacher(str(tmp_path))
+    with pytest.raises(ValueError, match="is not a CNN"):
+        load_teacher(make_vit())

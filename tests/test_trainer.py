@@ -155,6 +155,8 @@ def test_resume_lands_in_the_right_stage_and_matches_uninterrupted_run(tmp_path,
     for step, loss in train_losses(resumed).items():
         if step > checkpoint:
             assert loss == pytest.approx(expected[step], rel=1e-4, abs=1e-5), step
+    key = "distillation_stopped_at_epoch"
+    assert {log[key] for log in resumed.state.log_history if key in log} == {1.0}  # not the resumed epoch 1.5
 
 
 def test_resume_restores_aligners_from_checkpoint(tmp_path):
@@ -248,6 +250,11 @@ def test_missing_teacher_fails(tmp_path):
         ("beta_schedule", "cosine", "beta_schedule='cosine' is not one of"),
         ("label_loss_heads", "sum", "label_loss_heads='sum' is not one of"),
         ("distillation_stop_fraction", 1.5, r"distillation_stop_fraction=1.5 must lie in \[0, 1\]"),
+        *[
+            (name, value, f"{name}={value} is not a finite number")
+            for name in ("alpha", "beta", "tau", "distillation_stop_epoch", "learning_rate", "weight_decay")
+            for value in (float("nan"), float("inf"))
+        ],
     ],
 )
 def test_bad_config_values_fail(tmp_path, field, value, message):
@@ -308,13 +315,56 @@ def test_every_supported_student_trains_and_kd_uses_the_distillation_head(tmp_pa
     assert "eval_loss" in metrics
 
 
-def test_reordered_teacher_labels_are_warned_about(tmp_path, caplog):
+TEACHER_NAMES = ["cat", "dog", "bird"]
+
+
+@pytest.mark.parametrize(
+    "student_names",
+    [TEACHER_NAMES, ["bird", "cat", "dog"], ["0", "1", "2"]],
+    ids=["same-order", "other-order", "unnamed-student"],
+)
+def test_teacher_logits_are_put_in_the_students_class_order(tmp_path, student_names):
+    """String labels become alphabetical class ids; KD must then compare the same class on both sides."""
     teacher = make_resnet_teacher()
-    teacher.config.id2label = {0: "cat", 1: "dog", 2: "bird"}
-    student = make_vit(id2label={0: "dog", 1: "cat", 2: "bird"})
-    with caplog.at_level("WARNING"):
+    teacher.config.id2label = dict(enumerate(TEACHER_NAMES))
+    trainer = make_trainer(tmp_path, student=make_vit(id2label=dict(enumerate(student_names))), teacher=teacher)
+    pixels = next(iter(trainer.get_train_dataloader()))["pixel_values"]
+    with torch.no_grad():
+        raw = teacher(pixel_values=pixels).logits
+    seen = trainer._teacher_forward(pixels).logits
+    order = [TEACHER_NAMES.index(name) if name in TEACHER_NAMES else int(name) for name in student_names]
+    assert torch.equal(seen, raw[:, order])
+
+
+def test_teacher_with_other_class_names_fails_unless_ignored(tmp_path, caplog):
+    teacher = make_resnet_teacher()
+    teacher.config.id2label = dict(enumerate(TEACHER_NAMES))
+    student = make_vit(id2label={0: "car", 1: "dog", 2: "bird"})
+    with pytest.raises(
+        ValueError, match=r"classes \['cat', 'dog', 'bird'\] are not the student's.*ignore_label_names"
+    ):
         make_trainer(tmp_path, student=student, teacher=teacher)
-    assert "differ from the student's" in caplog.text
+    with caplog.at_level("WARNING"):
+        trainer = make_trainer(tmp_path, student=student, teacher=teacher, ignore_label_names=True, max_steps=1)
+    assert "distilling class i into class i anyway" in caplog.text
+    trainer.train()
+
+
+def test_non_finite_loss_stops_training_naming_the_step_and_components(tmp_path):
+    class Poison(TrainerCallback):
+        def on_step_begin(self, args, state, control, model=None, **kwargs):
+            if state.global_step == 2:
+                with torch.no_grad():
+                    model.vit.embeddings.cls_token.fill_(float("nan"))
+
+    trainer = make_trainer(tmp_path, save_strategy="steps", save_steps=1)
+    trainer.add_callback(Poison())
+    with pytest.raises(
+        FloatingPointError, match=r"Training step 3: the loss is nan \(loss_ce=nan, loss_kd=.*loss_align="
+    ):
+        trainer.train()
+    assert sorted(p.name for p in tmp_path.glob("checkpoint-*")) == ["checkpoint-1", "checkpoint-2"]
+    assert all(torch.isfinite(t).all() for t in load_file(tmp_path / "checkpoint-2" / "model.safetensors").values())
 
 
 @pytest.mark.parametrize(
