@@ -23,6 +23,7 @@ from safetensors.torch import load_file
 from transformers import AutoModelForImageClassification, ResNetConfig, ResNetForImageClassification
 
 import dearkd_hf  # noqa: F401  (registers the dearkd_vit model type with the Auto classes)
+from dearkd_hf import trainer as dearkd_trainer
 from dearkd_hf.trainer import ALIGNERS_FILE, DearKDTrainer
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -224,23 +225,93 @@ def test_push_to_hub_uploads_the_student_only(tmp_path, teacher_dir, monkeypatch
     assert "model.safetensors" in final["tensors"]
 
 
-@pytest.mark.parametrize(
-    "extra, error, message",
-    [
-        (["--image_column_name", "pixels"], ValueError, r"Column 'pixels' not found.*\['image', 'label'\]"),
-        (["--label_column_name", "target"], ValueError, r"Column 'target' not found.*\['image', 'label'\]"),
-        (["--dataset_name", "/nonexistent/path"], FileNotFoundError, r"--dataset_name /nonexistent/path"),
-        (["--teacher_model_name_or_path", "TEACHER5"], ValueError, r"5 labels.*distillation_type"),
-        ([], ValueError, r"--teacher_model_name_or_path is required"),
-    ],
-    ids=["image-column", "label-column", "dataset-path", "teacher-labels", "no-teacher"],
-)
-def test_bad_input_fails_before_training(tmp_path, teacher_dir, teacher5_dir, extra, error, message):
+BAD_INPUT = {
+    "image-column": (
+        ["--image_column_name", "pixels"],
+        ValueError,
+        r"Column 'pixels' not found.*\['image', 'label'\]",
+    ),
+    "label-column": (
+        ["--label_column_name", "target"],
+        ValueError,
+        r"Column 'target' not found.*\['image', 'label'\]",
+    ),
+    "dataset-path": (["--dataset_name", "/nonexistent/path"], FileNotFoundError, r"--dataset_name /nonexistent/path"),
+    "teacher-labels": (["--teacher_model_name_or_path", "TEACHER5"], ValueError, r"5 labels.*distillation_type"),
+    "no-teacher": ([], ValueError, r"--teacher_model_name_or_path is required"),
+    "tau-nan": (["--tau", "nan"], ValueError, r"tau=nan is not a finite number"),
+    "beta-inf": (["--beta", "inf"], ValueError, r"beta=inf is not a finite number"),
+    "lr-nan": (["--learning_rate", "nan"], ValueError, r"learning_rate=nan is not a finite number"),
+    "mixup-nan": (["--mixup", "nan"], ValueError, r"--mixup=nan is not a finite number"),
+    "no-samples": (["--max_train_samples", "0"], ValueError, r"--max_train_samples must be >= 1"),
+    "overrides-typo": (
+        ["--config_overrides", "hiden_size=64"],
+        ValueError,
+        r"no 'hiden_size' \(did you mean 'hidden_size'",
+    ),
+    "output-under-a-file": (["--output_dir", "FILE/out"], NotADirectoryError, r"--output_dir .*FILE/out: .*is a file"),
+    "output-not-writable": (
+        ["--output_dir", "/sys/dearkd_out"],
+        PermissionError,
+        r"--output_dir /sys/dearkd_out: cannot",
+    ),
+    "student-path": (["--init_from_vit", "./no_student"], FileNotFoundError, r"--init_from_vit ./no_student: no such"),
+    "teacher-path": (["--teacher_model_name_or_path", "./nope/t"], FileNotFoundError, r"./nope/t: no such folder"),
+    "teacher-hub": (["--teacher_model_name_or_path", "nope_dir/t"], OSError, r"nope_dir/t: .*Hub cannot be reached"),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_INPUT))
+def test_bad_input_fails_before_training(tmp_path, teacher_dir, teacher5_dir, case):
+    """Each fails with its one error before any data, model or output folder is made."""
+    extra, error, message = BAD_INPUT[case]
+    (tmp_path / "FILE").write_text("a file where a folder is expected")
+    replace = {"TEACHER5": teacher5_dir, "FILE/out": str(tmp_path / "FILE" / "out")}
     out = tmp_path / "out"
-    args = tiny_args(teacher_dir, out) + [teacher5_dir if value == "TEACHER5" else value for value in extra]
+    args = tiny_args(teacher_dir, out) + [replace.get(value, value) for value in extra]
     if not extra:
         index = args.index("--teacher_model_name_or_path")
         del args[index : index + 2]
-    with pytest.raises(error, match=message):
+    with pytest.raises(error, match=message.replace("FILE", str(tmp_path / "FILE"))):
         run_script.main(args)
-    assert not list(out.glob("checkpoint-*")) and not (out / "model.safetensors").exists()
+    assert not out.exists()
+
+
+def test_same_seed_gives_bit_identical_runs(tmp_path, teacher_dir):
+    """The student, the aligners and the data order all come from --seed: same flags, same weights and accuracy."""
+    results = []
+    for name in ("first", "second"):
+        out = tmp_path / name
+        run_script.main([*tiny_args(teacher_dir, out, epochs=1), "--save_strategy", "no", "--seed", "3"])
+        accuracy = json.loads((out / "all_results.json").read_text())["eval_accuracy"]
+        results.append(((out / "model.safetensors").read_bytes(), accuracy))
+    assert results[0] == results[1]
+
+
+def test_non_finite_loss_stops_the_run_without_saving_a_model(tmp_path, teacher_dir, monkeypatch):
+    real_loss = dearkd_trainer.stage1_loss
+
+    def nan_loss(*args, **kwargs):
+        loss, components = real_loss(*args, **kwargs)
+        return loss * float("nan"), components
+
+    monkeypatch.setattr(dearkd_trainer, "stage1_loss", nan_loss)
+    out = tmp_path / "out"
+    with pytest.raises(
+        FloatingPointError, match=r"Training step 1: the loss is nan \(loss_ce=.*loss_kd=.*loss_align="
+    ):
+        run_script.main(tiny_args(teacher_dir, out))
+    assert not (out / "model.safetensors").exists() and not (out / "README.md").exists()
+
+
+def test_user_error_prints_one_line_not_a_traceback(tmp_path, teacher_dir):
+    result = subprocess.run(
+        [sys.executable, str(SCRIPT), *tiny_args(teacher_dir, tmp_path / "out"), "--tau", "nan"],
+        cwd=ROOT,
+        env={**os.environ, "PYTHONPATH": str(ROOT / "src"), "HF_HUB_OFFLINE": "1"},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 1
+    assert "error: tau=nan is not a finite number" in result.stderr and "Traceback" not in result.stderr
