@@ -9,7 +9,13 @@ from transformers import HfArgumentParser, ViTConfig
 
 from dearkd_hf import DearKDConfig
 from dearkd_hf.checkpoints import checkpoint_problem
-from dearkd_hf.cli import check_config_overrides, parse_config_overrides, parse_script_args, resume_checkpoint
+from dearkd_hf.cli import (
+    check_config_overrides,
+    parse_config_overrides,
+    parse_script_args,
+    resume_checkpoint,
+    run_main,
+)
 
 
 def test_config_overrides_keep_commas_inside_lists():
@@ -96,3 +102,21 @@ def test_config_overrides_must_be_keys_of_the_config(overrides, message):
     else:
         with pytest.raises(ValueError, match=message):
             check_config_overrides(ViTConfig(), overrides)
+
+
+def test_run_main_prints_user_errors_in_one_line(capsys, monkeypatch):
+    def bad_input():
+        raise ValueError("tau=nan is not a finite number; give a finite value.")
+
+    monkeypatch.delenv("DEARKD_TRACEBACK", raising=False)
+    with pytest.raises(SystemExit) as exit_info:
+        run_main(bad_input)
+    assert exit_info.value.code == 1
+    assert capsys.readouterr().err.startswith("error: tau=nan is not a finite number")
+
+    monkeypatch.setenv("DEARKD_TRACEBACK", "1")  # the traceback, on request
+    with pytest.raises(ValueError, match="tau=nan"):
+        run_main(bad_input)
+    monkeypatch.delenv("DEARKD_TRACEBACK")
+    with pytest.raises(KeyError):  # not a user error: the traceback always shows
+        run_main(lambda: {}["missing"])

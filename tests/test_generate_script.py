@@ -133,3 +133,36 @@ def test_push_to_hub_uploads_the_finished_dataset(teacher_dir, tmp_path, monkeyp
     )
     AcceleratorState._reset_state(reset_partial_state=True)  # the script's PartialState must not leak into other tests
     assert pushed == [("me/synthetic-images", 6)]
+
+
+def load_script():
+    spec = importlib.util.spec_from_file_location("dearkd_generate_script_errors", SCRIPT)
+    script = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = script
+    spec.loader.exec_module(script)
+    return script
+
+
+@pytest.mark.parametrize(
+    "flag, value, error, message",
+    [
+        ("--output_dir", "FILE/out", NotADirectoryError, r"--output_dir .*FILE/out: .* is a file, not a folder"),
+        (
+            "--output_dir",
+            "/sys/dearkd_synthetic",
+            PermissionError,
+            r"--output_dir /sys/dearkd_synthetic: cannot write",
+        ),
+        ("--teacher_model_name_or_path", "./no_teacher", FileNotFoundError, r"./no_teacher: no such folder"),
+        ("--student_model_name_or_path", "./no_student", FileNotFoundError, r"./no_student: no such folder"),
+        ("--lr", "nan", ValueError, r"InversionConfig.lr=nan is not a finite number"),
+    ],
+    ids=["output-under-a-file", "output-not-writable", "teacher-path", "student-path", "lr-nan"],
+)
+def test_bad_input_fails_before_generating(teacher_dir, tmp_path, flag, value, error, message):
+    (tmp_path / "FILE").write_text("a file where a folder is expected")
+    args = {"--teacher_model_name_or_path": teacher_dir, "--output_dir": str(tmp_path / "out"), "--num_images": "4"}
+    args[flag] = value.replace("FILE", str(tmp_path / "FILE"))
+    with pytest.raises(error, match=message.replace("FILE", str(tmp_path / "FILE"))):
+        load_script().main([f"{key}={item}" for key, item in args.items()])
+    assert not (tmp_path / "out").exists()

@@ -88,3 +88,39 @@ def test_single_config_file_argument(tmp_path):
     )
     model_args, data_args, training_args = train_teacher.parse_args([str(config)])
     assert (model_args.model_name_or_path, data_args.train_fraction) == ("resnet10t", 0.5)
+
+
+TINY_RESNET = ["--model_type", "resnet", "--config_overrides", "hidden_sizes=[8,16],depths=[1,1],embedding_size=8"]
+
+
+def test_same_seed_gives_bit_identical_teachers(tmp_path):
+    torch.set_num_threads(1)
+    weights = []
+    for name in ("first", "second"):
+        out = tmp_path / name
+        train_teacher.main(
+            [*TINY_RESNET, *tiny_run(), "--save_strategy", "no", "--seed", "5", "--output_dir", str(out)]
+        )
+        weights.append((out / "model.safetensors").read_bytes())
+    assert weights[0] == weights[1]
+
+
+@pytest.mark.parametrize(
+    "extra, error, message",
+    [
+        (["--output_dir", "FILE/out"], NotADirectoryError, r"--output_dir .*FILE/out: .* is a file, not a folder"),
+        (["--output_dir", "/sys/dearkd_teacher"], PermissionError, r"--output_dir /sys/dearkd_teacher: cannot write"),
+        (["--model_name_or_path", "./no_teacher"], FileNotFoundError, r"--model_name_or_path ./no_teacher: no such"),
+        (["--learning_rate", "nan"], ValueError, r"--learning_rate=nan is not a finite number"),
+        (["--config_overrides", "hiden_sizes=[8]"], ValueError, r"no 'hiden_sizes' \(did you mean 'hidden_sizes'"),
+    ],
+    ids=["output-under-a-file", "output-not-writable", "model-path", "lr-nan", "overrides-typo"],
+)
+def test_bad_input_fails_before_training(tmp_path, extra, error, message):
+    (tmp_path / "FILE").write_text("a file where a folder is expected")
+    model = TINY_RESNET if extra[0] != "--model_name_or_path" else []
+    args = [*model, *tiny_run(), "--output_dir", str(tmp_path / "out"), *extra]
+    args = [value.replace("FILE", str(tmp_path / "FILE")) for value in args]
+    with pytest.raises(error, match=message.replace("FILE", str(tmp_path / "FILE"))):
+        train_teacher.main(args)
+    assert not (tmp_path / "out").exists()
