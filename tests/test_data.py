@@ -143,3 +143,47 @@ def test_normalization_fits_channels():
 def test_arguments_are_validated():
     with pytest.raises(ValueError, match="train_fraction"):
         DataTrainingArguments(train_fraction=0.0)
+
+
+@pytest.fixture
+def folders_with_a_corrupt_image(tmp_path):
+    rng = np.random.default_rng(0)
+    for split, count in (("train", 4), ("val", 2)):
+        for name in NAMES[:2]:
+            (tmp_path / split / name).mkdir(parents=True)
+            for i in range(count):
+                image = PILImage.fromarray(rng.integers(0, 255, (8, 8), dtype=np.uint8), mode="L")
+                image.save(tmp_path / split / name / f"{i}.png")
+    (tmp_path / "train" / "a" / "bad.png").write_bytes(b"\x89PNG\r\n\x1a\n not an image")
+    return DataTrainingArguments(train_dir=str(tmp_path / "train"), validation_dir=str(tmp_path / "val"))
+
+
+def test_a_corrupt_image_is_named_when_met(folders_with_a_corrupt_image):
+    dataset = load_image_datasets(folders_with_a_corrupt_image, seed=0)
+    train = with_transforms(dataset, 8, [0.5], [0.5], 1)["train"]
+    assert len(train) == 9
+    with pytest.raises(ValueError, match=r"Image .*bad\.png cannot be decoded .*--verify_images"):
+        collate_fn([train[i] for i in range(len(train))])
+
+
+def test_verify_images_skips_and_counts_corrupt_images(folders_with_a_corrupt_image, caplog):
+    folders_with_a_corrupt_image.verify_images = True
+    with caplog.at_level("WARNING"):
+        dataset = load_image_datasets(folders_with_a_corrupt_image, seed=0)
+    assert "skipping 1 of 9 train images that cannot be decoded" in caplog.text and "bad.png" in caplog.text
+    train = with_transforms(dataset, 8, [0.5], [0.5], 1)["train"]
+    assert collate_fn([train[i] for i in range(len(train))])["pixel_values"].shape == (8, 1, 8, 8)
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        (dict(max_train_samples=0), "--max_train_samples must be >= 1"),
+        (dict(max_eval_samples=-1), "--max_eval_samples must be >= 1"),
+        (dict(mixup=float("nan")), "--mixup=nan is not a finite number"),
+        (dict(train_fraction=float("inf")), "--train_fraction=inf is not a finite number"),
+    ],
+)
+def test_bad_numbers_are_refused(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        DataTrainingArguments(**kwargs)

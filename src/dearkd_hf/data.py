@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from datasets import ClassLabel, Dataset, DatasetDict, load_dataset, load_from_disk
+from datasets import ClassLabel, Dataset, DatasetDict, Image, load_dataset, load_from_disk
 from timm.data import Mixup
 from timm.data.mixup import mixup_target
 from torchvision.transforms import v2
@@ -75,6 +75,13 @@ class DataTrainingArguments:
         default=None, metadata={"help": "Input resolution; default: the model's (config.image_size or its processor)."}
     )
     rand_augment: bool = field(default=False, metadata={"help": "Add RandAugment to the training transforms."})
+    verify_images: bool = field(
+        default=False,
+        metadata={
+            "help": "Decode every image once before training and skip (with a warning naming them) those that cannot "
+            "be decoded. Off, an undecodable image stops training with an error naming its file."
+        },
+    )
     mixup: float = field(default=0.0, metadata={"help": "Mixup alpha (0 = off). Labels become soft targets."})
     cutmix: float = field(default=0.0, metadata={"help": "CutMix alpha (0 = off). Labels become soft targets."})
     label_smoothing: float = field(
@@ -253,11 +260,50 @@ def load_image_datasets(data_args: DataTrainingArguments, seed: int) -> DatasetD
     else:
         train, evaluation = split_off_validation(train, data_args.train_val_split, seed)
     train, evaluation = _ensure_class_label(train, evaluation)
+    if data_args.verify_images:
+        train, evaluation = drop_undecodable(train, "train"), drop_undecodable(evaluation, "validation")
 
     train = stratified_fraction(train, data_args.train_fraction, seed)
     train = _at_most(train, data_args.max_train_samples, seed)
     evaluation = _at_most(evaluation, data_args.max_eval_samples, seed)
     return DatasetDict({"train": train, "validation": evaluation})
+
+
+def open_image(image: Any) -> Any:
+    """A PIL image from a decoded image or an undecoded ``{"bytes", "path"}`` record (a file that cannot be decoded
+    raises a ``ValueError`` naming it)."""
+    if not isinstance(image, dict):
+        return image
+    try:
+        return Image().decode_example(image)
+    except (OSError, SyntaxError, ValueError) as error:  # what PIL raises for a corrupt or truncated file
+        raise ValueError(
+            f"Image {image.get('path') or '(without a file name)'} cannot be decoded ({error}). Remove or replace "
+            "it, or pass --verify_images to skip undecodable images before training."
+        ) from None
+
+
+def drop_undecodable(dataset: Dataset, split: str, chunk: int = 256) -> Dataset:
+    """The examples whose image decodes, warning with the count and the files of those skipped (--verify_images)."""
+    if not isinstance(dataset.features.get("image"), Image):
+        return dataset
+    raw = dataset.cast_column("image", Image(decode=False))
+    kept, skipped = [], []
+    for start in range(0, len(raw), chunk):
+        for offset, image in enumerate(raw[start : start + chunk]["image"]):
+            try:
+                open_image(image)
+                kept.append(start + offset)
+            except ValueError:
+                skipped.append(image.get("path") or f"example {start + offset}")
+    if skipped:
+        more = f" and {len(skipped) - 10} more" if len(skipped) > 10 else ""
+        logger.warning(
+            f"--verify_images: skipping {len(skipped)} of {len(dataset)} {split} images that cannot be decoded: "
+            f"{skipped[:10]}{more}."
+        )
+        return dataset.select(kept)
+    return dataset
 
 
 def label_names(dataset: Dataset) -> list[str]:
@@ -303,7 +349,7 @@ def _image_pipeline(
 def _transform_batch(batch: dict[str, list], pipeline: v2.Compose, mode: str) -> dict[str, list]:
     """Batch transform for `with_transform`: PIL images -> `pixel_values` (C, H, W), labels -> `labels`."""
     return {
-        "pixel_values": [pipeline(image.convert(mode)) for image in batch["image"]],
+        "pixel_values": [pipeline(open_image(image).convert(mode)) for image in batch["image"]],
         "labels": batch["label"],
     }
 
@@ -335,10 +381,13 @@ def with_transforms(
     num_channels: int,
     rand_augment: bool = False,
 ) -> DatasetDict:
-    """Attach the training transform to `train` and the evaluation transform to every other split."""
+    """Attach the training transform to `train` and the evaluation transform to every other split.
+
+    Images are decoded by the transform rather than by `datasets`, so that one that cannot be decoded is named.
+    """
     return DatasetDict(
         {
-            split: ds.with_transform(
+            split: _undecoded(ds).with_transform(
                 build_transforms(
                     image_size, mean, std, num_channels, train=split == "train", rand_augment=rand_augment
                 )
@@ -346,6 +395,11 @@ def with_transforms(
             for split, ds in dataset.items()
         }
     )
+
+
+def _undecoded(dataset: Dataset) -> Dataset:
+    image = dataset.features.get("image")
+    return dataset.cast_column("image", Image(decode=False)) if isinstance(image, Image) and image.decode else dataset
 
 
 def collate_fn(examples: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
