@@ -16,7 +16,7 @@ from types import SimpleNamespace
 
 import pytest
 import torch
-from datasets import load_from_disk
+from datasets import Dataset, DatasetDict, Features, Image, Value, load_from_disk
 from huggingface_hub.utils import DEFAULT_IGNORE_PATTERNS, filter_repo_objects
 from safetensors import safe_open
 from safetensors.torch import load_file
@@ -37,8 +37,8 @@ sys.modules[spec.name] = run_script  # dataclasses resolve string annotations th
 spec.loader.exec_module(run_script)
 
 
-def write_teacher(folder: Path, num_labels: int) -> str:
-    names = load_from_disk(str(EMBEDDED))["train"].features["label"].names[:num_labels]
+def write_teacher(folder: Path, num_labels: int, names: list[str] | None = None) -> str:
+    names = names or load_from_disk(str(EMBEDDED))["train"].features["label"].names[:num_labels]
     torch.manual_seed(0)
     config = ResNetConfig(
         num_channels=1,
@@ -226,16 +226,8 @@ def test_push_to_hub_uploads_the_student_only(tmp_path, teacher_dir, monkeypatch
 
 
 BAD_INPUT = {
-    "image-column": (
-        ["--image_column_name", "pixels"],
-        ValueError,
-        r"Column 'pixels' not found.*\['image', 'label'\]",
-    ),
-    "label-column": (
-        ["--label_column_name", "target"],
-        ValueError,
-        r"Column 'target' not found.*\['image', 'label'\]",
-    ),
+    "image-column": (["--image_column_name", "pixels"], ValueError, r"Column 'pixels' not found.*\['image', 'label"),
+    "label-column": (["--label_column_name", "target"], ValueError, r"Column 'target' not found.*\['image', 'label"),
     "dataset-path": (["--dataset_name", "/nonexistent/path"], FileNotFoundError, r"--dataset_name /nonexistent/path"),
     "teacher-labels": (["--teacher_model_name_or_path", "TEACHER5"], ValueError, r"5 labels.*distillation_type"),
     "no-teacher": ([], ValueError, r"--teacher_model_name_or_path is required"),
@@ -244,17 +236,9 @@ BAD_INPUT = {
     "lr-nan": (["--learning_rate", "nan"], ValueError, r"learning_rate=nan is not a finite number"),
     "mixup-nan": (["--mixup", "nan"], ValueError, r"--mixup=nan is not a finite number"),
     "no-samples": (["--max_train_samples", "0"], ValueError, r"--max_train_samples must be >= 1"),
-    "overrides-typo": (
-        ["--config_overrides", "hiden_size=64"],
-        ValueError,
-        r"no 'hiden_size' \(did you mean 'hidden_size'",
-    ),
+    "overrides-typo": (["--config_overrides", "hiden_size=64"], ValueError, r"'hiden_size' \(did you mean 'hidden_"),
     "output-under-a-file": (["--output_dir", "FILE/out"], NotADirectoryError, r"--output_dir .*FILE/out: .*is a file"),
-    "output-not-writable": (
-        ["--output_dir", "/sys/dearkd_out"],
-        PermissionError,
-        r"--output_dir /sys/dearkd_out: cannot",
-    ),
+    "output-not-writable": (["--output_dir", "/sys/dearkd_out"], PermissionError, r"/sys/dearkd_out: cannot write"),
     "student-path": (["--init_from_vit", "./no_student"], FileNotFoundError, r"--init_from_vit ./no_student: no such"),
     "teacher-path": (["--teacher_model_name_or_path", "./nope/t"], FileNotFoundError, r"./nope/t: no such folder"),
     "teacher-hub": (["--teacher_model_name_or_path", "nope_dir/t"], OSError, r"nope_dir/t: .*Hub cannot be reached"),
@@ -315,3 +299,44 @@ def test_user_error_prints_one_line_not_a_traceback(tmp_path, teacher_dir):
     )
     assert result.returncode == 1
     assert "error: tau=nan is not a finite number" in result.stderr and "Traceback" not in result.stderr
+
+
+@pytest.fixture(scope="module")
+def string_label_dataset(tmp_path_factory) -> str:
+    """The embedded subset with its labels as strings: the student's class ids become alphabetical."""
+    embedded = load_from_disk(str(EMBEDDED))
+    names = embedded["train"].features["label"].names
+    features = Features({"image": Image(), "label": Value("string")})
+    splits = {}
+    for split, size in (("train", 64), ("test", 32)):
+        part = embedded[split].select(range(size))
+        splits[split] = Dataset.from_dict(
+            {"image": part["image"], "label": [names[i] for i in part["label"]]}, features=features
+        )
+    folder = tmp_path_factory.mktemp("string_labels")
+    DatasetDict(splits).save_to_disk(str(folder))
+    return str(folder)
+
+
+@pytest.mark.parametrize("teacher_order", ["dataset", "alphabetical", "other-names"])
+def test_string_labels_distil_the_same_classes(tmp_path, string_label_dataset, teacher_order, monkeypatch):
+    names = load_from_disk(str(EMBEDDED))["train"].features["label"].names
+    teacher_names = {"dataset": names, "alphabetical": sorted(names), "other-names": [n.upper() for n in names]}
+    teacher = write_teacher(tmp_path / "teacher", 10, teacher_names[teacher_order])
+    orders = []
+    real_order = dearkd_trainer.teacher_label_order
+    monkeypatch.setattr(dearkd_trainer, "teacher_label_order", lambda *a: orders.append(real_order(*a)) or orders[-1])
+    args = [*tiny_args(teacher, tmp_path / "out", epochs=1), "--dataset_name", string_label_dataset]
+    args += ["--save_strategy", "no"]
+    if teacher_order == "other-names":
+        with pytest.raises(ValueError, match="are not the student's.*--ignore_label_names"):
+            run_script.main(args)
+        args.append("--ignore_label_names")
+    run_script.main(args)
+    student = json.loads((tmp_path / "out" / "config.json").read_text())["id2label"]
+    student_names = [student[str(i)] for i in range(10)]
+    assert student_names == sorted(names)  # string labels: alphabetical class ids
+    if teacher_order == "dataset":  # the teacher's logits are reordered so that column i is the student's class i
+        assert [names[i] for i in orders[-1]] == student_names
+    else:
+        assert orders[-1] is None
