@@ -188,7 +188,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     if model_args.log_attention_distance:
         trainer.add_callback(AttentionDistanceCallback(trainer))
 
-    train_result = trainer.train(resume_from_checkpoint=resume_checkpoint(training_args))
+    train_result = trainer.train(resume_from_checkpoint=resume_checkpoint(training_args, trainer.checkpoint_files))
     trainer.log_metrics("train", train_result.metrics)
     trainer.save_metrics("train", train_result.metrics)
     trainer.save_state()

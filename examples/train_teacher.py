@@ -257,7 +257,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         compute_metrics=compute_accuracy_metrics,
         processing_class=processor,
     )
-    train_result = trainer.train(resume_from_checkpoint=resume_checkpoint(training_args))
+    train_result = trainer.train(resume_from_checkpoint=resume_checkpoint(training_args, trainer.checkpoint_files))
     save_teacher(trainer, model, training_args.output_dir, labels, mean, std, image_size)
     trainer.save_metrics("train", train_result.metrics)
     trainer.save_state()

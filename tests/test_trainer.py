@@ -375,3 +375,20 @@ def test_alignment_weight_follows_beta_schedule_over_stage1(tmp_path, schedule, 
     trainer.train()
     betas = [log["beta"] for log in trainer.state.log_history if "beta" in log]
     assert betas == pytest.approx(expected)
+
+
+def test_resume_true_takes_the_last_complete_checkpoint(tmp_path, caplog):
+    make_trainer(tmp_path, save_strategy="steps", save_steps=2, max_steps=4).train()
+    state = tmp_path / "checkpoint-4" / "trainer_state.json"
+    state.write_text(state.read_text()[:20])  # killed while writing it
+    trainer = make_trainer(tmp_path, save_strategy="no", max_steps=4)
+    loaded = []
+    trainer._load_from_checkpoint = lambda checkpoint, model=None: loaded.append(os.path.basename(checkpoint))
+    with caplog.at_level("WARNING"):
+        trainer.train(resume_from_checkpoint=True)
+    assert loaded == ["checkpoint-2"] and "checkpoint-4: its trainer_state.json is not valid JSON" in caplog.text
+    with pytest.raises(ValueError, match="checkpoint-4: cannot resume from it, its trainer_state.json is not valid"):
+        trainer.train(resume_from_checkpoint=str(tmp_path / "checkpoint-4"))
+    trainer.checkpoint_files = ("extra.safetensors",)  # what a trainer may add to a complete checkpoint
+    with pytest.raises(ValueError, match="no complete checkpoint"):
+        trainer.train(resume_from_checkpoint=True)

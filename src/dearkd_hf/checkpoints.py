@@ -120,6 +120,9 @@ class ExactResumeMixin:
     it is fetched and the training's own random state is untouched by data loading.
     """
 
+    # Files a complete checkpoint of this trainer must hold besides the Trainer's own (see `checkpoint_problem`).
+    checkpoint_files: tuple[str, ...] = ()
+
     def train(
         self,
         resume_from_checkpoint: str | bool | None = None,
@@ -127,9 +130,13 @@ class ExactResumeMixin:
         ignore_keys_for_eval: list[str] | None = None,
     ):
         if resume_from_checkpoint is True:
-            resume_from_checkpoint = last_complete_checkpoint(self.args.output_dir)
+            resume_from_checkpoint = last_complete_checkpoint(self.args.output_dir, self.checkpoint_files)
             if resume_from_checkpoint is None:
                 raise ValueError(f"resume_from_checkpoint=True: no complete checkpoint in {self.args.output_dir}.")
+        elif resume_from_checkpoint:
+            problem = checkpoint_problem(resume_from_checkpoint, self.checkpoint_files)
+            if problem is not None:
+                raise ValueError(f"resume_from_checkpoint={resume_from_checkpoint}: cannot resume from it, {problem}.")
         return super().train(resume_from_checkpoint, trial=trial, ignore_keys_for_eval=ignore_keys_for_eval)
 
     def get_train_dataloader(self):

@@ -97,8 +97,8 @@ def hub_lookup(name: str, flag: str) -> Iterator[None]:
     try:
         yield
     except OSError as error:
-        reason = _unreachable_reason(error)
-        if reason is None:
+        reason = None if os.path.isdir(os.path.expanduser(name)) else _unreachable_reason(error)
+        if reason is None:  # a local folder's own error, or the Hub answered: not ours to reword
             raise
         raise OSError(
             f"{flag} {name}: there is no local folder of that name, and the Hugging Face Hub cannot be reached to "

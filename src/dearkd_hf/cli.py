@@ -9,7 +9,7 @@ import logging
 import os
 import re
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from transformers import HfArgumentParser, PretrainedConfig, TrainingArguments
@@ -71,16 +71,20 @@ def check_config_overrides(
         raise ValueError(f"{flag}: {type(config).__name__} has no {named}; its keys are {known}.")
 
 
-def resume_checkpoint(training_args: TrainingArguments) -> str | None:
+def resume_checkpoint(training_args: TrainingArguments, required_files: Sequence[str] = ()) -> str | None:
     """--resume_from_checkpoint, else the last *complete* checkpoint in --output_dir, so that a re-run continues a
-    killed one (a checkpoint folder left partial by the kill is skipped, with a warning saying why)."""
+    killed one (a checkpoint folder left partial by the kill is skipped, with a warning saying why).
+
+    ``required_files``: what a checkpoint of this run must hold besides the Trainer's files (a trainer's
+    ``checkpoint_files``).
+    """
     checkpoint = training_args.resume_from_checkpoint
     if checkpoint is not None:
-        problem = checkpoint_problem(checkpoint)
+        problem = checkpoint_problem(checkpoint, required_files)
         if problem is not None:
             raise ValueError(f"--resume_from_checkpoint {checkpoint}: cannot resume from it, {problem}.")
     else:
-        checkpoint = last_complete_checkpoint(training_args.output_dir)
+        checkpoint = last_complete_checkpoint(training_args.output_dir, required_files)
     if checkpoint is not None:
         logger.info(f"Resuming from {checkpoint}.")
     return checkpoint
