@@ -3,8 +3,9 @@
 Usage: helpers_distributed.py OUTPUT_DIR. Each rank writes OUTPUT_DIR/rank{N}.pt with its world size, the stages of
 its training logs, its aligners before and after training and its student's weights after training.
 
-Each rank seeds its own student and aligners differently, as an unseeded script would: DDP must broadcast rank 0's
-initial weights (aligners included, since they are a submodule of the student) and keep them in sync from there.
+Each rank seeds its own student differently and shifts its aligners (which DearKDTrainer seeds from args.seed) by
+its rank, as unseeded scripts would differ: DDP must broadcast rank 0's initial weights (aligners included, since they
+are a submodule of the student) and keep them in sync from there.
 """
 
 from __future__ import annotations
@@ -22,7 +23,6 @@ def main(output_dir: str) -> None:
     rank = int(os.environ.get("RANK", "0"))
     student = make_vit(seed=10 + rank)
     teacher = make_resnet_teacher()
-    torch.manual_seed(100 + rank)  # the aligners are built from the global RNG
     args = DearKDConfig(
         output_dir=os.path.join(output_dir, "trainer"),
         num_train_epochs=2,
@@ -38,6 +38,9 @@ def main(output_dir: str) -> None:
         disable_tqdm=True,
     )
     trainer = DearKDTrainer(model=student, teacher_model=teacher, args=args, train_dataset=make_dataset(32))
+    with torch.no_grad():
+        for parameter in trainer._alignment_head.parameters():
+            parameter.add_(0.01 * rank)
     initial_aligners = {k: v.detach().clone() for k, v in trainer._alignment_head.state_dict().items()}
     trainer.train()
 

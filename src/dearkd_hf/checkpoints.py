@@ -31,7 +31,7 @@ _CHECKPOINT = re.compile(rf"^{PREFIX_CHECKPOINT_DIR}-(\d+)$")
 # Any one of these holds the model: transformers' weights (whole or sharded), or a sharded trainer's own layout.
 _WEIGHTS = re.compile(
     r"^(model\.safetensors|pytorch_model\.bin|model\.safetensors\.index\.json|pytorch_model\.bin\.index\.json"
-    r"|adapter_model\.(safetensors|bin)|pytorch_model_fsdp_\d+|global_step\d+)$"
+    r"|adapter_model\.(safetensors|bin)|pytorch_model_fsdp(_\d+)?(\.bin)?|global_step\d+)$"
 )
 
 
