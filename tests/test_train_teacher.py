@@ -124,3 +124,9 @@ def test_bad_input_fails_before_training(tmp_path, extra, error, message):
     with pytest.raises(error, match=message.replace("FILE", str(tmp_path / "FILE"))):
         train_teacher.main(args)
     assert not (tmp_path / "out").exists()
+
+
+def test_garbage_config_json_in_a_model_folder_is_named(tmp_path):
+    (tmp_path / "config.json").write_text('{"architecture": ')
+    with pytest.raises(ValueError, match=rf"{tmp_path / 'config.json'} is not valid JSON"):
+        train_teacher.is_timm_model(str(tmp_path))
