@@ -2,11 +2,13 @@
 """Does DearKD help in the low-data, short-schedule regime? A grid of data sizes, schedules and seeds.
 
 Fashion-MNIST served as 32 px RGB, stratified training subsets of about 450 and 1,800 images, schedules of about 250
-and 1,000 optimiser steps (batch 64), three seeds per cell. Every row is what a user runs (the example scripts'
+and 1,000 optimiser steps (batch 32), three seeds per cell. Every row is what a user runs (the example scripts'
 ``main()``) with the library's defaults; only the objective differs between the student rows, which all train the
-same DearKD ViT (4 blocks, 96 wide, 4 heads, patch 4, MHCA):
+same DearKD ViT (4 blocks, 64 wide, 4 heads, patch 4, MHCA). Sized for 2 CPU cores: the 96-wide student at batch 64
+of the setting that motivated the grid costs about 4x more per step, which puts the 1,000-step cells out of reach.
 
-    teacher        examples/train_teacher.py: timm resnet18 on the cell's images (one per data size and seed)
+    teacher        examples/train_teacher.py: a small transformers ResNet (the data-efficiency benchmark's) on the
+                   cell's images, RGB (one per data size and seed)
     labels_only    examples/run.py with --distillation_stop_epoch 0: the student on labels alone from step 0
     deit           DeiT-style logit KD: --beta 0, distillation never stops
     dearkd         DearKD with every DearKD knob at the library's default
@@ -23,6 +25,7 @@ and paired differences (DearKD minus each baseline, same seed and teacher), ``ro
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import math
 import os
@@ -52,11 +55,11 @@ SIZES = {
         train_images=[450, 1800],
         steps=[250, 1000],
         teacher_steps=500,
-        batch_size=64,
+        batch_size=32,
         image_size=32,
-        student="patch_size=4,hidden_size=96,num_hidden_layers=4,num_attention_heads=4,intermediate_size=192",
-        teacher="resnet18",
-        max_eval_samples=5000,
+        student="patch_size=4,hidden_size=64,num_hidden_layers=4,num_attention_heads=4,intermediate_size=128",
+        teacher="model_type=resnet:embedding_size=32,hidden_sizes=[32,64,128,256],depths=[1,1,1,1],layer_type=basic",
+        max_eval_samples=2000,
     ),
     "quick": dict(
         train_images=[60, 120],
@@ -65,7 +68,7 @@ SIZES = {
         batch_size=16,
         image_size=16,
         student="patch_size=4,hidden_size=16,num_hidden_layers=4,num_attention_heads=2,intermediate_size=32",
-        teacher="resnet10t",
+        teacher="model_type=resnet:embedding_size=8,hidden_sizes=[8,16],depths=[1,1],layer_type=basic",
         max_eval_samples=64,
     ),
 }
@@ -206,7 +209,10 @@ class Runner:
         return flags
 
     def teacher_dir(self, train_images: int, seed: int) -> Path:
-        return self.work / f"teacher-n{train_images}-s{seed}"
+        """Named by what the teacher depends on, so a teacher made with other settings is never reused."""
+        a = self.args
+        recipe = json.dumps([a.teacher, a.teacher_steps, a.batch_size, a.image_size, a.learning_rate, a.weight_decay])
+        return self.work / f"teacher-n{train_images}-s{seed}-{hashlib.sha1(recipe.encode()).hexdigest()[:8]}"
 
     def teacher(self, train_images: int, seed: int) -> tuple[str, float | None]:
         """The (size, seed) teacher, an RGB timm CNN trained now unless a previous run left it."""
@@ -216,7 +222,7 @@ class Runner:
             shutil.rmtree(folder, ignore_errors=True)
             metrics = self.train_teacher.main(
                 [
-                    f"--model_name_or_path={self.args.teacher}",
+                    *teacher_model_flags(self.args.teacher),
                     "--num_channels=3",
                     *self.common(train_images, seed, folder, self.epochs(train_images, self.args.teacher_steps)),
                 ]
@@ -259,7 +265,25 @@ class Runner:
             extra = self.student(method, train_images, steps, seed)
         row = {"method": method, "train_images": train_images, "steps": steps, "seed": seed, **extra}
         row["wall_s"] = time.perf_counter() - start
+        row["commit"] = code_commit()
         return row
+
+
+def code_commit() -> str | None:
+    """The commit of the code that made a row (rows of one file may come from runs at different commits)."""
+    try:
+        out = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"], capture_output=True, text=True)
+    except OSError:
+        return None
+    return out.stdout.strip() or None
+
+
+def teacher_model_flags(spec: str) -> list[str]:
+    """``model_type=resnet:OVERRIDES`` builds a transformers CNN from scratch; anything else is a timm name."""
+    if spec.startswith("model_type="):
+        model_type, _, overrides = spec.removeprefix("model_type=").partition(":")
+        return [f"--model_type={model_type}", f"--config_overrides={overrides}"]
+    return [f"--model_name_or_path={spec}"]
 
 
 def _last_train_log(history: list[dict[str, Any]]) -> dict[str, float]:
