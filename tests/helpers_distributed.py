@@ -39,9 +39,9 @@ def main(output_dir: str) -> None:
     )
     trainer = DearKDTrainer(model=student, teacher_model=teacher, args=args, train_dataset=make_dataset(32))
     with torch.no_grad():
-        for parameter in trainer._alignment_head.parameters():
+        for parameter in trainer.aligners.head.parameters():
             parameter.add_(0.01 * rank)
-    initial_aligners = {k: v.detach().clone() for k, v in trainer._alignment_head.state_dict().items()}
+    initial_aligners = {k: v.detach().clone() for k, v in trainer.aligners.head.state_dict().items()}
     trainer.train()
 
     accelerator = trainer.accelerator
@@ -52,7 +52,7 @@ def main(output_dir: str) -> None:
         "stages": [log["stage"] for log in trainer.state.log_history if "loss" in log],
         "teacher_released": trainer.teacher is None,
         "initial_aligners": initial_aligners,
-        "aligners": {k: v.detach().cpu().clone() for k, v in trainer._alignment_head.state_dict().items()},
+        "aligners": {k: v.detach().cpu().clone() for k, v in trainer.aligners.head.state_dict().items()},
         "student": {k: v.detach().cpu().clone() for k, v in trainer.model.state_dict().items()},
     }
     os.makedirs(output_dir, exist_ok=True)

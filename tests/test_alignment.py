@@ -7,9 +7,8 @@ from dearkd_hf.alignment import (
     Aligner,
     AlignmentHead,
     AlignmentPair,
-    attach_alignment_head,
+    StudentAligners,
     default_alignment_pairs,
-    detach_alignment_head,
     normalize_channels,
     parse_alignment_pairs,
     patch_grid,
@@ -89,16 +88,44 @@ def test_aligner_equals_a_1x1_convolution_on_the_feature_map():
     assert torch.allclose(aligner(patch_tokens(tokens, (3, 3))), expected, atol=1e-5)
 
 
-def test_attached_head_runs_in_forward_only_when_active(student):
+def test_attached_aligners_run_in_forward_only_while_running(student):
     head = AlignmentHead([AlignmentPair(1, "a"), AlignmentPair(2, "b")], 16, [5, 7], (4, 4))
-    handle = attach_alignment_head(student, head)
+    aligners = StudentAligners(head)
+    aligners.attach(student)
+    aligners.attach(student)  # idempotent: one hook
+    assert student.dearkd_aligners is head and len(student._forward_hooks) == 1
     pixels = torch.randn(2, 1, 16, 16)
     assert "aligned_features" not in student(pixel_values=pixels, output_hidden_states=True)
-    head.active = True
-    out = student(pixel_values=pixels, output_hidden_states=True)
-    assert [f.shape for f in out["aligned_features"]] == [(2, 16, 5), (2, 16, 7)]
-    out["aligned_features"][0].sum().backward()
+    with aligners.running(True):
+        out = student(pixel_values=pixels, output_hidden_states=True)
+    assert "aligned_features" not in student(pixel_values=pixels, output_hidden_states=True)  # off after the block
+    features = aligners.aligned_features(out)
+    assert [f.shape for f in features] == [(2, 16, 5), (2, 16, 7)]
+    hidden = out.hidden_states[1][:, 1:]  # block 1's patch tokens (one class token)
+    assert torch.allclose(features[0], head.aligners[0](hidden))
+    features[0].sum().backward()
     assert head.aligners[0].proj.weight.grad is not None
-    detach_alignment_head(student, handle)
-    assert not hasattr(student, "dearkd_aligners")
-    assert "aligned_features" not in student(pixel_values=pixels, output_hidden_states=True)
+    assert [k for k in student.state_dict() if StudentAligners.is_key(k)]
+    assert not [k for k in StudentAligners.strip(student.state_dict()) if "aligner" in k]
+    aligners.detach()
+    assert not hasattr(student, "dearkd_aligners") and not student._forward_hooks
+    assert not [k for k in student.state_dict() if "aligner" in k]
+    assert aligners.aligned_features(student(pixel_values=pixels, output_hidden_states=True)) == ()
+
+
+def test_aligners_save_atomically_and_load_or_refuse(student, tmp_path):
+    torch.manual_seed(0)
+    saved = StudentAligners(AlignmentHead([AlignmentPair(1, "a")], 16, [5], (4, 4)))
+    saved.save(str(tmp_path))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["aligners.safetensors"]  # no temporary file left
+    fresh = StudentAligners(AlignmentHead([AlignmentPair(1, "a")], 16, [5], (4, 4)))
+    assert fresh.missing_from(str(tmp_path)) is None
+    fresh.load(str(tmp_path))
+    assert all(torch.equal(v, fresh.head.state_dict()[k]) for k, v in saved.head.state_dict().items())
+
+    other = StudentAligners(AlignmentHead([AlignmentPair(1, "a"), AlignmentPair(2, "b")], 16, [5, 7], (4, 4)))
+    with pytest.raises(ValueError, match="not this run's aligners"):
+        other.load(str(tmp_path))
+    with pytest.raises(ValueError, match="has no aligners.safetensors.*resume from another checkpoint"):
+        fresh.load(str(tmp_path / "empty"))
+    StudentAligners(AlignmentHead([], 16, [], (4, 4))).load(str(tmp_path / "empty"))  # no pairs: nothing to load

@@ -5,8 +5,10 @@ from __future__ import annotations
 import gc
 import os
 import weakref
+from pathlib import Path
 
 import pytest
+import safetensors.torch
 import torch
 from conftest import TINY_VIT, make_dataset, make_resnet_teacher, make_vit
 from safetensors.torch import load_file
@@ -165,9 +167,47 @@ def test_resume_restores_aligners_from_checkpoint(tmp_path):
     fresh = make_trainer(tmp_path / "fresh", student=make_vit(seed=7))
     fresh._load_from_checkpoint(str(ckpt))
     saved = load_file(ckpt / ALIGNERS_FILE)
-    restored = fresh._alignment_head.state_dict()
+    restored = fresh.aligners.head.state_dict()
     assert saved.keys() == restored.keys()
     assert all(torch.equal(saved[k], restored[k]) for k in saved)
+
+
+class SimulatedKill(BaseException):
+    """What a SIGKILL does to the saving code: it stops, whatever it was doing."""
+
+
+def test_a_kill_while_writing_the_aligners_leaves_no_checkpoint_that_looks_complete(tmp_path, monkeypatch):
+    """The aligners are part of the checkpoint: a kill while they are written leaves neither a (partial) aligners
+    file under its name nor the trainer_state.json that marks a checkpoint as written."""
+
+    def killed_while_writing(tensors, filename, *args, **kwargs):
+        Path(filename).write_bytes(b"\x08\x00\x00")  # the first bytes of a file, then the kill
+        raise SimulatedKill
+
+    monkeypatch.setattr(safetensors.torch, "save_file", killed_while_writing)
+    trainer = make_trainer(tmp_path, save_strategy="steps", save_steps=2)
+    with pytest.raises(SimulatedKill):
+        trainer.train()
+    checkpoint = tmp_path / "checkpoint-2"
+    assert not (checkpoint / "trainer_state.json").exists()
+    assert not (checkpoint / ALIGNERS_FILE).exists()
+
+
+@pytest.mark.parametrize("damage", ["missing", "truncated"])
+def test_resume_refuses_a_checkpoint_without_whole_aligners(tmp_path, damage):
+    """A stage-1 resume never starts with fresh aligners: a checkpoint that cannot restore them is refused."""
+    run_with_checkpoints(tmp_path / "full")
+    aligners = tmp_path / "full" / "checkpoint-2" / ALIGNERS_FILE
+    if damage == "missing":
+        aligners.unlink()
+    else:
+        aligners.write_bytes(aligners.read_bytes()[: aligners.stat().st_size // 2])
+    resumed = make_trainer(tmp_path / "resumed", student=make_vit(seed=123))
+    with pytest.raises(ValueError, match=r"checkpoint-2.*aligners\.safetensors"):
+        resumed.train(resume_from_checkpoint=str(aligners.parent))
+    assert resumed.state.global_step == 0
+    with pytest.raises(ValueError, match="checkpoint-2 cannot restore the aligners"):
+        resumed._load_from_checkpoint(str(aligners.parent))  # the aligners' own check, behind the Trainer's
 
 
 def test_save_model_holds_only_the_student_and_reloads(tmp_path):

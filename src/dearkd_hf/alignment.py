@@ -8,22 +8,29 @@ map), which saves the layout copies that dominate on small students.
 The aligners live on the student as the submodule ``dearkd_aligners`` and run inside the student's forward through
 a forward hook. That way they are in the optimizer, DDP/FSDP/DeepSpeed see them as part of the model (so their
 gradients are synchronised), and the trainer strips them from anything it saves as the student.
+:class:`StudentAligners` owns that whole lifecycle (attach, run, read, checkpoint, restore, strip, detach); the
+trainer's overrides only delegate to it.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import math
-from collections.abc import Sequence
+import os
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from typing import Any
 
+import safetensors.torch
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 ALIGNERS_ATTRIBUTE = "dearkd_aligners"
 ALIGNED_FEATURES_KEY = "aligned_features"
+ALIGNERS_FILE = "aligners.safetensors"
 
 
 @dataclass(frozen=True)
@@ -148,7 +155,6 @@ class AlignmentHead(nn.Module):
         self.pairs = list(pairs)
         self.grid = grid
         self.aligners = nn.ModuleList(Aligner(student_dim, c) for c in teacher_channels)
-        self.active = False
 
     def forward(self, hidden_states: Sequence[torch.Tensor]) -> tuple[torch.Tensor, ...]:
         return tuple(
@@ -157,39 +163,154 @@ class AlignmentHead(nn.Module):
         )
 
 
-def attach_alignment_head(student: nn.Module, head: AlignmentHead) -> torch.utils.hooks.RemovableHandle:
-    """Make ``head`` a submodule of ``student`` and run it inside the student's forward while ``head.active``.
+class StudentAligners:
+    """The aligners' whole life on a student; read top to bottom, it is the path of the aligned features.
 
-    The aligned maps are added to the student's output under ``aligned_features``.
+    1. :meth:`attach` makes the head the student's submodule ``dearkd_aligners`` and registers a forward hook. It
+       happens before the Trainer wraps the student, so device placement, the optimizer and DDP/FSDP/DeepSpeed
+       treat the aligners as part of the model (their gradients are synchronised with the student's).
+    2. Inside :meth:`running`, the hook maps the student's hidden states to aligned features (one per pair) and
+       returns the output with them as a real field ``aligned_features``; :meth:`aligned_features` reads them back.
+    3. :meth:`save` writes them into each checkpoint, atomically and before the Trainer writes the checkpoint's
+       ``trainer_state.json``: a checkpoint the Trainer considers written has its aligners.
+       :meth:`load` restores them; a missing or unreadable file is an error, never fresh aligners.
+    4. :meth:`strip` keeps them out of every save of the student (``save_model``, ``push_to_hub``), and
+       :meth:`without_aligner_keys` out of the missing keys reported when a checkpoint's student is reloaded.
+    5. :meth:`detach` leaves the user's student as it came, after training.
+
+    With no pairs (``beta=0``) the head is empty: it is attached all the same (nothing runs) and nothing is saved.
     """
-    student.add_module(ALIGNERS_ATTRIBUTE, head)
 
-    def hook(_module: nn.Module, _args, output):
+    def __init__(self, head: AlignmentHead):
+        self.head = head
+        self._active = False
+        self._student: nn.Module | None = None
+        self._hook: torch.utils.hooks.RemovableHandle | None = None
+
+    @property
+    def pairs(self) -> list[AlignmentPair]:
+        return self.head.pairs
+
+    # ---- 1. attach ----
+
+    def attach(self, student: nn.Module) -> None:
+        """Make the head a submodule of ``student`` and hook it into the student's forward (idempotent)."""
+        if self._student is student and ALIGNERS_ATTRIBUTE in student._modules:
+            return
+        self.detach()
+        student.add_module(ALIGNERS_ATTRIBUTE, self.head)
+        self._hook = student.register_forward_hook(self._hook_fn)
+        self._student = student
+
+    # ---- 2. run and read ----
+
+    @contextlib.contextmanager
+    def running(self, active: bool) -> Iterator[None]:
+        """While inside, forwards of the attached student with hidden states also return the aligned features."""
+        self._active = active
+        try:
+            yield
+        finally:
+            self._active = False
+
+    def _hook_fn(self, _module: nn.Module, _args: Any, output: Any) -> Any:
         hidden_states = getattr(output, "hidden_states", None)
-        if head.active and hidden_states is not None:
-            output = _with_aligned_features(type(output))(**output, aligned_features=head(hidden_states))
+        if self._active and hidden_states is not None:
+            output = _with_aligned_features(type(output))(**output, aligned_features=self.head(hidden_states))
         return output
 
-    return student.register_forward_hook(hook)
+    @staticmethod
+    def aligned_features(outputs: Any) -> tuple[torch.Tensor, ...]:
+        """The aligned features of a student's output (empty when the aligners did not run)."""
+        return tuple(outputs.get(ALIGNED_FEATURES_KEY, None) or ())
+
+    # ---- 3. checkpoint and restore ----
+
+    def save(self, checkpoint_dir: str) -> None:
+        """Write ``aligners.safetensors`` into ``checkpoint_dir``: a temporary file renamed into place, so the
+        file under its final name is always whole."""
+        if not self.pairs:
+            return
+        os.makedirs(checkpoint_dir, exist_ok=True)
+        path = os.path.join(checkpoint_dir, ALIGNERS_FILE)
+        partial = path + ".partial"
+        tensors = {k: v.detach().cpu().contiguous() for k, v in self.head.state_dict().items()}
+        safetensors.torch.save_file(tensors, partial)
+        os.replace(partial, path)
+
+    def missing_from(self, checkpoint_dir: str) -> str | None:
+        """Why ``checkpoint_dir`` cannot restore the aligners (absent, unreadable), or None when it can."""
+        if not self.pairs:
+            return None
+        path = os.path.join(checkpoint_dir, ALIGNERS_FILE)
+        if not os.path.isfile(path):
+            return f"it has no {ALIGNERS_FILE}"
+        try:
+            with safetensors.safe_open(path, framework="pt") as f:
+                keys = set(f.keys())
+        except Exception as error:  # safetensors raises its own error type for a truncated header
+            return f"its {ALIGNERS_FILE} is unreadable ({error})"
+        expected = set(self.head.state_dict())
+        if keys != expected:
+            return f"its {ALIGNERS_FILE} holds {sorted(keys)}, not this run's aligners {sorted(expected)}"
+        return None
+
+    def load(self, checkpoint_dir: str) -> None:
+        """Restore the aligners from ``checkpoint_dir``; refuse a checkpoint that cannot restore them."""
+        if not self.pairs:
+            return
+        reason = self.missing_from(checkpoint_dir)
+        if reason is None:
+            try:
+                self.head.load_state_dict(safetensors.torch.load_file(os.path.join(checkpoint_dir, ALIGNERS_FILE)))
+                return
+            except Exception as error:  # a truncated body only shows when the tensors are read
+                reason = f"its {ALIGNERS_FILE} is unreadable ({error})"
+        raise ValueError(
+            f"resume_from_checkpoint: {checkpoint_dir} cannot restore the aligners: {reason}. It was written by a "
+            "run without alignment (beta=0) or is incomplete (a kill while saving); resume from another checkpoint, "
+            "or start afresh without resume_from_checkpoint."
+        )
+
+    # ---- 4. never part of the saved student ----
+
+    @staticmethod
+    def is_key(key: str) -> bool:
+        """Whether a state-dict key of the student (wrapped or not) belongs to the aligners."""
+        return key.startswith(f"{ALIGNERS_ATTRIBUTE}.") or f".{ALIGNERS_ATTRIBUTE}." in key
+
+    @classmethod
+    def strip(cls, state_dict: dict[str, Any]) -> dict[str, Any]:
+        """``state_dict`` without the aligners' entries."""
+        return {k: v for k, v in state_dict.items() if not cls.is_key(k)}
+
+    @classmethod
+    def without_aligner_keys(cls, load_result: Any) -> Any:
+        """A ``load_state_dict`` result whose missing keys no longer list the aligners (never saved with the
+        student)."""
+        return load_result._replace(missing_keys=[k for k in load_result.missing_keys if not cls.is_key(k)])
+
+    # ---- 5. detach ----
+
+    def detach(self) -> None:
+        """Remove the hook and the submodule, leaving the student as it came."""
+        if self._hook is not None:
+            self._hook.remove()
+            self._hook = None
+        if self._student is not None and ALIGNERS_ATTRIBUTE in self._student._modules:
+            delattr(self._student, ALIGNERS_ATTRIBUTE)
+        self._student = None
 
 
 @functools.cache
 def _with_aligned_features(output_class: type) -> type:
     """``output_class`` plus an ``aligned_features`` field.
 
-    The maps must be a real field of the output: DDP finds the tensors that took part in the forward through the
-    output and rebuilds it with ``output_class(**fields)``, which a key set by hand would break.
+    The features must be a real field of the output: DDP finds the tensors that took part in the forward through
+    the output and rebuilds it with ``output_class(**fields)``, which a key set by hand would break.
     """
     return dataclasses.make_dataclass(
         f"{output_class.__name__}WithAlignment",
         [(ALIGNED_FEATURES_KEY, tuple | None, None)],
         bases=(output_class,),
     )
-
-
-def detach_alignment_head(student: nn.Module, handle: torch.utils.hooks.RemovableHandle | None) -> None:
-    """Undo :func:`attach_alignment_head` so the user's student is left as it came."""
-    if handle is not None:
-        handle.remove()
-    if ALIGNERS_ATTRIBUTE in student._modules:
-        del student._modules[ALIGNERS_ATTRIBUTE]

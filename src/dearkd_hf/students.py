@@ -11,8 +11,6 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from .alignment import ALIGNED_FEATURES_KEY
-
 
 @dataclass(frozen=True)
 class StudentGeometry:
@@ -29,12 +27,11 @@ class StudentGeometry:
 
 @dataclass
 class StudentOutput:
-    """Class-token logits, distillation-token logits (None without a distillation head), aligned maps."""
+    """Class-token logits and distillation-token logits (None without a distillation head)."""
 
     logits: torch.Tensor
     cls_logits: torch.Tensor
     distillation_logits: torch.Tensor | None
-    aligned_features: tuple[torch.Tensor, ...]
 
 
 def student_geometry(model: nn.Module) -> StudentGeometry:
@@ -77,7 +74,6 @@ def student_outputs(outputs) -> StudentOutput:
         logits=outputs.logits,
         cls_logits=cls_logits,
         distillation_logits=getattr(outputs, "distillation_logits", None),
-        aligned_features=tuple(outputs.get(ALIGNED_FEATURES_KEY, ())),
     )
 
 

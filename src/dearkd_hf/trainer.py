@@ -11,20 +11,18 @@ import os
 from collections import defaultdict
 from typing import Any
 
-import safetensors.torch
 import torch
 from torch import nn
 from transformers import PreTrainedModel, Trainer
-from transformers.trainer_utils import enable_full_determinism, set_seed
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, enable_full_determinism, set_seed
 from transformers.utils import SAFE_WEIGHTS_NAME, logging
 
 from .alignment import (
-    ALIGNERS_ATTRIBUTE,
+    ALIGNERS_FILE,
     AlignmentHead,
     AlignmentPair,
-    attach_alignment_head,
+    StudentAligners,
     default_alignment_pairs,
-    detach_alignment_head,
     parse_alignment_pairs,
     teacher_target,
     validate_alignment_pairs,
@@ -36,12 +34,10 @@ from .config import DearKDConfig
 from .data import MixupCollator, collate_fn
 from .hub import ModelCardInfo, build_model_card
 from .losses import scheduled_beta, stage1_loss, stage2_loss
-from .students import StudentGeometry, student_geometry, student_outputs
+from .students import student_geometry, student_outputs
 from .teachers import Teacher, TeacherOutput, load_teacher
 
 logger = logging.get_logger(__name__)
-
-ALIGNERS_FILE = "aligners.safetensors"
 
 
 class DearKDTrainer(ExactResumeMixin, Trainer):
@@ -72,8 +68,10 @@ class DearKDTrainer(ExactResumeMixin, Trainer):
         self.alignment_pairs = self._resolve_pairs(args)
         # Seeded as the Trainer seeds itself (it does so only later), so that the aligners start alike in every run.
         enable_full_determinism(args.seed) if args.full_determinism else set_seed(args.seed)
-        self._alignment_head = self._build_alignment_head()
-        self._aligners_hook = attach_alignment_head(model, self._alignment_head)
+        self.aligners = StudentAligners(self._build_alignment_head())
+        self.aligners.attach(model)
+        # A checkpoint of an aligning run is complete only with its aligners (resume skips or refuses it otherwise).
+        self.checkpoint_files = (ALIGNERS_FILE,) if self.alignment_pairs else ()
 
         super().__init__(model=model, args=args, **kwargs)
 
@@ -167,8 +165,9 @@ class DearKDTrainer(ExactResumeMixin, Trainer):
         pixel_values, labels = inputs["pixel_values"], inputs["labels"]
         distilling = model.training and self.stage == 1
         aligning = distilling and bool(self.alignment_pairs)
-        self._alignment_head.active = aligning
-        student = student_outputs(model(pixel_values=pixel_values, output_hidden_states=aligning))
+        with self.aligners.running(aligning):
+            outputs = model(pixel_values=pixel_values, output_hidden_states=aligning)
+        student = student_outputs(outputs)
 
         if distilling:
             beta = self._current_beta()
@@ -181,7 +180,7 @@ class DearKDTrainer(ExactResumeMixin, Trainer):
                 student.distillation_logits,
                 labels,
                 teacher.logits,
-                student.aligned_features,
+                self.aligners.aligned_features(outputs),
                 targets if aligning else [],
                 distillation_type=self.args.distillation_type,
                 alpha=self.args.alpha,
@@ -215,7 +214,6 @@ class DearKDTrainer(ExactResumeMixin, Trainer):
 
     def _release_teacher(self, epoch: float) -> None:
         """Stage 2 begins: drop the teacher and return its device memory."""
-        self._alignment_head.active = False
         if self.teacher is not None:
             self.teacher.module.to("cpu")
             self.teacher = None
@@ -295,30 +293,26 @@ class DearKDTrainer(ExactResumeMixin, Trainer):
         with open(os.path.join(self.args.output_dir, "README.md"), "w", encoding="utf-8") as f:
             f.write(build_model_card(info))
 
-    # ---- the aligners: trained and checkpointed, never saved as part of the student ----
+    # ---- the aligners (StudentAligners): trained and checkpointed, never saved as part of the student ----
 
     def train(self, *args: Any, **kwargs: Any):
-        model = self.accelerator.unwrap_model(self.model)
-        if ALIGNERS_ATTRIBUTE not in model._modules:
-            self._aligners_hook = attach_alignment_head(model, self._alignment_head)
+        self.aligners.attach(self.accelerator.unwrap_model(self.model))
         try:
             return super().train(*args, **kwargs)
         finally:
-            detach_alignment_head(self.accelerator.unwrap_model(self.model), self._aligners_hook)
-            self._aligners_hook = None
+            self.aligners.detach()
 
     def _save(self, output_dir: str | None = None, state_dict: dict | None = None) -> None:
         if state_dict is None:
             state_dict = self.accelerator.unwrap_model(self.model).state_dict()
-        state_dict = {k: v for k, v in state_dict.items() if not _is_aligner_key(k)}
-        super()._save(output_dir, state_dict=state_dict)
+        super()._save(output_dir, state_dict=self.aligners.strip(state_dict))
 
     def _save_checkpoint(self, model: nn.Module, trial: Any) -> None:
+        # The aligners first: the Trainer writes trainer_state.json last, so a checkpoint it wrote has them.
+        if self.args.should_save:
+            run_dir = self._get_output_dir(trial=trial)
+            self.aligners.save(os.path.join(run_dir, f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}"))
         super()._save_checkpoint(model, trial)
-        if self.args.should_save and self.alignment_pairs:
-            folder = os.path.join(self._get_output_dir(trial=trial), f"checkpoint-{self.state.global_step}")
-            tensors = {k: v.detach().cpu().contiguous() for k, v in self._alignment_head.state_dict().items()}
-            safetensors.torch.save_file(tensors, os.path.join(folder, ALIGNERS_FILE))
 
     def _load_from_checkpoint(self, resume_from_checkpoint: str, model: nn.Module | None = None) -> None:
         student = self.accelerator.unwrap_model(model if model is not None else self.model)
@@ -333,18 +327,13 @@ class DearKDTrainer(ExactResumeMixin, Trainer):
             self._issue_warnings_after_load(result)
         else:
             super()._load_from_checkpoint(resume_from_checkpoint, model)
-        path = os.path.join(resume_from_checkpoint, ALIGNERS_FILE)
-        if self.alignment_pairs and os.path.isfile(path):
-            self._alignment_head.load_state_dict(safetensors.torch.load_file(path))
-        elif self.alignment_pairs:
-            logger.warning(f"{resume_from_checkpoint} has no {ALIGNERS_FILE}: the aligners start fresh.")
+        self.aligners.load(resume_from_checkpoint)
 
     def _sharded_training(self) -> bool:
         return bool(self.is_fsdp_enabled or self.is_deepspeed_enabled)
 
     def _issue_warnings_after_load(self, load_result: Any) -> None:
-        missing = [k for k in load_result.missing_keys if not _is_aligner_key(k)]
-        super()._issue_warnings_after_load(load_result._replace(missing_keys=missing))
+        super()._issue_warnings_after_load(self.aligners.without_aligner_keys(load_result))
 
 
 def teacher_label_order(
@@ -382,10 +371,6 @@ def _generic(names: list[str]) -> bool:
     return all(name in (f"LABEL_{i}", str(i)) for i, name in enumerate(names))
 
 
-def _is_aligner_key(key: str) -> bool:
-    return key.startswith(f"{ALIGNERS_ATTRIBUTE}.") or f".{ALIGNERS_ATTRIBUTE}." in key
-
-
 def _normalization_of(processing_class: Any) -> tuple[Any, Any]:
     """The student's input normalisation, from its image processor (None: same as the teacher's)."""
     mean = getattr(processing_class, "image_mean", None)
@@ -393,4 +378,4 @@ def _normalization_of(processing_class: Any) -> tuple[Any, Any]:
     return mean, std
 
 
-__all__ = ["DearKDTrainer", "StudentGeometry"]
+__all__ = ["ALIGNERS_FILE", "DearKDTrainer"]
