@@ -50,10 +50,11 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import torch  # noqa: E402
 
+from dearkd_hf.paths import EMBEDDED_DATASET  # noqa: E402
+
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLES = ROOT / "examples"
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
-EMBEDDED_DATASET = EXAMPLES / "data" / "fashion_mnist_small"
 
 METHODS = (
     "teacher",

@@ -50,9 +50,11 @@ from transformers import Trainer, TrainerState, TrainingArguments  # noqa: E402
 from transformers.utils import logging as hf_logging  # noqa: E402
 
 from dearkd_hf import DearKDConfig, DearKDTrainer, DearKDViTConfig, DearKDViTForImageClassification  # noqa: E402
-from dearkd_hf.data import DataTrainingArguments, collate_fn, load_image_datasets, with_transforms  # noqa: E402
+from dearkd_hf.collators import collate_fn  # noqa: E402
+from dearkd_hf.data import DataTrainingArguments, load_image_datasets  # noqa: E402
 from dearkd_hf.inversion import DeepInversionGenerator, InversionConfig  # noqa: E402
 from dearkd_hf.teachers import Teacher, load_teacher  # noqa: E402
+from dearkd_hf.transforms import with_transforms  # noqa: E402
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 TARGETS = {"stage1_vs_deit": 1.10, "stage1_vs_limit": 1.05, "stage2_vs_plain": 1.03}

@@ -23,7 +23,9 @@ import datasets  # noqa: E402
 import torch  # noqa: E402
 
 from dearkd_hf import load_teacher  # noqa: E402
-from dearkd_hf.data import build_transforms, collate_fn, stratified_fraction  # noqa: E402
+from dearkd_hf.collators import collate_fn  # noqa: E402
+from dearkd_hf.data import stratified_fraction  # noqa: E402
+from dearkd_hf.transforms import build_transforms  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS_DIR = Path(__file__).resolve().parent / "results"

@@ -50,9 +50,9 @@ from dearkd_hf.data import (
     label_names,
     load_image_datasets,
     train_collator,
-    with_transforms,
 )
 from dearkd_hf.evaluation import compute_accuracy_metrics
+from dearkd_hf.transforms import with_transforms
 
 logger = logging.getLogger(__name__)
 EMBEDDED_DATASET_NAME = "fashion_mnist (the 5k/1k subset embedded in dearkd_hf)"

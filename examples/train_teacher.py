@@ -51,17 +51,10 @@ from dearkd_hf.cli import (
     resume_checkpoint,
     run_main,
 )
-from dearkd_hf.data import (
-    DataTrainingArguments,
-    collate_fn,
-    infer_num_channels,
-    label_names,
-    load_image_datasets,
-    normalization_for,
-    train_collator,
-    with_transforms,
-)
+from dearkd_hf.collators import EvaluationCollatorMixin
+from dearkd_hf.data import DataTrainingArguments, infer_num_channels, label_names, load_image_datasets, train_collator
 from dearkd_hf.evaluation import compute_accuracy_metrics
+from dearkd_hf.transforms import normalization_for, with_transforms
 
 logger = logging.getLogger(__name__)
 
@@ -110,12 +103,12 @@ class TimmClassifier(nn.Module):
         return ImageClassifierOutput(loss=loss, logits=logits)
 
 
-class TeacherTrainer(ExactResumeMixin, Trainer):
+class TeacherTrainer(ExactResumeMixin, EvaluationCollatorMixin, Trainer):
     """The Trainer with two changes the data pipeline needs, and dearkd_hf's exact resume and non-finite loss stop.
 
     The loss is cross-entropy against hard labels or the soft (B, num_classes) targets of mixup/cutmix, which
-    transformers' own loss would mistake for multi-label targets; and evaluation batches use the plain `collate_fn`,
-    since mixup must never touch evaluation data.
+    transformers' own loss would mistake for multi-label targets; and evaluation batches go through the training
+    collator's evaluation collator (`EvaluationCollatorMixin`), since mixup must never touch evaluation data.
     """
 
     loss_is_scaled_for_ga = False  # compute_loss returns a per-batch mean
@@ -127,13 +120,6 @@ class TeacherTrainer(ExactResumeMixin, Trainer):
         if model.training:
             check_finite_loss(loss, self.state.global_step + 1, {"loss_ce": loss})
         return (loss, outputs) if return_outputs else loss
-
-    def get_eval_dataloader(self, eval_dataset=None):
-        train_collator, self.data_collator = self.data_collator, collate_fn
-        try:
-            return super().get_eval_dataloader(eval_dataset)
-        finally:
-            self.data_collator = train_collator
 
 
 def parse_args(argv: list[str]) -> tuple[TeacherModelArguments, DataTrainingArguments, TrainingArguments]:

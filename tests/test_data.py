@@ -8,18 +8,10 @@ import torch
 from datasets import ClassLabel, Dataset, DatasetDict, Features, Image, Value
 from PIL import Image as PILImage
 
-from dearkd_hf import data
-from dearkd_hf.data import (
-    DataTrainingArguments,
-    MixupCollator,
-    build_transforms,
-    collate_fn,
-    load_image_datasets,
-    normalization_for,
-    stratified_fraction,
-    train_collator,
-    with_transforms,
-)
+from dearkd_hf import data, paths
+from dearkd_hf.collators import MixupCollator, collate_fn
+from dearkd_hf.data import DataTrainingArguments, load_image_datasets, stratified_fraction, train_collator
+from dearkd_hf.transforms import build_transforms, normalization_for, with_transforms
 
 NAMES = ["a", "b", "c", "d"]
 
@@ -59,7 +51,7 @@ def test_train_fraction_on_embedded_dataset():
     assert set(Counter(dataset["train"]["label"]).values()) == {50}
     assert len(dataset["validation"]) == 1000  # the embedded test split, untouched
     assert dataset["train"].features["label"].names[0] == "T-shirt/top"
-    assert not list(data.EMBEDDED_DATASET.glob("*/cache-*.arrow"))  # nothing written into the repository
+    assert not list(paths.EMBEDDED_DATASET.glob("*/cache-*.arrow"))  # nothing written into the repository
 
 
 def test_missing_column_names_existing_columns(tmp_path):

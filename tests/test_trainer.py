@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import gc
 import os
+import subprocess
+import sys
 import weakref
 from pathlib import Path
 
@@ -15,6 +17,7 @@ from safetensors.torch import load_file
 from transformers import AutoModelForImageClassification, TrainerCallback, ViTImageProcessor
 
 from dearkd_hf import DearKDConfig, DearKDTrainer
+from dearkd_hf.collators import MixupCollator, collate_fn
 from dearkd_hf.trainer import ALIGNERS_FILE
 
 STAGES = ["resnet.encoder.stages.0", "resnet.encoder.stages.1"]
@@ -432,3 +435,39 @@ def test_resume_true_takes_the_last_complete_checkpoint(tmp_path, caplog):
     trainer.checkpoint_files = ("extra.safetensors",)  # what a trainer may add to a complete checkpoint
     with pytest.raises(ValueError, match="no complete checkpoint"):
         trainer.train(resume_from_checkpoint=True)
+
+
+def test_evaluation_and_prediction_batches_never_go_through_the_training_collator(tmp_path):
+    """A mixup training collator mixes training batches only; eval/test batches use `eval_data_collator` (by
+    default the mixup collator's plain `collate_fn`), and the training collator is left in place."""
+    examples = make_dataset(8)
+    mixup = MixupCollator(mixup=1.0, cutmix=0.0, num_classes=3)
+    trainer = DearKDTrainer(
+        model=make_vit(),
+        teacher_model=make_resnet_teacher(),
+        args=make_config(tmp_path),
+        train_dataset=examples,
+        eval_dataset=examples,
+        data_collator=mixup,
+    )
+    assert next(iter(trainer.get_train_dataloader()))["labels"].is_floating_point()
+    for loader in (trainer.get_eval_dataloader(), trainer.get_test_dataloader(examples)):
+        assert next(iter(loader))["labels"].dtype == torch.long
+    assert trainer.data_collator is mixup
+
+    seen = []
+
+    def own_collator(batch):
+        seen.append(len(batch))
+        return collate_fn(batch)
+
+    trainer.eval_data_collator = own_collator
+    next(iter(trainer.get_eval_dataloader()))
+    assert seen == [8] and trainer.data_collator is mixup
+
+
+def test_the_trainer_imports_nothing_from_the_data_loading_module():
+    """The core stands alone: importing the trainer loads neither dearkd_hf.data nor the example helpers."""
+    code = "import sys, dearkd_hf.trainer; print(sorted(m for m in sys.modules if m == 'dearkd_hf.data'))"
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert result.stdout.strip() == "[]"

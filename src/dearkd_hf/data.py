@@ -1,4 +1,6 @@
-"""Image-classification data for the examples: loading, the stratified train fraction, transforms and collators.
+"""Image-classification data for the examples: loading, the stratified train fraction, and the collator the flags
+ask for. Transforms live in :mod:`dearkd_hf.transforms`, collators in :mod:`dearkd_hf.collators`; the trainer
+imports nothing from here.
 
 DearKD is about data efficiency, so the one knob that matters most here is `train_fraction`: a stratified, seeded
 subset of the training split, identical across runs with the same seed so that students trained on "10% of the
@@ -10,25 +12,21 @@ datasets still carry the raw `image` column that the transform reads: train with
 
 import logging
 import os
-from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from functools import partial
 from pathlib import Path
-from typing import Any
 
 import numpy as np
-import torch
 from datasets import ClassLabel, Dataset, DatasetDict, Image, load_dataset, load_from_disk
-from timm.data import Mixup
-from timm.data.mixup import mixup_target
-from torchvision.transforms import v2
 
 from .checks import looks_like_local_path, require_finite
 
+# collate_fn, MixupCollator and the transforms moved to their own modules; they stay importable from here.
+from .collators import Collator, MixupCollator, collate_fn  # noqa: F401
+from .paths import EMBEDDED_DATASET
+from .transforms import build_transforms, normalization_for, open_image, with_transforms  # noqa: F401
+
 logger = logging.getLogger(__name__)
 
-# Written by examples/prepare_fashion_mnist.py and committed, so the examples and tests run offline.
-EMBEDDED_DATASET = Path(__file__).resolve().parents[2] / "examples" / "data" / "fashion_mnist_small"
 EVAL_SPLITS = ("validation", "test")
 
 
@@ -269,20 +267,6 @@ def load_image_datasets(data_args: DataTrainingArguments, seed: int) -> DatasetD
     return DatasetDict({"train": train, "validation": evaluation})
 
 
-def open_image(image: Any) -> Any:
-    """A PIL image from a decoded image or an undecoded ``{"bytes", "path"}`` record (a file that cannot be decoded
-    raises a ``ValueError`` naming it)."""
-    if not isinstance(image, dict):
-        return image
-    try:
-        return Image().decode_example(image)
-    except (OSError, SyntaxError, ValueError) as error:  # what PIL raises for a corrupt or truncated file
-        raise ValueError(
-            f"Image {image.get('path') or '(without a file name)'} cannot be decoded ({error}). Remove or replace "
-            "it, or pass --verify_images to skip undecodable images before training."
-        ) from None
-
-
 def drop_undecodable(dataset: Dataset, split: str, chunk: int = 256) -> Dataset:
     """The examples whose image decodes, warning with the count and the files of those skipped (--verify_images)."""
     if not isinstance(dataset.features.get("image"), Image):
@@ -317,132 +301,7 @@ def infer_num_channels(dataset: Dataset) -> int:
     return 1 if mode in ("1", "L", "I", "I;16", "F") else 3
 
 
-def normalization_for(image_processor: Any | None, num_channels: int) -> tuple[tuple[float, ...], tuple[float, ...]]:
-    """The (mean, std) to normalise with: the processor's if it has them, else 0.5 per channel.
-
-    Trimmed or repeated to `num_channels`, since a grayscale model may come with an RGB processor and vice versa.
-    """
-    mean = getattr(image_processor, "image_mean", None) or (0.5,)
-    std = getattr(image_processor, "image_std", None) or (0.5,)
-
-    def fit(values: Sequence[float]) -> tuple[float, ...]:
-        values = tuple(float(v) for v in values)
-        return values[:num_channels] if len(values) >= num_channels else (values * num_channels)[:num_channels]
-
-    return fit(mean), fit(std)
-
-
-def _image_pipeline(
-    image_size: int, mean: Sequence[float], std: Sequence[float], train: bool, rand_augment: bool
-) -> v2.Compose:
-    """torchvision v2 ops: random crop/flip (and RandAugment) for training, resize + centre crop for evaluation."""
-    if train:
-        ops = [v2.RandomResizedCrop(image_size, scale=(0.8, 1.0), antialias=True), v2.RandomHorizontalFlip()]
-        if rand_augment:
-            ops.append(v2.RandAugment())
-    else:
-        ops = [v2.Resize(image_size, antialias=True), v2.CenterCrop(image_size)]
-    ops += [v2.ToImage(), v2.ToDtype(torch.float32, scale=True), v2.Normalize(mean=list(mean), std=list(std))]
-    return v2.Compose(ops)
-
-
-def _transform_batch(batch: dict[str, list], pipeline: v2.Compose, mode: str) -> dict[str, list]:
-    """Batch transform for `with_transform`: PIL images -> `pixel_values` (C, H, W), labels -> `labels`."""
-    return {
-        "pixel_values": [pipeline(open_image(image).convert(mode)) for image in batch["image"]],
-        "labels": batch["label"],
-    }
-
-
-def build_transforms(
-    image_size: int,
-    mean: Sequence[float],
-    std: Sequence[float],
-    num_channels: int,
-    train: bool,
-    rand_augment: bool = False,
-) -> Callable[[dict[str, list]], dict[str, list]]:
-    """The batch transform to pass to `Dataset.with_transform`.
-
-    Images are converted to the model's channel count first (grayscale Fashion-MNIST for an RGB model, or the other
-    way round), so any dataset feeds any model. A partial of a module-level function stays picklable for workers.
-    """
-    if num_channels not in (1, 3):
-        raise ValueError(f"num_channels must be 1 (grayscale) or 3 (RGB), got {num_channels}.")
-    pipeline = _image_pipeline(image_size, mean, std, train=train, rand_augment=rand_augment)
-    return partial(_transform_batch, pipeline=pipeline, mode="L" if num_channels == 1 else "RGB")
-
-
-def with_transforms(
-    dataset: DatasetDict,
-    image_size: int,
-    mean: Sequence[float],
-    std: Sequence[float],
-    num_channels: int,
-    rand_augment: bool = False,
-) -> DatasetDict:
-    """Attach the training transform to `train` and the evaluation transform to every other split.
-
-    Images are decoded by the transform rather than by `datasets`, so that one that cannot be decoded is named.
-    """
-    return DatasetDict(
-        {
-            split: _undecoded(ds).with_transform(
-                build_transforms(
-                    image_size, mean, std, num_channels, train=split == "train", rand_augment=rand_augment
-                )
-            )
-            for split, ds in dataset.items()
-        }
-    )
-
-
-def _undecoded(dataset: Dataset) -> Dataset:
-    image = dataset.features.get("image")
-    return dataset.cast_column("image", Image(decode=False)) if isinstance(image, Image) and image.decode else dataset
-
-
-def collate_fn(examples: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
-    """Stack transformed examples into a batch with integer class labels."""
-    return {
-        "pixel_values": torch.stack([example["pixel_values"] for example in examples]),
-        "labels": torch.tensor([example["labels"] for example in examples], dtype=torch.long),
-    }
-
-
-class MixupCollator:
-    """`collate_fn` followed by timm's Mixup/CutMix: labels become float soft targets of shape (B, num_classes).
-
-    The soft targets are one probability distribution per example (rows sum to 1); train on them with soft-target
-    cross-entropy, never as multi-label targets (transformers' default loss would pick BCE for float labels).
-    Use it for training batches only and evaluate with `collate_fn`: a Trainer shares one collator between training
-    and evaluation, so the trainer must swap it for evaluation. With both alphas 0 it only applies label smoothing.
-    """
-
-    def __init__(self, mixup: float, cutmix: float, num_classes: int, label_smoothing: float = 0.0):
-        self.num_classes = num_classes
-        self.label_smoothing = label_smoothing
-        mixing = mixup > 0 or cutmix > 0
-        self.mixup_fn = Mixup(
-            mixup_alpha=mixup,
-            cutmix_alpha=cutmix,
-            prob=1.0 if mixing else 0.0,
-            label_smoothing=label_smoothing,
-            num_classes=num_classes,
-        )
-
-    def __call__(self, examples: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
-        batch = collate_fn(examples)
-        pixel_values, labels = batch["pixel_values"], batch["labels"]
-        even = len(labels) - len(labels) % 2  # timm mixes pairs; an odd last example stays unmixed
-        mixed, soft = self.mixup_fn(pixel_values[:even], labels[:even])
-        if even < len(labels):
-            rest = mixup_target(labels[even:], self.num_classes, smoothing=self.label_smoothing)
-            mixed, soft = torch.cat([mixed, pixel_values[even:]]), torch.cat([soft, rest])
-        return {"pixel_values": mixed, "labels": soft}
-
-
-def train_collator(data_args: DataTrainingArguments, num_classes: int) -> Callable[[list[dict[str, Any]]], dict]:
+def train_collator(data_args: DataTrainingArguments, num_classes: int) -> Collator:
     """The training collator the data arguments ask for: soft targets only if mixup, cutmix or smoothing is on."""
     if data_args.mixup > 0 or data_args.cutmix > 0 or data_args.label_smoothing > 0:
         return MixupCollator(data_args.mixup, data_args.cutmix, num_classes, data_args.label_smoothing)

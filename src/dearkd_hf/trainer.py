@@ -30,8 +30,8 @@ from .alignment import (
 from .callbacks import DistillationStopCallback
 from .checkpoints import ExactResumeMixin
 from .checks import check_finite_loss
+from .collators import Collator, EvaluationCollatorMixin
 from .config import DearKDConfig
-from .data import MixupCollator, collate_fn
 from .hub import ModelCardInfo, build_model_card
 from .losses import scheduled_beta, stage1_loss, stage2_loss
 from .students import student_geometry, student_outputs
@@ -40,7 +40,7 @@ from .teachers import Teacher, TeacherOutput, load_teacher
 logger = logging.get_logger(__name__)
 
 
-class DearKDTrainer(ExactResumeMixin, Trainer):
+class DearKDTrainer(ExactResumeMixin, EvaluationCollatorMixin, Trainer):
     """A ``transformers.Trainer`` that trains a ViT student with DearKD.
 
     ``teacher_model`` is an ``nn.Module``, a :class:`~dearkd_hf.teachers.Teacher` or a name/path for
@@ -54,6 +54,7 @@ class DearKDTrainer(ExactResumeMixin, Trainer):
         model: nn.Module | None = None,
         teacher_model: nn.Module | Teacher | str | None = None,
         args: DearKDConfig | None = None,
+        eval_data_collator: Collator | None = None,
         **kwargs: Any,
     ):
         if model is None:
@@ -74,6 +75,7 @@ class DearKDTrainer(ExactResumeMixin, Trainer):
         self.checkpoint_files = (ALIGNERS_FILE,) if self.alignment_pairs else ()
 
         super().__init__(model=model, args=args, **kwargs)
+        self.eval_data_collator = eval_data_collator
 
         # Our losses are per-micro-batch means: let the Trainer divide by the accumulation steps.
         self.model_accepts_loss_kwargs = False
@@ -241,17 +243,7 @@ class DearKDTrainer(ExactResumeMixin, Trainer):
             self._metrics.clear()
         super().log(logs, start_time)
 
-    # ---- evaluation data and the model card ----
-
-    def get_eval_dataloader(self, eval_dataset: Any = None):
-        """Evaluation batches never go through mixup/cutmix, which a shared training collator would apply."""
-        if not isinstance(self.data_collator, MixupCollator):
-            return super().get_eval_dataloader(eval_dataset)
-        train_collator, self.data_collator = self.data_collator, collate_fn
-        try:
-            return super().get_eval_dataloader(eval_dataset)
-        finally:
-            self.data_collator = train_collator
+    # ---- the model card ----
 
     def create_model_card(
         self,

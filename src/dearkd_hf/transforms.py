@@ -1,0 +1,111 @@
+"""Image transforms for `Dataset.with_transform`: random crop/flip (and RandAugment) for training, resize and centre
+crop for evaluation, then normalisation; images are converted to the model's channel count first."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from functools import partial
+from typing import Any
+
+import torch
+from datasets import Dataset, DatasetDict, Image
+from torchvision.transforms import v2
+
+
+def open_image(image: Any) -> Any:
+    """A PIL image from a decoded image or an undecoded ``{"bytes", "path"}`` record (a file that cannot be decoded
+    raises a ``ValueError`` naming it)."""
+    if not isinstance(image, dict):
+        return image
+    try:
+        return Image().decode_example(image)
+    except (OSError, SyntaxError, ValueError) as error:  # what PIL raises for a corrupt or truncated file
+        raise ValueError(
+            f"Image {image.get('path') or '(without a file name)'} cannot be decoded ({error}). Remove or replace "
+            "it, or pass --verify_images to skip undecodable images before training."
+        ) from None
+
+
+def normalization_for(image_processor: Any | None, num_channels: int) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """The (mean, std) to normalise with: the processor's if it has them, else 0.5 per channel.
+
+    Trimmed or repeated to `num_channels`, since a grayscale model may come with an RGB processor and vice versa.
+    """
+    mean = getattr(image_processor, "image_mean", None) or (0.5,)
+    std = getattr(image_processor, "image_std", None) or (0.5,)
+
+    def fit(values: Sequence[float]) -> tuple[float, ...]:
+        values = tuple(float(v) for v in values)
+        return values[:num_channels] if len(values) >= num_channels else (values * num_channels)[:num_channels]
+
+    return fit(mean), fit(std)
+
+
+def _image_pipeline(
+    image_size: int, mean: Sequence[float], std: Sequence[float], train: bool, rand_augment: bool
+) -> v2.Compose:
+    """torchvision v2 ops: random crop/flip (and RandAugment) for training, resize + centre crop for evaluation."""
+    if train:
+        ops = [v2.RandomResizedCrop(image_size, scale=(0.8, 1.0), antialias=True), v2.RandomHorizontalFlip()]
+        if rand_augment:
+            ops.append(v2.RandAugment())
+    else:
+        ops = [v2.Resize(image_size, antialias=True), v2.CenterCrop(image_size)]
+    ops += [v2.ToImage(), v2.ToDtype(torch.float32, scale=True), v2.Normalize(mean=list(mean), std=list(std))]
+    return v2.Compose(ops)
+
+
+def _transform_batch(batch: dict[str, list], pipeline: v2.Compose, mode: str) -> dict[str, list]:
+    """Batch transform for `with_transform`: PIL images -> `pixel_values` (C, H, W), labels -> `labels`."""
+    return {
+        "pixel_values": [pipeline(open_image(image).convert(mode)) for image in batch["image"]],
+        "labels": batch["label"],
+    }
+
+
+def build_transforms(
+    image_size: int,
+    mean: Sequence[float],
+    std: Sequence[float],
+    num_channels: int,
+    train: bool,
+    rand_augment: bool = False,
+) -> Callable[[dict[str, list]], dict[str, list]]:
+    """The batch transform to pass to `Dataset.with_transform`.
+
+    Images are converted to the model's channel count first (grayscale Fashion-MNIST for an RGB model, or the other
+    way round), so any dataset feeds any model. A partial of a module-level function stays picklable for workers.
+    """
+    if num_channels not in (1, 3):
+        raise ValueError(f"num_channels must be 1 (grayscale) or 3 (RGB), got {num_channels}.")
+    pipeline = _image_pipeline(image_size, mean, std, train=train, rand_augment=rand_augment)
+    return partial(_transform_batch, pipeline=pipeline, mode="L" if num_channels == 1 else "RGB")
+
+
+def with_transforms(
+    dataset: DatasetDict,
+    image_size: int,
+    mean: Sequence[float],
+    std: Sequence[float],
+    num_channels: int,
+    rand_augment: bool = False,
+) -> DatasetDict:
+    """Attach the training transform to `train` and the evaluation transform to every other split.
+
+    Images are decoded by the transform rather than by `datasets`, so that one that cannot be decoded is named.
+    """
+    return DatasetDict(
+        {
+            split: _undecoded(ds).with_transform(
+                build_transforms(
+                    image_size, mean, std, num_channels, train=split == "train", rand_augment=rand_augment
+                )
+            )
+            for split, ds in dataset.items()
+        }
+    )
+
+
+def _undecoded(dataset: Dataset) -> Dataset:
+    image = dataset.features.get("image")
+    return dataset.cast_column("image", Image(decode=False)) if isinstance(image, Image) and image.decode else dataset
