@@ -50,6 +50,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import torch  # noqa: E402
 
+from dearkd_hf.callbacks import DEFAULT_STOP_FRACTION, default_stop_epoch  # noqa: E402
 from dearkd_hf.paths import EMBEDDED_DATASET  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -270,7 +271,7 @@ def run_config(args: argparse.Namespace) -> dict[str, Any]:
         "gen_jitter": args.gen_jitter,
         "max_train_samples": args.max_train_samples,
         "max_eval_samples": args.max_eval_samples,
-        "stop_epoch_fraction": 0.8,
+        "stop_epoch_fraction": DEFAULT_STOP_FRACTION,
     }
 
 
@@ -478,7 +479,7 @@ class Runner:
 
     def row(self, method: str, fraction: float, seed: int) -> tuple[float, dict[str, Any]]:
         epochs = row_epochs(self.args, method, fraction)
-        stop = 0.8 * epochs
+        stop = default_stop_epoch(epochs)
         train = functools.partial(self.student_row, method, fraction, seed, epochs=epochs)
         if method == "teacher":
             return self.train_teacher_row(fraction, seed), {}

@@ -24,6 +24,8 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import torch  # noqa: E402
 
+from dearkd_hf.callbacks import default_stop_epoch  # noqa: E402
+
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import data_efficiency  # noqa: E402
 
@@ -76,7 +78,7 @@ def train_student(args: argparse.Namespace, bench: argparse.Namespace, name: str
         1.0,
         args.seed,
         beta=1.0,
-        stop_epoch=0.8 * args.epochs,
+        stop_epoch=default_stop_epoch(args.epochs),
         mhca=True,
         epochs=args.epochs,
         dataset=str(dataset),

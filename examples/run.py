@@ -47,6 +47,7 @@ from dearkd_hf.cli import (
 )
 from dearkd_hf.data import (
     DataTrainingArguments,
+    label_kwargs,
     label_names,
     load_image_datasets,
     train_collator,
@@ -107,14 +108,6 @@ def check_arguments(model_args: ModelArguments, training_args: DearKDConfig) -> 
     for flag in ("model_name_or_path", "init_from_vit", "image_processor_name"):
         check_local_folder(getattr(model_args, flag), f"--{flag}")
     check_writable_folder(training_args.output_dir)
-
-
-def label_kwargs(labels: list[str]) -> dict[str, Any]:
-    return {
-        "num_labels": len(labels),
-        "id2label": dict(enumerate(labels)),
-        "label2id": {label: i for i, label in enumerate(labels)},
-    }
 
 
 def build_student(

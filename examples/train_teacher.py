@@ -14,7 +14,6 @@ folder loads with `dearkd_hf.teachers.load_teacher`: timm teachers are saved in 
 import logging
 import sys
 from dataclasses import dataclass, field
-from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
@@ -41,7 +40,6 @@ from dearkd_hf.checks import (
     check_local_folder,
     check_writable_folder,
     hub_lookup,
-    read_json_config,
     require_finite,
 )
 from dearkd_hf.cli import (
@@ -52,8 +50,16 @@ from dearkd_hf.cli import (
     run_main,
 )
 from dearkd_hf.collators import EvaluationCollatorMixin
-from dearkd_hf.data import DataTrainingArguments, infer_num_channels, label_names, load_image_datasets, train_collator
+from dearkd_hf.data import (
+    DataTrainingArguments,
+    infer_num_channels,
+    label_kwargs,
+    label_names,
+    load_image_datasets,
+    train_collator,
+)
 from dearkd_hf.evaluation import compute_accuracy_metrics
+from dearkd_hf.teachers import is_timm_model, timm_model_name
 from dearkd_hf.transforms import normalization_for, with_transforms
 
 logger = logging.getLogger(__name__)
@@ -127,22 +133,11 @@ def parse_args(argv: list[str]) -> tuple[TeacherModelArguments, DataTrainingArgu
     return parse_script_args(HfArgumentParser((TeacherModelArguments, DataTrainingArguments, TrainingArguments)), argv)
 
 
-def timm_model_folder(name: str) -> bool:
-    """A folder saved in timm's format (config.json with "architecture"), as this script writes for timm teachers."""
-    config = Path(name) / "config.json"
-    return config.is_file() and "architecture" in read_json_config(str(config))
-
-
-def is_timm_model(name: str) -> bool:
-    return name.startswith(("hf-hub:", "local-dir:", "timm/")) or timm.is_model(name) or timm_model_folder(name)
-
-
 def build_timm_teacher(
     args: TeacherModelArguments, num_classes: int, num_channels: int
 ) -> tuple[TimmClassifier, tuple, tuple]:
     """A timm CNN with our classes and channels (timm adapts pretrained stems), and its normalisation."""
-    name = args.model_name_or_path
-    name = f"local-dir:{name}" if timm_model_folder(name) else name
+    name = timm_model_name(args.model_name_or_path)
     model = timm.create_model(name, pretrained=args.pretrained, num_classes=num_classes, in_chans=num_channels)
     pretrained_cfg = model.pretrained_cfg if args.pretrained or name.startswith("local-dir:") else {}
     stats = SimpleNamespace(image_mean=pretrained_cfg.get("mean"), image_std=pretrained_cfg.get("std"))
@@ -154,18 +149,13 @@ def build_transformers_teacher(
     args: TeacherModelArguments, labels: list[str], num_channels: int
 ) -> tuple[nn.Module, Any | None]:
     """A transformers image classifier from scratch (--model_type) or from a folder/Hub name, with our labels."""
-    label_kwargs = {
-        "num_labels": len(labels),
-        "id2label": dict(enumerate(labels)),
-        "label2id": {label: i for i, label in enumerate(labels)},
-    }
     overrides = parse_config_overrides(args.config_overrides)
     if args.model_type is not None:
         check_config_overrides(AutoConfig.for_model(args.model_type), overrides)
-        config = AutoConfig.for_model(args.model_type, num_channels=num_channels, **overrides, **label_kwargs)
+        config = AutoConfig.for_model(args.model_type, num_channels=num_channels, **overrides, **label_kwargs(labels))
         return AutoModelForImageClassification.from_config(config), None
     with hub_lookup(args.model_name_or_path, "--model_name_or_path"):
-        config = AutoConfig.from_pretrained(args.model_name_or_path, **label_kwargs)
+        config = AutoConfig.from_pretrained(args.model_name_or_path, **label_kwargs(labels))
         check_config_overrides(config, overrides)
         config.update(overrides)
         model = AutoModelForImageClassification.from_pretrained(

@@ -11,7 +11,6 @@ from dearkd_hf.alignment import (
     default_alignment_pairs,
     normalize_channels,
     parse_alignment_pairs,
-    patch_grid,
     patch_tokens,
     teacher_target,
     tokens_to_map,
@@ -55,12 +54,6 @@ def test_tokens_to_map_drops_prefix_tokens_row_major():
     assert feature_map.shape == (2, 3, 2, 2)
     assert torch.equal(feature_map[1, :, 0, 1], tokens[1, 3])  # patch index 1 = row 0, column 1
     assert torch.equal(feature_map[0, :, 1, 0], tokens[0, 4])
-
-
-def test_patch_grid_rejects_non_square():
-    assert patch_grid(17, 16) == (4, 4)
-    with pytest.raises(ValueError, match="square"):
-        patch_grid(13, 12)
 
 
 def test_normalize_and_teacher_target_by_hand():

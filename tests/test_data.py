@@ -179,3 +179,13 @@ def test_verify_images_skips_and_counts_corrupt_images(folders_with_a_corrupt_im
 def test_bad_numbers_are_refused(kwargs, message):
     with pytest.raises(ValueError, match=message):
         DataTrainingArguments(**kwargs)
+
+
+def test_label_kwargs_name_every_class_both_ways():
+    from dearkd_hf.data import label_kwargs
+
+    assert label_kwargs(["cat", "dog"]) == {
+        "num_labels": 2,
+        "id2label": {0: "cat", 1: "dog"},
+        "label2id": {"cat": 0, "dog": 1},
+    }

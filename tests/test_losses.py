@@ -133,3 +133,15 @@ def test_soft_targets_are_cross_entropy_not_multilabel():
 def test_unknown_kd_type_is_rejected():
     with pytest.raises(ValueError, match="distillation_type"):
         logit_kd(S_CLS, TEACHER, "medium", 1.0)
+
+
+def test_the_model_files_copy_of_classification_loss_agrees_with_losses():
+    """modeling_dearkd_vit.py keeps its own copy (trust_remote_code): both give the same value on every label form."""
+    from dearkd_hf.modeling import modeling_dearkd_vit
+
+    one_hot = torch.nn.functional.one_hot(LABELS, 3).float()
+    for labels in (LABELS, LABELS.view(-1, 1), one_hot, 0.7 * one_hot + 0.3 * one_hot.flip(0)):
+        for logits in (S_CLS, S_CLS.half()):
+            ours = classification_loss(logits, labels)
+            theirs = modeling_dearkd_vit.classification_loss(logits, labels)
+            assert ours.dtype == theirs.dtype == torch.float32 and torch.equal(ours, theirs)

@@ -280,3 +280,14 @@ def test_from_vit_override_num_labels_starts_fresh_heads():
 def test_bad_config_raises_value_error_naming_argument(overrides, argument):
     with pytest.raises(ValueError, match=argument):
         tiny_config(**overrides)
+
+
+@pytest.mark.parametrize(
+    "size, expected", [(16, 16), ((16, 16), 16), ([28, 28], 28), ((16, 8), None), ([4, 2], None), ((), None)]
+)
+def test_the_model_files_copy_of_square_side_agrees_with_the_core(size, expected):
+    """modeling_dearkd_vit.py keeps its own copy (trust_remote_code); the core's students.square_side is the same."""
+    from dearkd_hf.modeling import modeling_dearkd_vit
+    from dearkd_hf.students import square_side
+
+    assert square_side(size) == modeling_dearkd_vit.square_side(size) == expected

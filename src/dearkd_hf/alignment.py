@@ -17,7 +17,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import functools
-import math
 import os
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -88,17 +87,6 @@ def validate_alignment_pairs(
                 f"alignment_pairs entry '{pair}': the teacher has no layer {pair.teacher_layer!r}. "
                 f"Valid layer names: {list(teacher_layers)}"
             )
-
-
-def patch_grid(num_tokens: int, num_patches: int) -> tuple[int, int]:
-    """The square ``(h, w)`` patch grid of a token sequence; prefix tokens are the ``num_tokens - num_patches``."""
-    side = math.isqrt(num_patches)
-    if side * side != num_patches or num_patches > num_tokens:
-        raise ValueError(
-            f"The student's {num_patches} patch tokens do not form a square grid; alignment needs a square "
-            "patch grid: use an image_size that is a multiple of patch_size in both dimensions."
-        )
-    return side, side
 
 
 def patch_tokens(tokens: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:

@@ -13,6 +13,8 @@ import torch
 from transformers import TrainerCallback, TrainerControl, TrainerState, TrainingArguments
 from transformers.trainer_utils import IntervalStrategy
 
+from .students import square_side
+
 
 def patch_pixel_distances(grid_size: tuple[int, int], patch_size: int) -> torch.Tensor:
     """(N, N) Euclidean distances in pixels between the row-major patch tokens of a (rows, cols) grid."""
@@ -61,11 +63,10 @@ def _patch_size(model: torch.nn.Module) -> int:
     patch_size = getattr(getattr(model, "config", None), "patch_size", None)
     if patch_size is None:
         raise ValueError("AttentionDistanceCallback needs a ViT-like model, whose `config.patch_size` is set.")
-    if isinstance(patch_size, (list, tuple)):
-        if len(set(patch_size)) != 1:
-            raise ValueError(f"AttentionDistanceCallback needs square patches, got `patch_size` {patch_size}.")
-        patch_size = patch_size[0]
-    return int(patch_size)
+    side = square_side(patch_size)
+    if side is None:
+        raise ValueError(f"AttentionDistanceCallback needs square patches, got `patch_size` {patch_size}.")
+    return int(side)
 
 
 def attention_distances(model: torch.nn.Module, pixel_values: torch.Tensor) -> list[float]:

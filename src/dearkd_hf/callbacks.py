@@ -9,20 +9,29 @@ from transformers.utils import logging
 
 logger = logging.get_logger(__name__)
 
+# METHOD.md section 1: without an explicit stop epoch, stage 1 takes this fraction of the run's epochs.
+DEFAULT_STOP_FRACTION = 0.8
+
+
+def default_stop_epoch(num_train_epochs: float, fraction: float = DEFAULT_STOP_FRACTION) -> float:
+    """The epoch at which stage 1 ends when no stop epoch is given: ``fraction`` of the run's epochs."""
+    return fraction * float(num_train_epochs)
+
 
 class DistillationStopCallback(TrainerCallback):
     """Switches from stage 1 (distillation) to stage 2 (labels alone) once ``state.epoch`` reaches ``stop_epoch``.
 
     The stage is derived from the trainer state's epoch at every step, never stored, so a run resumed from a
     checkpoint lands in the stage its epoch says. ``on_stop(epoch)`` is where the trainer releases its teacher.
-    ``stop_epoch=None`` means ``stop_fraction`` of the run's epochs, read from the state when training begins.
+    ``stop_epoch=None`` means ``stop_fraction`` (default :data:`DEFAULT_STOP_FRACTION`) of the run's epochs, read
+    from the state when training begins.
     """
 
     def __init__(
         self,
         stop_epoch: float | None,
         on_stop: Callable[[float], None] | None = None,
-        stop_fraction: float = 0.8,
+        stop_fraction: float = DEFAULT_STOP_FRACTION,
     ):
         self.stop_epoch = stop_epoch
         self.stop_fraction = stop_fraction
@@ -35,7 +44,7 @@ class DistillationStopCallback(TrainerCallback):
 
     def on_train_begin(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs):
         if self.stop_epoch is None:
-            self.stop_epoch = self.stop_fraction * state.num_train_epochs
+            self.stop_epoch = default_stop_epoch(state.num_train_epochs, self.stop_fraction)
         self._update(state)
 
     def on_step_begin(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs):

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from transformers import TrainingArguments
 
 from .alignment import parse_alignment_pairs
+from .callbacks import DEFAULT_STOP_FRACTION, default_stop_epoch
 from .checks import require_finite
 from .losses import BETA_SCHEDULES, DISTILLATION_TYPES, LABEL_LOSS_HEADS
 
@@ -96,7 +97,7 @@ class DearKDConfig(TrainingArguments):
         },
     )
     distillation_stop_fraction: float = field(
-        default=0.8,
+        default=DEFAULT_STOP_FRACTION,
         metadata={"help": "Stage 1's share of the run's epochs when --distillation_stop_epoch is not given."},
     )
     ignore_label_names: bool = field(
@@ -159,4 +160,4 @@ class DearKDConfig(TrainingArguments):
         """The stage switch epoch, with the default taken from the run's actual number of epochs."""
         if self.distillation_stop_epoch is not None:
             return float(self.distillation_stop_epoch)
-        return self.distillation_stop_fraction * float(num_train_epochs)
+        return default_stop_epoch(num_train_epochs, self.distillation_stop_fraction)

@@ -14,6 +14,7 @@ import logging
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from datasets import ClassLabel, Dataset, DatasetDict, Image, load_dataset, load_from_disk
@@ -293,6 +294,15 @@ def drop_undecodable(dataset: Dataset, split: str, chunk: int = 256) -> Dataset:
 def label_names(dataset: Dataset) -> list[str]:
     """The class names of a dataset from `load_image_datasets`, for num_labels / id2label / label2id."""
     return list(dataset.features["label"].names)
+
+
+def label_kwargs(labels: list[str]) -> dict[str, Any]:
+    """The config keyword arguments that give a model these class names: num_labels, id2label, label2id."""
+    return {
+        "num_labels": len(labels),
+        "id2label": dict(enumerate(labels)),
+        "label2id": {label: i for i, label in enumerate(labels)},
+    }
 
 
 def infer_num_channels(dataset: Dataset) -> int:

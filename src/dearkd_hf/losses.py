@@ -13,10 +13,14 @@ BETA_SCHEDULES = ("constant", "linear")
 
 
 def classification_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """Cross-entropy for class indices or, with mixup/cutmix, float soft targets ``(B, C)`` (never multi-label)."""
-    if labels.is_floating_point():
+    """Cross-entropy for class indices or, with mixup/cutmix, float soft targets ``(B, C)`` (never multi-label).
+
+    The DearKD ViT's modeling file holds a copy (it must load with ``trust_remote_code`` without dearkd_hf);
+    tests/test_losses.py checks that the two agree.
+    """
+    if labels.is_floating_point() and labels.shape == logits.shape:
         return torch.sum(-labels * F.log_softmax(logits.float(), dim=-1), dim=-1).mean()
-    return F.cross_entropy(logits.float(), labels)
+    return F.cross_entropy(logits.float(), labels.long().view(-1))
 
 
 def logit_kd(student_logits: torch.Tensor, teacher_logits: torch.Tensor, kind: str, tau: float) -> torch.Tensor:

@@ -47,18 +47,18 @@ def student_geometry(model: nn.Module) -> StudentGeometry:
             f"model: the student's config lacks {missing}; DearKDTrainer needs a ViT-style student "
             "(ViT, DeiT or DearKD ViT from transformers/dearkd_hf)."
         )
-    image_size, patch_size = _pair(config.image_size), _pair(config.patch_size)
-    if image_size[0] != image_size[1] or patch_size[0] != patch_size[1] or image_size[0] % patch_size[0]:
+    image_size, patch_size = square_side(config.image_size), square_side(config.patch_size)
+    if image_size is None or patch_size is None or image_size % patch_size:
         raise ValueError(
             f"model: the student's tokens do not form a square patch grid (image_size={config.image_size}, "
             f"patch_size={config.patch_size}); use a square image_size that is a multiple of patch_size."
         )
-    side = image_size[0] // patch_size[0]
+    side = image_size // patch_size
     return StudentGeometry(
         num_blocks=config.num_hidden_layers,
         hidden_size=config.hidden_size,
         grid=(side, side),
-        image_size=image_size[0],
+        image_size=image_size,
         num_channels=getattr(config, "num_channels", 3),
         num_labels=config.num_labels,
         id2label={int(k): v for k, v in config.id2label.items()},
@@ -77,5 +77,11 @@ def student_outputs(outputs) -> StudentOutput:
     )
 
 
-def _pair(value) -> tuple[int, int]:
-    return tuple(value) if isinstance(value, (tuple, list)) else (value, value)
+def square_side(value: int | list | tuple) -> int | None:
+    """The side of a square size given as ``n``, ``(n, n)`` or ``[n, n]``; None when the size is not square.
+
+    The DearKD ViT's modeling file holds a copy (self-contained for ``trust_remote_code``); tests check they agree.
+    """
+    if isinstance(value, int):
+        return value
+    return int(value[0]) if len(value) > 0 and len(set(value)) == 1 else None

@@ -142,7 +142,7 @@ def load_teacher(name_or_path: str | nn.Module | Teacher, **kwargs) -> Teacher:
     else:
         check_local_folder(name_or_path, "teacher_model_name_or_path")
         with hub_lookup(name_or_path, "teacher_model_name_or_path"):
-            if _is_timm(name_or_path):
+            if is_timm_model(name_or_path):
                 teacher = _from_timm(name_or_path, **kwargs)
             else:
                 teacher = _from_transformers(_load_transformers(name_or_path, **kwargs), source=name_or_path)
@@ -163,7 +163,9 @@ def _require_cnn(teacher: Teacher) -> None:
         )
 
 
-def _is_timm(name_or_path: str) -> bool:
+def is_timm_model(name_or_path: str) -> bool:
+    """Whether ``name_or_path`` is a timm model: a timm name or Hub id (``hf-hub:``, ``timm/``), or a folder saved in
+    timm's format (its config.json has ``architecture``). Other folders and names are transformers models."""
     if os.path.isdir(name_or_path):
         config_path = os.path.join(name_or_path, "config.json")
         if not os.path.isfile(config_path):
@@ -172,11 +174,18 @@ def _is_timm(name_or_path: str) -> bool:
     return name_or_path.startswith(_TIMM_PREFIXES) or timm.is_model(name_or_path)
 
 
-def _from_timm(name: str, **kwargs) -> Teacher:
+def timm_model_name(name: str) -> str:
+    """The name ``timm.create_model`` takes for a model that :func:`is_timm_model` accepts (``local-dir:`` for a
+    folder, ``hf-hub:`` for a ``timm/`` Hub id)."""
     if os.path.isdir(name):
-        name = f"local-dir:{name}"
-    elif name.startswith("timm/"):
-        name = f"hf-hub:{name}"
+        return f"local-dir:{name}"
+    if name.startswith("timm/"):
+        return f"hf-hub:{name}"
+    return name
+
+
+def _from_timm(name: str, **kwargs) -> Teacher:
+    name = timm_model_name(name)
     kwargs.setdefault("pretrained", True)
     return _from_timm_model(timm.create_model(name, **kwargs), source=name)
 

@@ -389,11 +389,13 @@ def _default(value: bool | None, fallback: bool | None) -> bool:
     return bool(fallback) if value is None else value
 
 
+# A copy of dearkd_hf.losses.classification_loss: this file must load with trust_remote_code where dearkd_hf is not
+# installed. tests/test_losses.py checks that the two agree; change both together.
 def classification_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """Cross-entropy on class indices, or on soft targets when labels are (B, C) probabilities (mixup, KD)."""
+    """Cross-entropy for class indices or, with mixup/cutmix, float soft targets ``(B, C)`` (never multi-label)."""
     if labels.is_floating_point() and labels.shape == logits.shape:
-        return F.cross_entropy(logits, labels.to(logits.dtype))
-    return F.cross_entropy(logits, labels.long().view(-1))
+        return torch.sum(-labels * F.log_softmax(logits.float(), dim=-1), dim=-1).mean()
+    return F.cross_entropy(logits.float(), labels.long().view(-1))
 
 
 _ARCHITECTURE_FIELDS = (
@@ -421,19 +423,23 @@ def _load_source(model_or_name_or_path: PreTrainedModel | str) -> PreTrainedMode
     return auto_class.from_pretrained(model_or_name_or_path)
 
 
-def _square_side(value: int | list | tuple, name: str) -> int:
+# A copy of dearkd_hf.students.square_side (this file must stay self-contained for trust_remote_code); tests check
+# that the two agree.
+def square_side(value: int | list | tuple) -> int | None:
+    """The side of a square size given as ``n``, ``(n, n)`` or ``[n, n]``; None when the size is not square."""
     if isinstance(value, int):
         return value
-    if len(set(value)) == 1:
-        return int(value[0])
-    raise ValueError(f"from_vit needs square images and patches, but the source's `{name}` is {value}.")
+    return int(value[0]) if len(value) > 0 and len(set(value)) == 1 else None
 
 
 def _student_config_kwargs(source_config, overrides: dict) -> dict:
     """DearKD config fields: the source's architecture and labels, then the caller's overrides."""
     kwargs = {name: getattr(source_config, name) for name in _ARCHITECTURE_FIELDS if hasattr(source_config, name)}
     for name in ("image_size", "patch_size"):
-        kwargs[name] = _square_side(kwargs[name], name)
+        side = square_side(kwargs[name])
+        if side is None:
+            raise ValueError(f"from_vit needs square images and patches, but the source's `{name}` is {kwargs[name]}.")
+        kwargs[name] = side
     if source_config.id2label is not None and not {"num_labels", "id2label"} & overrides.keys():
         kwargs["id2label"] = dict(source_config.id2label)
         kwargs["label2id"] = dict(source_config.label2id or {v: k for k, v in source_config.id2label.items()})
