@@ -291,3 +291,20 @@ def test_the_model_files_copy_of_square_side_agrees_with_the_core(size, expected
     from dearkd_hf.students import square_side
 
     assert square_side(size) == modeling_dearkd_vit.square_side(size) == expected
+
+
+def test_config_docstring_example_runs_and_geometry_is_checked_once(monkeypatch):
+    import doctest
+
+    from dearkd_hf.modeling import configuration_dearkd_vit
+
+    finder = doctest.DocTestFinder(recurse=False)
+    (example,) = finder.find(DearKDViTConfig, "DearKDViTConfig", globs={})
+    result = doctest.DocTestRunner(optionflags=doctest.ELLIPSIS).run(example)
+    assert result.attempted >= 3 and result.failed == 0
+
+    calls = []
+    original = configuration_dearkd_vit.DearKDViTConfig.check_geometry
+    monkeypatch.setattr(DearKDViTConfig, "check_geometry", lambda self: calls.append(1) or original(self))
+    DearKDViTForImageClassification(tiny_config())
+    assert len(calls) == 1

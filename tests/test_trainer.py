@@ -17,8 +17,8 @@ from safetensors.torch import load_file
 from transformers import AutoModelForImageClassification, TrainerCallback, ViTImageProcessor
 
 from dearkd_hf import DearKDConfig, DearKDTrainer
+from dearkd_hf.alignment import ALIGNERS_FILE
 from dearkd_hf.collators import MixupCollator, collate_fn
-from dearkd_hf.trainer import ALIGNERS_FILE
 
 STAGES = ["resnet.encoder.stages.0", "resnet.encoder.stages.1"]
 
@@ -471,3 +471,33 @@ def test_the_trainer_imports_nothing_from_the_data_loading_module():
     code = "import sys, dearkd_hf.trainer; print(sorted(m for m in sys.modules if m == 'dearkd_hf.data'))"
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert result.stdout.strip() == "[]"
+
+
+def test_trainer_signature_is_explicit_and_every_argument_is_documented():
+    import inspect
+    import re
+
+    from transformers import Trainer
+
+    import dearkd_hf.trainer
+
+    parameters = inspect.signature(DearKDTrainer.__init__).parameters
+    assert not [p for p in parameters.values() if p.kind in (p.VAR_KEYWORD, p.VAR_POSITIONAL)]
+    documented = re.findall(r"^        (\w+) \(", DearKDTrainer.__doc__, flags=re.MULTILINE)
+    assert documented == [name for name in parameters if name != "self"]
+    not_taken = {"model_init", "compute_loss_func"}  # the docstring says why
+    assert set(inspect.signature(Trainer.__init__).parameters) - not_taken <= set(parameters)
+    assert all(
+        getattr(dearkd_hf.trainer, name).__module__ == "dearkd_hf.trainer" for name in dearkd_hf.trainer.__all__
+    )
+
+
+def test_config_documents_each_field_once():
+    import re
+
+    from dearkd_hf import DearKDViTConfig
+
+    own = list(DearKDConfig.__annotations__)
+    assert re.findall(r"^        (\w+) \(", DearKDConfig.__doc__, flags=re.MULTILINE) == own
+    vit_fields = list(DearKDViTConfig.__annotations__)
+    assert re.findall(r"^        (\w+) \(", DearKDViTConfig.__doc__, flags=re.MULTILINE) == vit_fields

@@ -9,11 +9,13 @@ from __future__ import annotations
 import gc
 import os
 from collections import defaultdict
-from typing import Any
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
-from transformers import PreTrainedModel, Trainer
+from torch.utils.data import Dataset, IterableDataset
+from transformers import BaseImageProcessor, EvalPrediction, PreTrainedModel, Trainer, TrainerCallback
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, enable_full_determinism, set_seed
 from transformers.utils import SAFE_WEIGHTS_NAME, logging
 
@@ -37,25 +39,74 @@ from .losses import scheduled_beta, stage1_loss, stage2_loss
 from .students import student_geometry, student_outputs
 from .teachers import Teacher, TeacherOutput, load_teacher
 
+if TYPE_CHECKING:
+    import datasets
+
 logger = logging.get_logger(__name__)
 
 
 class DearKDTrainer(ExactResumeMixin, EvaluationCollatorMixin, Trainer):
-    """A ``transformers.Trainer`` that trains a ViT student with DearKD.
+    r"""
+    A [`~transformers.Trainer`] that trains a ViT student with DearKD: stage 1 distils from a CNN teacher's logits and
+    early layers, stage 2 (from `args.distillation_stop_epoch`) trains on labels alone with the teacher released.
 
-    ``teacher_model`` is an ``nn.Module``, a :class:`~dearkd_hf.teachers.Teacher` or a name/path for
-    :func:`~dearkd_hf.teachers.load_teacher`; without it ``args.teacher_model_name_or_path`` is loaded. The teacher is
-    never wrapped, saved, or run outside stage-1 training steps. The aligners are trained and checkpointed with the
-    student but never part of ``save_model()``/``push_to_hub()`` output.
+    The teacher is never wrapped, saved, or run outside stage-1 training steps. The aligners
+    ([`~dearkd_hf.alignment.StudentAligners`]) are trained and checkpointed with the student but never part of
+    `save_model()`/`push_to_hub()` output. The Trainer's `model_init` and `compute_loss_func` are not taken: the
+    student is built once (the aligners attach to it) and the loss is DearKD's.
+
+    Args:
+        model (`PreTrainedModel` or `torch.nn.Module`):
+            The ViT student: transformers `ViTForImageClassification`, `DeiTForImageClassification`,
+            `DeiTForImageClassificationWithTeacher` or a DearKD ViT. Required.
+        teacher_model (`torch.nn.Module`, [`~dearkd_hf.teachers.Teacher`] or `str`, *optional*):
+            The CNN teacher, or a name/path for [`~dearkd_hf.teachers.load_teacher`]. Defaults to
+            `args.teacher_model_name_or_path`.
+        args ([`DearKDConfig`], *optional*):
+            The training arguments and DearKD's knobs. Defaults to `DearKDConfig(output_dir="trainer_output")`.
+        data_collator (`Callable`, *optional*):
+            The collator of training batches (e.g. [`~dearkd_hf.collators.MixupCollator`]); as in the Trainer,
+            defaults to `default_data_collator`.
+        train_dataset (`torch.utils.data.Dataset`, `IterableDataset` or `datasets.Dataset`, *optional*):
+            The training data: `pixel_values` and `labels` per example (after the collator).
+        eval_dataset (`torch.utils.data.Dataset`, `dict[str, Dataset]` or `datasets.Dataset`, *optional*):
+            The evaluation data, scored with the stage-2 loss (labels alone, no teacher).
+        processing_class (`BaseImageProcessor`, *optional*):
+            The student's image processor: saved with the student, and its `image_mean`/`image_std` tell the
+            trainer how to re-normalise batches for the teacher.
+        compute_metrics (`Callable[[EvalPrediction], dict]`, *optional*):
+            Metrics computed from evaluation predictions (e.g. `dearkd_hf.evaluation.compute_accuracy_metrics`).
+        callbacks (`list[TrainerCallback]`, *optional*):
+            Callbacks added to the Trainer's defaults and to the [`DistillationStopCallback`] the trainer adds.
+        optimizers (`tuple[Optimizer, LambdaLR]`, *optional*, defaults to `(None, None)`):
+            An optimizer and scheduler to use instead of the Trainer's; the optimizer must include the aligners'
+            parameters (`model.dearkd_aligners` while training) for alignment to learn.
+        optimizer_cls_and_kwargs (`tuple[type[torch.optim.Optimizer], dict[str, Any]]`, *optional*):
+            An optimizer class and its keyword arguments, built on the model's parameters (aligners included).
+        preprocess_logits_for_metrics (`Callable[[torch.Tensor, torch.Tensor], torch.Tensor]`, *optional*):
+            Applied to the logits before they are cached for `compute_metrics`.
+        eval_data_collator (`Callable`, *optional*):
+            The collator of evaluation and prediction batches. Defaults to the training collator's
+            `evaluation_collator` (`collate_fn` for a `MixupCollator`, so evaluation is never mixed), else the
+            training collator itself.
     """
 
     def __init__(
         self,
-        model: nn.Module | None = None,
+        model: PreTrainedModel | nn.Module | None = None,
         teacher_model: nn.Module | Teacher | str | None = None,
         args: DearKDConfig | None = None,
+        *,
+        data_collator: Collator | None = None,
+        train_dataset: Dataset | IterableDataset | datasets.Dataset | None = None,
+        eval_dataset: Dataset | dict[str, Dataset] | datasets.Dataset | None = None,
+        processing_class: BaseImageProcessor | None = None,
+        compute_metrics: Callable[[EvalPrediction], dict] | None = None,
+        callbacks: list[TrainerCallback] | None = None,
+        optimizers: tuple[torch.optim.Optimizer | None, torch.optim.lr_scheduler.LambdaLR | None] = (None, None),
+        optimizer_cls_and_kwargs: tuple[type[torch.optim.Optimizer], dict[str, Any]] | None = None,
+        preprocess_logits_for_metrics: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
         eval_data_collator: Collator | None = None,
-        **kwargs: Any,
     ):
         if model is None:
             raise ValueError("model: DearKDTrainer needs the ViT student (a ViT, DeiT or DearKD ViT model).")
@@ -74,7 +125,19 @@ class DearKDTrainer(ExactResumeMixin, EvaluationCollatorMixin, Trainer):
         # A checkpoint of an aligning run is complete only with its aligners (resume skips or refuses it otherwise).
         self.checkpoint_files = (ALIGNERS_FILE,) if self.alignment_pairs else ()
 
-        super().__init__(model=model, args=args, **kwargs)
+        super().__init__(
+            model=model,
+            args=args,
+            data_collator=data_collator,
+            train_dataset=train_dataset,
+            eval_dataset=eval_dataset,
+            processing_class=processing_class,
+            compute_metrics=compute_metrics,
+            callbacks=callbacks,
+            optimizers=optimizers,
+            optimizer_cls_and_kwargs=optimizer_cls_and_kwargs,
+            preprocess_logits_for_metrics=preprocess_logits_for_metrics,
+        )
         self.eval_data_collator = eval_data_collator
 
         # Our losses are per-micro-batch means: let the Trainer divide by the accumulation steps.
@@ -370,4 +433,4 @@ def _normalization_of(processing_class: Any) -> tuple[Any, Any]:
     return mean, std
 
 
-__all__ = ["ALIGNERS_FILE", "DearKDTrainer"]
+__all__ = ["DearKDTrainer"]

@@ -9,33 +9,69 @@ from transformers import PretrainedConfig
 
 class DearKDViTConfig(PretrainedConfig):
     r"""
-    Configuration of [`DearKDViTForImageClassification`].
+    This is the configuration class to store the configuration of a [`DearKDViTForImageClassification`] (and of its
+    backbone [`DearKDViTModel`]): a DeiT-style ViT with class and distillation tokens whose attention can be MHCA
+    (METHOD.md section 4). The defaults give a DeiT-Ti-sized student (192 wide, 12 blocks, 3 heads) with MHCA in
+    every block.
 
-    ViT-style fields (same meaning as in `transformers.ViTConfig`):
-        image_size (`int`, defaults to 224): side of the square input image, in pixels.
-        patch_size (`int`, defaults to 16): side of a square patch, in pixels; must divide `image_size`.
-        num_channels (`int`, defaults to 3): image channels.
-        hidden_size (`int`, defaults to 192): token width (192 is DeiT-Ti).
-        num_hidden_layers (`int`, defaults to 12): number of transformer blocks.
-        num_attention_heads (`int`, defaults to 3): heads per block; must divide `hidden_size`.
-        intermediate_size (`int`, defaults to 768): MLP hidden width.
-        hidden_act (`str`, defaults to `"gelu"`): MLP activation.
-        hidden_dropout_prob (`float`, defaults to 0.0): dropout on the embeddings and on each residual branch.
-        attention_probs_dropout_prob (`float`, defaults to 0.1): dropout on the attention probabilities; METHOD.md
-            asks for it inside MHCA so that attention does not collapse onto local information.
-        drop_path_rate (`float`, defaults to 0.1): stochastic depth, linearly increasing from 0 to this over blocks.
-        layer_norm_eps (`float`, defaults to 1e-6), initializer_range (`float`, defaults to 0.02),
-        qkv_bias (`bool`, defaults to `True`).
+    Configuration objects inherit from [`PretrainedConfig`] and can be used to control the model outputs. Read the
+    documentation from [`PretrainedConfig`] for more information. Prediction outputs other than `logits` are listed
+    in `keys_to_ignore_at_inference`, so `Trainer.predict` returns just the averaged logits.
 
-    DearKD fields:
-        mhca_layers (`list[int]`, *optional*): 0-based indices of the blocks whose attention is MHCA; `None` means
-            all blocks, `[]` none (plain ViT attention everywhere).
-        mhca_locality_strength (`float`, defaults to 1.0): the `a` of METHOD.md; the larger, the more each MHCA head
-            starts as a sharp convolution-like kernel around its centre.
-        use_distillation_token (`bool`, defaults to `True`): add a DeiT distillation token and head.
+    Args:
+        image_size (`int`, *optional*, defaults to 224):
+            The side of the square input image, in pixels.
+        patch_size (`int`, *optional*, defaults to 16):
+            The side of a square patch, in pixels; must divide `image_size`.
+        num_channels (`int`, *optional*, defaults to 3):
+            The number of input channels (1 for grayscale).
+        hidden_size (`int`, *optional*, defaults to 192):
+            The token width (192 is DeiT-Ti).
+        num_hidden_layers (`int`, *optional*, defaults to 12):
+            The number of transformer blocks.
+        num_attention_heads (`int`, *optional*, defaults to 3):
+            The number of attention heads per block; must divide `hidden_size`.
+        intermediate_size (`int`, *optional*, defaults to 768):
+            The hidden width of each block's MLP.
+        hidden_act (`str`, *optional*, defaults to `"gelu"`):
+            The MLP activation (a key of `transformers.activations.ACT2FN`).
+        hidden_dropout_prob (`float`, *optional*, defaults to 0.0):
+            The dropout on the embeddings and on each residual branch.
+        attention_probs_dropout_prob (`float`, *optional*, defaults to 0.1):
+            The dropout on the attention probabilities; METHOD.md asks for it inside MHCA so that attention does not
+            collapse onto local information.
+        drop_path_rate (`float`, *optional*, defaults to 0.1):
+            Stochastic depth, increasing linearly from 0 in the first block to this rate in the last.
+        layer_norm_eps (`float`, *optional*, defaults to 1e-6):
+            The epsilon of the layer normalisations.
+        initializer_range (`float`, *optional*, defaults to 0.02):
+            The standard deviation of the truncated normal initialisation of the weights.
+        qkv_bias (`bool`, *optional*, defaults to `True`):
+            Whether the query, key and value projections have a bias.
+        mhca_layers (`list[int]`, *optional*):
+            The 0-based indices of the blocks whose attention is MHCA; `None` means all blocks, `[]` none (plain ViT
+            attention everywhere).
+        mhca_locality_strength (`float`, *optional*, defaults to 1.0):
+            The `a` of METHOD.md: the larger, the more each MHCA head starts as a sharp convolution-like kernel around
+            its centre.
+        use_distillation_token (`bool`, *optional*, defaults to `True`):
+            Whether to add a DeiT distillation token and its head.
 
-    Prediction outputs other than `logits` are listed in `keys_to_ignore_at_inference`, so `Trainer.predict`
-    returns just the averaged logits.
+    Example:
+
+    ```python
+    >>> from dearkd_hf import DearKDViTConfig, DearKDViTForImageClassification
+
+    >>> # A small DearKD ViT for 28 px grayscale images, MHCA in the first two blocks only
+    >>> configuration = DearKDViTConfig(
+    ...     image_size=28, patch_size=7, num_channels=1, hidden_size=64, num_hidden_layers=4,
+    ...     num_attention_heads=4, intermediate_size=128, mhca_layers=[0, 1], num_labels=10,
+    ... )
+    >>> model = DearKDViTForImageClassification(configuration)
+    >>> configuration.grid_size, configuration.num_prefix_tokens
+    (4, 2)
+
+    ```
     """
 
     model_type = "dearkd_vit"
@@ -66,7 +102,8 @@ class DearKDViTConfig(PretrainedConfig):
         self.check_geometry()
 
     def check_geometry(self) -> None:
-        """Raise a ValueError naming the argument if the model could not be built from this config."""
+        """Raise a ValueError naming the argument if the model could not be built from this config (run once, when
+        the config is created)."""
         for name in ("image_size", "patch_size"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value <= 0:

@@ -277,7 +277,6 @@ class DearKDViTModel(DearKDViTPreTrainedModel):
     """The backbone: embeddings, blocks (MHCA in `config.mhca_layers`), final LayerNorm."""
 
     def __init__(self, config: DearKDViTConfig) -> None:
-        config.check_geometry()
         super().__init__(config)
         self.embeddings = DearKDViTEmbeddings(config)
         rates = torch.linspace(0, config.drop_path_rate, config.num_hidden_layers).tolist()
