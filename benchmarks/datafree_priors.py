@@ -5,32 +5,25 @@ For each setting, ``examples/generate.py`` makes ``--num_images`` images from on
 ``examples/run.py`` trains the data-efficiency student (DearKD, soft KD) on them alone and evaluates it on the real
 Fashion-MNIST test set. The settings differ only in the generator's priors: DeepInversion's ImageNet recipe, that
 recipe without the random roll and flip, and the data-efficiency benchmark's defaults (with and without BPID).
-Small sets and one seed: this calibrates ``benchmarks/data_efficiency.py``'s generator flags, it is not a result
+Small sets and one seed: this calibrates ``benchmarks.data_efficiency``'s generator flags, it is not a result
 of its own. Writes ``results/datafree_priors.{json,md}``.
 
-    python benchmarks/datafree_priors.py     # ~2 min per setting on one CPU core
+    python -m benchmarks.datafree_priors     # ~2 min per setting on one CPU core
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import os
-import sys
 import time
 from pathlib import Path
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
+import torch
 
-import torch  # noqa: E402
+from benchmarks.data_efficiency import RESULTS_DIR, ROOT, Runner, load_example, stored_path
+from benchmarks.data_efficiency import parse_args as benchmark_args
+from dearkd_hf.callbacks import default_stop_epoch
 
-from dearkd_hf.callbacks import default_stop_epoch  # noqa: E402
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import data_efficiency  # noqa: E402
-
-ROOT = Path(__file__).resolve().parents[1]
-RESULTS_DIR = Path(__file__).resolve().parent / "results"
 SETTINGS = {
     "deepinversion_imagenet": dict(tv=1e-4, r_bn=0.01, jitter=3, flip=True, bpid_weight=0.0),
     "imagenet_no_roll_flip": dict(tv=1e-4, r_bn=0.01, jitter=0, flip=False, bpid_weight=0.0),
@@ -42,7 +35,9 @@ SETTINGS = {
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     default_teacher = ROOT / "outputs" / "benchmarks" / "data_efficiency" / "teacher-f1.0-s0"
-    parser.add_argument("--teacher", default=str(default_teacher), help="A teacher folder (data_efficiency.py's).")
+    parser.add_argument(
+        "--teacher", default=str(default_teacher), help="A teacher folder (benchmarks.data_efficiency's)."
+    )
     parser.add_argument("--settings", nargs="+", default=list(SETTINGS), choices=list(SETTINGS))
     parser.add_argument("--num_images", type=int, default=640)
     parser.add_argument("--iterations", type=int, default=100, help="DeepInversion steps per batch of 64.")
@@ -50,13 +45,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--work_dir", default=str(ROOT / "outputs" / "benchmarks" / "datafree_priors"))
     parser.add_argument("--results_dir", default=str(RESULTS_DIR))
-    parser.add_argument("--benchmark_args", nargs=argparse.REMAINDER, default=[], help="data_efficiency.py flags.")
+    parser.add_argument(
+        "--benchmark_args", nargs=argparse.REMAINDER, default=[], help="benchmarks.data_efficiency flags."
+    )
     return parser.parse_args(argv)
 
 
 def generate(args: argparse.Namespace, name: str, output_dir: Path) -> dict[str, float]:
     flags = [f"--{key}={value}" for key, value in SETTINGS[name].items()]
-    data_efficiency.load_example("generate").main(
+    load_example("generate").main(
         [
             f"--teacher_model_name_or_path={args.teacher}",
             f"--num_images={args.num_images}",
@@ -73,7 +70,7 @@ def generate(args: argparse.Namespace, name: str, output_dir: Path) -> dict[str,
 
 def train_student(args: argparse.Namespace, bench: argparse.Namespace, name: str, dataset: Path) -> float:
     """The data-efficiency benchmark's data-free student (DearKD, soft KD), trained on ``dataset`` only."""
-    return data_efficiency.Runner(bench).student_row(
+    return Runner(bench).student_row(
         name,
         1.0,
         args.seed,
@@ -89,7 +86,7 @@ def train_student(args: argparse.Namespace, bench: argparse.Namespace, name: str
 def main(argv: list[str] | None = None) -> list[dict]:
     args = parse_args(argv)
     torch.set_num_threads(1)
-    bench = data_efficiency.parse_args([*args.benchmark_args, f"--work_dir={args.work_dir}"])
+    bench = benchmark_args([*args.benchmark_args, f"--work_dir={args.work_dir}"])
     rows = []
     for name in args.settings:
         start = time.perf_counter()
@@ -106,12 +103,13 @@ def main(argv: list[str] | None = None) -> list[dict]:
 def write(args: argparse.Namespace, rows: list[dict]) -> None:
     results = Path(args.results_dir)
     results.mkdir(parents=True, exist_ok=True)
-    config = {k: getattr(args, k) for k in ("teacher", "num_images", "iterations", "epochs", "seed")}
+    config = {k: getattr(args, k) for k in ("num_images", "iterations", "epochs", "seed")}
+    config = {"teacher": stored_path(args.teacher), **config}
     (results / "datafree_priors.json").write_text(json.dumps({"config": config, "rows": rows}, indent=2))
     lines = [
         "# Generator priors against the accuracy of a student trained on the images alone",
         "",
-        f"`benchmarks/datafree_priors.py`: teacher `{Path(args.teacher).name}`, {args.num_images} images at "
+        f"`python -m benchmarks.datafree_priors`: teacher `{Path(args.teacher).name}`, {args.num_images} images at "
         f"{args.iterations} iterations per batch, student {args.epochs:g} epochs, seed {args.seed}, real "
         "Fashion-MNIST test accuracy.",
         "",

@@ -20,9 +20,9 @@ optimizer state, teacher) + the peak of what the step allocates on top. On CUDA 
 allocator events (``profile_memory=True``: allocations and frees in time order, at op granularity), so it is exact
 for tensors but ignores non-tensor process memory.
 
-    python benchmarks/speed.py                         # DeiT-Ti-like student on 28x28 Fashion-MNIST, resnet18 teacher
-    python benchmarks/speed.py --device cuda --batch_size 128 --repeats 50
-    python benchmarks/speed.py --quick --output /tmp/speed.json   # smoke run, seconds
+    python -m benchmarks.speed                         # DeiT-Ti-like student on 28x28 Fashion-MNIST, resnet18 teacher
+    python -m benchmarks.speed --device cuda --batch_size 128 --repeats 50
+    python -m benchmarks.speed --quick --output /tmp/speed.json   # smoke run, seconds
 """
 
 from __future__ import annotations

@@ -5,9 +5,9 @@ DeiT's hard distillation trains the distillation token on ``argmax teacher(x)``.
 nearly every training view, hard KD repeats the labels and cannot add much over training on labels alone; this script
 measures that share, for clean training images (the evaluation transform) and for the training augmentation (the
 views the students actually see, ``--views`` random draws per image). It reads the teachers that
-``benchmarks/data_efficiency.py`` leaves in its work dir and writes ``results/teacher_agreement.json``.
+``python -m benchmarks.data_efficiency`` leaves in its work dir and writes ``results/teacher_agreement.json``.
 
-    python benchmarks/teacher_agreement.py
+    python -m benchmarks.teacher_agreement
 """
 
 from __future__ import annotations
@@ -67,7 +67,7 @@ def main(argv: list[str] | None = None) -> list[dict[str, float]]:
         for seed in args.seeds:
             folder = Path(args.work_dir) / f"teacher-f{fraction}-s{seed}"
             if not (folder / "DONE").is_file():
-                raise SystemExit(f"{folder} has no finished teacher: run benchmarks/data_efficiency.py first.")
+                raise SystemExit(f"{folder} has no finished teacher: run python -m benchmarks.data_efficiency first.")
             teacher = load_teacher(str(folder))
             subset = stratified_fraction(train, fraction, seed)  # the images that teacher and students trained on
             row = {

@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -33,9 +34,15 @@ METHODS = {
 
 
 def run_script(name: str, *args: str) -> subprocess.CompletedProcess:
+    """A benchmark as documented: ``python -m benchmarks.<name>`` from the repository root."""
     env = {**os.environ, "PYTHONPATH": str(ROOT / "src"), "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
     result = subprocess.run(
-        [sys.executable, str(BENCHMARKS / name), *args], capture_output=True, text=True, env=env, cwd=ROOT, timeout=300
+        [sys.executable, "-m", f"benchmarks.{name}", *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=ROOT,
+        timeout=300,
     )
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
     return result
@@ -44,7 +51,7 @@ def run_script(name: str, *args: str) -> subprocess.CompletedProcess:
 @pytest.mark.slow
 def test_speed_quick_writes_ratios_and_timings(tmp_path):
     output = tmp_path / "speed.json"
-    run_script("speed.py", "--quick", "--repeats=2", "--warmup=1", "--gen_iterations=2", f"--output={output}")
+    run_script("speed", "--quick", "--repeats=2", "--warmup=1", "--gen_iterations=2", f"--output={output}")
     result = json.loads(output.read_text())
     for key in ("stage1_vs_deit", "stage1_vs_limit", "stage2_vs_plain", "stage1_peak_mem_vs_deit"):
         assert isinstance(result[key], float) and result[key] > 0, key
@@ -73,7 +80,7 @@ def test_data_efficiency_quick_writes_rows_table_plot_and_skips_done_rows(tmp_pa
         f"--results_dir={tmp_path / 'results'}",
         f"--work_dir={tmp_path / 'work'}",
     ]
-    run_script("data_efficiency.py", *args)
+    run_script("data_efficiency", *args)
     path = tmp_path / "results" / "data_efficiency_quick.json"
     data = json.loads(path.read_text())
     rows = data["rows"]
@@ -90,7 +97,7 @@ def test_data_efficiency_quick_writes_rows_table_plot_and_skips_done_rows(tmp_pa
     assert generated == [f"generated-{kind}-f0.5-s0-tv0.003-rbn0.1-j0-it2-b8" for kind in ("bpid", "di")]
 
     # A re-run finds every row done and trains nothing.
-    rerun = run_script("data_efficiency.py", *args)
+    rerun = run_script("data_efficiency", *args)
     assert "fraction=0.5 seed=0" not in rerun.stdout
     assert json.loads(path.read_text())["rows"] == rows
 
@@ -99,19 +106,17 @@ def test_data_efficiency_quick_writes_rows_table_plot_and_skips_done_rows(tmp_pa
     other.parent.mkdir()
     extra = {**rows[0], "seed": 7, "accuracy": 0.5}
     other.write_text(json.dumps({"config": data["config"], "rows": [rows[1], extra]}))
-    merged = run_script("data_efficiency.py", *args, "--merge_from", str(other))
+    merged = run_script("data_efficiency", *args, "--merge_from", str(other))
     assert "fraction=0.5 seed=7" not in merged.stdout
     assert json.loads(path.read_text())["rows"] == rows + [extra]
     other.write_text(json.dumps({"config": {**data["config"], "epochs": 99}, "rows": [extra]}))
     with pytest.raises(AssertionError, match="another configuration"):
-        run_script("data_efficiency.py", *args, "--merge_from", str(other))
+        run_script("data_efficiency", *args, "--merge_from", str(other))
 
 
 def load_script(name: str):
-    spec = importlib.util.spec_from_file_location(f"{name}_under_test", BENCHMARKS / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    """A benchmark module, imported from the benchmarks package (no sys.path edits)."""
+    return importlib.import_module(f"benchmarks.{name}")
 
 
 def load_data_efficiency():
@@ -164,7 +169,7 @@ def test_data_efficiency_workers_split_seeds_and_merge_their_rows(tmp_path):
     (tmp_path / "results").mkdir()
     (tmp_path / "results" / "data_efficiency_quick.json").write_text(json.dumps({"config": config, "rows": [done]}))
 
-    result = run_script("data_efficiency.py", *args, "--workers", "2")
+    result = run_script("data_efficiency", *args, "--workers", "2")
     rows = json.loads((tmp_path / "results" / "data_efficiency_quick.json").read_text())["rows"]
     assert sorted((r["method"], r["seed"]) for r in rows) == [
         ("scratch", 0),
@@ -253,3 +258,28 @@ def test_data_efficiency_targets_are_checked_on_the_means_where_rows_exist():
     assert not any("bpid" in target or "teacher of 10%" in target for target in checks)
     rows[-1]["accuracy"] = 0.5
     assert not {c["target"]: c for c in bench.targets(bench.summary(rows))}[datafree["target"]]["met"]
+
+
+def test_data_efficiency_methods_table_is_the_one_description():
+    """The docstring, --help, the runner's rows and the report's order all come from methods.METHODS."""
+    bench = load_data_efficiency()
+    assert set(bench.METHOD_NAMES) == METHODS
+    for method in bench.METHODS:
+        assert f"    {method.name}" in bench.__doc__ and method.description.split()[0] in bench.__doc__
+    args = bench.parse_args(["--quick"])
+    assert args.methods == list(bench.METHOD_NAMES)
+    stops = {m.name: m.stop_epoch(10) for m in bench.METHODS if m.kind != "teacher"}
+    assert stops["scratch"] == 0.0 and stops["deit"] == 10 and stops["dearkd_no_stop"] == 10
+    assert stops["dearkd"] == stops["datafree_bpid"] == pytest.approx(8.0)
+    assert bench.row_epochs(args, "datafree_bpid", 0.1) == args.datafree_epochs
+
+
+def test_results_store_repository_paths_relative_and_committed_results_hold_no_machine_paths():
+    bench = load_data_efficiency()
+    assert bench.run_config(bench.parse_args(["--quick"]))["dataset_dir"] == "examples/data/fashion_mnist_small"
+    assert bench.stored_path("/elsewhere/data") == "/elsewhere/data"
+    committed = [p for p in (BENCHMARKS / "results").rglob("*") if p.suffix in (".json", ".md")]
+    assert committed
+    for path in committed:
+        text = path.read_text()
+        assert str(ROOT) not in text and not re.search(r'"(/work|/root|/home|/tmp)/', text), path

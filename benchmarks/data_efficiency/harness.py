@@ -1,0 +1,329 @@
+"""The data-efficiency harness: the configuration that rows depend on, the results file, workers, and the runner.
+
+The runner trains each row through the example scripts' ``main()`` (what a user runs); the report
+(:mod:`.report`) and the methods (:mod:`.methods`) are separate.
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import importlib.util
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from dearkd_hf.callbacks import DEFAULT_STOP_FRACTION
+
+from .methods import BY_NAME
+
+ROOT = Path(__file__).resolve().parents[2]
+EXAMPLES = ROOT / "examples"
+RESULTS_DIR = ROOT / "benchmarks" / "results"
+
+
+def load_example(name: str):
+    """An example script as a module (by path: the examples are not a package)."""
+    module_name = f"dearkd_examples_{name}"
+    if module_name in sys.modules:
+        return sys.modules[module_name]
+    spec = importlib.util.spec_from_file_location(module_name, EXAMPLES / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[module_name] = module  # dataclasses resolve string annotations through sys.modules
+    spec.loader.exec_module(module)
+    return module
+
+
+def ensure_dataset(path: str) -> None:
+    if (Path(path) / "dataset_dict.json").is_file():
+        return
+    print(f"Preparing the full Fashion-MNIST set in {path} ...", flush=True)
+    load_example("prepare_fashion_mnist").main(["--full", "--output_dir", path])
+
+
+# ---- the config that results depend on, and the results file ----
+
+
+def stored_path(path: str) -> str:
+    """A path as the results store it: relative to the repository when inside it (committed results hold no machine
+    paths), else absolute."""
+    absolute = Path(path).resolve()
+    return absolute.relative_to(ROOT).as_posix() if absolute.is_relative_to(ROOT) else str(absolute)
+
+
+def run_config(args: argparse.Namespace) -> dict[str, Any]:
+    """Everything that changes a row's number; rows from a different config are never mixed in."""
+    return {
+        "dataset_dir": stored_path(args.dataset_dir),
+        "epochs": args.epochs and dict(zip(map(str, args.fractions), args.epochs * len(args.fractions))),
+        "full_set_epochs": args.full_set_epochs,
+        "max_epochs": args.max_epochs,
+        "datafree_epochs": args.datafree_epochs,
+        "datafree_distillation_type": args.datafree_distillation_type,
+        "rand_augment": args.rand_augment,
+        "mixup": args.mixup,
+        "cutmix": args.cutmix,
+        "batch_size": args.batch_size,
+        "learning_rate": args.learning_rate,
+        "weight_decay": args.weight_decay,
+        "student": args.student,
+        "teacher": args.teacher,
+        "num_generated": args.num_generated,
+        "gen_iterations": args.gen_iterations,
+        "gen_batch_size": args.gen_batch_size,
+        "gen_tv": args.gen_tv,
+        "gen_r_bn": args.gen_r_bn,
+        "gen_jitter": args.gen_jitter,
+        "max_train_samples": args.max_train_samples,
+        "max_eval_samples": args.max_eval_samples,
+        "stop_epoch_fraction": DEFAULT_STOP_FRACTION,
+    }
+
+
+class Results:
+    """The JSON file, rewritten atomically after each row."""
+
+    def __init__(self, path: Path, config: dict[str, Any], overwrite: bool):
+        self.path = path
+        self.config = config
+        self.rows: list[dict[str, Any]] = []
+        if path.is_file() and not overwrite:
+            saved = json.loads(path.read_text())
+            if saved.get("config") != config:
+                raise SystemExit(
+                    f"{path} holds rows made with another configuration ({saved.get('config')}); pass --overwrite "
+                    "to discard them, or another --results_dir."
+                )
+            self.rows = saved["rows"]
+
+    def has(self, method: str, fraction: float, seed: int) -> bool:
+        return any(_key(row) == (method, fraction, seed) for row in self.rows)
+
+    def add(self, row: dict[str, Any]) -> None:
+        self.rows.append(row)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.path.with_suffix(".json.tmp")
+        tmp.write_text(json.dumps({"config": self.config, "rows": self.rows}, indent=2))
+        os.replace(tmp, self.path)
+
+
+def merge_rows(results: Results, paths: list[Path]) -> None:
+    """Add the rows of other workers' results files that this one lacks (same configuration only)."""
+    for path in paths:
+        other = json.loads(path.read_text())
+        if other.get("config") != results.config:
+            raise SystemExit(f"--merge_from {path}: made with another configuration; it cannot be merged.")
+        for row in other["rows"]:
+            if not results.has(*_key(row)):
+                results.add(row)
+
+
+def run_workers(args: argparse.Namespace, argv: list[str], results: Results) -> None:
+    """This benchmark (``python -m benchmarks.data_efficiency``) once per group of seeds, in parallel, each with its
+    own results file; then fold them in."""
+    groups = [args.seeds[i :: args.workers] for i in range(min(args.workers, len(args.seeds)))]
+    workers_dir = Path(args.work_dir) / "workers"
+    workers_dir.mkdir(parents=True, exist_ok=True)
+    jobs = []
+    for seeds in groups:
+        name = "seeds-" + "-".join(map(str, seeds))
+        path = workers_dir / name / f"{args.prefix}.json"
+        if args.overwrite:
+            path.unlink(missing_ok=True)
+        own = Results(path, results.config, overwrite=False)
+        for row in results.rows:  # rows this file already has are not trained again
+            if row["seed"] in seeds and not own.has(*_key(row)):
+                own.add(row)
+        passed = [arg for arg in argv if arg != "--overwrite"]  # handled above, once
+        command = [sys.executable, "-m", __package__, *passed, "--workers=1", "--seeds", *map(str, seeds)]
+        command.append(f"--results_dir={own.path.parent}")
+        log = open(workers_dir / f"{name}.log", "w")  # noqa: SIM115 (closed below, after the process ends)
+        print(f"worker {name}: log in {log.name}", flush=True)
+        process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT)
+        jobs.append((process, log, own.path))
+    failed = []
+    for process, log, _ in jobs:
+        if process.wait() != 0:
+            failed.append(log.name)
+        log.close()
+    merge_rows(results, [path for *_, path in jobs if path.is_file()])
+    if failed:
+        raise SystemExit(f"workers failed (their finished rows are kept); see {', '.join(failed)}")
+
+
+def _key(row: dict[str, Any]) -> tuple[str, float, int]:
+    return row["method"], float(row["train_fraction"]), int(row["seed"])
+
+
+# ---- rows ----
+
+
+class Runner:
+    """Trains the rows through the example scripts' ``main()``; models and generated sets go to ``args.work_dir``."""
+
+    def __init__(self, args: argparse.Namespace):
+        self.args = args
+        self.work = Path(args.work_dir)
+        self.train_teacher = load_example("train_teacher")
+        self.run = load_example("run")
+        self.generate = load_example("generate")
+
+    def common(self, fraction: float, seed: int, output_dir: Path, epochs: float) -> list[str]:
+        a = self.args
+        flags = [
+            f"--train_fraction={fraction}",
+            f"--seed={seed}",
+            "--image_size=28",
+            f"--output_dir={output_dir}",
+            f"--num_train_epochs={epochs}",
+            f"--rand_augment={a.rand_augment}",
+            f"--mixup={a.mixup}",
+            f"--cutmix={a.cutmix}",
+            f"--per_device_train_batch_size={a.batch_size}",
+            "--per_device_eval_batch_size=256",
+            f"--learning_rate={a.learning_rate}",
+            f"--weight_decay={a.weight_decay}",
+            "--lr_scheduler_type=cosine",
+            "--warmup_steps=0.1",
+            "--save_strategy=no",
+            "--eval_strategy=no",
+            "--logging_strategy=epoch",
+            "--report_to=none",
+            "--disable_tqdm=true",
+            "--log_level=warning",
+            f"--use_cpu={not torch.cuda.is_available()}",
+        ]
+        if a.max_train_samples is not None:
+            flags.append(f"--max_train_samples={a.max_train_samples}")
+        if a.max_eval_samples is not None:
+            flags.append(f"--max_eval_samples={a.max_eval_samples}")
+        return flags
+
+    def teacher_dir(self, fraction: float, seed: int) -> Path:
+        return self.work / f"teacher-f{fraction}-s{seed}"
+
+    def train_teacher_row(self, fraction: float, seed: int) -> float:
+        output_dir = self.teacher_dir(fraction, seed)
+        shutil.rmtree(output_dir, ignore_errors=True)
+        argv = [
+            "--model_type=resnet",
+            f"--config_overrides={self.args.teacher}",
+            f"--dataset_name={self.args.dataset_dir}",
+            *self.common(fraction, seed, output_dir, epochs_for(self.args, fraction)),
+        ]
+        metrics = self.train_teacher.main(argv)
+        (output_dir / "DONE").write_text(json.dumps(metrics))
+        return metrics["eval_accuracy"]
+
+    def ensure_teacher(self, fraction: float, seed: int) -> str:
+        """The (fraction, seed) teacher's folder, trained now if a previous run did not leave it."""
+        folder = self.teacher_dir(fraction, seed)
+        if not (folder / "DONE").is_file():
+            print(f"  (re)training the teacher of fraction {fraction}, seed {seed}", flush=True)
+            self.train_teacher_row(fraction, seed)
+        return str(folder)
+
+    def student_row(
+        self,
+        method: str,
+        fraction: float,
+        seed: int,
+        *,
+        beta: float,
+        stop_epoch: float,
+        mhca: bool,
+        epochs: float,
+        dataset: str | None = None,
+        teacher: str | None = None,
+    ) -> float:
+        """examples/run.py on the real data (or a generated set, evaluated on the real test set).
+
+        The teacher is the (fraction, seed) teacher of the work dir unless ``teacher`` names another folder.
+        """
+        a = self.args
+        teacher = teacher or self.ensure_teacher(fraction, seed)
+        output_dir = self.work / f"{method}-f{fraction}-s{seed}"
+        shutil.rmtree(output_dir, ignore_errors=True)
+        student = a.student + ("" if mhca else ",mhca_layers=[]")
+        argv = [
+            f"--teacher_model_name_or_path={teacher}",
+            "--model_type=dearkd_vit",
+            f"--config_overrides={student}",
+            f"--beta={beta}",
+            f"--distillation_stop_epoch={stop_epoch}",
+            *self.common(1.0 if dataset else fraction, seed, output_dir, epochs),
+        ]
+        if dataset is None:
+            argv.append(f"--dataset_name={a.dataset_dir}")
+        else:
+            argv += [
+                f"--dataset_name={dataset}",
+                f"--eval_dataset_name={a.dataset_dir}",
+                f"--distillation_type={a.datafree_distillation_type}",
+            ]
+        return self.run.main(argv)["eval_accuracy"]
+
+    def generated_set(self, fraction: float, seed: int, bpid: bool) -> str:
+        """examples/generate.py from the (fraction, seed) teacher; resumes or reuses a finished set."""
+        a = self.args
+        # The priors are in the name: a set made with other priors is kept, never resumed with these ones.
+        priors = f"tv{a.gen_tv:g}-rbn{a.gen_r_bn:g}-j{a.gen_jitter}-it{a.gen_iterations}-b{a.gen_batch_size}"
+        output_dir = self.work / f"generated-{'bpid' if bpid else 'di'}-f{fraction}-s{seed}-{priors}"
+        argv = [
+            f"--teacher_model_name_or_path={self.ensure_teacher(fraction, seed)}",
+            f"--num_images={a.num_generated}",
+            f"--output_dir={output_dir}",
+            f"--iterations={a.gen_iterations}",
+            f"--batch_size={a.gen_batch_size}",
+            "--resolution=28",
+            f"--bpid_weight={1.0 if bpid else 0.0}",
+            f"--tv={a.gen_tv}",
+            f"--r_bn={a.gen_r_bn}",
+            f"--jitter={a.gen_jitter}",
+            f"--flip={a.gen_jitter > 0}",
+            f"--seed={seed}",
+        ]
+        self.generate.main(argv)
+        return str(output_dir)
+
+    def row(self, name: str, fraction: float, seed: int) -> tuple[float, dict[str, Any]]:
+        """Train and evaluate one row as ``methods.METHODS`` describes it: its accuracy and extra fields."""
+        method = BY_NAME[name]
+        if method.kind == "teacher":
+            return self.train_teacher_row(fraction, seed), {}
+        epochs = row_epochs(self.args, name, fraction)
+        train = functools.partial(
+            self.student_row,
+            name,
+            fraction,
+            seed,
+            beta=method.beta,
+            stop_epoch=method.stop_epoch(epochs),
+            mhca=method.mhca,
+            epochs=epochs,
+        )
+        if method.kind == "student":
+            return train(), {}
+        start = time.perf_counter()
+        dataset = self.generated_set(fraction, seed, method.bpid)
+        generation_s = time.perf_counter() - start
+        return train(dataset=dataset), {"generation_s": generation_s, "num_generated": self.args.num_generated}
+
+
+def epochs_for(args: argparse.Namespace, fraction: float) -> float:
+    """Epochs on ``fraction`` of the real training set (the same for every method at that fraction)."""
+    if args.epochs is not None:
+        return args.epochs[0] if len(args.epochs) == 1 else args.epochs[args.fractions.index(fraction)]
+    return min(args.max_epochs, args.full_set_epochs / fraction)
+
+
+def row_epochs(args: argparse.Namespace, method: str, fraction: float) -> float:
+    """A row's epochs: the fraction's schedule, or ``--datafree_epochs`` for the data-free rows."""
+    return args.datafree_epochs if BY_NAME[method].kind == "datafree" else epochs_for(args, fraction)
