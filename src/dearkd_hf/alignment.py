@@ -204,8 +204,22 @@ class StudentAligners:
     def _hook_fn(self, _module: nn.Module, _args: Any, output: Any) -> Any:
         hidden_states = getattr(output, "hidden_states", None)
         if self._active and hidden_states is not None:
-            output = _with_aligned_features(type(output))(**output, aligned_features=self.head(hidden_states))
+            output = self._with_aligned_features(type(output))(**output, aligned_features=self.head(hidden_states))
         return output
+
+    @staticmethod
+    @functools.cache
+    def _with_aligned_features(output_class: type) -> type:
+        """``output_class`` plus an ``aligned_features`` field (a dataclass made once per output class).
+
+        The features must be a real field of the output: DDP finds the tensors that took part in the forward
+        through the output and rebuilds it with ``output_class(**fields)``, which a key set by hand would break.
+        """
+        return dataclasses.make_dataclass(
+            f"{output_class.__name__}WithAlignment",
+            [(ALIGNED_FEATURES_KEY, tuple | None, None)],
+            bases=(output_class,),
+        )
 
     @staticmethod
     def aligned_features(outputs: Any) -> tuple[torch.Tensor, ...]:
@@ -288,17 +302,3 @@ class StudentAligners:
         if self._student is not None and ALIGNERS_ATTRIBUTE in self._student._modules:
             delattr(self._student, ALIGNERS_ATTRIBUTE)
         self._student = None
-
-
-@functools.cache
-def _with_aligned_features(output_class: type) -> type:
-    """``output_class`` plus an ``aligned_features`` field.
-
-    The features must be a real field of the output: DDP finds the tensors that took part in the forward through
-    the output and rebuilds it with ``output_class(**fields)``, which a key set by hand would break.
-    """
-    return dataclasses.make_dataclass(
-        f"{output_class.__name__}WithAlignment",
-        [(ALIGNED_FEATURES_KEY, tuple | None, None)],
-        bases=(output_class,),
-    )

@@ -2,6 +2,9 @@
 
 Stage 1: ``(1 - alpha) CE + alpha KD + beta * alignment`` with the teacher run under no_grad; stage 2, from
 ``distillation_stop_epoch`` on: labels alone, the teacher released. METHOD.md sections 1-3 specify the losses.
+The aligners' lifecycle is :class:`~dearkd_hf.alignment.StudentAligners`' (the Trainer overrides at the end of the
+class delegate to it); evaluation batches go through ``eval_data_collator``
+(:class:`~dearkd_hf.collators.EvaluationCollatorMixin`). Nothing here comes from the data-loading module.
 """
 
 from __future__ import annotations
