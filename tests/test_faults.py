@@ -1,11 +1,12 @@
 """The fault matrix: `examples/run.py` killed at each moment of a run, then re-run with the same command.
 
 A kill leaves the output folder as it was at that moment: the checkpoints written so far, and possibly one
-checkpoint folder the Trainer was still writing (it writes the weights, then the optimizer, scheduler and random
-state, then trainer_state.json). Whatever the moment, the re-run must resume from the last complete checkpoint,
-say which folder it skipped and why, and end bit-identical to the uninterrupted run with the same seed: same
-weights, same evaluation. The run has 4 steps per epoch, stage 1 until epoch 1.6 and a checkpoint every 2 steps, so
-checkpoint-2 and checkpoint-6 are mid-epoch (in stage 1 and stage 2) and checkpoint-4 an epoch boundary.
+checkpoint folder still being written (the aligners first, through a temporary file renamed into place; then the
+Trainer's weights, optimizer, scheduler and random state, then trainer_state.json). Whatever the moment, the re-run
+must resume from the last complete checkpoint, say which folder it skipped and why, and end bit-identical to the
+uninterrupted run with the same seed: same weights, same evaluation. The run has 4 steps per epoch, stage 1 until
+epoch 1.6 and a checkpoint every 2 steps, so checkpoint-2 and checkpoint-6 are mid-epoch (in stage 1 and stage 2)
+and checkpoint-4 an epoch boundary.
 """
 
 from __future__ import annotations
@@ -18,7 +19,15 @@ import pytest
 import torch
 from test_run_script import run_script, tiny_args, write_teacher
 
-SAVED = ["model.safetensors", "config.json", "optimizer.pt", "scheduler.pt", "rng_state.pth", "trainer_state.json"]
+SAVED = [
+    "aligners.safetensors",
+    "model.safetensors",
+    "config.json",
+    "optimizer.pt",
+    "scheduler.pt",
+    "rng_state.pth",
+    "trainer_state.json",
+]
 
 
 def cut(path: Path) -> None:
@@ -37,12 +46,19 @@ def written_up_to(folder: Path, last: str, cut_last: bool) -> None:
         cut(folder / last)
 
 
+def killed_writing_aligners(folder: Path) -> None:
+    """Killed while the aligners were written: only their temporary file, cut, is there."""
+    written_up_to(folder, "aligners.safetensors", True)
+    (folder / "aligners.safetensors").rename(folder / "aligners.safetensors.partial")
+
+
 # moment -> (the last complete checkpoint, how the kill left checkpoint-4 (None: not started), why it is skipped)
 MOMENTS = {
     "after-checkpoint-2": (2, None, None),
     "after-checkpoint-4": (4, None, None),
     "after-checkpoint-6": (6, None, None),
     "creating-checkpoint-4": (2, lambda f: shutil.rmtree(f) or f.mkdir(), "empty"),
+    "writing-aligners-4": (2, killed_writing_aligners, "no aligners.safetensors"),
     "writing-weights-4": (2, lambda f: written_up_to(f, "model.safetensors", True), "no trainer_state.json"),
     "writing-optimizer-4": (2, lambda f: written_up_to(f, "optimizer.pt", True), "no trainer_state.json"),
     "before-state-4": (2, lambda f: written_up_to(f, "rng_state.pth", False), "no trainer_state.json"),
