@@ -53,6 +53,7 @@ from dearkd_hf.data import (
     train_collator,
 )
 from dearkd_hf.evaluation import compute_accuracy_metrics
+from dearkd_hf.students import processor_normalization, student_geometry
 from dearkd_hf.transforms import with_transforms
 
 logger = logging.getLogger(__name__)
@@ -65,7 +66,10 @@ class ModelArguments:
 
     model_name_or_path: str | None = field(
         default=None,
-        metadata={"help": "Student checkpoint (Hub name or folder): transformers ViT/DeiT or a saved DearKD ViT."},
+        metadata={
+            "help": "Student checkpoint (Hub name or folder): a ViT, DeiT, DINOv2, BEiT or Data2Vec-vision "
+            "classifier, a timm ViT/DeiT/DINOv2 (timm/...), or a saved DearKD ViT."
+        },
     )
     model_type: str = field(
         default="dearkd_vit",
@@ -136,7 +140,7 @@ def build_student(
     return AutoModelForImageClassification.from_config(config)
 
 
-def build_image_processor(model_args: ModelArguments, student: PreTrainedModel, teacher: Teacher) -> Any:
+def build_image_processor(model_args: ModelArguments, image_size: int, teacher: Teacher) -> Any:
     """The student's processor if it has one; from scratch, the teacher's statistics so no re-normalisation runs."""
     name = model_args.image_processor_name or model_args.model_name_or_path or model_args.init_from_vit
     if name is not None:
@@ -144,9 +148,8 @@ def build_image_processor(model_args: ModelArguments, student: PreTrainedModel, 
             return AutoImageProcessor.from_pretrained(name)
         except (OSError, ValueError):
             logger.warning(f"No image processor found for {name}; using the teacher's normalisation.")
-    size = student.config.image_size
     return ViTImageProcessor(
-        size={"height": size, "width": size}, image_mean=list(teacher.mean), image_std=list(teacher.std)
+        size={"height": image_size, "width": image_size}, image_mean=list(teacher.mean), image_std=list(teacher.std)
     )
 
 
@@ -162,10 +165,11 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     labels = label_names(dataset["train"])
     teacher = load_teacher(training_args.teacher_model_name_or_path)
     student = build_student(model_args, labels, teacher, data_args.image_size)
-    processor = build_image_processor(model_args, student, teacher)
-    image_size = student.config.image_size
-    num_channels = student.config.num_channels
-    mean, std = list(processor.image_mean)[:num_channels], list(processor.image_std)[:num_channels]
+    # The student's own size unless --image_size asks for another (checked here, before any data is transformed).
+    geometry = student_geometry(student, data_args.image_size if model_args.model_name_or_path else None)
+    image_size, num_channels = geometry.image_size, geometry.num_channels
+    processor = build_image_processor(model_args, image_size, teacher)
+    mean, std = processor_normalization(processor, num_channels)
     dataset = with_transforms(dataset, image_size, mean, std, num_channels, rand_augment=data_args.rand_augment)
 
     trainer = DearKDTrainer(
@@ -177,6 +181,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         data_collator=train_collator(data_args, len(labels)),
         compute_metrics=compute_accuracy_metrics,
         processing_class=processor,
+        image_size=image_size,
     )
     if model_args.log_attention_distance:
         trainer.add_callback(AttentionDistanceCallback(trainer))

@@ -138,15 +138,17 @@ class AlignmentHead(nn.Module):
         student_dim: int,
         teacher_channels: Sequence[int],
         grid: tuple[int, int],
+        first_block_state: int = 1,
     ):
         super().__init__()
         self.pairs = list(pairs)
         self.grid = grid
+        self.first_block_state = first_block_state  # index of block 1's output in the student's hidden_states
         self.aligners = nn.ModuleList(Aligner(student_dim, c) for c in teacher_channels)
 
     def forward(self, hidden_states: Sequence[torch.Tensor]) -> tuple[torch.Tensor, ...]:
         return tuple(
-            aligner(patch_tokens(hidden_states[pair.student_block], self.grid))
+            aligner(patch_tokens(hidden_states[pair.student_block - 1 + self.first_block_state], self.grid))
             for pair, aligner in zip(self.pairs, self.aligners)
         )
 

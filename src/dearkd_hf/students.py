@@ -1,28 +1,122 @@
-"""One view of any supported ViT student: its geometry and its (class, distillation) logits.
+"""One view of any supported ViT student: its family, geometry, forward arguments and (class, distillation) logits.
 
-Supported: transformers ``ViTForImageClassification``, ``DeiTForImageClassification``,
-``DeiTForImageClassificationWithTeacher`` and the DearKD ViT. They differ only in whether a distillation head exists.
+Everything DearKD knows about a student family lives in :data:`STUDENT_FAMILIES` (and, for timm models wrapped by
+transformers' ``TimmWrapperForImageClassification``, in :class:`_TimmViT`): the trainer and the aligners only read
+the :class:`StudentGeometry` built here and call :func:`student_forward_kwargs` / :func:`student_outputs`.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import nn
 
 
 @dataclass(frozen=True)
-class StudentGeometry:
-    """What alignment and validation need to know about the student, read from its config."""
+class StudentFamily:
+    """One family of ViT students and how DearKD reads it.
 
+    Args:
+        name: The family's name in messages and the README table.
+        class_names: The model classes of the family (subclasses are accepted too).
+        interpolation: How the family runs at an image size other than its own: ``"kwarg"`` (the forward takes
+            ``interpolate_pos_encoding=True``), ``"always"`` (it always interpolates), ``"resize"`` (the position
+            embeddings are resampled once, before training, and the saved config records the new size) or ``"none"``.
+        prefix_tokens: The number of tokens before the patch tokens, from the model's config.
+        example: A Hub checkpoint of the family (for messages and the README).
+    """
+
+    name: str
+    class_names: tuple[str, ...]
+    interpolation: str
+    prefix_tokens: Callable[[Any], int]
+    example: str
+
+    def matches(self, model: nn.Module) -> bool:
+        return any(cls.__name__ in self.class_names for cls in type(model).__mro__)
+
+
+def _registers(config: Any) -> int:
+    return 1 + int(getattr(config, "num_register_tokens", 0) or 0)
+
+
+STUDENT_FAMILIES: tuple[StudentFamily, ...] = (
+    StudentFamily("ViT", ("ViTForImageClassification",), "kwarg", lambda c: 1, "google/vit-base-patch16-224"),
+    StudentFamily(
+        "DeiT",
+        ("DeiTForImageClassification", "DeiTForImageClassificationWithTeacher"),
+        "kwarg",
+        lambda c: 2,
+        "facebook/deit-tiny-distilled-patch16-224",
+    ),
+    StudentFamily(
+        "DearKD ViT", ("DearKDViTForImageClassification",), "none", lambda c: c.num_prefix_tokens, "(from scratch)"
+    ),
+    StudentFamily(
+        "DINOv2",
+        ("Dinov2ForImageClassification", "Dinov2WithRegistersForImageClassification"),
+        "always",
+        _registers,
+        "facebook/dinov2-small-imagenet1k-1-layer",
+    ),
+    StudentFamily("BEiT", ("BeitForImageClassification",), "kwarg", lambda c: 1, "microsoft/beit-base-patch16-224"),
+    StudentFamily(
+        "Data2Vec-vision",
+        ("Data2VecVisionForImageClassification",),
+        "kwarg",
+        lambda c: 1,
+        "facebook/data2vec-vision-base-ft1k",
+    ),
+    StudentFamily(
+        "timm ViT / DeiT / DINOv2 (TimmWrapper)",
+        ("TimmWrapperForImageClassification",),
+        "resize",
+        lambda c: 0,  # read from the timm model itself (_TimmViT)
+        "timm/vit_tiny_patch16_224.augreg_in21k",
+    ),
+)
+_TIMM = STUDENT_FAMILIES[-1]
+
+
+@dataclass(frozen=True)
+class StudentGeometry:
+    """What alignment and validation need to know about the student, read from the model itself.
+
+    Args:
+        family: The student's family.
+        num_blocks: Transformer blocks (the range of alignment pairs' student blocks).
+        hidden_size: Token width.
+        grid: The patch grid ``(h, w)`` at ``image_size``.
+        image_size: The side of the (square) images the student trains on.
+        native_image_size: The side the student was built for.
+        num_prefix_tokens: Tokens before the patch tokens (class, distillation, register tokens).
+        first_block_state: The index of block 1's output in the model's ``hidden_states`` (1 when the embeddings
+            come first, as in transformers; 0 for timm's per-block states).
+        distillation_head: Whether the student has a distillation token and head (logit KD goes through it).
+        num_channels: Input channels.
+        num_labels: Classes.
+        id2label: Class names.
+    """
+
+    family: StudentFamily
     num_blocks: int
     hidden_size: int
     grid: tuple[int, int]
     image_size: int
+    native_image_size: int
+    num_prefix_tokens: int
+    first_block_state: int
+    distillation_head: bool
     num_channels: int
     num_labels: int
     id2label: dict[int, str]
+
+    @property
+    def resized(self) -> bool:
+        return self.image_size != self.native_image_size
 
 
 @dataclass
@@ -34,39 +128,103 @@ class StudentOutput:
     distillation_logits: torch.Tensor | None
 
 
-def student_geometry(model: nn.Module) -> StudentGeometry:
-    """Read the student's depth, width and patch grid from its config, failing clearly on a non-square grid."""
-    config = getattr(model, "config", None)
-    missing = [
-        key
-        for key in ("num_hidden_layers", "hidden_size", "image_size", "patch_size")
-        if getattr(config, key, None) is None
-    ]
-    if missing:
+def student_family(model: nn.Module) -> StudentFamily:
+    """The student's family; a model of no supported family (a CNN, a Swin, ...) is refused naming them."""
+    family = next((f for f in STUDENT_FAMILIES if f.matches(model)), None)
+    if family is _TIMM and not _TimmViT.is_vit(model):
+        family = None
+    if family is None:
+        name = type(model).__name__
+        if name == _TIMM.class_names[0]:
+            name = f"{name} of timm architecture {model.config.architecture!r}"
         raise ValueError(
-            f"model: the student's config lacks {missing}; DearKDTrainer needs a ViT-style student "
-            "(ViT, DeiT or DearKD ViT from transformers/dearkd_hf)."
+            f"model: {name} is not a supported ViT student. DearKDTrainer trains ViT-family students: "
+            + "; ".join(f"{f.name} ({', '.join(f.class_names)})" for f in STUDENT_FAMILIES)
+            + ". CNN and hierarchical (Swin-style) students have no token sequence to align."
         )
-    image_size, patch_size = square_side(config.image_size), square_side(config.patch_size)
-    if image_size is None or patch_size is None or image_size % patch_size:
+    return family
+
+
+def student_geometry(model: nn.Module, image_size: int | None = None) -> StudentGeometry:
+    """The student's depth, width and patch grid at ``image_size`` (default: its own), read from the model.
+
+    Fails clearly on an unsupported student, a patch grid that is not square at ``image_size``, and an image size
+    the student cannot run at (its position embeddings do not interpolate).
+    """
+    family = student_family(model)
+    config = model.config
+    if family is _TIMM:
+        timm_vit = _TimmViT(model)
+        blocks, width, patch, native = timm_vit.num_blocks, timm_vit.width, timm_vit.patch_size, timm_vit.image_size
+        prefix, first_state, distilled = timm_vit.num_prefix_tokens, 0, timm_vit.distilled
+    else:
+        blocks, width = config.num_hidden_layers, config.hidden_size
+        patch, native = square_side(config.patch_size), square_side(config.image_size)
+        prefix, first_state = family.prefix_tokens(config), 1
+        distilled = getattr(model, "distillation_classifier", None) is not None
+    size = native if image_size is None else image_size
+    if patch is None or size is None or size % patch:
         raise ValueError(
-            f"model: the student's tokens do not form a square patch grid (image_size={config.image_size}, "
-            f"patch_size={config.patch_size}); use a square image_size that is a multiple of patch_size."
+            f"image_size: the {family.name} student's tokens do not form a square patch grid at image_size={size} "
+            f"(patch_size={config.patch_size if family is not _TIMM else patch}); use a square image size that is "
+            f"a multiple of the patch size{'' if patch is None else f' {patch}'}."
         )
-    side = image_size // patch_size
+    if size != native and family.interpolation == "none":
+        interpolating = ", ".join(f.name for f in STUDENT_FAMILIES if f.interpolation != "none")
+        raise ValueError(
+            f"image_size: the {family.name} student was built for {native}-pixel images and cannot interpolate its "
+            f"position embeddings to {size}; train at image_size={native} (--image_size {native}), or take a "
+            f"student of a family that interpolates ({interpolating})."
+        )
     return StudentGeometry(
-        num_blocks=config.num_hidden_layers,
-        hidden_size=config.hidden_size,
-        grid=(side, side),
-        image_size=image_size,
-        num_channels=getattr(config, "num_channels", 3),
+        family=family,
+        num_blocks=blocks,
+        hidden_size=width,
+        grid=(size // patch, size // patch),
+        image_size=size,
+        native_image_size=native,
+        num_prefix_tokens=prefix,
+        first_block_state=first_state,
+        distillation_head=distilled,
+        num_channels=getattr(config, "num_channels", None) or _TimmViT(model).num_channels,
         num_labels=config.num_labels,
         id2label={int(k): v for k, v in config.id2label.items()},
     )
 
 
+def prepare_student(model: nn.Module, geometry: StudentGeometry) -> None:
+    """Set the student up for training at ``geometry.image_size`` with its distillation head (timm only).
+
+    A timm ViT has its position embeddings resampled once to the new grid and its config's ``model_args`` record the
+    size, so the saved student reloads as it was trained; a distilled timm DeiT returns both heads' logits while it
+    trains. The transformers families need nothing here (see :func:`student_forward_kwargs`).
+    """
+    if geometry.family is not _TIMM:
+        return
+    timm_model = model.timm_model
+    if geometry.resized:
+        timm_model.set_input_size(img_size=(geometry.image_size, geometry.image_size))
+        model.config.model_args = {**(model.config.model_args or {}), "img_size": geometry.image_size}
+    if geometry.distillation_head:
+        timm_model.set_distilled_training(True)
+
+
+def student_forward_kwargs(geometry: StudentGeometry, output_hidden_states: bool) -> dict[str, Any]:
+    """The keyword arguments of the student's forward besides ``pixel_values``."""
+    kwargs: dict[str, Any] = {"output_hidden_states": output_hidden_states}
+    if geometry.resized and geometry.family.interpolation == "kwarg":
+        kwargs["interpolate_pos_encoding"] = True
+    if output_hidden_states and geometry.family is _TIMM:
+        kwargs["output_fmt"] = "NLC"  # timm's per-block states as (B, h*w, D) patch tokens, not (B, D, h, w) maps
+    return kwargs
+
+
 def student_outputs(outputs) -> StudentOutput:
-    """Normalise a student's forward output; transformers ViT has only ``logits`` (the class head)."""
+    """Normalise a student's forward output: transformers ViT has only ``logits`` (the class head), DeiT and the DearKD
+    ViT add ``cls_logits``/``distillation_logits``, a distilled timm DeiT in training returns ``(class, dist)``."""
+    if isinstance(outputs.logits, tuple):
+        cls_logits, distillation_logits = outputs.logits
+        return StudentOutput((cls_logits + distillation_logits) / 2, cls_logits, distillation_logits)
     cls_logits = getattr(outputs, "cls_logits", None)
     if cls_logits is None:
         cls_logits = outputs.logits
@@ -75,6 +233,58 @@ def student_outputs(outputs) -> StudentOutput:
         cls_logits=cls_logits,
         distillation_logits=getattr(outputs, "distillation_logits", None),
     )
+
+
+def processor_normalization(processor: Any, num_channels: int) -> tuple[list | None, list | None]:
+    """The per-channel mean and std an image processor normalises ``num_channels`` channels with (a timm processor
+    keeps them in ``data_config``); None when it does not say."""
+    data_config = getattr(processor, "data_config", None) or {}
+    mean = getattr(processor, "image_mean", None) or data_config.get("mean")
+    std = getattr(processor, "image_std", None) or data_config.get("std")
+    if mean is None or std is None:
+        return None, None
+    return list(mean)[:num_channels], list(std)[:num_channels]
+
+
+class _TimmViT:
+    """The geometry of a timm ``VisionTransformer`` (ViT, DeiT, DINOv2 with or without registers) in a TimmWrapper."""
+
+    def __init__(self, model: nn.Module):
+        self.model = model.timm_model
+
+    @staticmethod
+    def is_vit(model: nn.Module) -> bool:
+        from timm.models.vision_transformer import VisionTransformer
+
+        return isinstance(getattr(model, "timm_model", None), VisionTransformer)
+
+    @property
+    def num_blocks(self) -> int:
+        return len(self.model.blocks)
+
+    @property
+    def width(self) -> int:
+        return self.model.embed_dim
+
+    @property
+    def patch_size(self) -> int | None:
+        return square_side(tuple(self.model.patch_embed.patch_size))
+
+    @property
+    def image_size(self) -> int | None:
+        return square_side(tuple(self.model.patch_embed.img_size))
+
+    @property
+    def num_prefix_tokens(self) -> int:
+        return self.model.num_prefix_tokens
+
+    @property
+    def distilled(self) -> bool:
+        return hasattr(self.model, "set_distilled_training")
+
+    @property
+    def num_channels(self) -> int:
+        return self.model.patch_embed.proj.in_channels
 
 
 def square_side(value: int | list | tuple) -> int | None:

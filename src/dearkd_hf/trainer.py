@@ -39,7 +39,13 @@ from .collators import Collator, EvaluationCollatorMixin
 from .config import DearKDConfig
 from .hub import ModelCardInfo, build_model_card
 from .losses import scheduled_beta, stage1_loss, stage2_loss
-from .students import student_geometry, student_outputs
+from .students import (
+    prepare_student,
+    processor_normalization,
+    student_forward_kwargs,
+    student_geometry,
+    student_outputs,
+)
 from .teachers import Teacher, TeacherOutput, load_teacher
 
 if TYPE_CHECKING:
@@ -60,8 +66,9 @@ class DearKDTrainer(ExactResumeMixin, EvaluationCollatorMixin, Trainer):
 
     Args:
         model (`PreTrainedModel` or `torch.nn.Module`):
-            The ViT student: transformers `ViTForImageClassification`, `DeiTForImageClassification`,
-            `DeiTForImageClassificationWithTeacher` or a DearKD ViT. Required.
+            The ViT student, of a family in [`~dearkd_hf.students.STUDENT_FAMILIES`]: transformers ViT, DeiT,
+            DINOv2 (with or without registers), BEiT, Data2Vec-vision, a timm ViT/DeiT/DINOv2 loaded through
+            `TimmWrapperForImageClassification`, or a DearKD ViT. Required.
         teacher_model (`torch.nn.Module`, [`~dearkd_hf.teachers.Teacher`] or `str`, *optional*):
             The CNN teacher, or a name/path for [`~dearkd_hf.teachers.load_teacher`]. Defaults to
             `args.teacher_model_name_or_path`.
@@ -92,6 +99,10 @@ class DearKDTrainer(ExactResumeMixin, EvaluationCollatorMixin, Trainer):
             The collator of evaluation and prediction batches. Defaults to the training collator's
             `evaluation_collator` (`collate_fn` for a `MixupCollator`, so evaluation is never mixed), else the
             training collator itself.
+        image_size (`int`, *optional*):
+            The side of the square images the student trains on, when it differs from the student's own (e.g. 112
+            for a 224-pixel checkpoint). The student must be able to interpolate its position embeddings to it.
+            Defaults to the student's own size.
     """
 
     def __init__(
@@ -110,14 +121,16 @@ class DearKDTrainer(ExactResumeMixin, EvaluationCollatorMixin, Trainer):
         optimizer_cls_and_kwargs: tuple[type[torch.optim.Optimizer], dict[str, Any]] | None = None,
         preprocess_logits_for_metrics: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
         eval_data_collator: Collator | None = None,
+        image_size: int | None = None,
     ):
         if model is None:
-            raise ValueError("model: DearKDTrainer needs the ViT student (a ViT, DeiT or DearKD ViT model).")
+            raise ValueError("model: DearKDTrainer needs the ViT student (see dearkd_hf.students.STUDENT_FAMILIES).")
         if args is None:
             args = DearKDConfig(output_dir="trainer_output")
         if not isinstance(args, DearKDConfig):
             raise TypeError(f"args must be a DearKDConfig (got {type(args).__name__}); it carries the DearKD knobs.")
-        self.geometry = student_geometry(model)
+        self.geometry = student_geometry(model, image_size)
+        prepare_student(model, self.geometry)
         self.teacher = self._load_and_check_teacher(teacher_model, args)
         self.teacher_source = self.teacher.source
         self.alignment_pairs = self._resolve_pairs(args)
@@ -149,7 +162,9 @@ class DearKDTrainer(ExactResumeMixin, EvaluationCollatorMixin, Trainer):
         if self.args.label_names is None:
             self.label_names = ["labels"]
         self.teacher.to(self.args.device)
-        self._student_mean, self._student_std = _normalization_of(self.processing_class)
+        self._student_mean, self._student_std = processor_normalization(
+            self.processing_class, self.geometry.num_channels
+        )
         self.distillation_stop = DistillationStopCallback(
             args.distillation_stop_epoch, on_stop=self._release_teacher, stop_fraction=args.distillation_stop_fraction
         )
@@ -213,7 +228,10 @@ class DearKDTrainer(ExactResumeMixin, EvaluationCollatorMixin, Trainer):
                         f"choose a convolutional stage, e.g. one of {self.teacher.stage_names}."
                     )
                 channels.append(features[layer].shape[1])
-        return AlignmentHead(self.alignment_pairs, self.geometry.hidden_size, channels, self.geometry.grid)
+        geometry = self.geometry
+        return AlignmentHead(
+            self.alignment_pairs, geometry.hidden_size, channels, geometry.grid, geometry.first_block_state
+        )
 
     # ---- the loss ----
 
@@ -234,7 +252,7 @@ class DearKDTrainer(ExactResumeMixin, EvaluationCollatorMixin, Trainer):
         distilling = model.training and self.stage == 1
         aligning = distilling and bool(self.alignment_pairs)
         with self.aligners.running(aligning):
-            outputs = model(pixel_values=pixel_values, output_hidden_states=aligning)
+            outputs = model(pixel_values=pixel_values, **student_forward_kwargs(self.geometry, aligning))
         student = student_outputs(outputs)
 
         if distilling:
@@ -427,13 +445,6 @@ def teacher_label_order(
 def _generic(names: list[str]) -> bool:
     """Names that say nothing about the class: transformers' ``LABEL_i`` or the bare index ``"i"``."""
     return all(name in (f"LABEL_{i}", str(i)) for i, name in enumerate(names))
-
-
-def _normalization_of(processing_class: Any) -> tuple[Any, Any]:
-    """The student's input normalisation, from its image processor (None: same as the teacher's)."""
-    mean = getattr(processing_class, "image_mean", None)
-    std = getattr(processing_class, "image_std", None)
-    return mean, std
 
 
 __all__ = ["DearKDTrainer"]

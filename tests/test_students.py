@@ -1,0 +1,267 @@
+"""Every supported ViT family as a student (students.STUDENT_FAMILIES): tiny configurations built offline, trained
+through both stages by examples/run.py, saved, reloaded with AutoModelForImageClassification and pushed to an
+intercepted Hub; geometry read from the model; bad students refused before training."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import timm
+import torch
+from conftest import NUM_LABELS, make_dataset, make_resnet_teacher
+from test_run_script import FakeHubApi, run_script, write_teacher
+from transformers import (
+    AutoModelForImageClassification,
+    BeitConfig,
+    BeitForImageClassification,
+    Data2VecVisionConfig,
+    Data2VecVisionForImageClassification,
+    Dinov2Config,
+    Dinov2ForImageClassification,
+    Dinov2WithRegistersConfig,
+    Dinov2WithRegistersForImageClassification,
+    ResNetConfig,
+    ResNetForImageClassification,
+    SwinConfig,
+    SwinForImageClassification,
+    TimmWrapperConfig,
+    TimmWrapperForImageClassification,
+    ViTImageProcessor,
+)
+
+from dearkd_hf import DearKDConfig, DearKDTrainer
+from dearkd_hf import trainer as dearkd_trainer
+from dearkd_hf.students import STUDENT_FAMILIES, student_geometry
+
+NATIVE = 32  # every tiny student is built for 32-pixel images with 4-pixel patches (an 8x8 grid)
+TRANSFORMERS_SHAPE = dict(
+    image_size=NATIVE, patch_size=4, num_channels=1, hidden_size=16, num_hidden_layers=4, num_attention_heads=2
+)
+TIMM_SHAPE = dict(img_size=NATIVE, patch_size=4, in_chans=1, embed_dim=16, depth=4, num_heads=2)
+
+
+def timm_student(architecture: str, num_labels: int = NUM_LABELS) -> TimmWrapperForImageClassification:
+    """A timm architecture as transformers loads a timm checkpoint (TimmWrapper), shrunk, built without the Hub."""
+    pretrained_cfg = timm.models.get_pretrained_cfg(architecture).to_dict()
+    config = TimmWrapperConfig(
+        architecture=architecture, model_args=dict(TIMM_SHAPE), num_labels=num_labels, pretrained_cfg=pretrained_cfg
+    )
+    return TimmWrapperForImageClassification(config)
+
+
+def transformers_student(model_class, config_class, num_labels: int = NUM_LABELS, **extra):
+    return model_class(config_class(**TRANSFORMERS_SHAPE, num_labels=num_labels, **extra))
+
+
+# family name -> (builder, distillation head, prefix tokens); the checkpoint each tiny configuration is shaped like
+# is the family's `example` in STUDENT_FAMILIES / the README table.
+STUDENTS = {
+    "timm-vit": (lambda n=NUM_LABELS: timm_student("vit_tiny_patch16_224", n), False, 1),
+    "timm-deit-distilled": (lambda n=NUM_LABELS: timm_student("deit_tiny_distilled_patch16_224", n), True, 2),
+    "timm-dinov2-registers": (lambda n=NUM_LABELS: timm_student("vit_small_patch14_reg4_dinov2", n), False, 5),
+    "dinov2": (lambda n=NUM_LABELS: transformers_student(Dinov2ForImageClassification, Dinov2Config, n), False, 1),
+    "dinov2-registers": (
+        lambda n=NUM_LABELS: transformers_student(
+            Dinov2WithRegistersForImageClassification, Dinov2WithRegistersConfig, n, num_register_tokens=2
+        ),
+        False,
+        3,
+    ),
+    "beit": (
+        lambda n=NUM_LABELS: transformers_student(
+            BeitForImageClassification, BeitConfig, n, use_relative_position_bias=True
+        ),
+        False,
+        1,
+    ),
+    "data2vec-vision": (
+        lambda n=NUM_LABELS: transformers_student(
+            Data2VecVisionForImageClassification, Data2VecVisionConfig, n, use_relative_position_bias=True
+        ),
+        False,
+        1,
+    ),
+}
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.mark.parametrize("name", STUDENTS)
+def test_geometry_is_read_from_the_model(name):
+    build, distilled, prefix = STUDENTS[name]
+    geometry = student_geometry(build())
+    assert (geometry.num_blocks, geometry.hidden_size, geometry.grid) == (4, 16, (8, 8))
+    assert geometry.num_prefix_tokens == prefix and geometry.distillation_head == distilled
+    assert geometry.num_channels == 1 and geometry.num_labels == NUM_LABELS
+    assert student_geometry(build(), image_size=training_size(name)).grid == (training_size(name) // 4,) * 2
+
+
+@pytest.mark.parametrize("name", STUDENTS)
+def test_alignment_reads_the_patch_tokens_of_the_paired_block(name):
+    """The aligned features come from block 2's patch tokens (prefix tokens dropped), at the training grid."""
+    build = STUDENTS[name][0]
+    student = build()
+    size = training_size(name)
+    trainer = DearKDTrainer(
+        model=student,
+        teacher_model=make_resnet_teacher(),
+        args=DearKDConfig(output_dir="unused", use_cpu=True, report_to="none", alignment_pairs=["2:resnet.embedder"]),
+        image_size=size,
+    )
+    seen = {}
+    block = _blocks(student)[1]
+    block.register_forward_hook(
+        lambda _m, _a, out: seen.__setitem__("tokens", out[0] if isinstance(out, tuple) else out)
+    )
+    pixels = torch.randn(2, 1, size, size)
+    with trainer.aligners.running(True):
+        outputs = student.train()(pixel_values=pixels, output_hidden_states=True, **_extra(trainer))
+    (features,) = trainer.aligners.aligned_features(outputs)
+    patches = (size // 4) ** 2
+    assert features.shape[:2] == (2, patches)  # the 4x4 grid at 16 pixels, 8x8 at 32
+    head = trainer.aligners.head.aligners[0]
+    assert torch.allclose(features, head(seen["tokens"][:, -patches:]), atol=1e-5)
+
+
+def training_size(name: str) -> int:
+    """Half the checkpoint's size, as 224 -> 112."""
+    return 16
+
+
+def _blocks(student: torch.nn.Module) -> torch.nn.ModuleList:
+    """The student's transformer blocks: its first ModuleList or Sequential of four modules."""
+    return next(
+        m for m in student.modules() if isinstance(m, (torch.nn.ModuleList, torch.nn.Sequential)) and len(m) == 4
+    )
+
+
+def _extra(trainer):
+    from dearkd_hf.students import student_forward_kwargs
+
+    kwargs = student_forward_kwargs(trainer.geometry, True)
+    kwargs.pop("output_hidden_states")
+    return kwargs
+
+
+def test_logit_distillation_goes_through_the_timm_distillation_head(monkeypatch):
+    seen = []
+    real = dearkd_trainer.stage1_loss
+    monkeypatch.setattr(dearkd_trainer, "stage1_loss", lambda *a, **kw: seen.append(a[1]) or real(*a, **kw))
+    trainer = DearKDTrainer(
+        model=STUDENTS["timm-deit-distilled"][0](),
+        teacher_model=make_resnet_teacher(),
+        args=DearKDConfig(output_dir="unused", use_cpu=True, report_to="none", max_steps=1),
+        train_dataset=make_dataset(8),
+        image_size=16,
+    )
+    batch = next(iter(trainer.get_train_dataloader()))
+    trainer.compute_loss(trainer.model.train(), batch)
+    assert seen[0] is not None and seen[0].shape == (8, NUM_LABELS)  # the distillation token's own logits
+
+
+@pytest.fixture(scope="module")
+def teacher_dir(tmp_path_factory) -> str:
+    return write_teacher(tmp_path_factory.mktemp("teacher"), num_labels=10)
+
+
+@pytest.mark.parametrize("name", STUDENTS)
+def test_family_trains_both_stages_saves_reloads_and_pushes(name, tmp_path, teacher_dir, monkeypatch):
+    """run.py --model_name_or_path on a checkpoint-shaped folder, at half the checkpoint's image size."""
+    build = STUDENTS[name][0]
+    base = tmp_path / name
+    build(10).save_pretrained(base)
+    if not name.startswith("timm"):
+        ViTImageProcessor(size={"height": NATIVE, "width": NATIVE}, image_mean=[0.5], image_std=[0.5]).save_pretrained(
+            base
+        )
+    hub = FakeHubApi()
+    monkeypatch.setattr("transformers.trainer.hf_api", lambda: hub)
+    out = tmp_path / "out"
+    size = training_size(name)
+    # fmt: off
+    run_script.main([
+        "--model_name_or_path", str(base), "--teacher_model_name_or_path", teacher_dir, "--image_size", str(size),
+        "--max_train_samples", "32", "--max_eval_samples", "16", "--num_train_epochs", "2",
+        "--per_device_train_batch_size", "16", "--report_to", "none", "--output_dir", str(out), "--logging_steps", "1",
+        "--save_strategy", "no", "--distillation_stop_epoch", "1", "--push_to_hub", "--hub_model_id", f"me/{name}",
+    ])
+    # fmt: on
+    history = json.loads((out / "trainer_state.json").read_text())["log_history"]
+    stages = [log["stage"] for log in history if "loss" in log]
+    assert 1.0 in stages and 2.0 in stages
+    assert all(log["loss_align"] > 0 and log["loss_kd"] > 0 for log in history if "loss_align" in log)
+
+    final = hub.uploads[-1]
+    assert {"model.safetensors", "config.json", "README.md"} <= set(final["files"])
+    assert not [k for k in final["tensors"]["model.safetensors"] if "aligner" in k]
+    assert f"base_model: {base}" in final["card"] or str(base) in final["card"]
+
+    model, info = AutoModelForImageClassification.from_pretrained(out, output_loading_info=True)
+    assert type(model).__name__ == type(build()).__name__
+    assert not info["missing_keys"] and not info["unexpected_keys"]
+    with torch.no_grad():
+        logits = model.eval()(pixel_values=torch.randn(2, 1, size, size), **_reload_kwargs(name)).logits
+    assert logits.shape == (2, 10)
+
+
+def _reload_kwargs(name: str) -> dict:
+    """BEiT-style models interpolate when asked; DINOv2 always does; a timm ViT was resized for good."""
+    return {"interpolate_pos_encoding": True} if name in ("beit", "data2vec-vision") else {}
+
+
+def test_supported_families_cover_the_issue():
+    names = " ".join(family.name for family in STUDENT_FAMILIES)
+    for name in ("ViT", "DeiT", "DINOv2", "BEiT", "Data2Vec-vision", "timm"):
+        assert name in names
+
+
+def test_cnn_and_swin_students_are_refused_naming_the_families():
+    cnn = ResNetForImageClassification(ResNetConfig(num_channels=1, hidden_sizes=[8], depths=[1], embedding_size=8))
+    swin = SwinForImageClassification(
+        SwinConfig(image_size=16, patch_size=4, num_channels=1, embed_dim=8, depths=[1], num_heads=[1])
+    )
+    timm_cnn = TimmWrapperForImageClassification(TimmWrapperConfig(architecture="resnet18", num_labels=3))
+    for student in (cnn, swin, timm_cnn):
+        with pytest.raises(ValueError, match=r"not a supported ViT student.*DINOv2.*BEiT.*TimmWrapper"):
+            DearKDTrainer(model=student, teacher_model=make_resnet_teacher(), args=DearKDConfig(output_dir="x"))
+
+
+@pytest.mark.parametrize("name", ["timm-vit", "dinov2", "beit"])
+def test_non_square_grid_is_refused_before_training(name):
+    with pytest.raises(ValueError, match=r"image_size: .*square patch grid at image_size=18"):
+        DearKDTrainer(
+            model=STUDENTS[name][0](),
+            teacher_model=make_resnet_teacher(),
+            args=DearKDConfig(output_dir="x", use_cpu=True),
+            image_size=18,
+        )
+
+
+def dearkd_vit():
+    from dearkd_hf import DearKDViTConfig, DearKDViTForImageClassification
+
+    return DearKDViTForImageClassification(
+        DearKDViTConfig(image_size=NATIVE, patch_size=4, num_channels=1, hidden_size=16, num_hidden_layers=2,
+                        num_attention_heads=2, intermediate_size=32, num_labels=NUM_LABELS)
+    )  # fmt: skip
+
+
+def test_a_student_that_cannot_interpolate_is_refused_clearly():
+    with pytest.raises(ValueError, match=r"cannot interpolate its position embeddings to 16.*--image_size 32"):
+        DearKDTrainer(
+            model=dearkd_vit(), teacher_model=make_resnet_teacher(), args=DearKDConfig(output_dir="x"), image_size=16
+        )
+
+
+def test_readme_lists_every_family():
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    for family in STUDENT_FAMILIES:
+        assert family.name in readme and family.example in readme
