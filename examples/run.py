@@ -153,6 +153,36 @@ def build_image_processor(model_args: ModelArguments, image_size: int, teacher: 
     )
 
 
+def processor_at_size(processor: Any, image_size: int) -> None:
+    """Make a transformers image processor output ``image_size`` images (the size the student trains at), so the saved
+    processor feeds the saved student what it learned on; a resize-then-crop keeps its ratio. (A timm student's
+    processor is read from its config, which ``prepare_student`` updates.)"""
+    size, crop = getattr(processor, "size", None), getattr(processor, "crop_size", None)
+    if size is None:
+        return
+    square = {"height": image_size, "width": image_size}
+    crop_side = _size_value(crop, "height") if getattr(processor, "do_center_crop", False) else None
+    if crop_side:
+        scale = image_size / crop_side
+        if _size_value(size, "shortest_edge"):
+            processor.size = {"shortest_edge": round(_size_value(size, "shortest_edge") * scale)}
+        elif _size_value(size, "height"):
+            processor.size = {
+                "height": round(_size_value(size, "height") * scale),
+                "width": round(_size_value(size, "width") * scale),
+            }
+        processor.crop_size = square
+    elif _size_value(size, "height"):
+        processor.size = square
+    elif _size_value(size, "shortest_edge"):
+        processor.size = {"shortest_edge": image_size}
+
+
+def _size_value(size: Any, key: str) -> int | None:
+    """One entry of a processor's size (a transformers ``SizeDict`` or a plain dict)."""
+    return size.get(key) if isinstance(size, dict) else getattr(size, key, None)
+
+
 def main(argv: list[str] | None = None) -> dict[str, float]:
     model_args, data_args, training_args = parse_args(sys.argv[1:] if argv is None else argv)
     logging.basicConfig(format="%(asctime)s - %(levelname)s - %(name)s - %(message)s", level=logging.INFO)
@@ -169,6 +199,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     geometry = student_geometry(student, data_args.image_size if model_args.model_name_or_path else None)
     image_size, num_channels = geometry.image_size, geometry.num_channels
     processor = build_image_processor(model_args, image_size, teacher)
+    processor_at_size(processor, image_size)
     mean, std = processor_normalization(processor, num_channels)
     dataset = with_transforms(dataset, image_size, mean, std, num_channels, rand_augment=data_args.rand_augment)
 

@@ -11,13 +11,18 @@ import pytest
 import timm
 import torch
 from conftest import NUM_LABELS, make_dataset, make_resnet_teacher
+from PIL import Image
 from test_run_script import FakeHubApi, run_script, write_teacher
 from transformers import (
+    AutoImageProcessor,
     AutoModelForImageClassification,
     BeitConfig,
     BeitForImageClassification,
+    BitImageProcessor,
     Data2VecVisionConfig,
     Data2VecVisionForImageClassification,
+    DeiTConfig,
+    DeiTForImageClassificationWithTeacher,
     Dinov2Config,
     Dinov2ForImageClassification,
     Dinov2WithRegistersConfig,
@@ -28,6 +33,8 @@ from transformers import (
     SwinForImageClassification,
     TimmWrapperConfig,
     TimmWrapperForImageClassification,
+    ViTConfig,
+    ViTForImageClassification,
     ViTImageProcessor,
 )
 
@@ -58,6 +65,12 @@ def transformers_student(model_class, config_class, num_labels: int = NUM_LABELS
 # family name -> (builder, distillation head, prefix tokens); the checkpoint each tiny configuration is shaped like
 # is the family's `example` in STUDENT_FAMILIES / the README table.
 STUDENTS = {
+    "vit": (lambda n=NUM_LABELS: transformers_student(ViTForImageClassification, ViTConfig, n), False, 1),
+    "deit-distilled": (
+        lambda n=NUM_LABELS: transformers_student(DeiTForImageClassificationWithTeacher, DeiTConfig, n),
+        True,
+        2,
+    ),
     "timm-vit": (lambda n=NUM_LABELS: timm_student("vit_tiny_patch16_224", n), False, 1),
     "timm-deit-distilled": (lambda n=NUM_LABELS: timm_student("deit_tiny_distilled_patch16_224", n), True, 2),
     "timm-dinov2-registers": (lambda n=NUM_LABELS: timm_student("vit_small_patch14_reg4_dinov2", n), False, 5),
@@ -178,10 +191,12 @@ def test_family_trains_both_stages_saves_reloads_and_pushes(name, tmp_path, teac
     build = STUDENTS[name][0]
     base = tmp_path / name
     build(10).save_pretrained(base)
-    if not name.startswith("timm"):
-        ViTImageProcessor(size={"height": NATIVE, "width": NATIVE}, image_mean=[0.5], image_std=[0.5]).save_pretrained(
-            base
-        )
+    if name.startswith("dinov2"):  # DINOv2's processor resizes, then crops
+        processor = BitImageProcessor(size={"shortest_edge": 36}, crop_size=NATIVE, image_mean=[0.5], image_std=[0.5])
+        processor.save_pretrained(base)
+    elif not name.startswith("timm"):
+        processor = ViTImageProcessor(size={"height": NATIVE, "width": NATIVE}, image_mean=[0.5], image_std=[0.5])
+        processor.save_pretrained(base)
     hub = FakeHubApi()
     monkeypatch.setattr("transformers.trainer.hf_api", lambda: hub)
     out = tmp_path / "out"
@@ -210,11 +225,16 @@ def test_family_trains_both_stages_saves_reloads_and_pushes(name, tmp_path, teac
     with torch.no_grad():
         logits = model.eval()(pixel_values=torch.randn(2, 1, size, size), **_reload_kwargs(name)).logits
     assert logits.shape == (2, 10)
+    processor = AutoImageProcessor.from_pretrained(out)  # the saved processor feeds the size the student learned on
+    with torch.no_grad():
+        pixels = processor(Image.new("RGB", (40, 40)), return_tensors="pt")["pixel_values"]
+    assert pixels.shape[-2:] == (size, size)
 
 
 def _reload_kwargs(name: str) -> dict:
-    """BEiT-style models interpolate when asked; DINOv2 always does; a timm ViT was resized for good."""
-    return {"interpolate_pos_encoding": True} if name in ("beit", "data2vec-vision") else {}
+    """transformers ViT, DeiT and BEiT-style models interpolate when asked; DINOv2 always does; a timm ViT was resized
+    for good."""
+    return {"interpolate_pos_encoding": True} if name in ("vit", "deit-distilled", "beit", "data2vec-vision") else {}
 
 
 def test_supported_families_cover_the_issue():

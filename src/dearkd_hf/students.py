@@ -157,11 +157,13 @@ def student_geometry(model: nn.Module, image_size: int | None = None) -> Student
         timm_vit = _TimmViT(model)
         blocks, width, patch, native = timm_vit.num_blocks, timm_vit.width, timm_vit.patch_size, timm_vit.image_size
         prefix, first_state, distilled = timm_vit.num_prefix_tokens, 0, timm_vit.distilled
+        channels = timm_vit.num_channels
     else:
         blocks, width = config.num_hidden_layers, config.hidden_size
         patch, native = square_side(config.patch_size), square_side(config.image_size)
         prefix, first_state = family.prefix_tokens(config), 1
         distilled = getattr(model, "distillation_classifier", None) is not None
+        channels = config.num_channels
     size = native if image_size is None else image_size
     if patch is None or size is None or size % patch:
         raise ValueError(
@@ -186,7 +188,7 @@ def student_geometry(model: nn.Module, image_size: int | None = None) -> Student
         num_prefix_tokens=prefix,
         first_block_state=first_state,
         distillation_head=distilled,
-        num_channels=getattr(config, "num_channels", None) or _TimmViT(model).num_channels,
+        num_channels=channels,
         num_labels=config.num_labels,
         id2label={int(k): v for k, v in config.id2label.items()},
     )
@@ -195,16 +197,22 @@ def student_geometry(model: nn.Module, image_size: int | None = None) -> Student
 def prepare_student(model: nn.Module, geometry: StudentGeometry) -> None:
     """Set the student up for training at ``geometry.image_size`` with its distillation head (timm only).
 
-    A timm ViT has its position embeddings resampled once to the new grid and its config's ``model_args`` record the
-    size, so the saved student reloads as it was trained; a distilled timm DeiT returns both heads' logits while it
-    trains. The transformers families need nothing here (see :func:`student_forward_kwargs`).
+    A timm ViT has its position embeddings resampled once to the new grid and its config's ``model_args`` and
+    ``pretrained_cfg`` record the size, so the saved student and its processor reload as it was trained; a distilled
+    timm DeiT returns both heads' logits while it trains. The transformers families need nothing here (see
+    :func:`student_forward_kwargs`).
     """
     if geometry.family is not _TIMM:
         return
     timm_model = model.timm_model
     if geometry.resized:
-        timm_model.set_input_size(img_size=(geometry.image_size, geometry.image_size))
-        model.config.model_args = {**(model.config.model_args or {}), "img_size": geometry.image_size}
+        side = geometry.image_size
+        timm_model.set_input_size(img_size=(side, side))
+        model.config.model_args = {**(model.config.model_args or {}), "img_size": side}
+        # transformers builds a timm model's image processor from this (its input size).
+        pretrained_cfg = dict(getattr(model.config, "pretrained_cfg", None) or {})
+        channels = pretrained_cfg.get("input_size", (geometry.num_channels,))[0]
+        model.config.pretrained_cfg = {**pretrained_cfg, "input_size": (channels, side, side)}
     if geometry.distillation_head:
         timm_model.set_distilled_training(True)
 
