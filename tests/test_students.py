@@ -12,7 +12,7 @@ import timm
 import torch
 from conftest import NUM_LABELS, make_dataset, make_resnet_teacher
 from PIL import Image
-from test_run_script import FakeHubApi, run_script, write_teacher
+from test_run_script import FakeHubApi, one_thread, run_script, write_teacher  # noqa: F401 (one_thread: autouse)
 from transformers import (
     AutoImageProcessor,
     AutoModelForImageClassification,
@@ -97,14 +97,6 @@ STUDENTS = {
         1,
     ),
 }
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.mark.parametrize("name", STUDENTS)
@@ -285,3 +277,18 @@ def test_readme_lists_every_family():
     readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
     for family in STUDENT_FAMILIES:
         assert family.name in readme and family.example in readme
+
+
+def test_a_refused_student_is_left_as_it_came():
+    """Checks run before the student is set up: a timm ViT refused for its channels keeps its size and head mode."""
+    student = STUDENTS["timm-deit-distilled"][0]()
+    with pytest.raises(ValueError, match="teacher_model: the teacher takes 3 input channels"):
+        DearKDTrainer(
+            model=student,
+            teacher_model=make_resnet_teacher(num_channels=3),
+            args=DearKDConfig(output_dir="x", use_cpu=True),
+            image_size=16,
+        )
+    assert tuple(student.timm_model.patch_embed.img_size) == (NATIVE, NATIVE)
+    assert not student.timm_model.distilled_training
+    assert student.config.model_args["img_size"] == NATIVE

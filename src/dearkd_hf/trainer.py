@@ -130,13 +130,14 @@ class DearKDTrainer(ExactResumeMixin, EvaluationCollatorMixin, Trainer):
         if not isinstance(args, DearKDConfig):
             raise TypeError(f"args must be a DearKDConfig (got {type(args).__name__}); it carries the DearKD knobs.")
         self.geometry = student_geometry(model, image_size)
-        prepare_student(model, self.geometry)
         self.teacher = self._load_and_check_teacher(teacher_model, args)
         self.teacher_source = self.teacher.source
         self.alignment_pairs = self._resolve_pairs(args)
         # Seeded as the Trainer seeds itself (it does so only later), so that the aligners start alike in every run.
         enable_full_determinism(args.seed) if args.full_determinism else set_seed(args.seed)
-        self.aligners = StudentAligners(self._build_alignment_head())
+        head = self._build_alignment_head()
+        prepare_student(model, self.geometry)  # after every check: a refused student is left as it came
+        self.aligners = StudentAligners(head)
         self.aligners.attach(model)
         # A checkpoint of an aligning run is complete only with its aligners (resume skips or refuses it otherwise).
         self.checkpoint_files = (ALIGNERS_FILE,) if self.alignment_pairs else ()
