@@ -43,6 +43,7 @@ from dearkd_hf import trainer as dearkd_trainer
 from dearkd_hf.students import STUDENT_FAMILIES, student_geometry
 
 NATIVE = 32  # every tiny student is built for 32-pixel images with 4-pixel patches (an 8x8 grid)
+TRAINED = 16  # and trained at half that size, as 224 -> 112
 TRANSFORMERS_SHAPE = dict(
     image_size=NATIVE, patch_size=4, num_channels=1, hidden_size=16, num_hidden_layers=4, num_attention_heads=2
 )
@@ -106,7 +107,7 @@ def test_geometry_is_read_from_the_model(name):
     assert (geometry.num_blocks, geometry.hidden_size, geometry.grid) == (4, 16, (8, 8))
     assert geometry.num_prefix_tokens == prefix and geometry.distillation_head == distilled
     assert geometry.num_channels == 1 and geometry.num_labels == NUM_LABELS
-    assert student_geometry(build(), image_size=training_size(name)).grid == (training_size(name) // 4,) * 2
+    assert student_geometry(build(), image_size=TRAINED).grid == (TRAINED // 4,) * 2
 
 
 @pytest.mark.parametrize("name", STUDENTS)
@@ -114,7 +115,7 @@ def test_alignment_reads_the_patch_tokens_of_the_paired_block(name):
     """The aligned features come from block 2's patch tokens (prefix tokens dropped), at the training grid."""
     build = STUDENTS[name][0]
     student = build()
-    size = training_size(name)
+    size = TRAINED
     trainer = DearKDTrainer(
         model=student,
         teacher_model=make_resnet_teacher(),
@@ -134,11 +135,6 @@ def test_alignment_reads_the_patch_tokens_of_the_paired_block(name):
     assert features.shape[:2] == (2, patches)  # the 4x4 grid at 16 pixels, 8x8 at 32
     head = trainer.aligners.head.aligners[0]
     assert torch.allclose(features, head(seen["tokens"][:, -patches:]), atol=1e-5)
-
-
-def training_size(name: str) -> int:
-    """Half the checkpoint's size, as 224 -> 112."""
-    return 16
 
 
 def _blocks(student: torch.nn.Module) -> torch.nn.ModuleList:
@@ -177,30 +173,41 @@ def teacher_dir(tmp_path_factory) -> str:
     return write_teacher(tmp_path_factory.mktemp("teacher"), num_labels=10)
 
 
+def checkpoint_folder(name: str, folder: Path) -> Path:
+    """The family's tiny student saved as a Hub checkpoint would be (ten labels, a processor for 32-pixel images)."""
+    STUDENTS[name][0](10).save_pretrained(folder)
+    if name.startswith("dinov2"):  # DINOv2's processor resizes, then crops
+        processor = BitImageProcessor(size={"shortest_edge": 36}, crop_size=NATIVE, image_mean=[0.5], image_std=[0.5])
+        processor.save_pretrained(folder)
+    elif not name.startswith("timm"):  # a timm model's processor is read from its config.json
+        processor = ViTImageProcessor(size={"height": NATIVE, "width": NATIVE}, image_mean=[0.5], image_std=[0.5])
+        processor.save_pretrained(folder)
+    return folder
+
+
+def run_args(base: Path, teacher: str, out: Path, epochs: int, *extra: str) -> list[str]:
+    # fmt: off
+    return [
+        "--model_name_or_path", str(base), "--teacher_model_name_or_path", teacher, "--image_size", str(TRAINED),
+        "--max_train_samples", "32", "--max_eval_samples", "16", "--num_train_epochs", str(epochs),
+        "--per_device_train_batch_size", "16", "--report_to", "none", "--output_dir", str(out), "--logging_steps", "1",
+        "--distillation_stop_epoch", "1", *extra,
+    ]
+    # fmt: on
+
+
 @pytest.mark.parametrize("name", STUDENTS)
 def test_family_trains_both_stages_saves_reloads_and_pushes(name, tmp_path, teacher_dir, monkeypatch):
     """run.py --model_name_or_path on a checkpoint-shaped folder, at half the checkpoint's image size."""
     build = STUDENTS[name][0]
-    base = tmp_path / name
-    build(10).save_pretrained(base)
-    if name.startswith("dinov2"):  # DINOv2's processor resizes, then crops
-        processor = BitImageProcessor(size={"shortest_edge": 36}, crop_size=NATIVE, image_mean=[0.5], image_std=[0.5])
-        processor.save_pretrained(base)
-    elif not name.startswith("timm"):
-        processor = ViTImageProcessor(size={"height": NATIVE, "width": NATIVE}, image_mean=[0.5], image_std=[0.5])
-        processor.save_pretrained(base)
+    base = checkpoint_folder(name, tmp_path / name)
     hub = FakeHubApi()
     monkeypatch.setattr("transformers.trainer.hf_api", lambda: hub)
     out = tmp_path / "out"
-    size = training_size(name)
-    # fmt: off
-    run_script.main([
-        "--model_name_or_path", str(base), "--teacher_model_name_or_path", teacher_dir, "--image_size", str(size),
-        "--max_train_samples", "32", "--max_eval_samples", "16", "--num_train_epochs", "2",
-        "--per_device_train_batch_size", "16", "--report_to", "none", "--output_dir", str(out), "--logging_steps", "1",
-        "--save_strategy", "no", "--distillation_stop_epoch", "1", "--push_to_hub", "--hub_model_id", f"me/{name}",
-    ])
-    # fmt: on
+    size = TRAINED
+    run_script.main(
+        run_args(base, teacher_dir, out, 2, "--save_strategy", "no", "--push_to_hub", "--hub_model_id", f"me/{name}")
+    )
     history = json.loads((out / "trainer_state.json").read_text())["log_history"]
     stages = [log["stage"] for log in history if "loss" in log]
     assert 1.0 in stages and 2.0 in stages
@@ -227,6 +234,25 @@ def _reload_kwargs(name: str) -> dict:
     """transformers ViT, DeiT and BEiT-style models interpolate when asked; DINOv2 always does; a timm ViT was resized
     for good."""
     return {"interpolate_pos_encoding": True} if name in ("vit", "deit-distilled", "beit", "data2vec-vision") else {}
+
+
+@pytest.mark.parametrize("name", ["timm-deit-distilled", "beit"])
+def test_a_resized_student_resumes_from_its_checkpoint(name, tmp_path, teacher_dir, monkeypatch):
+    """A checkpoint of a student trained at another size than its own (a resized timm ViT, an interpolating BEiT)
+    restores it and its aligners, and training goes on."""
+    base = checkpoint_folder(name, tmp_path / name)
+    out = tmp_path / "out"
+    run_script.main(run_args(base, teacher_dir, out, 1, "--save_strategy", "epoch"))
+    assert (out / "checkpoint-2" / "aligners.safetensors").is_file()
+    steps, training_step = [], DearKDTrainer.training_step
+    monkeypatch.setattr(
+        DearKDTrainer,
+        "training_step",
+        lambda self, *a, **kw: steps.append(self.state.global_step) or training_step(self, *a, **kw),
+    )
+    run_script.main(run_args(base, teacher_dir, out, 2, "--save_strategy", "epoch"))
+    assert steps == [2, 3]  # only the second epoch ran, from checkpoint-2
+    assert json.loads((out / "trainer_state.json").read_text())["global_step"] == 4
 
 
 def test_supported_families_cover_the_issue():
