@@ -283,3 +283,81 @@ def test_results_store_repository_paths_relative_and_committed_results_hold_no_m
     for path in committed:
         text = path.read_text()
         assert str(ROOT) not in text and not re.search(r'"(/work|/root|/home|/tmp)/', text), path
+
+
+@pytest.mark.slow
+def test_robustness_quick_writes_grid_rows_with_variants_and_skips_done_rows(tmp_path):
+    args = [
+        "--quick",
+        "--workers=1",
+        "--seeds",
+        "0",
+        "--train_images",
+        "40",
+        "--steps",
+        "3",
+        "--variant",
+        "linear=--beta_schedule linear",
+        f"--results_dir={tmp_path / 'results'}",
+        f"--work_dir={tmp_path / 'work'}",
+    ]
+    run_script("robustness", *args)
+    path = tmp_path / "results" / "robustness_quick.json"
+    rows = json.loads(path.read_text())["rows"]
+    assert sorted(row["method"] for row in rows) == ["dearkd", "deit", "labels_only", "linear", "teacher"]
+    for row in rows:
+        assert row["train_images"] == 40 and row["seed"] == 0 and 0.0 <= row["accuracy"] <= 1.0
+        assert row["steps"] == (0 if row["method"] == "teacher" else 3)
+    flags = {row["method"]: row["flags"] for row in rows}
+    assert flags["dearkd"] == [] and flags["linear"] == ["--beta_schedule", "linear"]
+    assert flags["labels_only"] == ["--distillation_stop_epoch=0"] and "--beta=0" in flags["deit"]
+    student = next(row for row in rows if row["method"] == "linear")
+    assert student["log"]["stage"] == 2.0  # the run crossed the switch
+    table = (tmp_path / "results" / "robustness_quick.md").read_text()
+    assert "| 40 | 3 |" in table and "`linear`: `--beta_schedule linear`" in table
+    assert (tmp_path / "results" / "robustness_quick.png").read_bytes()[:4] == b"\x89PNG"
+    assert str(tmp_path) not in table and str(tmp_path) not in path.read_text()
+
+    rerun = run_script("robustness", *args)
+    assert "n=40" not in rerun.stdout
+    assert json.loads(path.read_text())["rows"] == rows
+
+
+def test_robustness_paired_differences_and_targets_by_hand():
+    robustness = load_script("robustness")
+
+    def row(method, seed, accuracy, n=450, steps=250):
+        return {"method": method, "train_images": n, "steps": steps, "seed": seed, "accuracy": accuracy}
+
+    rows = [row("teacher", 0, 0.8, steps=0), row("teacher", 1, 0.9, steps=0)]
+    rows += [row("labels_only", 0, 0.50), row("labels_only", 1, 0.60)]
+    rows += [row("deit", 0, 0.55), row("deit", 1, 0.45)]
+    rows += [row("dearkd", 0, 0.58), row("dearkd", 1, 0.58)]
+    rows += [
+        row("labels_only", 0, 0.7, steps=1000),
+        row("deit", 0, 0.6, steps=1000),
+        row("dearkd", 0, 0.65, steps=1000),
+    ]
+    cells = robustness.cell_stats(rows)
+    assert set(cells) == {(450, 250), (450, 1000)}
+    short = cells[(450, 250)]
+    assert short["methods"]["teacher"]["mean"] == pytest.approx(85.0)  # one teacher per (size, seed), every schedule
+    assert short["methods"]["dearkd"]["mean"] == pytest.approx(58.0)
+    assert short["paired"]["dearkd - labels_only"]["mean"] == pytest.approx((8 - 2) / 2)
+    assert short["paired"]["dearkd - deit"]["mean"] == pytest.approx((3 + 13) / 2)
+    assert robustness.targets_met(cells) == {"n=450, steps=250": True, "n=450, steps=1000": False}
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--variant", "nothing"], "NAME="),
+        (["--variant", "dearkd=--beta 0"], "a name other than"),
+        (["--methods", "bogus"], "not a base method"),
+    ],
+)
+def test_robustness_rejects_bad_variants_and_methods(argv, message, capsys):
+    robustness = load_script("robustness")
+    with pytest.raises(SystemExit):
+        robustness.parse_args(["--quick", *argv])
+    assert message in capsys.readouterr().err
