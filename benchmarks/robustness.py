@@ -18,7 +18,7 @@ Fashion-MNIST at 10% (``benchmarks.data_efficiency``) is the grid's large-data c
 ``<results_dir>/robustness.json`` as they finish and skipped on a re-run; ``robustness.md`` holds the per-cell means
 and paired differences (DearKD minus each baseline, same seed and teacher), ``robustness.png`` the plot.
 
-    python -m benchmarks.robustness              # the grid: about an hour on 2 CPU cores (2 workers)
+    python -m benchmarks.robustness --workers 3  # the grid, one worker per seed: about 2 h on 2 shared CPU cores
     python -m benchmarks.robustness --quick      # embedded 5k/1k subset, tiny models, a handful of steps
 """
 
