@@ -40,10 +40,12 @@ from dearkd_hf import (
 from dearkd_hf.checks import check_local_folder, check_writable_folder, hub_lookup
 from dearkd_hf.cli import (
     check_config_overrides,
+    explicit_argument_names,
     parse_config_overrides,
     parse_script_args,
     resume_checkpoint,
     run_main,
+    with_loader_defaults,
 )
 from dearkd_hf.data import (
     DataTrainingArguments,
@@ -53,6 +55,7 @@ from dearkd_hf.data import (
     train_collator,
 )
 from dearkd_hf.evaluation import compute_accuracy_metrics
+from dearkd_hf.recipes import apply_recipe
 from dearkd_hf.students import processor_normalization, student_geometry
 from dearkd_hf.transforms import with_transforms
 
@@ -115,10 +118,21 @@ def check_arguments(model_args: ModelArguments, training_args: DearKDConfig) -> 
 
 
 def build_student(
-    model_args: ModelArguments, labels: list[str], teacher: Teacher, image_size: int | None
+    model_args: ModelArguments,
+    labels: list[str],
+    teacher: Teacher,
+    image_size: int | None,
+    recipe_config: dict[str, Any] | None = None,
 ) -> PreTrainedModel:
-    """The student with the dataset's labels and the teacher's input channels."""
+    """The student with the dataset's labels and the teacher's input channels.
+
+    `recipe_config` (a recipe's student values, e.g. drop path) applies to a DearKD ViT built here; --config_overrides
+    win over it.
+    """
     if model_args.model_name_or_path:
+        if recipe_config:
+            logger.warning(f"The recipe's student settings {recipe_config} apply to a student built here, not to "
+                           f"{model_args.model_name_or_path}.")  # fmt: skip
         with hub_lookup(model_args.model_name_or_path, "--model_name_or_path"):
             return AutoModelForImageClassification.from_pretrained(
                 model_args.model_name_or_path,
@@ -129,15 +143,23 @@ def build_student(
     overrides = parse_config_overrides(model_args.config_overrides)
     if model_args.init_from_vit:
         check_config_overrides(DearKDViTForImageClassification.config_class(), overrides)
+        overrides = {**supported(recipe_config, DearKDViTForImageClassification.config_class()), **overrides}
         with hub_lookup(model_args.init_from_vit, "--init_from_vit"):
             return DearKDViTForImageClassification.from_vit(
                 model_args.init_from_vit, **label_kwargs(labels), **overrides
             )
-    check_config_overrides(AutoConfig.for_model(model_args.model_type), overrides)
+    base = AutoConfig.for_model(model_args.model_type)
+    check_config_overrides(base, overrides)
+    overrides = {**supported(recipe_config, base), **overrides}
     overrides.setdefault("num_channels", teacher.num_channels)
     overrides.setdefault("image_size", image_size or teacher.input_size or 224)
     config = AutoConfig.for_model(model_args.model_type, **overrides, **label_kwargs(labels))
     return AutoModelForImageClassification.from_config(config)
+
+
+def supported(values: dict[str, Any] | None, config: Any) -> dict[str, Any]:
+    """The recipe's student values that ``config`` has a field for (a plain ViT has no drop path)."""
+    return {key: value for key, value in (values or {}).items() if hasattr(config, key)}
 
 
 def build_image_processor(model_args: ModelArguments, image_size: int, teacher: Teacher) -> Any:
@@ -184,24 +206,32 @@ def _size_value(size: Any, key: str) -> int | None:
 
 
 def main(argv: list[str] | None = None) -> dict[str, float]:
-    model_args, data_args, training_args = parse_args(sys.argv[1:] if argv is None else argv)
+    argv = sys.argv[1:] if argv is None else argv
+    model_args, data_args, training_args = parse_args(argv)
     logging.basicConfig(format="%(asctime)s - %(levelname)s - %(name)s - %(message)s", level=logging.INFO)
     transformers.utils.logging.set_verbosity(training_args.get_process_log_level())
     check_arguments(model_args, training_args)
+    explicit = explicit_argument_names(argv)  # flags given explicitly win over the defaults below
+    training_args = with_loader_defaults(training_args, explicit)
+    recipe_config = {}
+    if data_args.recipe is not None:
+        training_args, data_args, recipe_config = apply_recipe(data_args.recipe, training_args, data_args, explicit)
     # Before the teacher, the student and the aligners are built, so that --seed fixes their initial weights too.
     set_seed(training_args.seed)
 
     dataset = load_image_datasets(data_args, seed=training_args.seed)
     labels = label_names(dataset["train"])
     teacher = load_teacher(training_args.teacher_model_name_or_path)
-    student = build_student(model_args, labels, teacher, data_args.image_size)
+    student = build_student(model_args, labels, teacher, data_args.image_size, recipe_config)
     # The student's own size unless --image_size asks for another (checked here, before any data is transformed).
     geometry = student_geometry(student, data_args.image_size if model_args.model_name_or_path else None)
     image_size, num_channels = geometry.image_size, geometry.num_channels
     processor = build_image_processor(model_args, image_size, teacher)
     processor_at_size(processor, image_size)
     mean, std = processor_normalization(processor, num_channels)
-    dataset = with_transforms(dataset, image_size, mean, std, num_channels, rand_augment=data_args.rand_augment)
+    dataset = with_transforms(
+        dataset, image_size, mean, std, num_channels, rand_augment=data_args.rand_augment, recipe=data_args.recipe
+    )
 
     trainer = DearKDTrainer(
         model=student,

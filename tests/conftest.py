@@ -26,6 +26,16 @@ TINY_VIT = dict(
     hidden_dropout_prob=0.0,
     num_labels=NUM_LABELS,
 )
+# DeiT-Ti (facebook/deit-tiny-patch16-224): the users' scale, for tests/gpu and test_users_scale_224.py.
+DEIT_TINY = dict(
+    image_size=224,
+    patch_size=16,
+    num_channels=3,
+    hidden_size=192,
+    num_hidden_layers=12,
+    num_attention_heads=3,
+    intermediate_size=768,
+)
 
 
 def make_vit(

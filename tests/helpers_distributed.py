@@ -32,7 +32,7 @@ def main(output_dir: str) -> None:
         logging_steps=1,
         save_strategy="no",
         report_to="none",
-        use_cpu=True,
+        use_cpu=os.environ.get("DEARKD_TEST_DEVICE", "cpu") != "cuda",  # tests/gpu launches it on two GPUs
         seed=0,
         dataloader_num_workers=0,
         disable_tqdm=True,

@@ -26,16 +26,19 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def launch_two_processes(output_dir: Path) -> subprocess.CompletedProcess:
+def launch_two_processes(output_dir: Path, cuda: bool = False) -> subprocess.CompletedProcess:
+    """Two processes on CPU (gloo), or with `cuda=True` one per GPU (nccl; tests/gpu)."""
     env = {
         **os.environ,
         "PYTHONPATH": os.pathsep.join([str(ROOT / "src"), str(ROOT / "tests")]),
         "OMP_NUM_THREADS": "1",
         "HF_HUB_OFFLINE": "1",
         "HF_HOME": str(output_dir / "hf_home"),  # no user accelerate config leaks in
-        "CUDA_VISIBLE_DEVICES": "",
         "MASTER_ADDR": "127.0.0.1",
+        "DEARKD_TEST_DEVICE": "cuda" if cuda else "cpu",
     }
+    if not cuda:
+        env["CUDA_VISIBLE_DEVICES"] = ""
     command = [
         str(ACCELERATE), "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
         "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_ip", "127.0.0.1",

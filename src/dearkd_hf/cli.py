@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ast
+import dataclasses
 import difflib
 import json
 import logging
@@ -12,6 +13,8 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import Any
 
+import torch
+import yaml
 from transformers import HfArgumentParser, PretrainedConfig, TrainingArguments
 
 from .checkpoints import checkpoint_problem, last_complete_checkpoint
@@ -21,6 +24,10 @@ logger = logging.getLogger(__name__)
 # What bad input raises in dearkd_hf and its scripts; printed as one line by `run_main`, anything else as a traceback.
 USER_ERRORS = (ValueError, OSError, FloatingPointError)
 TRACEBACK_ENV = "DEARKD_TRACEBACK"
+
+# Loader workers per training process at most: one GPU training DeiT-Ti at 224 px with the DeiT recipe needs about
+# 12 (benchmarks/results/gpu/speed_224.json, README "Data loading").
+MAX_DEFAULT_WORKERS = 16
 
 
 def parse_script_args(parser: HfArgumentParser, argv: list[str]) -> tuple:
@@ -102,3 +109,57 @@ def run_main(main: Callable[[], Any]) -> None:
             raise
         print(f"error: {error}\n(set {TRACEBACK_ENV}=1 for the traceback)", file=sys.stderr)
         sys.exit(1)
+
+
+def explicit_argument_names(argv: Sequence[str]) -> set[str]:
+    """The argument names a command line (or its single .json/.yaml file) sets: what no default (a recipe's, the
+    loader's) may override.
+
+    ``--name value``, ``--name=value`` and ``--no_name`` (a boolean switched off) all count as naming ``name``.
+    """
+    if len(argv) == 1 and argv[0].endswith((".json", ".yaml", ".yml")):
+        with open(os.path.abspath(argv[0]), encoding="utf-8") as f:
+            values = json.load(f) if argv[0].endswith(".json") else yaml.safe_load(f)
+        return set(values or {})
+    names = set()
+    for arg in argv:
+        if arg.startswith("--"):
+            name = arg[2:].split("=", 1)[0].replace("-", "_")
+            names.add(name)
+            if name.startswith("no_"):
+                names.add(name[3:])
+    return names
+
+
+def replace_arguments(args: Any, changes: dict[str, Any]) -> Any:
+    """A copy of the dataclass ``args`` with ``changes`` (its ``__post_init__`` checks run again)."""
+    if not changes:
+        return args
+    values = {f.name: getattr(args, f.name) for f in dataclasses.fields(args) if f.init}
+    return type(args)(**{**values, **changes})
+
+
+def default_num_workers(cpu_count: int | None, num_processes: int = 1, cuda: bool = True) -> int:
+    """Loader workers per training process: on CUDA the CPUs left beside the processes themselves, at most
+    ``MAX_DEFAULT_WORKERS``; on CPU none, since the training step itself uses the cores (and a run without workers
+    resumes bit-identically mid-epoch)."""
+    if not cuda:
+        return 0
+    spare = (cpu_count or 1) // max(1, num_processes) - 1
+    return max(0, min(MAX_DEFAULT_WORKERS, spare))
+
+
+def with_loader_defaults(training_args: TrainingArguments, explicit: Sequence[str] = ()) -> TrainingArguments:
+    """The examples' loader: when a CUDA device trains, workers from the CPU count, kept alive across epochs, and
+    pinned memory; none of these on CPU. Flags named in ``explicit`` keep their values."""
+    cuda = torch.cuda.is_available() and not training_args.use_cpu
+    workers = training_args.dataloader_num_workers
+    if "dataloader_num_workers" not in explicit:
+        workers = default_num_workers(os.cpu_count(), training_args.world_size, cuda)
+    changes = {
+        "dataloader_num_workers": workers,
+        "dataloader_persistent_workers": workers > 0,
+        "dataloader_pin_memory": cuda,
+    }
+    changes = {k: v for k, v in changes.items() if k not in explicit and getattr(training_args, k) != v}
+    return replace_arguments(training_args, changes)

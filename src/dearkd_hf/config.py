@@ -53,6 +53,9 @@ class DearKDConfig(TrainingArguments):
         ignore_label_names (`bool`, *optional*, defaults to `False`):
             Distil the teacher's class i into the student's class i even when both name their classes and the
             names differ. Off, such a run fails before training; names that match in another order are remapped.
+        repeated_augmentations (`int`, *optional*, defaults to `1`):
+            Each training example appears this many times per pass, differently augmented (timm's
+            `RepeatAugSampler`, DeiT's repeated augmentation: 3); an epoch keeps the dataset's length. 1 = off.
         remove_unused_columns (`bool`, *optional*, defaults to `False`):
             Kept `False` because image datasets are transformed on the fly (`set_transform`), so their columns
             are not the model's arguments.
@@ -104,6 +107,10 @@ class DearKDConfig(TrainingArguments):
         default=False,
         metadata={"help": "Distil class i into class i even when the teacher's class names differ from the student's"},
     )
+    repeated_augmentations: int = field(
+        default=1,
+        metadata={"help": "Repeated augmentation: each example this many times per pass (DeiT: 3; 1 = off)."},
+    )
     remove_unused_columns: bool = field(
         default=False,
         metadata={"help": "Drop dataset columns the model's forward does not take (off: images are transformed)."},
@@ -142,6 +149,8 @@ class DearKDConfig(TrainingArguments):
                 f"distillation_stop_fraction={self.distillation_stop_fraction} must lie in [0, 1] (stage 1's share "
                 "of the epochs); e.g. 0.8."
             )
+        if self.repeated_augmentations < 1:
+            raise ValueError(f"repeated_augmentations={self.repeated_augmentations} must be >= 1 (1 = off; DeiT: 3).")
         if self.distillation_stop_epoch is not None and self.distillation_stop_epoch < 0:
             raise ValueError(f"distillation_stop_epoch={self.distillation_stop_epoch} must be >= 0.")
         if (

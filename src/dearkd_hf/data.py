@@ -24,6 +24,7 @@ from .checks import looks_like_local_path, require_finite
 # collate_fn, MixupCollator and the transforms moved to their own modules; they stay importable from here.
 from .collators import Collator, MixupCollator, collate_fn  # noqa: F401
 from .paths import EMBEDDED_DATASET
+from .recipes import get_recipe
 from .transforms import build_transforms, normalization_for, open_image, with_transforms  # noqa: F401
 
 logger = logging.getLogger(__name__)
@@ -74,6 +75,13 @@ class DataTrainingArguments:
         default=None, metadata={"help": "Input resolution; default: the model's (config.image_size or its processor)."}
     )
     rand_augment: bool = field(default=False, metadata={"help": "Add RandAugment to the training transforms."})
+    recipe: str | None = field(
+        default=None,
+        metadata={
+            "help": "A training recipe by name (dearkd_hf.recipes.RECIPES), e.g. 'deit': its augmentation, "
+            "optimizer, schedule and drop path; flags given explicitly win over its values."
+        },
+    )
     verify_images: bool = field(
         default=False,
         metadata={
@@ -101,6 +109,7 @@ class DataTrainingArguments:
             raise ValueError("--mixup and --cutmix are Beta-distribution alphas: use 0 (off) or a positive value.")
         if not 0.0 <= self.label_smoothing < 1.0:
             raise ValueError(f"--label_smoothing must be in [0, 1), got {self.label_smoothing}.")
+        get_recipe(self.recipe)  # an unknown name fails here, listing the known ones
 
 
 def default_dataset_path() -> str:

@@ -16,6 +16,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import torch
+from timm.data.distributed_sampler import RepeatAugSampler
 from torch import nn
 from torch.utils.data import Dataset, IterableDataset
 from transformers import BaseImageProcessor, EvalPrediction, PreTrainedModel, Trainer, TrainerCallback
@@ -46,7 +47,7 @@ from .students import (
     student_geometry,
     student_outputs,
 )
-from .teachers import Teacher, TeacherOutput, load_teacher
+from .teachers import Teacher, load_teacher
 
 if TYPE_CHECKING:
     import datasets
@@ -137,7 +138,7 @@ class DearKDTrainer(ExactResumeMixin, EvaluationCollatorMixin, Trainer):
         enable_full_determinism(args.seed) if args.full_determinism else set_seed(args.seed)
         head = self._build_alignment_head()
         prepare_student(model, self.geometry)  # after every check: a refused student is left as it came
-        self.aligners = StudentAligners(head)
+        self.aligners = StudentAligners(head, _autocast_dtype(args))
         self.aligners.attach(model)
         # A checkpoint of an aligning run is complete only with its aligners (resume skips or refuses it otherwise).
         self.checkpoint_files = (ALIGNERS_FILE,) if self.alignment_pairs else ()
@@ -252,21 +253,21 @@ class DearKDTrainer(ExactResumeMixin, EvaluationCollatorMixin, Trainer):
         pixel_values, labels = inputs["pixel_values"], inputs["labels"]
         distilling = model.training and self.stage == 1
         aligning = distilling and bool(self.alignment_pairs)
+        if distilling:
+            # The teacher first: its activations and full-size feature maps are freed (only its logits and the
+            # pooled targets stay) before the student's forward stores its own for the backward pass.
+            teacher_logits, targets = self._teacher_targets(pixel_values)
         with self.aligners.running(aligning):
             outputs = model(pixel_values=pixel_values, **student_forward_kwargs(self.geometry, aligning))
         student = student_outputs(outputs)
 
         if distilling:
             beta = self._current_beta()
-            teacher = self._teacher_forward(pixel_values)
-            targets = [
-                teacher_target(teacher.features[p.teacher_layer], self.geometry.grid) for p in self.alignment_pairs
-            ]
             loss, components = stage1_loss(
                 student.cls_logits,
                 student.distillation_logits,
                 labels,
-                teacher.logits,
+                teacher_logits,
                 self.aligners.aligned_features(outputs),
                 targets if aligning else [],
                 distillation_type=self.args.distillation_type,
@@ -289,15 +290,17 @@ class DearKDTrainer(ExactResumeMixin, EvaluationCollatorMixin, Trainer):
         stop = self.distillation_stop.stop_epoch
         return scheduled_beta(self.args.beta, self.args.beta_schedule, self.state.epoch or 0.0, stop)
 
-    def _teacher_forward(self, pixel_values: torch.Tensor) -> TeacherOutput:
-        """The teacher on the student's batch: re-normalised, no grad, same autocast as the student."""
+    def _teacher_targets(self, pixel_values: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """The teacher on the student's batch (re-normalised, no grad, same autocast as the student): its logits and
+        the alignment targets, its feature maps pooled to the student's grid and normalised."""
         teacher_inputs = self.teacher.normalize_from(pixel_values, self._student_mean, self._student_std)
         layers = [pair.teacher_layer for pair in self.alignment_pairs]
         with torch.no_grad(), self.accelerator.autocast():
             output = self.teacher.forward_with_features(teacher_inputs, layers)
+            targets = [teacher_target(output.features[layer], self.geometry.grid) for layer in layers]
         if self._teacher_order is not None:  # the teacher's classes, put in the student's order
             output.logits = output.logits[:, self._teacher_order.to(output.logits.device)]
-        return output
+        return output.logits, targets
 
     def _release_teacher(self, epoch: float) -> None:
         """Stage 2 begins: drop the teacher and return its device memory."""
@@ -327,6 +330,21 @@ class DearKDTrainer(ExactResumeMixin, EvaluationCollatorMixin, Trainer):
             logs["stage"] = float(self.stage)
             self._metrics.clear()
         super().log(logs, start_time)
+
+    # ---- training data ----
+
+    def _get_train_sampler(self, train_dataset: Any = None) -> torch.utils.data.Sampler | None:
+        """timm's repeated-augmentation sampler when ``repeated_augmentations > 1``.
+
+        It orders the whole epoch (one replica: accelerate then splits its batches between processes), reshuffled
+        every epoch through its ``set_epoch``; an epoch keeps the dataset's length.
+        """
+        dataset = train_dataset if train_dataset is not None else self.train_dataset
+        if self.args.repeated_augmentations <= 1 or dataset is None:
+            return super()._get_train_sampler(train_dataset)
+        return RepeatAugSampler(
+            dataset, num_replicas=1, rank=0, num_repeats=self.args.repeated_augmentations, selected_round=0
+        )
 
     # ---- the model card ----
 
@@ -449,3 +467,8 @@ def _generic(names: list[str]) -> bool:
 
 
 __all__ = ["DearKDTrainer"]
+
+
+def _autocast_dtype(args: DearKDConfig) -> torch.dtype | None:
+    """The dtype of the mixed precision ``args`` ask for (what the accelerator's autocast will use), or None."""
+    return torch.bfloat16 if args.bf16 else torch.float16 if args.fp16 else None

@@ -11,6 +11,8 @@ import torch
 from datasets import Dataset, DatasetDict, Image
 from torchvision.transforms import v2
 
+from .recipes import Recipe, get_recipe
+
 
 def open_image(image: Any) -> Any:
     """A PIL image from a decoded image or an undecoded ``{"bytes", "path"}`` record (a file that cannot be decoded
@@ -70,15 +72,21 @@ def build_transforms(
     num_channels: int,
     train: bool,
     rand_augment: bool = False,
+    recipe: str | Recipe | None = None,
 ) -> Callable[[dict[str, list]], dict[str, list]]:
     """The batch transform to pass to `Dataset.with_transform`.
 
     Images are converted to the model's channel count first (grayscale Fashion-MNIST for an RGB model, or the other
     way round), so any dataset feeds any model. A partial of a module-level function stays picklable for workers.
+    A `recipe` (e.g. "deit") brings its own transforms (timm's `create_transform`) in place of the default ones.
     """
     if num_channels not in (1, 3):
         raise ValueError(f"num_channels must be 1 (grayscale) or 3 (RGB), got {num_channels}.")
-    pipeline = _image_pipeline(image_size, mean, std, train=train, rand_augment=rand_augment)
+    recipe = get_recipe(recipe)
+    if recipe is not None:
+        pipeline = recipe.transform(image_size, mean, std, train=train)
+    else:
+        pipeline = _image_pipeline(image_size, mean, std, train=train, rand_augment=rand_augment)
     return partial(_transform_batch, pipeline=pipeline, mode="L" if num_channels == 1 else "RGB")
 
 
@@ -89,6 +97,7 @@ def with_transforms(
     std: Sequence[float],
     num_channels: int,
     rand_augment: bool = False,
+    recipe: str | Recipe | None = None,
 ) -> DatasetDict:
     """Attach the training transform to `train` and the evaluation transform to every other split.
 
@@ -98,7 +107,13 @@ def with_transforms(
         {
             split: _undecoded(ds).with_transform(
                 build_transforms(
-                    image_size, mean, std, num_channels, train=split == "train", rand_augment=rand_augment
+                    image_size,
+                    mean,
+                    std,
+                    num_channels,
+                    train=split == "train",
+                    rand_augment=rand_augment,
+                    recipe=recipe,
                 )
             )
             for split, ds in dataset.items()
