@@ -312,7 +312,7 @@ def test_robustness_quick_writes_grid_rows_with_variants_and_skips_done_rows(tmp
     assert flags["dearkd"] == [] and flags["linear"] == ["--beta_schedule", "linear"]
     assert flags["labels_only"] == ["--distillation_stop_epoch=0"] and "--beta=0" in flags["deit"]
     student = next(row for row in rows if row["method"] == "linear")
-    assert student["log"]["stage"] == 2.0  # the run crossed the switch
+    assert {"loss_ce", "loss_kd", "loss_align"} <= set(student["log"])  # the last logged loss components
     table = (tmp_path / "results" / "robustness_quick.md").read_text()
     assert "| 40 | 3 |" in table and "`linear`: `--beta_schedule linear`" in table
     assert (tmp_path / "results" / "robustness_quick.png").read_bytes()[:4] == b"\x89PNG"
