@@ -44,6 +44,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 import torch  # noqa: E402
 
 from benchmarks.data_efficiency import RESULTS_DIR, ROOT, ensure_dataset, load_example  # noqa: E402
+from benchmarks.data_efficiency.harness import run_seed_workers  # noqa: E402
 from dearkd_hf.paths import EMBEDDED_DATASET  # noqa: E402
 
 BASE_METHODS = ("teacher", "labels_only", "deit", "dearkd")
@@ -446,18 +447,8 @@ def run_workers(args: argparse.Namespace, argv: list[str], results: Results) -> 
         for row in results.rows:
             if row["seed"] in seeds:
                 own.add(row)
-        passed = [a for a in argv if a != "--overwrite"]
-        command = [sys.executable, "-m", "benchmarks.robustness", *passed, "--workers=1", "--seeds", *map(str, seeds)]
-        command.append(f"--results_dir={own.path.parent}")
-        log = open(workers_dir / f"{name}.log", "w")  # noqa: SIM115 (closed after the process ends)
-        print(f"worker {name}: log in {log.name}", flush=True)
-        process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT)
-        running.append((process, log, own.path))
-    failed = []
-    for process, log, _ in running:
-        if process.wait() != 0:
-            failed.append(log.name)
-        log.close()
+        running.append((name, seeds, own.path))
+    failed = run_seed_workers("benchmarks.robustness", argv, running, workers_dir)
     for *_, path in running:
         if path.is_file():
             for row in json.loads(path.read_text())["rows"]:

@@ -125,6 +125,27 @@ def merge_rows(results: Results, paths: list[Path]) -> None:
                 results.add(row)
 
 
+def run_seed_workers(
+    module: str, argv: list[str], jobs: list[tuple[str, list[int], Path]], workers_dir: Path
+) -> list[str]:
+    """``python -m <module> <argv> --workers=1 --seeds ...`` once per (name, seeds, results file), in parallel from
+    the repository root, each logging to ``<workers_dir>/<name>.log``; waits for all and returns the failed logs."""
+    passed = [arg for arg in argv if arg != "--overwrite"]  # the caller handles it, once
+    running = []
+    for name, seeds, path in jobs:
+        command = [sys.executable, "-m", module, *passed, "--workers=1", "--seeds", *map(str, seeds)]
+        command.append(f"--results_dir={path.parent}")
+        log = open(workers_dir / f"{name}.log", "w")  # noqa: SIM115 (closed below, after the process ends)
+        print(f"worker {name}: log in {log.name}", flush=True)
+        running.append((subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT), log))
+    failed = []
+    for process, log in running:
+        if process.wait() != 0:
+            failed.append(log.name)
+        log.close()
+    return failed
+
+
 def run_workers(args: argparse.Namespace, argv: list[str], results: Results) -> None:
     """This benchmark (``python -m benchmarks.data_efficiency``) once per group of seeds, in parallel, each with its
     own results file; then fold them in."""
@@ -141,18 +162,8 @@ def run_workers(args: argparse.Namespace, argv: list[str], results: Results) -> 
         for row in results.rows:  # rows this file already has are not trained again
             if row["seed"] in seeds and not own.has(*_key(row)):
                 own.add(row)
-        passed = [arg for arg in argv if arg != "--overwrite"]  # handled above, once
-        command = [sys.executable, "-m", __package__, *passed, "--workers=1", "--seeds", *map(str, seeds)]
-        command.append(f"--results_dir={own.path.parent}")
-        log = open(workers_dir / f"{name}.log", "w")  # noqa: SIM115 (closed below, after the process ends)
-        print(f"worker {name}: log in {log.name}", flush=True)
-        process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT)
-        jobs.append((process, log, own.path))
-    failed = []
-    for process, log, _ in jobs:
-        if process.wait() != 0:
-            failed.append(log.name)
-        log.close()
+        jobs.append((name, seeds, own.path))
+    failed = run_seed_workers(__package__, argv, jobs, workers_dir)
     merge_rows(results, [path for *_, path in jobs if path.is_file()])
     if failed:
         raise SystemExit(f"workers failed (their finished rows are kept); see {', '.join(failed)}")
