@@ -501,3 +501,33 @@ def test_config_documents_each_field_once():
     assert re.findall(r"^        (\w+) \(", DearKDConfig.__doc__, flags=re.MULTILINE) == own
     vit_fields = list(DearKDViTConfig.__annotations__)
     assert re.findall(r"^        (\w+) \(", DearKDViTConfig.__doc__, flags=re.MULTILINE) == vit_fields
+
+
+@pytest.mark.parametrize("stop_epoch, step", [(1.0, 4), (0.5, 2)])
+def test_save_at_distillation_stop_checkpoints_the_last_stage1_step(tmp_path, stop_epoch, step):
+    """The checkpoint holds the student after its last stage-1 step (4 steps per epoch here), and no other is made."""
+    trainer = make_trainer(
+        tmp_path / "run",
+        distillation_stop_epoch=stop_epoch,
+        save_at_distillation_stop=True,
+        lr_scheduler_type="constant",
+    )
+    trainer.train()
+    assert sorted(p.name for p in (tmp_path / "run").glob("checkpoint-*")) == [f"checkpoint-{step}"]
+    stopped = next(log for log in trainer.state.log_history if "distillation_stopped_at_epoch" in log)
+    assert stopped["step"] == step  # logged at the first stage-2 step's start, after `step` stage-1 steps
+    reference = make_trainer(
+        tmp_path / "ref", distillation_stop_epoch=stop_epoch, max_steps=step, lr_scheduler_type="constant"
+    )
+    reference.train()
+    saved = AutoModelForImageClassification.from_pretrained(tmp_path / "run" / f"checkpoint-{step}").state_dict()
+    expected = {name: value for name, value in reference.model.state_dict().items() if "aligner" not in name}
+    assert saved.keys() == expected.keys()
+    for name, value in saved.items():
+        assert torch.equal(value, expected[name]), name
+
+
+def test_save_at_distillation_stop_is_off_by_default(tmp_path):
+    trainer = make_trainer(tmp_path)
+    trainer.train()
+    assert not list(tmp_path.glob("checkpoint-*"))

@@ -185,6 +185,9 @@ class Runner:
         self.train_teacher = load_example("train_teacher")
         self.run = load_example("run")
         self.generate = load_example("generate")
+        # Appended to every student row's run.py flags (later flags win): how other benchmarks ask the same rows for
+        # more records (e.g. an evaluation per epoch) without changing what they train.
+        self.student_flags: list[str] = []
 
     def common(self, fraction: float, seed: int, output_dir: Path, epochs: float) -> list[str]:
         a = self.args
@@ -279,7 +282,7 @@ class Runner:
                 f"--eval_dataset_name={a.dataset_dir}",
                 f"--distillation_type={a.datafree_distillation_type}",
             ]
-        return self.run.main(argv)["eval_accuracy"]
+        return self.run.main(argv + self.student_flags)["eval_accuracy"]
 
     def generated_set(self, fraction: float, seed: int, bpid: bool) -> str:
         """examples/generate.py from the (fraction, seed) teacher; resumes or reuses a finished set."""

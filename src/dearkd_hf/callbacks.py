@@ -24,7 +24,8 @@ class DistillationStopCallback(TrainerCallback):
     The stage is derived from the trainer state's epoch at every step, never stored, so a run resumed from a
     checkpoint lands in the stage its epoch says. ``on_stop(epoch)`` is where the trainer releases its teacher.
     ``stop_epoch=None`` means ``stop_fraction`` (default :data:`DEFAULT_STOP_FRACTION`) of the run's epochs, read
-    from the state when training begins.
+    from the state when training begins. With ``save_at_stop`` it asks the Trainer for a checkpoint after the last
+    stage-1 step (``save_at_distillation_stop``), the student as stage 1 leaves it.
     """
 
     def __init__(
@@ -32,10 +33,12 @@ class DistillationStopCallback(TrainerCallback):
         stop_epoch: float | None,
         on_stop: Callable[[float], None] | None = None,
         stop_fraction: float = DEFAULT_STOP_FRACTION,
+        save_at_stop: bool = False,
     ):
         self.stop_epoch = stop_epoch
         self.stop_fraction = stop_fraction
         self.on_stop = on_stop
+        self.save_at_stop = save_at_stop
         self.distilling = True
 
     @property
@@ -49,6 +52,12 @@ class DistillationStopCallback(TrainerCallback):
 
     def on_step_begin(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs):
         self._update(state)
+
+    def on_step_end(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs):
+        # The step just taken was stage 1's last when the epoch it ends at reaches the stop (see _update).
+        if self.save_at_stop and self.distilling and (state.epoch or 0.0) >= self.stop_epoch - 1e-6:
+            control.should_save = True
+        return control
 
     def _update(self, state: TrainerState) -> None:
         epoch = state.epoch or 0.0

@@ -50,6 +50,10 @@ class DearKDConfig(TrainingArguments):
         distillation_stop_fraction (`float`, *optional*, defaults to `0.8`):
             Where stage 1 ends when `distillation_stop_epoch` is `None`, as a fraction of the run's epochs. In
             [0, 1].
+        save_at_distillation_stop (`bool`, *optional*, defaults to `False`):
+            Save a checkpoint (`checkpoint-<step>`, as `save_strategy` would) after the last stage-1 step, whatever
+            `save_strategy` says: the student as stage 1 leaves it, e.g. to compare it with the final one.
+            `save_total_limit` may rotate it out like any other checkpoint.
         ignore_label_names (`bool`, *optional*, defaults to `False`):
             Distil the teacher's class i into the student's class i even when both name their classes and the
             names differ. Off, such a run fails before training; names that match in another order are remapped.
@@ -102,6 +106,10 @@ class DearKDConfig(TrainingArguments):
     distillation_stop_fraction: float = field(
         default=DEFAULT_STOP_FRACTION,
         metadata={"help": "Stage 1's share of the run's epochs when --distillation_stop_epoch is not given."},
+    )
+    save_at_distillation_stop: bool = field(
+        default=False,
+        metadata={"help": "Save a checkpoint after the last stage-1 step (the student as stage 1 leaves it)."},
     )
     ignore_label_names: bool = field(
         default=False,

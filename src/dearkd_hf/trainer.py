@@ -168,7 +168,10 @@ class DearKDTrainer(ExactResumeMixin, EvaluationCollatorMixin, Trainer):
             self.processing_class, self.geometry.num_channels
         )
         self.distillation_stop = DistillationStopCallback(
-            args.distillation_stop_epoch, on_stop=self._release_teacher, stop_fraction=args.distillation_stop_fraction
+            args.distillation_stop_epoch,
+            on_stop=self._release_teacher,
+            stop_fraction=args.distillation_stop_fraction,
+            save_at_stop=args.save_at_distillation_stop,
         )
         self.add_callback(self.distillation_stop)
         self._metrics: dict[str, list[torch.Tensor]] = defaultdict(list)
