@@ -361,3 +361,95 @@ def test_robustness_rejects_bad_variants_and_methods(argv, message, capsys):
     with pytest.raises(SystemExit):
         robustness.parse_args(["--quick", *argv])
     assert message in capsys.readouterr().err
+
+
+# ---- attention distance (issue 16) ----
+
+FIXTURES = ROOT / "tests" / "fixtures"
+
+
+def test_attention_distance_learning_curve_is_read_from_trainer_state():
+    bench = load_script("attention_distance")
+    curve = bench.learning_curve(json.loads((FIXTURES / "trainer_state_dearkd.json").read_text()))
+    assert curve["eval_accuracy"] == [[1.0, 0.4], [2.0, 0.6], [3.0, 0.7]]
+    assert curve["switch_epoch"] == 2.0
+    assert curve["components"] == {
+        "loss": [[1.0, 3.5], [2.0, 2.5], [3.0, 1.0]],
+        "loss_ce": [[1.0, 2.0], [2.0, 1.5], [3.0, 1.0]],
+        "loss_kd": [[1.0, 1.5], [2.0, 1.0]],  # stage 2 logs no KD term: its curve ends at the switch
+        "loss_align": [[1.0, 0.75], [2.0, 0.5]],
+    }
+    assert bench._accuracy_at_switch(curve) == 0.6  # the last evaluation at or before the switch
+
+
+def test_attention_distance_layers_over_batches_equal_one_batch(tmp_path):
+    """The benchmark's per-layer figure is the callback's function over all images, whatever the batch size."""
+    from conftest import make_vit
+    from transformers import AutoModelForImageClassification
+
+    from dearkd_hf.attention_distance import attention_distances
+
+    bench = load_script("attention_distance")
+    model = make_vit()
+    model.save_pretrained(tmp_path)
+    pixels = torch.randn(7, model.config.num_channels, model.config.image_size, model.config.image_size)
+    eager = AutoModelForImageClassification.from_pretrained(tmp_path, attn_implementation="eager")
+    whole = attention_distances(eager, pixels)
+    batched = bench.layer_distances(tmp_path, pixels, batch_size=3)
+    assert len(batched) == model.config.num_hidden_layers
+    assert batched == pytest.approx(whole, rel=1e-5)
+
+
+def test_attention_distance_predictions_are_paired_by_seed_on_the_early_layers():
+    bench = load_script("attention_distance")
+
+    def entries(*per_seed):
+        return [{"seed": seed, "distance": d, "accuracy": 0.5} for seed, d in enumerate(per_seed)]
+
+    models = {
+        "dearkd_stage1": entries([2.0, 4.0, 9.0, 9.0], [3.0, 3.0, 1.0, 1.0]),  # early means 3.0, 3.0
+        "scratch_mhca": entries([4.0, 4.0, 0.0, 0.0], [2.0, 2.0, 0.0, 0.0]),  # early means 4.0, 2.0
+        "dearkd": entries([5.0, 5.0, 0.0, 0.0], [4.0, 4.0, 0.0, 0.0]),
+    }
+    checks = {(c["model"], c["reference"]): c for c in bench.predictions(models, early_layers=None)}
+    assert set(checks) == {("dearkd_stage1", "scratch_mhca"), ("dearkd", "dearkd_stage1")}
+    lower = checks["dearkd_stage1", "scratch_mhca"]
+    assert lower["mean"] == pytest.approx(0.0) and lower["n"] == 2  # -1 and +1
+    assert not lower["holds"] and not lower["every_seed"]
+    rise = checks["dearkd", "dearkd_stage1"]
+    assert rise["mean"] == pytest.approx(1.5) and rise["std"] == pytest.approx(2**0.5 / 2)  # +2 and +1
+    assert rise["holds"] and rise["every_seed"]
+    one_layer = {(c["model"], c["reference"]): c for c in bench.predictions(models, early_layers=1)}
+    assert one_layer["dearkd_stage1", "scratch_mhca"]["mean"] == pytest.approx(-0.5)  # -2 and +1
+
+
+@pytest.mark.slow
+def test_attention_distance_quick_has_one_value_per_layer_and_model_and_skips_done_rows(tmp_path):
+    bench = load_script("attention_distance")
+    args = ["--quick", "--seeds", "0", f"--results_dir={tmp_path / 'results'}", f"--work_dir={tmp_path / 'work'}"]
+    run_script("attention_distance", *args)
+    path = tmp_path / "results" / "attention_distance_quick.json"
+    rows = json.loads(path.read_text())["rows"]
+    assert sorted(row["method"] for row in rows) == sorted(bench.TRAINED)
+    depth = 2  # the quick student's blocks
+    for row in rows:
+        assert len(row["distance"]) == depth and all(0 < d < 28 for d in row["distance"])
+        assert ("distance_stage1" in row) == (row["method"] in ("dearkd", "dearkd_no_mhca"))
+        assert 0.0 <= row["accuracy"] <= 1.0
+    by_method = {row["method"]: row for row in rows}
+    for method in bench.CURVES:
+        curve = by_method[method]["curve"]
+        assert [epoch for epoch, _ in curve["eval_accuracy"]] == [1.0]  # one epoch, evaluated once
+        assert {"loss", "loss_ce", "loss_kd", "loss_align"} <= set(curve["components"])
+    assert by_method["dearkd"]["curve"]["switch_epoch"] == pytest.approx(0.8, abs=0.1)
+    # The stage-1 checkpoint is another student than the final one (the stage-2 steps moved it).
+    assert by_method["dearkd"]["distance_stage1"] != by_method["dearkd"]["distance"]
+    table = (tmp_path / "results" / "attention_distance_quick.md").read_text()
+    for model, *_ in bench.MODELS:
+        (line,) = [line for line in table.splitlines() if line.startswith(f"| {model} |")]
+        assert line.count("|") == depth + 4  # model, one cell per layer, accuracy, n
+    for name in ("attention_distance_quick.png", "attention_distance_quick_curves.png"):
+        assert (tmp_path / "results" / name).read_bytes()[:4] == b"\x89PNG"
+    rerun = run_script("attention_distance", *args)
+    assert "seed=0" not in rerun.stdout
+    assert json.loads(path.read_text())["rows"] == rows
