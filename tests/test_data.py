@@ -108,6 +108,12 @@ def test_with_transforms_and_collate():
     assert batch["labels"].dtype == torch.long
 
 
+def test_collate_without_labels_stacks_the_images_only():
+    """Images to predict on have no labels: the batch is the images alone (the Trainer's predict path)."""
+    batch = collate_fn([{"pixel_values": torch.rand(1, 8, 8)} for _ in range(3)])
+    assert set(batch) == {"pixel_values"} and batch["pixel_values"].shape == (3, 1, 8, 8)
+
+
 def test_mixup_collator_gives_soft_targets_summing_to_one():
     examples = [{"pixel_values": torch.rand(1, 8, 8), "labels": i % 4} for i in range(5)]  # odd batch
     batch = MixupCollator(mixup=0.8, cutmix=1.0, num_classes=4, label_smoothing=0.1)(examples)

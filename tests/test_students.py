@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import datasets
 import pytest
 import timm
 import torch
@@ -40,7 +41,7 @@ from transformers import (
 
 from dearkd_hf import DearKDConfig, DearKDTrainer
 from dearkd_hf import trainer as dearkd_trainer
-from dearkd_hf.students import STUDENT_FAMILIES, student_geometry
+from dearkd_hf.students import STUDENT_FAMILIES, student_forward_kwargs, student_geometry, student_outputs
 
 NATIVE = 32  # every tiny student is built for 32-pixel images with 4-pixel patches (an 8x8 grid)
 TRAINED = 16  # and trained at half that size, as 224 -> 112
@@ -318,3 +319,26 @@ def test_a_refused_student_is_left_as_it_came():
     assert tuple(student.timm_model.patch_embed.img_size) == (NATIVE, NATIVE)
     assert not student.timm_model.distilled_training
     assert student.config.model_args["img_size"] == NATIVE
+
+
+@pytest.mark.parametrize("name", ["vit", "deit-distilled", "beit", "timm-vit"])
+def test_predict_on_unlabeled_images_at_the_trained_size(name):
+    """``trainer.predict`` on images without labels runs the student as training did (at the new size too)."""
+    build = STUDENTS[name][0]
+    trainer = DearKDTrainer(
+        model=build(),
+        teacher_model=make_resnet_teacher(),
+        args=DearKDConfig(output_dir="unused", use_cpu=True, report_to="none", per_device_eval_batch_size=4),
+        image_size=TRAINED,
+    )
+    pixels = torch.randn(6, 1, TRAINED, TRAINED)
+    unlabeled = datasets.Dataset.from_dict({"pixel_values": pixels.numpy()}).with_format("torch")
+    output = trainer.predict(unlabeled)
+    logits = output.predictions[0] if isinstance(output.predictions, tuple) else output.predictions
+    assert logits.shape == (6, NUM_LABELS)
+    assert output.label_ids is None
+    model = trainer.model.eval()
+    with torch.no_grad():
+        kwargs = student_forward_kwargs(trainer.geometry, output_hidden_states=False)
+        expected = student_outputs(model(pixel_values=pixels, **kwargs)).logits
+    assert torch.allclose(torch.as_tensor(logits), expected, atol=1e-5)

@@ -17,11 +17,11 @@ Collator = Callable[[list[dict[str, Any]]], dict[str, torch.Tensor]]
 
 
 def collate_fn(examples: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
-    """Stack transformed examples into a batch with integer class labels."""
-    return {
-        "pixel_values": torch.stack([example["pixel_values"] for example in examples]),
-        "labels": torch.tensor([example["labels"] for example in examples], dtype=torch.long),
-    }
+    """Stack transformed examples into a batch with integer class labels (images alone where there are none)."""
+    batch = {"pixel_values": torch.stack([example["pixel_values"] for example in examples])}
+    if "labels" in examples[0]:
+        batch["labels"] = torch.tensor([example["labels"] for example in examples], dtype=torch.long)
+    return batch
 
 
 class MixupCollator:

@@ -288,6 +288,20 @@ class DearKDTrainer(ExactResumeMixin, EvaluationCollatorMixin, Trainer):
             self._record(components)
         return (loss, {"logits": student.logits}) if return_outputs else loss
 
+    def prediction_step(
+        self,
+        model: nn.Module,
+        inputs: dict[str, torch.Tensor | Any],
+        prediction_loss_only: bool,
+        ignore_keys: list[str] | None = None,
+    ) -> tuple[torch.Tensor | None, torch.Tensor | None, torch.Tensor | None]:
+        """The Trainer's, except that a batch without labels (``predict`` on new images), which the Trainer feeds to
+        ``model(**inputs)`` rather than to :meth:`compute_loss`, also gets the student's forward arguments (e.g.
+        ``interpolate_pos_encoding`` for a student trained at another size)."""
+        if "labels" not in inputs:
+            inputs = {**inputs, **student_forward_kwargs(self.geometry, output_hidden_states=False)}
+        return super().prediction_step(model, inputs, prediction_loss_only, ignore_keys=ignore_keys)
+
     def _current_beta(self) -> float:
         """The alignment weight at this step (``beta_schedule``, read from the state's epoch)."""
         stop = self.distillation_stop.stop_epoch
