@@ -93,6 +93,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help='A DearKD row with extra run.py flags, e.g. --variant paper="--label_loss_heads each_head".',
     )
     parser.add_argument("--batch_size", type=int, default=None)
+    parser.add_argument("--student", default=None, help="DearKD ViT config overrides (run.py --config_overrides).")
+    parser.add_argument(
+        "--teacher",
+        default=None,
+        help="The teachers: a timm name (e.g. resnet18) or model_type=resnet:CONFIG_OVERRIDES (a transformers CNN).",
+    )
     parser.add_argument("--learning_rate", type=float, default=1e-3)
     parser.add_argument("--weight_decay", type=float, default=0.05)
     parser.add_argument("--max_eval_samples", type=int, default=None, help="Test images per row (seeded subset).")

@@ -363,6 +363,18 @@ def test_robustness_rejects_bad_variants_and_methods(argv, message, capsys):
     assert message in capsys.readouterr().err
 
 
+def test_robustness_student_and_teacher_flags_set_the_rows_configuration():
+    """The grid's models are flags (the issue's 96-wide student and timm teacher), recorded in the configuration."""
+    robustness = load_script("robustness")
+    student = "patch_size=4,hidden_size=96,num_hidden_layers=4,num_attention_heads=4,intermediate_size=384"
+    args = robustness.parse_args(["--student", student, "--teacher", "resnet18"])
+    config = robustness.run_config(args)
+    assert config["student"] == student and config["teacher"] == "resnet18"
+    assert robustness.teacher_model_flags(args.teacher) == ["--model_name_or_path=resnet18"]
+    default = robustness.run_config(robustness.parse_args([]))
+    assert default["student"] == robustness.SIZES["full"]["student"]
+
+
 # ---- attention distance (issue 16) ----
 
 FIXTURES = ROOT / "tests" / "fixtures"
