@@ -60,12 +60,13 @@ from benchmarks.data_efficiency.harness import (  # noqa: E402
     Runner,
     ensure_dataset,
     run_config,
-    run_seed_workers,
+    run_workers,
 )
 from dearkd_hf.attention_distance import attention_distances  # noqa: E402
 from dearkd_hf.data import load_named_dataset  # noqa: E402
 from dearkd_hf.transforms import build_transforms, normalization_for  # noqa: E402
 
+MODULE = "benchmarks.attention_distance"
 FRACTION = 0.1
 TRAINED = ("scratch", "scratch_mhca", "deit", "dearkd", "dearkd_no_mhca", "dearkd_no_stop")
 # (model, trained row, weights): "final" is the row's saved student, "stage1" its checkpoint at the switch.
@@ -233,27 +234,6 @@ def run_rows(args: argparse.Namespace, results: Results) -> None:
             print(f"    accuracy {accuracy:.4f}, distances {[round(d, 2) for d in row['distance']]}", flush=True)
 
 
-def run_workers(args: argparse.Namespace, argv: list[str], results: Results) -> None:
-    groups = [args.seeds[i :: args.workers] for i in range(min(args.workers, len(args.seeds)))]
-    workers_dir = Path(args.work_dir) / "workers"
-    workers_dir.mkdir(parents=True, exist_ok=True)
-    jobs = []
-    for seeds in groups:
-        name = "seeds-" + "-".join(map(str, seeds))
-        path = workers_dir / name / f"{args.prefix}.json"
-        if args.overwrite:
-            path.unlink(missing_ok=True)
-        own = Results(path, results.config, overwrite=False)
-        for row in results.rows:
-            if row["seed"] in seeds and not own.has(row["method"], FRACTION, row["seed"]):
-                own.add(row)
-        jobs.append((name, seeds, path))
-    failed = run_seed_workers("benchmarks.attention_distance", argv, jobs, workers_dir)
-    data_efficiency.merge_rows(results, [path for *_, path in jobs if path.is_file()])
-    if failed:
-        raise SystemExit(f"workers failed (their finished rows are kept); see {', '.join(failed)}")
-
-
 # ---- report ----
 
 
@@ -418,7 +398,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     results_dir = Path(args.results_dir)
     results = Results(results_dir / f"{args.prefix}.json", benchmark_config(args), args.overwrite)
     if args.workers > 1 and len(args.seeds) > 1:
-        run_workers(args, sys.argv[1:] if argv is None else list(argv), results)
+        run_workers(args, sys.argv[1:] if argv is None else list(argv), results, module=MODULE)
     else:
         run_rows(args, results)
     write_reports(results, results_dir, args.prefix)

@@ -146,9 +146,10 @@ def run_seed_workers(
     return failed
 
 
-def run_workers(args: argparse.Namespace, argv: list[str], results: Results) -> None:
-    """This benchmark (``python -m benchmarks.data_efficiency``) once per group of seeds, in parallel, each with its
-    own results file; then fold them in."""
+def run_workers(args: argparse.Namespace, argv: list[str], results: Results, module: str = __package__) -> None:
+    """A benchmark (``python -m <module>``, by default this one) once per group of seeds, in parallel, each with its
+    own results file; then fold them in. ``args`` holds ``seeds``, ``workers``, ``work_dir``, ``prefix`` and
+    ``overwrite``; the rows are keyed as :class:`Results` keys them."""
     groups = [args.seeds[i :: args.workers] for i in range(min(args.workers, len(args.seeds)))]
     workers_dir = Path(args.work_dir) / "workers"
     workers_dir.mkdir(parents=True, exist_ok=True)
@@ -163,7 +164,7 @@ def run_workers(args: argparse.Namespace, argv: list[str], results: Results) -> 
             if row["seed"] in seeds and not own.has(*_key(row)):
                 own.add(row)
         jobs.append((name, seeds, own.path))
-    failed = run_seed_workers(__package__, argv, jobs, workers_dir)
+    failed = run_seed_workers(module, argv, jobs, workers_dir)
     merge_rows(results, [path for *_, path in jobs if path.is_file()])
     if failed:
         raise SystemExit(f"workers failed (their finished rows are kept); see {', '.join(failed)}")
