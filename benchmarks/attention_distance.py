@@ -251,9 +251,43 @@ def model_rows(rows: list[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
 
 def _accuracy_at_switch(curve: dict[str, Any]) -> float | None:
     """Test accuracy of the last evaluation at or before the switch (the stage-1 student's, evaluated per epoch)."""
-    switch = curve["switch_epoch"]
-    before = [acc for epoch, acc in curve["eval_accuracy"] if switch is not None and epoch <= switch + 1e-6]
+    return None if curve["switch_epoch"] is None else accuracy_at(curve, curve["switch_epoch"])
+
+
+def accuracy_at(curve: dict[str, Any], epoch: float) -> float | None:
+    """Test accuracy of the last evaluation at or before ``epoch``."""
+    before = [acc for at, acc in curve["eval_accuracy"] if at <= epoch + 1e-6]
     return before[-1] if before else None
+
+
+def stage2_gains(rows: list[dict[str, Any]]) -> list[str]:
+    """Does accuracy keep rising after the switch? Each curve row's test accuracy at DearKD's switch epoch and at
+    the end (mean ± std over seeds), so DearKD's stage 2 reads against the same epochs of DeiT and of no stop."""
+    switches = [r["curve"]["switch_epoch"] for r in rows if r["method"] == "dearkd" and r["curve"]["switch_epoch"]]
+    if not switches:
+        return []
+    switch = statistics.mean(switches)
+    lines = [
+        f"| row | test acc at epoch {switch:g} (%) | at the end (%) | gain (paired, points) |",
+        "|---|---|---|---|",
+    ]
+    for method in CURVES:
+        pairs = [
+            (accuracy_at(r["curve"], switch), r["curve"]["eval_accuracy"][-1][1])
+            for r in rows
+            if r["method"] == method and r["curve"]["eval_accuracy"]
+        ]
+        pairs = [(100 * a, 100 * b) for a, b in pairs if a is not None]
+        if pairs:
+            cells = [_fmt(mean_std(list(values))) for values in zip(*pairs)]
+            cells.append(_fmt(mean_std([b - a for a, b in pairs]), signed=True))
+            lines.append(f"| {method} | " + " | ".join(cells) + " |")
+    return lines
+
+
+def _fmt(stats: tuple[float, float], signed: bool = False) -> str:
+    mean, std = stats
+    return (f"{mean:+.2f}" if signed else f"{mean:.2f}") + ("" if math.isnan(std) else f" ± {std:.2f}")
 
 
 def mean_std(values: list[float]) -> tuple[float, float]:
@@ -316,12 +350,9 @@ def write_table(path: Path, results: Results) -> None:
         "|---|" + "---|" * (depth + 2),
     ]
     for model, entries in models.items():
-        cells = [f"{m:.2f}" + ("" if math.isnan(s) else f" ± {s:.2f}") for m, s in per_layer(entries)]
-        accuracies = [e["accuracy"] for e in entries if e["accuracy"] is not None]
-        acc = "-"
-        if accuracies:
-            m, s = mean_std([100 * a for a in accuracies])
-            acc = f"{m:.2f}" + ("" if math.isnan(s) else f" ± {s:.2f}")
+        cells = [_fmt(stats) for stats in per_layer(entries)]
+        accuracies = [100 * e["accuracy"] for e in entries if e["accuracy"] is not None]
+        acc = _fmt(mean_std(accuracies)) if accuracies else "-"
         lines.append(f"| {model} | " + " | ".join(cells) + f" | {acc} | {len(entries)} |")
     early = results.config["early_layers"]
     lines += [
@@ -330,6 +361,10 @@ def write_table(path: Path, results: Results) -> None:
         "",
         *reading(models, early),
     ]
+    gains = stage2_gains(results.rows)
+    if gains:
+        lines += ["", "Does accuracy keep rising after the switch (from the runs' own per-epoch evaluations)?", ""]
+        lines += gains
     lines += ["", "Configuration:", "", "```json", json.dumps(results.config, indent=2), "```", ""]
     path.write_text("\n".join(lines))
 

@@ -465,3 +465,22 @@ def test_attention_distance_quick_has_one_value_per_layer_and_model_and_skips_do
     rerun = run_script("attention_distance", *args)
     assert "seed=0" not in rerun.stdout
     assert json.loads(path.read_text())["rows"] == rows
+
+
+def test_attention_distance_stage2_gain_reads_each_curve_at_dearkds_switch():
+    bench = load_script("attention_distance")
+
+    def row(method, seed, accuracy, switch=None):
+        curve = {"eval_accuracy": [[e + 1.0, a] for e, a in enumerate(accuracy)], "components": {}}
+        return {"method": method, "seed": seed, "curve": {**curve, "switch_epoch": switch}}
+
+    rows = [
+        row("dearkd", 0, [0.5, 0.6, 0.7], switch=2.0),
+        row("dearkd", 1, [0.5, 0.62, 0.66], switch=2.0),
+        row("deit", 0, [0.5, 0.6, 0.6]),
+    ]
+    table = bench.stage2_gains(rows)
+    assert table[0].startswith("| row | test acc at epoch 2 (%)")
+    assert "| dearkd | 61.00 ± 1.41 | 68.00 ± 2.83 | +7.00 ± 4.24 |" in table
+    assert "| deit | 60.00 | 60.00 | +0.00 |" in table
+    assert not any(line.startswith("| dearkd_no_stop") for line in table)  # no rows, no line
