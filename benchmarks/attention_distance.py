@@ -386,6 +386,7 @@ def write_plots(results_dir: Path, prefix: str, rows: list[dict[str, Any]]) -> N
         ax.fill_between(
             layers, [m - s for m, s in zip(means, spread)], [m + s for m, s in zip(means, spread)], alpha=0.2
         )
+    ax.set_xticks(range(max((len(e["distance"]) for v in model_rows(rows).values() for e in v), default=0)))
     ax.set_xlabel("layer (block index)")
     ax.set_ylabel("mean attention distance (px)")
     ax.set_title("Mean attention distance per layer (real test images; ± std over seeds)")
@@ -395,7 +396,9 @@ def write_plots(results_dir: Path, prefix: str, rows: list[dict[str, Any]]) -> N
     fig.savefig(results_dir / f"{prefix}.png", dpi=120)
     plt.close(fig)
 
-    curves = [row for row in sorted(rows, key=lambda r: (r["method"], r["seed"])) if row["method"] in CURVES]
+    # DearKD drawn last: it equals dearkd_no_stop up to the switch (same seed, same steps) and would be hidden.
+    order = {method: -i for i, method in enumerate(CURVES)}
+    curves = sorted((r for r in rows if r["method"] in CURVES), key=lambda r: (order[r["method"]], r["seed"]))
     names = sorted({name for row in curves for name in row["curve"]["components"]})
     fig, axes = plt.subplots(1, 1 + len(names), figsize=(4 * (1 + len(names)), 3.8), squeeze=False)
     colours = {method: f"C{i}" for i, method in enumerate(CURVES)}
