@@ -56,7 +56,12 @@ METHODS = {
     "fast_bpid": ("fast", True),
 }
 FRACTION = 1.0  # the full training set's teacher, and the full-data student
-QUICK_FAST = dict(fast_steps=2, fast_warmup=2)  # --quick's fast method, as tiny as its DeepInversion (2 steps)
+# The fast method's generate.py flags, full and --quick, as gen_tv etc. are DeepInversion's: chosen for the 28 px
+# teacher (a narrow generator: at width 8 a step costs about one teacher pass; see benchmarks/README.md).
+FAST_SIZES = {
+    "full": dict(fast_steps=2, fast_warmup=40, fast_width=8),
+    "quick": dict(fast_steps=2, fast_warmup=2, fast_width=8),
+}
 TARGETS = dict(share=0.90, std_points=2.0, bpid_points=1.0, speedup=20.0)
 
 
@@ -69,8 +74,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS))
-    parser.add_argument("--fast_steps", type=int, default=None, help="generate.py --fast_steps (default: its own).")
-    parser.add_argument("--fast_warmup", type=int, default=None, help="generate.py --fast_warmup (default: its own).")
+    for name in FAST_SIZES["full"]:
+        parser.add_argument(
+            f"--{name}", type=int, default=None, help=f"generate.py --{name} (default {FAST_SIZES['full'][name]})."
+        )
     parser.add_argument("--overwrite", action="store_true", help="Discard results made with another config.")
     args, rest = parser.parse_known_args(argv)
     quick = "--quick" in rest
@@ -78,18 +85,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     defaults = [f"--work_dir={work}"] if not any(arg.startswith("--work_dir") for arg in rest) else []
     args.bench = benchmark_args([*defaults, *rest, "--workers=1"])
     args.prefix = "datafree_quick" if quick else "datafree"
-    for name, value in QUICK_FAST.items() if quick else ():
+    for name, value in FAST_SIZES["quick" if quick else "full"].items():
         if getattr(args, name) is None:
             setattr(args, name, value)
     return args
 
 
 def fast_flags(args: argparse.Namespace) -> dict[str, Any]:
-    flags = {"method": "fast"}
-    for name in ("fast_steps", "fast_warmup"):
-        if getattr(args, name) is not None:
-            flags[name] = getattr(args, name)
-    return flags
+    return {"method": "fast", **{name: getattr(args, name) for name in FAST_SIZES["full"]}}
 
 
 def config(args: argparse.Namespace) -> dict[str, Any]:

@@ -274,7 +274,7 @@ def test_datafree_quick_writes_a_row_per_method_and_seed_and_skips_done_rows(tmp
         assert row["images_per_s"] == pytest.approx(8 / row["synthesis_s"])
         assert 0.0 <= row["accuracy"] <= 1.0 and 0.0 <= row["full_data_accuracy"] <= 1.0
     assert len({row["full_data_accuracy"] for row in rows}) == 1  # one full-data student per seed
-    assert data["config"]["fast_flags"] == {"method": "fast", "fast_steps": 2, "fast_warmup": 2}
+    assert data["config"]["fast_flags"] == {"method": "fast", "fast_steps": 2, "fast_warmup": 2, "fast_width": 8}
     generated = {p.name: p for p in (tmp_path / "work").glob("generated-*")}
     assert sorted(generated) == sorted(row["dataset"] for row in rows)
     fast = json.loads((generated[rows[3]["dataset"]] / "generation_config.json").read_text())["inversion_config"]
