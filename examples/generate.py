@@ -1,12 +1,13 @@
-"""Data-free DearKD, step 1: synthesise a labelled image dataset from a BatchNorm CNN teacher (DeepInversion + BPID).
+"""Data-free DearKD, step 1: synthesise a labelled image dataset from a BatchNorm CNN teacher (METHOD.md section 5).
 
     python examples/generate.py --teacher_model_name_or_path ./teacher --num_images 10000 --output_dir ./synthetic
+    python examples/generate.py ... --method fast   # an amortised generator network: far fewer teacher passes
     accelerate launch examples/generate.py ...   # the processes split the batches; the result is one dataset
 
 Re-running with the same arguments resumes a killed run; a larger ``--num_images`` extends a finished one. The
 output folder is loadable with ``datasets.load_from_disk`` and also holds ``samples.png`` (a grid, one row per class)
 and ``generation_config.json`` (configuration, teacher, seed, mean final loss terms). All ``InversionConfig`` fields
-are flags too (``--iterations``, ``--lr``, ``--bpid_weight``, ...).
+are flags too (``--method``, ``--iterations``, ``--lr``, ``--bpid_weight``, ``--fast_steps``, ...).
 """
 
 from __future__ import annotations
@@ -26,7 +27,13 @@ from transformers import HfArgumentParser
 
 from dearkd_hf.checks import check_local_folder, check_writable_folder
 from dearkd_hf.cli import run_main
-from dearkd_hf.inversion import DeepInversionGenerator, InversionConfig, mean_loss_terms, write_dataset
+from dearkd_hf.inversion import (
+    DeepInversionGenerator,
+    InversionConfig,
+    create_generator,
+    mean_loss_terms,
+    write_dataset,
+)
 from dearkd_hf.teachers import load_teacher
 
 MAX_GRID_CLASSES = 32  # rows of samples.png; beyond this the grid would be unreadable anyway
@@ -62,7 +69,7 @@ def main(argv: list[str] | None = None) -> None:
     check_writable_folder(script_args.output_dir)
     # Without cpu=True, processes started on a machine without GPUs would each believe they are alone.
     state = PartialState(cpu=not torch.cuda.is_available() or parse_flag_from_env("ACCELERATE_USE_CPU"))
-    generator = DeepInversionGenerator(
+    generator = create_generator(
         load_teacher(script_args.teacher_model_name_or_path),
         config,
         student=script_args.student_model_name_or_path,

@@ -260,6 +260,73 @@ def test_data_efficiency_targets_are_checked_on_the_means_where_rows_exist():
     assert not {c["target"]: c for c in bench.targets(bench.summary(rows))}[datafree["target"]]["met"]
 
 
+@pytest.mark.slow
+def test_datafree_quick_writes_a_row_per_method_and_seed_and_skips_done_rows(tmp_path):
+    args = ["--quick", "--seeds", "0", "--max_train_samples=40", "--max_eval_samples=40", "--num_generated=8"]
+    args += ["--gen_batch_size=8", f"--results_dir={tmp_path / 'results'}", f"--work_dir={tmp_path / 'work'}"]
+    run_script("datafree", *args)
+    path = tmp_path / "results" / "datafree_quick.json"
+    data = json.loads(path.read_text())
+    rows = data["rows"]
+    assert [row["method"] for row in rows] == ["deepinversion", "deepinversion_bpid", "fast", "fast_bpid"]
+    for row in rows:
+        assert row["seed"] == 0 and row["num_images"] == 8 and row["synthesis_s"] > 0
+        assert row["images_per_s"] == pytest.approx(8 / row["synthesis_s"])
+        assert 0.0 <= row["accuracy"] <= 1.0 and 0.0 <= row["full_data_accuracy"] <= 1.0
+    assert len({row["full_data_accuracy"] for row in rows}) == 1  # one full-data student per seed
+    assert data["config"]["fast_flags"] == {"method": "fast", "fast_steps": 2, "fast_warmup": 2, "fast_width": 8}
+    generated = {p.name: p for p in (tmp_path / "work").glob("generated-*")}
+    assert sorted(generated) == sorted(row["dataset"] for row in rows)
+    fast = json.loads((generated[rows[3]["dataset"]] / "generation_config.json").read_text())["inversion_config"]
+    assert fast["method"] == "fast" and fast["bpid_weight"] == 1.0 and fast["fast_steps"] == 2
+    table = (tmp_path / "results" / "datafree_quick.md").read_text()
+    assert all(f"| {row['method']} |" in table for row in rows) and "fast images/s >= 20x" in table
+    assert (tmp_path / "results" / "datafree_quick.png").read_bytes()[:4] == b"\x89PNG"
+
+    rerun = run_script("datafree", *args)  # every row is done: nothing is generated or trained again
+    assert "seed=0" not in rerun.stdout and json.loads(path.read_text())["rows"] == rows
+
+
+def test_datafree_targets_on_hand_made_rows():
+    bench = load_script("datafree")
+    rows = []
+    for seed, (di, di_bpid, fast, fast_bpid) in enumerate([(0.68, 0.72, 0.71, 0.74), (0.74, 0.74, 0.73, 0.75)]):
+        for method, accuracy, speed in [
+            ("deepinversion", di, 5.0),
+            ("deepinversion_bpid", di_bpid, 5.0),
+            ("fast", fast, 120.0),
+            ("fast_bpid", fast_bpid, 80.0),
+        ]:
+            rows.append(
+                {
+                    "method": method,
+                    "seed": seed,
+                    "accuracy": accuracy,
+                    "full_data_accuracy": 0.80,
+                    "images_per_s": speed,
+                }
+                | {"synthesis_s": 1.0}
+            )
+    checks = {c["target"]: c for c in bench.targets(rows)}
+    assert checks["fast_bpid >= 90% of full-data DearKD"] == {
+        "target": "fast_bpid >= 90% of full-data DearKD",
+        "value": "93%",  # mean 74.5 / 80
+        "met": True,
+    }
+    assert checks["deepinversion >= 90% of full-data DearKD"] | {"target": None} == {
+        "target": None,
+        "value": "89%",  # mean 71 / 80
+        "met": False,
+    }
+    assert checks["deepinversion seed std <= 2 points"]["value"] == "4.24"  # stdev(68, 74) = 3 * sqrt(2)
+    assert checks["deepinversion_bpid >= deepinversion + 1 (paired, n=2)"]["value"] == "+2.00"  # (4 + 0) / 2
+    assert checks["fast_bpid >= fast + 1 (paired, n=2)"]["value"] == "+2.50"
+    speed = checks["fast images/s >= 20x deepinversion's at equal or better accuracy"]
+    assert speed["value"] == "24.0x, +1.00 points" and speed["met"]  # 120 / 5; (3 - 1) / 2
+    slow = checks["fast_bpid images/s >= 20x deepinversion_bpid's at equal or better accuracy"]
+    assert slow["value"] == "16.0x, +1.50 points" and not slow["met"]
+
+
 def test_data_efficiency_methods_table_is_the_one_description():
     """The docstring, --help, the runner's rows and the report's order all come from methods.METHODS."""
     bench = load_data_efficiency()

@@ -45,19 +45,28 @@ def image_hashes(dataset) -> list[str]:
     return [hashlib.sha256(image["bytes"]).hexdigest() for image in images]
 
 
+METHOD_FLAGS = {
+    "deepinversion": ["--iterations=3"],
+    "fast": ["--method=fast", "--fast_steps=2", "--fast_warmup=2"],
+}
+# What each method keeps in the shard folder besides the shards (fast: its meta-learned initialisation).
+SHARED_FILES = {"deepinversion": ["fingerprint.json"], "fast": ["fast_generator_init.pt", "fingerprint.json"]}
+
+
 @pytest.mark.slow
-def test_generate_writes_resumes_and_extends_a_dataset(teacher_dir, tmp_path):
+@pytest.mark.parametrize("method", list(METHOD_FLAGS))
+def test_generate_writes_resumes_and_extends_a_dataset(teacher_dir, tmp_path, method):
     output_dir = tmp_path / "synthetic"
     common = [
         f"--teacher_model_name_or_path={teacher_dir}",
         f"--output_dir={output_dir}",
-        "--iterations=3",
+        *METHOD_FLAGS[method],
         "--resolution=16",
         "--batch_size=8",
     ]
 
     generate(*common, "--num_images=12", "--max_batches=1")  # stops as if killed after one shard
-    assert sorted(os.listdir(output_dir / "shards")) == ["batch-000000", "fingerprint.json"]
+    assert sorted(os.listdir(output_dir / "shards")) == ["batch-000000", *SHARED_FILES[method]]
     assert not (output_dir / "state.json").exists()
 
     generate(*common, "--num_images=12")
@@ -69,7 +78,9 @@ def test_generate_writes_resumes_and_extends_a_dataset(teacher_dir, tmp_path):
         assert grid.size == (8 * 17 + 1, 3 * 17 + 1)  # 8 samples per class, one row per class, 1-pixel padding
     config = json.loads((output_dir / "generation_config.json").read_text())
     assert config["teacher"].endswith(teacher_dir) and config["seed"] == 0 and config["num_images"] == 12
-    assert config["inversion_config"]["iterations"] == 3 and config["inversion_config"]["jitter"] == 2
+    assert config["inversion_config"]["method"] == method and config["inversion_config"]["jitter"] == 2
+    steps, other = {"deepinversion": ("iterations", "fast_steps"), "fast": ("fast_steps", "iterations")}[method]
+    assert config["inversion_config"][steps] in (2, 3) and other not in config["inversion_config"]
     assert {"ce", "bn", "tv", "l2", "bpid_intra", "bpid_bound", "total"} <= config["loss_terms"].keys()
 
     generate(*common, "--num_images=20")
@@ -78,8 +89,14 @@ def test_generate_writes_resumes_and_extends_a_dataset(teacher_dir, tmp_path):
     assert len(extended) == 20 and len(set(image_hashes(extended))) == 20
 
 
-def test_accelerate_launch_two_processes_writes_one_dataset_equal_to_one_process(teacher_dir, tmp_path):
-    common = [f"--teacher_model_name_or_path={teacher_dir}", "--iterations=2", "--resolution=16", "--batch_size=8"]
+@pytest.mark.parametrize("method", list(METHOD_FLAGS))
+def test_accelerate_launch_two_processes_writes_one_dataset_equal_to_one_process(teacher_dir, tmp_path, method):
+    common = [
+        f"--teacher_model_name_or_path={teacher_dir}",
+        *METHOD_FLAGS[method],
+        "--resolution=16",
+        "--batch_size=8",
+    ]
     generate(*common, "--num_images=24", f"--output_dir={tmp_path / 'single'}")
     env = {
         **os.environ,
@@ -166,3 +183,26 @@ def test_bad_input_fails_before_generating(teacher_dir, tmp_path, flag, value, e
     with pytest.raises(error, match=message.replace("FILE", str(tmp_path / "FILE"))):
         load_script().main([f"{key}={item}" for key, item in args.items()])
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize(
+    "flags, message",
+    [
+        (["--fast_meta_lr=2"], r"InversionConfig.fast_meta_lr=2.0 must be in \(0, 1\]"),
+        (["--fast_steps=0"], r"InversionConfig.fast_steps=0 must be >= 1"),
+        (["--iterations=50"], r"InversionConfig.iterations=50 is a setting of method='deepinversion' only"),
+    ],
+    ids=["meta-lr", "steps", "deepinversion-setting"],
+)
+def test_bad_fast_settings_fail_before_generating(teacher_dir, tmp_path, flags, message):
+    args = [f"--teacher_model_name_or_path={teacher_dir}", f"--output_dir={tmp_path / 'out'}", "--num_images=4"]
+    with pytest.raises(ValueError, match=message):
+        load_script().main([*args, "--method=fast", *flags])
+    assert not (tmp_path / "out").exists()
+
+
+def test_method_gan_is_refused_by_the_parser_naming_the_choices(teacher_dir, tmp_path, capsys):
+    args = [f"--teacher_model_name_or_path={teacher_dir}", f"--output_dir={tmp_path / 'out'}", "--num_images=4"]
+    with pytest.raises(SystemExit):
+        load_script().main([*args, "--method=gan"])
+    assert "argument --method: invalid choice: 'gan'" in capsys.readouterr().err

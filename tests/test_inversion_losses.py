@@ -74,11 +74,14 @@ def test_bpid_terms_match_a_hand_computation():
     labels = torch.tensor([0, 0, 1, 1, 2])
     logits = torch.tensor([[2.0, 0.5, -1.0], [0.2, 0.6, 0.0], [0.0, 3.0, 0.0], [1.0, 1.5, 1.2], [0.0, 0.0, 0.0]])
 
-    z = [[x / math.hypot(*row) for x in row] for row in features.tolist()]
-    pair_dots = [
-        sum(a * b for a, b in zip(z[i], z[j])) for i in range(5) for j in range(5) if i != j and labels[i] == labels[j]
+    # The batch mean is (2, 1.4); the centred features, by hand:
+    centred = [[1.0, 2.6], [-1.0, -1.4], [-2.0, 0.6], [-1.0, -0.4], [3.0, -1.4]]
+    cosine = [
+        (a[0] * b[0] + a[1] * b[1]) / (math.hypot(*a) * math.hypot(*b))
+        for a, b in ((centred[0], centred[1]), (centred[2], centred[3]))  # the same-class pairs
     ]
-    assert bpid_intra(features, labels).item() == pytest.approx(sum(pair_dots) / len(pair_dots), rel=1e-6)
+    assert cosine == pytest.approx([-4.64 / math.sqrt(7.76 * 2.96), 1.76 / math.sqrt(4.36 * 1.16)])
+    assert bpid_intra(features, labels).item() == pytest.approx(sum(cosine) / 2, rel=1e-6)
 
     margin = 1.0
     hinge = []
@@ -87,6 +90,17 @@ def test_bpid_terms_match_a_hand_computation():
         hinge.append(max(0.0, margin - (row[y] - best_other)))
     assert hinge == pytest.approx([0.0, 1.4, 0.0, 0.7, 1.0])
     assert bpid_boundary(logits, labels, margin).item() == pytest.approx(sum(hinge) / len(hinge), rel=1e-6)
+
+
+def test_bpid_intra_ignores_what_every_feature_shares():
+    """The raw cosine of non-negative features is near 1 once they share a large component; centred, it is not."""
+    features = torch.tensor([[2.0, 0.0], [0.0, 2.0], [2.0, 2.0], [0.0, 0.0]])
+    labels = torch.tensor([0, 0, 1, 1])
+    # centred: (1, -1), (-1, 1), (1, 1), (-1, -1): each same-class pair points in opposite directions
+    assert bpid_intra(features, labels).item() == pytest.approx(-1.0)
+    assert bpid_intra(features + 100.0, labels).item() == pytest.approx(-1.0)
+    shifted = features + torch.tensor([50.0, 30.0])
+    assert bpid_intra(shifted, labels).item() == pytest.approx(bpid_intra(features, labels).item(), abs=1e-6)
 
 
 def test_bpid_intra_is_zero_without_same_class_pairs():
@@ -125,8 +139,47 @@ def test_config_defaults_follow_deepinversion_and_resolve_from_the_teacher():
 
 @pytest.mark.parametrize(
     "field, value",
-    [("iterations", 0), ("lr", 0.0), ("batch_size", 1), ("betas", [0.5]), ("r_bn", -1.0), ("jitter", 16)],
+    [
+        ("iterations", 0),
+        ("lr", 0.0),
+        ("batch_size", 1),
+        ("betas", [0.5]),
+        ("r_bn", -1.0),
+        ("jitter", 16),
+        ("method", "gan"),
+    ],
 )
 def test_config_errors_name_the_field(field, value):
     with pytest.raises(ValueError, match=f"InversionConfig.{field}="):
         InversionConfig(resolution=16, **{field: value})
+
+
+@pytest.mark.parametrize(
+    "field, value, rule",
+    [
+        ("fast_steps", 0, "must be >= 1"),
+        ("fast_warmup", -1, "must be >= 0"),
+        ("fast_lr", 0.0, "must be > 0"),
+        ("fast_latent_lr", -0.1, "must be >= 0"),
+        ("fast_meta_lr", 1.5, r"must be in \(0, 1\]"),
+        ("fast_meta_lr", 0.0, r"must be in \(0, 1\]"),
+        ("fast_width", 0, "must be >= 1"),
+        ("fast_latent_dim", 0, "must be >= 1"),
+    ],
+)
+def test_fast_settings_out_of_range_name_the_field_and_the_range(field, value, rule):
+    with pytest.raises(ValueError, match=f"InversionConfig.{field}={value!r} {rule}"):
+        InversionConfig(method="fast", **{field: value})
+
+
+def test_a_setting_of_the_other_method_is_refused_and_left_out_of_the_record():
+    with pytest.raises(ValueError, match="InversionConfig.iterations=10 is a setting of method='deepinversion' only"):
+        InversionConfig(method="fast", iterations=10)
+    with pytest.raises(ValueError, match="InversionConfig.fast_steps=3 is a setting of method='fast' only"):
+        InversionConfig(fast_steps=3)
+    fast = InversionConfig(method="fast").to_dict()
+    assert fast["method"] == "fast" and "fast_steps" in fast and "iterations" not in fast and "lr" not in fast
+    plain = InversionConfig().to_dict()
+    assert (
+        plain["method"] == "deepinversion" and "iterations" in plain and not any(k.startswith("fast_") for k in plain)
+    )

@@ -285,17 +285,23 @@ class Runner:
             ]
         return self.run.main(argv + self.student_flags)["eval_accuracy"]
 
-    def generated_set(self, fraction: float, seed: int, bpid: bool) -> str:
-        """examples/generate.py from the (fraction, seed) teacher; resumes or reuses a finished set."""
+    def generated_dir(self, fraction: float, seed: int, bpid: bool, flags: dict[str, Any] | None = None) -> Path:
+        """Where :meth:`generated_set` writes the (fraction, seed) set; its generator settings are in the name, so a
+        set made with other settings is kept, never resumed with these ones."""
         a = self.args
-        # The priors are in the name: a set made with other priors is kept, never resumed with these ones.
         priors = f"tv{a.gen_tv:g}-rbn{a.gen_r_bn:g}-j{a.gen_jitter}-it{a.gen_iterations}-b{a.gen_batch_size}"
-        output_dir = self.work / f"generated-{'bpid' if bpid else 'di'}-f{fraction}-s{seed}-{priors}"
+        extra = "".join(f"-{key}{value}" for key, value in (flags or {}).items())
+        return self.work / f"generated-{'bpid' if bpid else 'di'}-f{fraction}-s{seed}-{priors}{extra}"
+
+    def generated_set(self, fraction: float, seed: int, bpid: bool, flags: dict[str, Any] | None = None) -> str:
+        """examples/generate.py from the (fraction, seed) teacher; resumes or reuses a finished set. ``flags``: more
+        generate.py flags (name: value), e.g. ``{"method": "fast"}``."""
+        a = self.args
+        output_dir = self.generated_dir(fraction, seed, bpid, flags)
         argv = [
             f"--teacher_model_name_or_path={self.ensure_teacher(fraction, seed)}",
             f"--num_images={a.num_generated}",
             f"--output_dir={output_dir}",
-            f"--iterations={a.gen_iterations}",
             f"--batch_size={a.gen_batch_size}",
             "--resolution=28",
             f"--bpid_weight={1.0 if bpid else 0.0}",
@@ -305,7 +311,10 @@ class Runner:
             f"--flip={a.gen_jitter > 0}",
             f"--seed={seed}",
         ]
-        self.generate.main(argv)
+        flags = flags or {}
+        if flags.get("method", "deepinversion") == "deepinversion":
+            argv.append(f"--iterations={a.gen_iterations}")
+        self.generate.main(argv + [f"--{key}={value}" for key, value in flags.items()])
         return str(output_dir)
 
     def row(self, name: str, fraction: float, seed: int) -> tuple[float, dict[str, Any]]:

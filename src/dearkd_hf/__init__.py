@@ -7,7 +7,7 @@ from .alignment import AlignmentPair, default_alignment_pairs, parse_alignment_p
 from .attention_distance import AttentionDistanceCallback, mean_attention_distance
 from .callbacks import DistillationStopCallback
 from .config import DearKDConfig
-from .inversion import DeepInversionGenerator, InversionConfig
+from .inversion import DeepInversionGenerator, FastInversionGenerator, InversionConfig, create_generator
 from .modeling import DearKDViTConfig, DearKDViTForImageClassification
 from .teachers import Teacher, TeacherOutput, load_teacher
 from .trainer import DearKDTrainer
@@ -23,9 +23,11 @@ __all__ = [
     "DearKDViTForImageClassification",
     "DeepInversionGenerator",
     "DistillationStopCallback",
+    "FastInversionGenerator",
     "InversionConfig",
     "Teacher",
     "TeacherOutput",
+    "create_generator",
     "default_alignment_pairs",
     "load_teacher",
     "mean_attention_distance",

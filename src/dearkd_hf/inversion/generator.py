@@ -28,6 +28,11 @@ from .losses import (
 StepCallback = Callable[[int, float], None]
 
 
+def derived_seed(*entropy: int) -> int:
+    """A 64-bit seed that depends only on the integers ``entropy`` (distinct tuples give unrelated seeds)."""
+    return int(np.random.SeedSequence(entropy).generate_state(1, dtype=np.uint64)[0])
+
+
 @dataclass
 class InversionBatch:
     """Synthesised images with their target labels and the loss terms of the last optimisation step.
@@ -53,7 +58,10 @@ class DeepInversionGenerator:
 
     The teacher and student are frozen and put in eval mode. The student, if given, must read images in the
     normalisation its ``Teacher`` wrapper states (a bare module: ImageNet's); only used when ``adi_scale > 0``.
+    ``config.method`` must be this class's ``method`` (:func:`create_generator` picks the class by method).
     """
+
+    method = "deepinversion"
 
     def __init__(
         self,
@@ -62,8 +70,14 @@ class DeepInversionGenerator:
         student: str | nn.Module | Teacher | None = None,
         device: torch.device | str | None = None,
     ) -> None:
+        config = config or InversionConfig(method=self.method)
+        if config.method != self.method:
+            raise ValueError(
+                f"{type(self).__name__} runs InversionConfig(method={self.method!r}), got method={config.method!r}; "
+                "use create_generator(teacher, config), which picks the generator of config.method."
+            )
         self.teacher = load_teacher(teacher)
-        self.config = (config or InversionConfig()).resolved(self.teacher.input_size)
+        self.config = config.resolved(self.teacher.input_size)
         self.bn_statistics = BatchNormStatistics(self.teacher.module, name=f"teacher {self.teacher.source!r}")
         self.student = self._check_student(student)
         if self.config.bpid_weight > 0 and self.teacher.classifier_name is None:
@@ -106,7 +120,10 @@ class DeepInversionGenerator:
 
     def batch_seed(self, index: int) -> int:
         """A seed that depends on (config.seed, index) only, so a batch is reproducible and distinct from others."""
-        return int(np.random.SeedSequence((self.config.seed, index)).generate_state(1, dtype=np.uint64)[0])
+        return derived_seed(self.config.seed, index)
+
+    def prepare(self, folder: str | None = None) -> None:
+        """Set up what every batch shares, kept in a run's shard ``folder`` if given; DeepInversion has nothing."""
 
     def batches(self, num_images: int, start: int = 0) -> Iterator[InversionBatch]:
         """Exactly ``num_images`` images, batch by batch, from global batch ``start`` on (the last one cut)."""

@@ -88,8 +88,16 @@ def competition_loss(
 
 
 def bpid_intra(features: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """``mean_{i != j, y_i = y_j} z_i . z_j`` with ``z`` the L2-normalised features; 0 when no class repeats."""
-    z = F.normalize(features.flatten(1), dim=1)
+    """``mean_{i != j, y_i = y_j} z_i . z_j`` with ``z_i`` the L2-normalised *batch-centred* features
+    ``f_i - mean_k f_k``; 0 when no class repeats (METHOD.md section 5).
+
+    Centring removes what every image's features share: post-ReLU features are non-negative, so the cosine of two
+    raw feature vectors is high whatever the images are, and lowering it means making their activation patterns
+    disjoint, which fights the BatchNorm prior. Centred, a same-class pair scores high only when the two images are
+    alike relative to the rest of the batch.
+    """
+    flat = features.flatten(1)
+    z = F.normalize(flat - flat.mean(dim=0, keepdim=True), dim=1)
     same_class = labels[:, None] == labels[None, :]
     same_class.fill_diagonal_(False)
     if not same_class.any():

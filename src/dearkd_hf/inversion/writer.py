@@ -4,6 +4,7 @@ Layout of ``output_dir``::
 
     output_dir/                      the merged dataset (``datasets.load_from_disk(output_dir)``)
     output_dir/shards/fingerprint.json   teacher + resolved InversionConfig the shards were made with
+    output_dir/shards/fast_generator_init.pt   (method "fast") the meta-learned generator initialisation
     output_dir/shards/batch-000000/  one saved Dataset per global batch index (full batches), + loss_terms.json
 
 Global batch ``k`` always holds the images of seed ``(seed, k)``, so the shards a run needs are
@@ -63,6 +64,7 @@ class ShardWriter:
             return
         with open(path, encoding="utf-8") as f:
             saved = json.load(f)
+        saved.setdefault("method", "deepinversion")  # folders written before there was a choice of method
         differences = {
             key: (saved.get(key), self.fingerprint.get(key))
             for key in sorted(saved.keys() | self.fingerprint.keys())
@@ -161,7 +163,9 @@ def write_dataset(
     state.wait_for_everyone()  # every process has read output_dir before the main one writes to it
     if state.is_main_process:
         writer.prepare()
+        generator.prepare(writer.shards_dir)  # what every batch shares (the fast method's initialisation)
     state.wait_for_everyone()
+    generator.prepare(writer.shards_dir)  # the other processes load it
 
     size = generator.config.batch_size
     num_batches = math.ceil(num_images / size)

@@ -1,0 +1,296 @@
+#!/usr/bin/env python
+"""Data-free DearKD against the full-data DearKD student: accuracy and synthesis speed of each synthesis method.
+
+For each seed, with ``benchmarks.data_efficiency``'s runner (its teacher, student, schedule and flags): the teacher of
+the full training set, its full-data DearKD student (the ``dearkd`` row), and for each method a generated set of
+``num_generated`` images from that teacher (examples/generate.py) and a DearKD student (soft KD, ``datafree_epochs``)
+trained on that set alone, evaluated on the real test set. The methods (METHOD.md section 5):
+
+    deepinversion        DeepInversion (--method deepinversion, bpid_weight=0), ``gen_iterations`` steps per batch
+    deepinversion_bpid   the same with BPID (bpid_weight=1)
+    fast                 the amortised generator (--method fast, bpid_weight=0), ``--fast_steps`` per batch after
+                         ``--fast_warmup`` meta-learning tasks
+    fast_bpid            the same with BPID
+
+Each row's synthesis is one whole generate.py run from an empty folder (an earlier set of that row is deleted), so
+``synthesis_s`` (its wall time, the meta-learning warm-up included) and ``images_per_s = num_images / synthesis_s``
+are those of an uninterrupted run. Rows are appended to ``<results_dir>/<prefix>.json`` as they finish
+(``{"config", "rows": [{"method", "seed", "num_images", "synthesis_s", "images_per_s", "accuracy",
+"full_data_accuracy", ...}]}``) and skipped on a re-run; ``<prefix>.md`` (table and the issue's targets) and
+``<prefix>.png`` follow. ``<prefix>`` is ``datafree``, ``datafree_quick`` with --quick.
+
+    python -m benchmarks.datafree --seeds 0 1 2        # flags it does not know go to benchmarks.data_efficiency
+    python -m benchmarks.datafree --quick              # embedded subset, tiny models: a smoke run
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import statistics
+import time
+from pathlib import Path
+from typing import Any
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import torch  # noqa: E402
+
+from benchmarks.data_efficiency import (  # noqa: E402
+    BY_NAME,
+    ROOT,
+    Results,
+    Runner,
+    ensure_dataset,
+    row_epochs,
+    run_config,
+)
+from benchmarks.data_efficiency import parse_args as benchmark_args  # noqa: E402
+
+METHODS = {
+    "deepinversion": ("deepinversion", False),
+    "deepinversion_bpid": ("deepinversion", True),
+    "fast": ("fast", False),
+    "fast_bpid": ("fast", True),
+}
+FRACTION = 1.0  # the full training set's teacher, and the full-data student
+# The fast method's generate.py flags, full and --quick, as gen_tv etc. are DeepInversion's: chosen for the 28 px
+# teacher (a narrow generator: at width 8 a step costs about one teacher pass; see benchmarks/README.md).
+FAST_SIZES = {
+    "full": dict(fast_steps=2, fast_warmup=40, fast_width=8),
+    "quick": dict(fast_steps=2, fast_warmup=2, fast_width=8),
+}
+TARGETS = dict(share=0.90, std_points=2.0, bpid_points=1.0, speedup=20.0)
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="python -m benchmarks.datafree",
+        description=__doc__.split("\n\n")[0],
+        epilog="Any other flag is benchmarks.data_efficiency's (e.g. --quick, --num_generated, --gen_iterations, "
+        "--datafree_epochs, --work_dir, --results_dir, --max_eval_samples).",
+    )
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument(
+        "--methods", nargs="+", default=list(METHODS), choices=list(METHODS), help="Rows to run, in this order."
+    )
+    for name in FAST_SIZES["full"]:
+        parser.add_argument(
+            f"--{name}", type=int, default=None, help=f"generate.py --{name} (default {FAST_SIZES['full'][name]})."
+        )
+    parser.add_argument("--overwrite", action="store_true", help="Discard results made with another config.")
+    args, rest = parser.parse_known_args(argv)
+    quick = "--quick" in rest
+    work = ROOT / "outputs" / "benchmarks" / ("datafree_quick" if quick else "datafree")
+    defaults = [f"--work_dir={work}"] if not any(arg.startswith("--work_dir") for arg in rest) else []
+    args.bench = benchmark_args([*defaults, *rest, "--workers=1"])
+    args.prefix = "datafree_quick" if quick else "datafree"
+    for name, value in FAST_SIZES["quick" if quick else "full"].items():
+        if getattr(args, name) is None:
+            setattr(args, name, value)
+    return args
+
+
+def fast_flags(args: argparse.Namespace) -> dict[str, Any]:
+    return {"method": "fast", **{name: getattr(args, name) for name in FAST_SIZES["full"]}}
+
+
+def config(args: argparse.Namespace) -> dict[str, Any]:
+    """What changes a row's number: the data-efficiency configuration and the fast method's flags."""
+    return {**run_config(args.bench), "fast_flags": fast_flags(args)}
+
+
+def synthesise(runner: Runner, args: argparse.Namespace, method: str, seed: int) -> tuple[str, float]:
+    """One whole generate.py run from an empty folder: the set's path and its wall time."""
+    kind, bpid = METHODS[method]
+    flags = fast_flags(args) if kind == "fast" else None
+    runner.ensure_teacher(FRACTION, seed)  # trained outside the timing
+    shutil.rmtree(runner.generated_dir(FRACTION, seed, bpid, flags), ignore_errors=True)
+    start = time.perf_counter()
+    dataset = runner.generated_set(FRACTION, seed, bpid, flags)
+    return dataset, time.perf_counter() - start
+
+
+def train_on(runner: Runner, args: argparse.Namespace, method: str, seed: int, dataset: str | None) -> float:
+    """The data-efficiency ``dearkd`` student: on the real training set (``dataset=None``) or a generated one."""
+    name = "datafree_di" if dataset else "dearkd"  # the data-efficiency row whose schedule this student follows
+    epochs = row_epochs(args.bench, name, FRACTION)
+    dearkd = BY_NAME["dearkd"]
+    return runner.student_row(
+        method,
+        FRACTION,
+        seed,
+        beta=dearkd.beta,
+        stop_epoch=dearkd.stop_epoch(epochs),
+        mhca=dearkd.mhca,
+        epochs=epochs,
+        dataset=dataset,
+    )
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    args = parse_args(argv)
+    bench = args.bench
+    torch.set_num_threads(bench.threads)
+    if not bench.quick:
+        ensure_dataset(bench.dataset_dir)
+    results_dir = Path(bench.results_dir)
+    results = Results(results_dir / f"{args.prefix}.json", config(args), args.overwrite)
+    runner = Runner(bench)
+    for seed in args.seeds:
+        full = [row["full_data_accuracy"] for row in results.rows if row["seed"] == seed]
+        for method in dict.fromkeys(args.methods):  # in the order given: the cheap fast rows can go first
+            if results.has(method, FRACTION, seed):
+                continue
+            if not full:
+                print(f"full-data DearKD student, seed {seed}", flush=True)
+                full = [train_on(runner, args, "dearkd", seed, dataset=None)]
+            print(f"{method} seed={seed}", flush=True)
+            dataset, synthesis_s = synthesise(runner, args, method, seed)
+            accuracy = train_on(runner, args, f"student-{method}", seed, dataset)
+            results.add(
+                {
+                    "method": method,
+                    "seed": seed,
+                    "train_fraction": FRACTION,  # of the teacher and the full-data student (the results key)
+                    "num_images": bench.num_generated,
+                    "synthesis_s": synthesis_s,
+                    "images_per_s": bench.num_generated / synthesis_s,
+                    "accuracy": accuracy,
+                    "full_data_accuracy": full[0],
+                    "share_of_full_data": accuracy / full[0],
+                    "dataset": Path(dataset).name,
+                }
+            )
+            write_reports(results.rows, results.config, results_dir, args.prefix)
+            print(f"    accuracy {accuracy:.4f} ({synthesis_s:.0f} s synthesis)", flush=True)
+    write_reports(results.rows, results.config, results_dir, args.prefix)
+    return {"config": results.config, "rows": results.rows}
+
+
+# ---- report ----
+
+
+def summary(rows: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
+    """Per method: mean and std (points) of accuracy, mean full-data accuracy, share of it, images/s; n seeds."""
+    out = {}
+    for method in METHODS:
+        own = [row for row in rows if row["method"] == method]
+        if not own:
+            continue
+        accuracy = [100 * row["accuracy"] for row in own]
+        full = statistics.mean(100 * row["full_data_accuracy"] for row in own)
+        out[method] = {
+            "n": len(own),
+            "accuracy": statistics.mean(accuracy),
+            "std": statistics.stdev(accuracy) if len(accuracy) > 1 else float("nan"),
+            "full_data_accuracy": full,
+            "share": statistics.mean(accuracy) / full,
+            "images_per_s": statistics.mean(row["images_per_s"] for row in own),
+            "synthesis_s": statistics.mean(row["synthesis_s"] for row in own),
+        }
+    return out
+
+
+def paired_gain(rows: list[dict[str, Any]], method: str, baseline: str) -> tuple[float, int]:
+    """Mean accuracy gain (points) of ``method`` over ``baseline`` on the seeds both have, and their number."""
+    by = {(row["method"], row["seed"]): row["accuracy"] for row in rows}
+    seeds = sorted({seed for m, seed in by if m == method} & {seed for m, seed in by if m == baseline})
+    if not seeds:
+        return float("nan"), 0
+    return statistics.mean(100 * (by[method, s] - by[baseline, s]) for s in seeds), len(seeds)
+
+
+def targets(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The issue's targets, on the rows there are (a target lacking its rows is left out)."""
+    stats, checks = summary(rows), []
+    for method, s in stats.items():
+        share = TARGETS["share"]
+        checks.append(
+            dict(
+                target=f"{method} >= {share:.0%} of full-data DearKD",
+                value=f"{s['share']:.0%}",
+                met=s["share"] >= share,
+            )
+        )
+        if s["n"] > 1:
+            limit = TARGETS["std_points"]
+            checks.append(
+                dict(target=f"{method} seed std <= {limit:g} points", value=f"{s['std']:.2f}", met=s["std"] <= limit)
+            )
+    for kind in ("deepinversion", "fast"):
+        gain, n = paired_gain(rows, f"{kind}_bpid", kind)
+        if n:
+            need = TARGETS["bpid_points"]
+            checks.append(
+                dict(
+                    target=f"{kind}_bpid >= {kind} + {need:g} (paired, n={n})", value=f"{gain:+.2f}", met=gain >= need
+                )
+            )
+    for fast, slow in (("fast", "deepinversion"), ("fast_bpid", "deepinversion_bpid")):
+        if fast in stats and slow in stats:
+            speedup = stats[fast]["images_per_s"] / stats[slow]["images_per_s"]
+            gain, _ = paired_gain(rows, fast, slow)
+            need = TARGETS["speedup"]
+            checks.append(
+                dict(
+                    target=f"{fast} images/s >= {need:g}x {slow}'s at equal or better accuracy",
+                    value=f"{speedup:.1f}x, {gain:+.2f} points",
+                    met=speedup >= need and gain >= 0,
+                )
+            )
+    return checks
+
+
+def write_reports(rows: list[dict[str, Any]], config: dict[str, Any], results_dir: Path, prefix: str) -> None:
+    stats = summary(rows)
+    lines = [
+        "# Data-free DearKD: accuracy and synthesis speed (Fashion-MNIST test accuracy, %)",
+        "",
+        "Generated by `python -m benchmarks.datafree`; the JSON next to this file holds every row. Std is over "
+        "seeds; images/s is of a whole generate.py run (warm-up included).",
+        "",
+        "| method | accuracy (mean ± std, n) | full-data DearKD | share | images/s | synthesis s |",
+        "|---|---|---|---|---|---|",
+    ]
+    for method, s in stats.items():
+        lines.append(
+            f"| {method} | {s['accuracy']:.2f} ± {s['std']:.2f} (n={s['n']}) | {s['full_data_accuracy']:.2f} | "
+            f"{s['share']:.0%} | {s['images_per_s']:.1f} | {s['synthesis_s']:.0f} |"
+        )
+    lines += ["", "Targets (issue 13):", ""]
+    lines += [f"- {c['target']}: {c['value']} ({'met' if c['met'] else 'missed'})" for c in targets(rows)]
+    lines += ["", "Configuration:", "", "```json", json.dumps(config, indent=2), "```"]
+    results_dir.mkdir(parents=True, exist_ok=True)
+    (results_dir / f"{prefix}.md").write_text("\n".join(lines) + "\n")
+    write_plot(rows, results_dir / f"{prefix}.png")
+
+
+def write_plot(rows: list[dict[str, Any]], path: Path) -> None:
+    """Accuracy against images/s (log scale), one marker per row, with 90% of the full-data accuracy as a line."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for method in METHODS:
+        own = [row for row in rows if row["method"] == method]
+        if own:
+            ax.scatter([r["images_per_s"] for r in own], [100 * r["accuracy"] for r in own], label=method)
+    if rows:
+        full = statistics.mean(100 * row["full_data_accuracy"] for row in rows)
+        ax.axhline(TARGETS["share"] * full, color="gray", linestyle="--", label=f"{TARGETS['share']:.0%} of full data")
+    ax.set_xscale("log")
+    ax.set_xlabel("images/s of synthesis")
+    ax.set_ylabel("test accuracy (%)")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+if __name__ == "__main__":
+    main()
