@@ -244,6 +244,10 @@ def targets(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return checks
 
 
+def spread(stats: dict[str, float]) -> str:
+    return "-" if stats["n"] == 1 else f"{stats['std']:.2f}"  # one seed has no spread
+
+
 def write_reports(rows: list[dict[str, Any]], config: dict[str, Any], results_dir: Path, prefix: str) -> None:
     stats = summary(rows)
     lines = [
@@ -257,7 +261,7 @@ def write_reports(rows: list[dict[str, Any]], config: dict[str, Any], results_di
     ]
     for method, s in stats.items():
         lines.append(
-            f"| {method} | {s['accuracy']:.2f} ± {s['std']:.2f} (n={s['n']}) | {s['full_data_accuracy']:.2f} | "
+            f"| {method} | {s['accuracy']:.2f} ± {spread(s)} (n={s['n']}) | {s['full_data_accuracy']:.2f} | "
             f"{s['share']:.0%} | {s['images_per_s']:.1f} | {s['synthesis_s']:.0f} |"
         )
     lines += ["", "Targets (issue 13):", ""]
