@@ -209,7 +209,7 @@ def measure(args: argparse.Namespace, method: str, output_dir: Path) -> dict[str
 
 
 class AttentionRunner(Runner):
-    """The data-efficiency rows, each also evaluated every epoch and checkpointed at the switch."""
+    """The data-efficiency rows, each checkpointed at the switch, the curve rows also evaluated every epoch."""
 
     def row(self, name: str, fraction: float, seed: int) -> tuple[float, dict[str, Any]]:
         self.student_flags = ["--save_at_distillation_stop=true"]
