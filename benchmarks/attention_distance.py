@@ -5,11 +5,11 @@ DearKD's argument (paper, METHOD.md sections 1 and 4): distilling a CNN's early 
 layers a CNN's locality (a small mean attention distance), and stopping distillation lets it "play to its strengths"
 (accuracy keeps rising in stage 2, attention opens up again). This benchmark trains the data-efficiency benchmark's
 rows (``benchmarks.data_efficiency``: Fashion-MNIST at 10%, its teacher and student, its schedule) through the same
-runner, with two extra records that change nothing they train: an evaluation on the real test set after every epoch (curve rows)
-and a checkpoint after the last stage-1 step (``--save_at_distillation_stop``). Then, per model, it measures the mean
-attention distance of every layer with :func:`dearkd_hf.attention_distance.attention_distances` (the definition
-``AttentionDistanceCallback`` logs: per head, query patch and image, then averaged) on the first ``--num_images``
-real test images, model in eval mode.
+runner, with two extra records that change nothing they train: an evaluation on the real test set after every
+epoch (curve rows) and a checkpoint after the last stage-1 step (``--save_at_distillation_stop``). Then, per model,
+it measures the mean attention distance of every layer with
+:func:`dearkd_hf.attention_distance.attention_distances` (the definition ``AttentionDistanceCallback`` logs: per
+head, query patch and image, then averaged) on the first ``--num_images`` real test images, model in eval mode.
 
     scratch                the plain-attention ViT on labels alone
     scratch_mhca           the DearKD ViT (MHCA) on labels alone: MHCA's own locality, without distillation
