@@ -69,16 +69,8 @@ class FastInversionGenerator(DeepInversionGenerator):
     """
 
     method = "fast"
-
-    def __init__(
-        self,
-        teacher: str | nn.Module | Teacher,
-        config: InversionConfig | None = None,
-        student: str | nn.Module | Teacher | None = None,
-        device: torch.device | str | None = None,
-    ) -> None:
-        super().__init__(teacher, config, student=student, device=device)
-        self.initialisation: ImageGenerator | None = None
+    # Set per instance by :meth:`prepare`; the constructor is DeepInversionGenerator's, unchanged.
+    initialisation: ImageGenerator | None = None
 
     def _new_network(self) -> ImageGenerator:
         c = self.config
