@@ -30,6 +30,7 @@ import json
 import os
 import shutil
 import statistics
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -46,6 +47,7 @@ from benchmarks.data_efficiency import (  # noqa: E402
     ensure_dataset,
     row_epochs,
     run_config,
+    run_workers,
 )
 from benchmarks.data_efficiency import parse_args as benchmark_args  # noqa: E402
 
@@ -59,8 +61,17 @@ FRACTION = 1.0  # the full training set's teacher, and the full-data student
 # The fast method's generate.py flags, full and --quick, as gen_tv etc. are DeepInversion's: chosen for the 28 px
 # teacher (a narrow generator: at width 8 a step costs about one teacher pass; see benchmarks/README.md).
 FAST_SIZES = {
-    "full": dict(fast_steps=2, fast_warmup=40, fast_width=8),
+    "full": dict(fast_steps=2, fast_warmup=200, fast_width=8),
     "quick": dict(fast_steps=2, fast_warmup=2, fast_width=8),
+}
+# The data-free students' own settings (full, --quick): images of the fast rows (synthesis is cheap there, so they
+# get more), optimizer steps of every data-free student (the same for all methods, whatever their number of images),
+# mixup/CutMix between generated images, and the teacher's probabilities as the label term's targets on every view
+# (run.py --teacher_labels). They distil to the end (--datafree_stop_fraction 1): a stage 2 would train on the
+# generation targets alone. benchmarks/README.md has the measurements behind each.
+STUDENT_SIZES = {
+    "full": dict(fast_num_generated=25600, datafree_steps=2000, datafree_mixup=0.8, datafree_cutmix=1.0),
+    "quick": dict(fast_num_generated=32, datafree_steps=2, datafree_mixup=0.8, datafree_cutmix=1.0),
 }
 TARGETS = dict(share=0.90, std_points=2.0, bpid_points=1.0, speedup=20.0)
 
@@ -80,14 +91,65 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         parser.add_argument(
             f"--{name}", type=int, default=None, help=f"generate.py --{name} (default {FAST_SIZES['full'][name]})."
         )
+    full = STUDENT_SIZES["full"]
+    parser.add_argument(
+        "--fast_num_generated",
+        type=int,
+        default=None,
+        help=f"Images generated for the fast rows (default {full['fast_num_generated']}; the DeepInversion rows "
+        "make --num_generated).",
+    )
+    parser.add_argument(
+        "--datafree_steps",
+        type=int,
+        default=None,
+        help=f"Optimizer steps of every data-free student (default {full['datafree_steps']}): its epochs are "
+        "steps * batch_size / images, so methods that afford more images are not also given more training.",
+    )
+    parser.add_argument(
+        "--datafree_mixup",
+        type=float,
+        default=None,
+        help=f"Mixup alpha of the data-free students ({full['datafree_mixup']}).",
+    )
+    parser.add_argument(
+        "--datafree_cutmix",
+        type=float,
+        default=None,
+        help=f"CutMix alpha of the data-free students ({full['datafree_cutmix']}).",
+    )
+    parser.add_argument(
+        "--datafree_teacher_labels",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="run.py --teacher_labels for the data-free students: the label term learns the teacher's probabilities "
+        "on each view rather than the generation targets (default on).",
+    )
+    parser.add_argument(
+        "--datafree_stop_fraction",
+        type=float,
+        default=1.0,
+        help="Where the data-free students stop distilling, as a fraction of their run (default 1: they distil to "
+        "the end; a stage 2 would train on the generation targets alone).",
+    )
     parser.add_argument("--overwrite", action="store_true", help="Discard results made with another config.")
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=min(2, os.cpu_count() or 1),
+        help="Processes that split the seeds (one core each).",
+    )
     args, rest = parser.parse_known_args(argv)
+    if args.workers < 1:
+        parser.error(f"--workers={args.workers}: must be >= 1.")
     quick = "--quick" in rest
     work = ROOT / "outputs" / "benchmarks" / ("datafree_quick" if quick else "datafree")
     defaults = [f"--work_dir={work}"] if not any(arg.startswith("--work_dir") for arg in rest) else []
     args.bench = benchmark_args([*defaults, *rest, "--workers=1"])
     args.prefix = "datafree_quick" if quick else "datafree"
-    for name, value in FAST_SIZES["quick" if quick else "full"].items():
+    args.work_dir = args.bench.work_dir  # the workers' logs and results files go there
+    size = "quick" if quick else "full"
+    for name, value in {**FAST_SIZES[size], **STUDENT_SIZES[size]}.items():
         if getattr(args, name) is None:
             setattr(args, name, value)
     return args
@@ -98,8 +160,15 @@ def fast_flags(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def config(args: argparse.Namespace) -> dict[str, Any]:
-    """What changes a row's number: the data-efficiency configuration and the fast method's flags."""
-    return {**run_config(args.bench), "fast_flags": fast_flags(args)}
+    """What changes a row's number: the data-efficiency configuration, the fast method's flags and the data-free
+    students' settings."""
+    names = [*STUDENT_SIZES["full"], "datafree_teacher_labels", "datafree_stop_fraction"]
+    students = {name: getattr(args, name) for name in names}
+    return {**run_config(args.bench), "fast_flags": fast_flags(args), **students}
+
+
+def num_images(args: argparse.Namespace, method: str) -> int:
+    return args.fast_num_generated if METHODS[method][0] == "fast" else args.bench.num_generated
 
 
 def synthesise(runner: Runner, args: argparse.Namespace, method: str, seed: int) -> tuple[str, float]:
@@ -109,21 +178,49 @@ def synthesise(runner: Runner, args: argparse.Namespace, method: str, seed: int)
     runner.ensure_teacher(FRACTION, seed)  # trained outside the timing
     shutil.rmtree(runner.generated_dir(FRACTION, seed, bpid, flags), ignore_errors=True)
     start = time.perf_counter()
-    dataset = runner.generated_set(FRACTION, seed, bpid, flags)
+    dataset = runner.generated_set(FRACTION, seed, bpid, flags, num_images=num_images(args, method))
     return dataset, time.perf_counter() - start
 
 
-def train_on(runner: Runner, args: argparse.Namespace, method: str, seed: int, dataset: str | None) -> float:
-    """The data-efficiency ``dearkd`` student: on the real training set (``dataset=None``) or a generated one."""
-    name = "datafree_di" if dataset else "dearkd"  # the data-efficiency row whose schedule this student follows
-    epochs = row_epochs(args.bench, name, FRACTION)
+def train_full_data(runner: Runner, args: argparse.Namespace, seed: int) -> float:
+    """The data-efficiency ``dearkd`` row on the real training set; it depends on its flags alone, so a finished
+    one (whatever the data-free rows' settings) is reused."""
+    epochs = row_epochs(args.bench, "dearkd", FRACTION)
     dearkd = BY_NAME["dearkd"]
+    runner.student_flags = []
     return runner.student_row(
-        method,
+        "dearkd",
         FRACTION,
         seed,
         beta=dearkd.beta,
         stop_epoch=dearkd.stop_epoch(epochs),
+        mhca=dearkd.mhca,
+        epochs=epochs,
+        reuse=True,
+    )
+
+
+def datafree_epochs(args: argparse.Namespace, method: str) -> float:
+    """Epochs that make ``datafree_steps`` optimizer steps on the method's generated set."""
+    return args.datafree_steps * args.bench.batch_size / num_images(args, method)
+
+
+def train_datafree(runner: Runner, args: argparse.Namespace, method: str, seed: int, dataset: str) -> float:
+    """A DearKD student (the ``dearkd`` row's alignment and MHCA) on a generated set alone, with the data-free
+    students' settings; evaluated on the real test set."""
+    epochs = datafree_epochs(args, method)
+    runner.student_flags = [
+        f"--mixup={args.datafree_mixup}",
+        f"--cutmix={args.datafree_cutmix}",
+        f"--teacher_labels={args.datafree_teacher_labels}",
+    ]
+    dearkd = BY_NAME["dearkd"]
+    return runner.student_row(
+        f"student-{method}",
+        FRACTION,
+        seed,
+        beta=dearkd.beta,
+        stop_epoch=args.datafree_stop_fraction * epochs,
         mhca=dearkd.mhca,
         epochs=epochs,
         dataset=dataset,
@@ -138,7 +235,18 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         ensure_dataset(bench.dataset_dir)
     results_dir = Path(bench.results_dir)
     results = Results(results_dir / f"{args.prefix}.json", config(args), args.overwrite)
-    runner = Runner(bench)
+    if args.workers > 1 and len(args.seeds) > 1:
+        run_workers(args, sys.argv[1:] if argv is None else list(argv), results, module="benchmarks.datafree")
+    else:
+        run_rows(args, results)
+    write_reports(results.rows, results.config, results_dir, args.prefix)
+    return {"config": results.config, "rows": results.rows}
+
+
+def run_rows(args: argparse.Namespace, results: Results) -> None:
+    """This process's rows: for each seed its full-data student, then each method's synthesis and student."""
+    results_dir = Path(args.bench.results_dir)
+    runner = Runner(args.bench)
     for seed in args.seeds:
         full = [row["full_data_accuracy"] for row in results.rows if row["seed"] == seed]
         for method in dict.fromkeys(args.methods):  # in the order given: the cheap fast rows can go first
@@ -146,18 +254,20 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 continue
             if not full:
                 print(f"full-data DearKD student, seed {seed}", flush=True)
-                full = [train_on(runner, args, "dearkd", seed, dataset=None)]
+                full = [train_full_data(runner, args, seed)]
             print(f"{method} seed={seed}", flush=True)
             dataset, synthesis_s = synthesise(runner, args, method, seed)
-            accuracy = train_on(runner, args, f"student-{method}", seed, dataset)
+            accuracy = train_datafree(runner, args, method, seed, dataset)
+            images = num_images(args, method)
             results.add(
                 {
                     "method": method,
                     "seed": seed,
                     "train_fraction": FRACTION,  # of the teacher and the full-data student (the results key)
-                    "num_images": bench.num_generated,
+                    "num_images": images,
+                    "epochs": datafree_epochs(args, method),
                     "synthesis_s": synthesis_s,
-                    "images_per_s": bench.num_generated / synthesis_s,
+                    "images_per_s": images / synthesis_s,
                     "accuracy": accuracy,
                     "full_data_accuracy": full[0],
                     "share_of_full_data": accuracy / full[0],
@@ -166,8 +276,6 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             )
             write_reports(results.rows, results.config, results_dir, args.prefix)
             print(f"    accuracy {accuracy:.4f} ({synthesis_s:.0f} s synthesis)", flush=True)
-    write_reports(results.rows, results.config, results_dir, args.prefix)
-    return {"config": results.config, "rows": results.rows}
 
 
 # ---- report ----

@@ -262,19 +262,30 @@ def test_data_efficiency_targets_are_checked_on_the_means_where_rows_exist():
 
 @pytest.mark.slow
 def test_datafree_quick_writes_a_row_per_method_and_seed_and_skips_done_rows(tmp_path):
-    args = ["--quick", "--seeds", "0", "--max_train_samples=40", "--max_eval_samples=40", "--num_generated=8"]
-    args += ["--gen_batch_size=8", f"--results_dir={tmp_path / 'results'}", f"--work_dir={tmp_path / 'work'}"]
-    run_script("datafree", *args)
+    args = ["--quick", "--max_train_samples=40", "--max_eval_samples=40", "--num_generated=8"]
+    args += ["--fast_num_generated=16", "--datafree_steps=3", "--gen_batch_size=8"]
+    args += [f"--results_dir={tmp_path / 'results'}", f"--work_dir={tmp_path / 'work'}"]
+    run_script("datafree", *args, "--seeds", "0")
     path = tmp_path / "results" / "datafree_quick.json"
     data = json.loads(path.read_text())
     rows = data["rows"]
     assert [row["method"] for row in rows] == ["deepinversion", "deepinversion_bpid", "fast", "fast_bpid"]
     for row in rows:
-        assert row["seed"] == 0 and row["num_images"] == 8 and row["synthesis_s"] > 0
-        assert row["images_per_s"] == pytest.approx(8 / row["synthesis_s"])
+        images = 16 if row["method"].startswith("fast") else 8  # the cheap method gets more images
+        assert row["seed"] == 0 and row["num_images"] == images and row["synthesis_s"] > 0
+        assert row["epochs"] == 3 * 32 / images  # the same steps (batch 32) for every data-free student
+        assert row["images_per_s"] == pytest.approx(images / row["synthesis_s"])
         assert 0.0 <= row["accuracy"] <= 1.0 and 0.0 <= row["full_data_accuracy"] <= 1.0
     assert len({row["full_data_accuracy"] for row in rows}) == 1  # one full-data student per seed
-    assert data["config"]["fast_flags"] == {"method": "fast", "fast_steps": 2, "fast_warmup": 2, "fast_width": 8}
+    config = data["config"]
+    assert config["fast_flags"] == {"method": "fast", "fast_steps": 2, "fast_warmup": 2, "fast_width": 8}
+    assert (config["fast_num_generated"], config["datafree_steps"], config["datafree_stop_fraction"]) == (16, 3, 1.0)
+    assert (config["datafree_mixup"], config["datafree_cutmix"], config["datafree_teacher_labels"]) == (0.8, 1.0, True)
+    student = json.loads((tmp_path / "work" / "student-fast-f1.0-s0" / "DONE").read_text())["argv"]
+    stop = f"--distillation_stop_epoch={3 * 32 / 16}"  # distils to the end
+    assert {"--mixup=0.8", "--cutmix=1.0", "--teacher_labels=True", stop} <= set(student)
+    full_data = json.loads((tmp_path / "work" / "dearkd-f1.0-s0" / "DONE").read_text())["argv"]
+    assert not any(flag.startswith(("--mixup=0.8", "--teacher_labels")) for flag in full_data)
     generated = {p.name: p for p in (tmp_path / "work").glob("generated-*")}
     assert sorted(generated) == sorted(row["dataset"] for row in rows)
     fast = json.loads((generated[rows[3]["dataset"]] / "generation_config.json").read_text())["inversion_config"]
@@ -283,8 +294,13 @@ def test_datafree_quick_writes_a_row_per_method_and_seed_and_skips_done_rows(tmp
     assert all(f"| {row['method']} |" in table for row in rows) and "fast images/s >= 20x" in table
     assert (tmp_path / "results" / "datafree_quick.png").read_bytes()[:4] == b"\x89PNG"
 
-    rerun = run_script("datafree", *args)  # every row is done: nothing is generated or trained again
-    assert "seed=0" not in rerun.stdout and json.loads(path.read_text())["rows"] == rows
+    # Seed 0's rows are done: a run over seeds 0 and 1 in two workers trains seed 1 alone, then merges.
+    run_script("datafree", *args, "--seeds", "0", "1", "--workers=2")
+    merged = json.loads(path.read_text())["rows"]
+    assert merged[:4] == rows and sorted((row["method"], row["seed"]) for row in merged[4:]) == [
+        (method, 1) for method in sorted(row["method"] for row in rows)
+    ]
+    assert "seed=0" not in (tmp_path / "work" / "workers" / "seeds-0.log").read_text()
 
 
 def test_datafree_targets_on_hand_made_rows():
@@ -551,3 +567,24 @@ def test_attention_distance_stage2_gain_reads_each_curve_at_dearkds_switch():
     assert "| dearkd | 61.00 ± 1.41 | 68.00 ± 2.83 | +7.00 ± 4.24 |" in table
     assert "| deit | 60.00 | 60.00 | +0.00 |" in table
     assert not any(line.startswith("| dearkd_no_stop") for line in table)  # no rows, no line
+
+
+def test_runner_reuses_a_finished_student_only_with_the_same_flags(tmp_path):
+    bench = load_data_efficiency()
+    runner = bench.Runner(bench.parse_args(["--quick", f"--work_dir={tmp_path}"]))
+    calls = []
+
+    def fake_main(argv):  # run.py's main: writes the output folder, returns the metrics
+        calls.append(argv)
+        Path(next(a for a in argv if a.startswith("--output_dir="))[13:]).mkdir(parents=True, exist_ok=True)
+        return {"eval_accuracy": 0.5 + len(calls) / 100}
+
+    runner.run = type("RunModule", (), {"main": staticmethod(fake_main)})
+    row = dict(beta=1.0, stop_epoch=1.0, mhca=True, epochs=1.0, teacher=str(tmp_path / "teacher"))
+    assert runner.student_row("dearkd", 1.0, 0, reuse=True, **row) == 0.51
+    assert runner.student_row("dearkd", 1.0, 0, reuse=True, **row) == 0.51 and len(calls) == 1  # read back
+    assert runner.student_row("dearkd", 1.0, 0, **row) == 0.52  # without reuse: trained again
+    runner.student_flags = ["--eval_strategy=epoch"]  # other flags: trained again, then reused
+    assert runner.student_row("dearkd", 1.0, 0, reuse=True, **row) == 0.53
+    assert runner.student_row("dearkd", 1.0, 0, reuse=True, **row) == 0.53 and len(calls) == 3
+    assert calls[-1][-1] == "--eval_strategy=epoch"

@@ -531,3 +531,22 @@ def test_save_at_distillation_stop_is_off_by_default(tmp_path):
     trainer = make_trainer(tmp_path)
     trainer.train()
     assert not list(tmp_path.glob("checkpoint-*"))
+
+
+def test_teacher_labels_make_the_label_term_learn_the_teachers_probabilities(tmp_path):
+    student = _dearkd_vit()
+    trainer = make_trainer(tmp_path, student=student, max_steps=1, teacher_labels=True, beta=0.0)
+    batch = next(iter(trainer.get_train_dataloader()))
+    trainer.compute_loss(trainer.model.train(), batch)
+    with torch.no_grad():
+        cls_logits = student(pixel_values=batch["pixel_values"]).cls_logits
+        probabilities = trainer.teacher.logits(batch["pixel_values"]).softmax(-1)
+    expected = -(probabilities * cls_logits.log_softmax(-1)).sum(-1).mean()  # CE to the teacher's distribution
+    assert trainer._metrics["loss_ce"][-1].item() == pytest.approx(expected.item(), rel=1e-4)
+    dataset_ce = torch.nn.functional.cross_entropy(cls_logits, batch["labels"])
+    assert abs(dataset_ce.item() - expected.item()) > 1e-3  # the dataset's labels are not what it learned
+
+
+def test_teacher_labels_need_logit_distillation(tmp_path):
+    with pytest.raises(ValueError, match="teacher_labels=True .* set distillation_type to 'hard' or 'soft'"):
+        make_config(tmp_path, teacher_labels=True, distillation_type="none")

@@ -257,15 +257,17 @@ class Runner:
         epochs: float,
         dataset: str | None = None,
         teacher: str | None = None,
+        reuse: bool = False,
     ) -> float:
         """examples/run.py on the real data (or a generated set, evaluated on the real test set).
 
-        The teacher is the (fraction, seed) teacher of the work dir unless ``teacher`` names another folder.
+        The teacher is the (fraction, seed) teacher of the work dir unless ``teacher`` names another folder. With
+        ``reuse``, a finished run in the row's folder with the very same flags is not trained again (its accuracy is
+        read back); only for rows whose inputs those flags pin down (not a generated set that may have grown).
         """
         a = self.args
         teacher = teacher or self.ensure_teacher(fraction, seed)
         output_dir = self.work / f"{method}-f{fraction}-s{seed}"
-        shutil.rmtree(output_dir, ignore_errors=True)
         student = a.student + ("" if mhca else ",mhca_layers=[]")
         argv = [
             f"--teacher_model_name_or_path={teacher}",
@@ -283,7 +285,14 @@ class Runner:
                 f"--eval_dataset_name={a.dataset_dir}",
                 f"--distillation_type={a.datafree_distillation_type}",
             ]
-        return self.run.main(argv + self.student_flags)["eval_accuracy"]
+        argv += self.student_flags
+        done = output_dir / "DONE"
+        if reuse and done.is_file() and json.loads(done.read_text())["argv"] == argv:
+            return json.loads(done.read_text())["eval_accuracy"]
+        shutil.rmtree(output_dir, ignore_errors=True)
+        accuracy = self.run.main(argv)["eval_accuracy"]
+        done.write_text(json.dumps({"argv": argv, "eval_accuracy": accuracy}))
+        return accuracy
 
     def generated_dir(self, fraction: float, seed: int, bpid: bool, flags: dict[str, Any] | None = None) -> Path:
         """Where :meth:`generated_set` writes the (fraction, seed) set; its generator settings are in the name, so a
@@ -293,14 +302,21 @@ class Runner:
         extra = "".join(f"-{key}{value}" for key, value in (flags or {}).items())
         return self.work / f"generated-{'bpid' if bpid else 'di'}-f{fraction}-s{seed}-{priors}{extra}"
 
-    def generated_set(self, fraction: float, seed: int, bpid: bool, flags: dict[str, Any] | None = None) -> str:
-        """examples/generate.py from the (fraction, seed) teacher; resumes or reuses a finished set. ``flags``: more
-        generate.py flags (name: value), e.g. ``{"method": "fast"}``."""
+    def generated_set(
+        self,
+        fraction: float,
+        seed: int,
+        bpid: bool,
+        flags: dict[str, Any] | None = None,
+        num_images: int | None = None,
+    ) -> str:
+        """examples/generate.py from the (fraction, seed) teacher; resumes, extends or reuses a set. ``flags``: more
+        generate.py flags (name: value), e.g. ``{"method": "fast"}``; ``num_images``: default ``num_generated``."""
         a = self.args
         output_dir = self.generated_dir(fraction, seed, bpid, flags)
         argv = [
             f"--teacher_model_name_or_path={self.ensure_teacher(fraction, seed)}",
-            f"--num_images={a.num_generated}",
+            f"--num_images={num_images or a.num_generated}",
             f"--output_dir={output_dir}",
             f"--batch_size={a.gen_batch_size}",
             "--resolution=28",

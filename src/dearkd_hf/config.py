@@ -31,6 +31,11 @@ class DearKDConfig(TrainingArguments):
             Weight of the logit distillation term; the label term gets `1 - alpha`. In [0, 1].
         tau (`float`, *optional*, defaults to `1.0`):
             Temperature of soft distillation. Positive.
+        teacher_labels (`bool`, *optional*, defaults to `False`):
+            In stage 1, the label term's targets are the teacher's class probabilities on each (augmented, mixed)
+            view instead of the dataset's labels: for generated images (data-free DearKD, METHOD.md section 5),
+            whose labels are only the targets they were synthesised for. Needs logit distillation
+            (`distillation_type` not `"none"`); stage 2, without the teacher, uses the dataset's labels.
         beta (`float`, *optional*, defaults to `1.0`):
             Weight of the early-layer alignment loss (summed over pairs). Non-negative; 0 disables alignment.
         alignment_pairs (`list[str]` or `None`, *optional*, defaults to `None`):
@@ -77,6 +82,10 @@ class DearKDConfig(TrainingArguments):
     )
     alpha: float = field(default=0.5, metadata={"help": "Weight of logit distillation (labels get 1 - alpha)."})
     tau: float = field(default=1.0, metadata={"help": "Temperature of soft distillation."})
+    teacher_labels: bool = field(
+        default=False,
+        metadata={"help": "Stage 1: the label term learns the teacher's probabilities on each view (data-free)."},
+    )
     beta: float = field(default=1.0, metadata={"help": "Weight of the early-layer alignment loss."})
     alignment_pairs: list[str] | None = field(
         default=None,
@@ -146,6 +155,12 @@ class DearKDConfig(TrainingArguments):
             )
         if not 0.0 <= self.alpha <= 1.0:
             raise ValueError(f"alpha={self.alpha} must lie in [0, 1] (weight of logit distillation); e.g. 0.5.")
+        if self.teacher_labels and self.distillation_type == "none":
+            raise ValueError(
+                "teacher_labels=True takes the label term's targets from the teacher's class probabilities, which "
+                "needs the teacher to share the student's classes; set distillation_type to 'hard' or 'soft', or "
+                "teacher_labels=False."
+            )
         if self.beta < 0:
             raise ValueError(f"beta={self.beta} must be >= 0 (alignment weight; 0 disables alignment).")
         if self.tau <= 0:

@@ -260,6 +260,8 @@ class DearKDTrainer(ExactResumeMixin, EvaluationCollatorMixin, Trainer):
             # The teacher first: its activations and full-size feature maps are freed (only its logits and the
             # pooled targets stay) before the student's forward stores its own for the backward pass.
             teacher_logits, targets = self._teacher_targets(pixel_values)
+            if self.args.teacher_labels:  # the teacher labels every view (generated images: METHOD.md section 5)
+                labels = teacher_logits.float().softmax(dim=-1)
         with self.aligners.running(aligning):
             outputs = model(pixel_values=pixel_values, **student_forward_kwargs(self.geometry, aligning))
         student = student_outputs(outputs)
