@@ -37,7 +37,9 @@ from typing import Any
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
+import datasets  # noqa: E402
 import torch  # noqa: E402
+from torchvision.transforms.functional import pil_to_tensor  # noqa: E402
 
 from benchmarks.data_efficiency import (  # noqa: E402
     BY_NAME,
@@ -50,6 +52,8 @@ from benchmarks.data_efficiency import (  # noqa: E402
     run_workers,
 )
 from benchmarks.data_efficiency import parse_args as benchmark_args  # noqa: E402
+from dearkd_hf.inversion.losses import bpid_intra  # noqa: E402
+from dearkd_hf.teachers import load_teacher  # noqa: E402
 
 METHODS = {
     "deepinversion": ("deepinversion", False),
@@ -73,6 +77,7 @@ STUDENT_SIZES = {
     "full": dict(fast_num_generated=25600, datafree_steps=2000, datafree_mixup=0.8, datafree_cutmix=1.0),
     "quick": dict(fast_num_generated=32, datafree_steps=2, datafree_mixup=0.8, datafree_cutmix=1.0),
 }
+STATISTICS = ("teacher_agreement", "teacher_confidence", "same_class_cosine")  # of set_statistics
 TARGETS = dict(share=0.90, std_points=2.0, bpid_points=1.0, speedup=20.0)
 
 
@@ -182,6 +187,40 @@ def synthesise(runner: Runner, args: argparse.Namespace, method: str, seed: int)
     return dataset, time.perf_counter() - start
 
 
+def set_statistics(
+    teacher: str, dataset: str, batch_size: int, split: str | None = None, limit: int = 1024
+) -> dict[str, float]:
+    """How the teacher sees the first ``limit`` images of a saved set (``split`` of a saved dataset dict), in
+    batches of ``batch_size`` (a generated set's own batches): ``teacher_agreement`` (share it classifies as their
+    label), ``teacher_confidence`` (mean top probability) and ``same_class_cosine`` (BPID's intra term,
+    ``bpid_intra``, averaged over the batches): the diversity BPID acts on, comparable across methods and with real
+    images."""
+    model = load_teacher(teacher)
+    model.module.eval()
+    images = datasets.load_from_disk(dataset)
+    images = images[split] if split else images
+    images = images.select(range(min(limit, len(images))))
+    mode = "L" if model.num_channels == 1 else "RGB"
+    pixels = torch.stack([pil_to_tensor(image.convert(mode)).float() / 255 for image in images["image"]])
+    labels = torch.tensor(images["label"])
+    mean = torch.tensor(model.mean).view(1, -1, 1, 1)
+    std = torch.tensor(model.std).view(1, -1, 1, 1)
+    agree, confidence, cosine = [], [], []
+    with torch.no_grad():
+        for start in range(0, len(labels), batch_size):
+            x, y = pixels[start : start + batch_size], labels[start : start + batch_size]
+            output = model.forward_with_features((x - mean) / std)
+            probabilities = output.logits.softmax(-1)
+            agree.append((probabilities.argmax(-1) == y).float().mean().item())
+            confidence.append(probabilities.amax(-1).mean().item())
+            cosine.append(bpid_intra(output.pre_logits, y).item())
+    return {
+        "teacher_agreement": statistics.mean(agree),
+        "teacher_confidence": statistics.mean(confidence),
+        "same_class_cosine": statistics.mean(cosine),
+    }
+
+
 def train_full_data(runner: Runner, args: argparse.Namespace, seed: int) -> float:
     """The data-efficiency ``dearkd`` row on the real training set; it depends on its flags alone, so a finished
     one (whatever the data-free rows' settings) is reused."""
@@ -245,8 +284,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
 def run_rows(args: argparse.Namespace, results: Results) -> None:
     """This process's rows: for each seed its full-data student, then each method's synthesis and student."""
-    results_dir = Path(args.bench.results_dir)
-    runner = Runner(args.bench)
+    bench = args.bench
+    results_dir = Path(bench.results_dir)
+    runner = Runner(bench)
     for seed in args.seeds:
         full = [row["full_data_accuracy"] for row in results.rows if row["seed"] == seed]
         for method in dict.fromkeys(args.methods):  # in the order given: the cheap fast rows can go first
@@ -257,6 +297,7 @@ def run_rows(args: argparse.Namespace, results: Results) -> None:
                 full = [train_full_data(runner, args, seed)]
             print(f"{method} seed={seed}", flush=True)
             dataset, synthesis_s = synthesise(runner, args, method, seed)
+            teacher = runner.ensure_teacher(FRACTION, seed)
             accuracy = train_datafree(runner, args, method, seed, dataset)
             images = num_images(args, method)
             results.add(
@@ -272,6 +313,13 @@ def run_rows(args: argparse.Namespace, results: Results) -> None:
                     "full_data_accuracy": full[0],
                     "share_of_full_data": accuracy / full[0],
                     "dataset": Path(dataset).name,
+                    **set_statistics(teacher, dataset, bench.gen_batch_size),
+                    **{  # the same on real test images (shuffled classes), for reference
+                        f"real_{name}": value
+                        for name, value in set_statistics(
+                            teacher, bench.dataset_dir, bench.gen_batch_size, split="test"
+                        ).items()
+                    },
                 }
             )
             write_reports(results.rows, results.config, results_dir, args.prefix)
@@ -298,6 +346,12 @@ def summary(rows: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
             "share": statistics.mean(accuracy) / full,
             "images_per_s": statistics.mean(row["images_per_s"] for row in own),
             "synthesis_s": statistics.mean(row["synthesis_s"] for row in own),
+            "num_images": statistics.mean(row["num_images"] for row in own),
+            **{
+                name: statistics.mean(row[name] for row in own)
+                for name in STATISTICS
+                if all(name in row for row in own)  # rows from before these were recorded lack them
+            },
         }
     return out
 
@@ -364,14 +418,30 @@ def write_reports(rows: list[dict[str, Any]], config: dict[str, Any], results_di
         "Generated by `python -m benchmarks.datafree`; the JSON next to this file holds every row. Std is over "
         "seeds; images/s is of a whole generate.py run (warm-up included).",
         "",
-        "| method | accuracy (mean ± std, n) | full-data DearKD | share | images/s | synthesis s |",
-        "|---|---|---|---|---|---|",
+        "| method | images | accuracy (mean ± std, n) | full-data DearKD | share | images/s | synthesis s | "
+        "teacher agrees | teacher confidence | same-class cosine |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for method, s in stats.items():
         lines.append(
-            f"| {method} | {s['accuracy']:.2f} ± {spread(s)} (n={s['n']}) | {s['full_data_accuracy']:.2f} | "
-            f"{s['share']:.0%} | {s['images_per_s']:.1f} | {s['synthesis_s']:.0f} |"
+            f"| {method} | {s['num_images']:.0f} | {s['accuracy']:.2f} ± {spread(s)} (n={s['n']}) | "
+            f"{s['full_data_accuracy']:.2f} | {s['share']:.0%} | {s['images_per_s']:.1f} | {s['synthesis_s']:.0f} | "
+            + " | ".join(f"{s[name]:.3f}" if name in s else "-" for name in STATISTICS)
+            + " |"
         )
+    real = [row for row in rows if all(f"real_{name}" in row for name in STATISTICS)]
+    if real:
+        lines.append(
+            "| (real test images) | | | | | | | "
+            + " | ".join(f"{statistics.mean(row[f'real_{name}'] for row in real):.3f}" for name in STATISTICS)
+            + " |"
+        )
+    lines += [
+        "",
+        "The last three columns are how the teacher sees the first 1,024 images of each set, in batches of the "
+        "generation batch size: the share it classifies as their label, its mean top probability, and BPID's intra "
+        "term (the mean cosine of batch-centred pre-logit features over same-class pairs: lower is more diverse).",
+    ]
     lines += ["", "Targets (issue 13):", ""]
     lines += [f"- {c['target']}: {c['value']} ({'met' if c['met'] else 'missed'})" for c in targets(rows)]
     lines += ["", "Configuration:", "", "```json", json.dumps(config, indent=2), "```"]

@@ -14,8 +14,11 @@ import datasets
 import pytest
 import torch
 from conftest import make_resnet_teacher
+from torchvision.transforms.functional import to_pil_image
 
 from dearkd_hf.data import stratified_fraction
+from dearkd_hf.inversion.losses import bpid_intra
+from dearkd_hf.teachers import load_teacher
 
 ROOT = Path(__file__).resolve().parents[1]
 BENCHMARKS = ROOT / "benchmarks"
@@ -321,7 +324,7 @@ def test_datafree_targets_on_hand_made_rows():
                     "full_data_accuracy": 0.80,
                     "images_per_s": speed,
                 }
-                | {"synthesis_s": 1.0}
+                | {"synthesis_s": 1.0, "num_images": 64}
             )
     checks = {c["target"]: c for c in bench.targets(rows)}
     assert checks["fast_bpid >= 90% of full-data DearKD"] == {
@@ -588,3 +591,27 @@ def test_runner_reuses_a_finished_student_only_with_the_same_flags(tmp_path):
     assert runner.student_row("dearkd", 1.0, 0, reuse=True, **row) == 0.53
     assert runner.student_row("dearkd", 1.0, 0, reuse=True, **row) == 0.53 and len(calls) == 3
     assert calls[-1][-1] == "--eval_strategy=epoch"
+
+
+def test_datafree_set_statistics_by_hand(tmp_path):
+    bench = load_script("datafree")
+    teacher = make_resnet_teacher(num_labels=3)
+    teacher.save_pretrained(tmp_path / "teacher")
+    generator = torch.Generator().manual_seed(0)
+    pixels = (torch.rand(6, 1, 16, 16, generator=generator) * 255).round() / 255  # exactly what a PNG holds
+    loaded = load_teacher(str(tmp_path / "teacher"))  # its normalisation is what the statistics must apply
+    x = (pixels - torch.tensor(loaded.mean).view(1, -1, 1, 1)) / torch.tensor(loaded.std).view(1, -1, 1, 1)
+    with torch.no_grad():
+        logits = teacher(pixel_values=x).logits
+        pre_logits = teacher.resnet(pixel_values=x).pooler_output.flatten(1)
+    labels = logits.argmax(-1).clone()
+    labels[3:] = (labels[3:] + 1) % 3  # the teacher agrees on the first three images only
+    images = [to_pil_image(p) for p in pixels]
+    datasets.Dataset.from_dict({"image": images, "label": labels.tolist()}).save_to_disk(tmp_path / "set")
+    stats = bench.set_statistics(str(tmp_path / "teacher"), str(tmp_path / "set"), batch_size=4)
+    assert stats["teacher_agreement"] == pytest.approx((3 / 4 + 0 / 2) / 2)  # per batch of 4, then their mean
+    assert stats["teacher_confidence"] == pytest.approx(
+        (logits[:4].softmax(-1).amax(-1).mean() + logits[4:].softmax(-1).amax(-1).mean()).item() / 2, rel=1e-5
+    )
+    intra = [bpid_intra(pre_logits[:4], labels[:4]).item(), bpid_intra(pre_logits[4:], labels[4:]).item()]
+    assert stats["same_class_cosine"] == pytest.approx(sum(intra) / 2, rel=1e-5)
