@@ -615,3 +615,21 @@ def test_datafree_set_statistics_by_hand(tmp_path):
     )
     intra = [bpid_intra(pre_logits[:4], labels[:4]).item(), bpid_intra(pre_logits[4:], labels[4:]).item()]
     assert stats["same_class_cosine"] == pytest.approx(sum(intra) / 2, rel=1e-5)
+
+
+def test_datafree_levers_quick_writes_a_row_per_lever_and_skips_done_ones(tmp_path):
+    args = ["--quick", "--levers", "mix_tl", "di", f"--results_dir={tmp_path / 'results'}"]
+    args.append(f"--work_dir={tmp_path / 'work'}")
+    run_script("datafree_levers", *args)
+    data = json.loads((tmp_path / "results" / "datafree_levers_quick.json").read_text())
+    assert [row["method"] for row in data["rows"]] == ["mix_tl", "di"]
+    mix_tl = data["rows"][0]
+    assert mix_tl["student_flags"] == ["--mixup=0.8", "--cutmix=1.0", "--teacher_labels=true"]
+    assert mix_tl["synthesis"]["method"] == "fast" and mix_tl["synthesis"]["bpid"] is True
+    assert 0.0 <= mix_tl["accuracy"] <= 1.0 and mix_tl["num_images"] == 16
+    student = json.loads((tmp_path / "work" / "lever-mix_tl-f1.0-s0" / "DONE").read_text())["argv"]
+    assert {"--teacher_labels=true", "--distillation_stop_epoch=1.0"} <= set(student)
+    table = (tmp_path / "results" / "datafree_levers_quick.md").read_text()
+    assert "| mix_tl | mix, teacher labels | 16 |" in table and "| di |" in table
+    rerun = run_script("datafree_levers", *args)
+    assert "lever " not in rerun.stdout
