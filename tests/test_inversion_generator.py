@@ -190,3 +190,22 @@ def test_an_output_dir_of_another_configuration_is_refused(tmp_path):
         write_dataset(DeepInversionGenerator(tiny_teacher(), config()), str(tmp_path / "other"), 6, progress=False)
     with pytest.raises(ValueError, match="num_images=0 must be > 0"):
         write_dataset(DeepInversionGenerator(tiny_teacher(), config()), str(tmp_path / "new"), 0, progress=False)
+
+
+def test_a_non_finite_loss_stops_generation_before_its_batch_is_written(tmp_path, monkeypatch):
+    generator = DeepInversionGenerator(tiny_teacher(), config())
+    real_generate = generator.generate_batch
+    calls = []
+
+    def poison_second_batch(*args, **kwargs):
+        calls.append(1)
+        batch = real_generate(*args, **kwargs)
+        if len(calls) == 2:
+            batch.loss_terms = {**batch.loss_terms, "bn": float("nan"), "total": float("nan")}
+        return batch
+
+    monkeypatch.setattr(generator, "generate_batch", poison_second_batch)
+    with pytest.raises(FloatingPointError, match=r"batch 1: the loss is nan \(.*bn=nan.*\).*Lower --lr"):
+        write_dataset(generator, str(tmp_path), num_images=18, progress=False)
+    shards = sorted(name for name in os.listdir(tmp_path / "shards") if name.startswith("batch-"))
+    assert shards == ["batch-000000"]  # the finite batch before it is kept; the NaN one is never written

@@ -193,8 +193,21 @@ def _generate_shards(
         for index in indices:
             labels, seed = generator.batch_labels(index), generator.batch_seed(index)
             batch = generator.generate_batch(labels, seed, callback=_show_loss(bar, index))
+            _check_finite(index, batch.loss_terms)
             writer.write(index, batch)
             bar.update(size)
+
+
+def _check_finite(index: int, loss_terms: dict[str, float]) -> None:
+    """Stop at a batch whose loss is not finite, before it is written (its images would be noise or NaN)."""
+    if all(math.isfinite(value) for value in loss_terms.values()):
+        return
+    parts = ", ".join(f"{name}={value:.6g}" for name, value in loss_terms.items())
+    raise FloatingPointError(
+        f"Generation batch {index}: the loss is {loss_terms.get('total')} ({parts}), not a finite number. Generation "
+        "stopped; the batches written before it are kept and a re-run resumes from them. Lower --lr (or --fast_lr) "
+        "or the loss weights (--r_bn, --bpid_weight, --adi_scale), or check the teacher on real images."
+    )
 
 
 def _show_loss(bar: tqdm, index: int):
