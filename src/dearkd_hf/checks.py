@@ -39,12 +39,20 @@ def check_finite_loss(loss: torch.Tensor, step: int, components: Mapping[str, to
     """
     if bool(torch.isfinite(loss.detach()).all()):
         return
-    parts = ", ".join(f"{name}={float(value.detach().float().mean()):.6g}" for name, value in components.items())
-    raise FloatingPointError(
-        f"Training step {step}: the loss is {float(loss.detach().float().mean())} ({parts}), not a finite number. "
+    raise non_finite_error(
+        f"Training step {step}",
+        float(loss.detach().float().mean()),
+        {name: float(value.detach().float().mean()) for name, value in components.items()},
         "Training stopped and no model was saved as the result. Lower the learning rate or the loss weights, or "
-        "train in float32, then resume from the last checkpoint."
+        "train in float32, then resume from the last checkpoint.",
     )
+
+
+def non_finite_error(where: str, loss: float, components: Mapping[str, float], what_now: str) -> FloatingPointError:
+    """The one message for a loss that is not a finite number: where, the loss and its terms, then ``what_now``
+    (what was kept and the fix)."""
+    parts = ", ".join(f"{name}={value:.6g}" for name, value in components.items())
+    return FloatingPointError(f"{where}: the loss is {loss} ({parts}), not a finite number. {what_now}")
 
 
 def check_writable_folder(path: str, flag: str = "--output_dir") -> None:

@@ -29,6 +29,7 @@ from datasets import ClassLabel, Dataset, Features, Image, concatenate_datasets,
 from datasets.utils import are_progress_bars_disabled, disable_progress_bars, enable_progress_bars
 from tqdm.auto import tqdm
 
+from ..checks import non_finite_error
 from .generator import DeepInversionGenerator, InversionBatch
 
 SHARDS_DIR = "shards"
@@ -202,11 +203,12 @@ def _check_finite(index: int, loss_terms: dict[str, float]) -> None:
     """Stop at a batch whose loss is not finite, before it is written (its images would be noise or NaN)."""
     if all(math.isfinite(value) for value in loss_terms.values()):
         return
-    parts = ", ".join(f"{name}={value:.6g}" for name, value in loss_terms.items())
-    raise FloatingPointError(
-        f"Generation batch {index}: the loss is {loss_terms.get('total')} ({parts}), not a finite number. Generation "
-        "stopped; the batches written before it are kept and a re-run resumes from them. Lower --lr (or --fast_lr) "
-        "or the loss weights (--r_bn, --bpid_weight, --adi_scale), or check the teacher on real images."
+    raise non_finite_error(
+        f"Generation batch {index}",
+        loss_terms.get("total", float("nan")),
+        loss_terms,
+        "Generation stopped; the batches written before it are kept and a re-run resumes from them. Lower --lr (or "
+        "--fast_lr) or the loss weights (--r_bn, --bpid_weight, --adi_scale), or check the teacher on real images.",
     )
 
 
