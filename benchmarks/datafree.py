@@ -2,9 +2,11 @@
 """Data-free DearKD against the full-data DearKD student: accuracy and synthesis speed of each synthesis method.
 
 For each seed, with ``benchmarks.data_efficiency``'s runner (its teacher, student, schedule and flags): the teacher of
-the full training set, its full-data DearKD student (the ``dearkd`` row), and for each method a generated set of
-``num_generated`` images from that teacher (examples/generate.py) and a DearKD student (soft KD, ``datafree_epochs``)
-trained on that set alone, evaluated on the real test set. The methods (METHOD.md section 5):
+the full training set, its full-data DearKD student (the ``dearkd`` row), and for each method a generated set from
+that teacher (examples/generate.py: ``num_generated`` images for DeepInversion, ``--fast_num_generated`` for the
+cheap fast method) and a DearKD student trained on that set alone (``--datafree_steps`` steps, soft KD,
+mixup/CutMix, the teacher's probabilities as the label term's targets, distillation to the end), evaluated on the
+real test set. The methods (METHOD.md section 5):
 
     deepinversion        DeepInversion (--method deepinversion, bpid_weight=0), ``gen_iterations`` steps per batch
     deepinversion_bpid   the same with BPID (bpid_weight=1)
@@ -19,7 +21,7 @@ are those of an uninterrupted run. Rows are appended to ``<results_dir>/<prefix>
 "full_data_accuracy", ...}]}``) and skipped on a re-run; ``<prefix>.md`` (table and the issue's targets) and
 ``<prefix>.png`` follow. ``<prefix>`` is ``datafree``, ``datafree_quick`` with --quick.
 
-    python -m benchmarks.datafree --seeds 0 1 2        # flags it does not know go to benchmarks.data_efficiency
+    python -m benchmarks.datafree --seeds 0 1 2 --workers 3  # other flags go to benchmarks.data_efficiency
     python -m benchmarks.datafree --quick              # embedded subset, tiny models: a smoke run
 """
 
@@ -279,7 +281,18 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     else:
         run_rows(args, results)
     write_reports(results.rows, results.config, results_dir, args.prefix)
+    copy_samples(results.rows, Path(bench.work_dir), results_dir / f"{args.prefix}_samples")
     return {"config": results.config, "rows": results.rows}
+
+
+def copy_samples(rows: list[dict[str, Any]], work_dir: Path, folder: Path) -> None:
+    """Each row's samples.png (generate.py's grid, one row per class) as ``<folder>/<method>-s<seed>.png``, for the
+    rows whose set is still in the work dir."""
+    for row in rows:
+        grid = work_dir / row["dataset"] / "samples.png"
+        if grid.is_file():
+            folder.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(grid, folder / f"{row['method']}-s{row['seed']}.png")
 
 
 def run_rows(args: argparse.Namespace, results: Results) -> None:

@@ -304,6 +304,8 @@ def test_datafree_quick_writes_a_row_per_method_and_seed_and_skips_done_rows(tmp
         (method, 1) for method in sorted(row["method"] for row in rows)
     ]
     assert "seed=0" not in (tmp_path / "work" / "workers" / "seeds-0.log").read_text()
+    samples = sorted(p.name for p in (tmp_path / "results" / "datafree_quick_samples").iterdir())
+    assert samples == sorted(f"{row['method']}-s{row['seed']}.png" for row in merged)
 
 
 def test_datafree_targets_on_hand_made_rows():
