@@ -181,7 +181,10 @@ def test_data_efficiency_workers_split_seeds_and_merge_their_rows(tmp_path):
         ("teacher", 1),
     ]
     assert done in rows
-    logs = {name: (tmp_path / "work" / "workers" / f"{name}.log").read_text() for name in ("seeds-0", "seeds-1")}
+    logs = {
+        name: (tmp_path / "work" / "workers" / "results" / f"{name}.log").read_text()
+        for name in ("seeds-0", "seeds-1")
+    }
     assert "teacher fraction=0.5 seed=0" not in logs["seeds-0"] and "scratch fraction=0.5 seed=0" in logs["seeds-0"]
     assert "teacher fraction=0.5 seed=1" in logs["seeds-1"]
     assert "worker seeds-0" in result.stdout
@@ -303,7 +306,7 @@ def test_datafree_quick_writes_a_row_per_method_and_seed_and_skips_done_rows(tmp
     assert merged[:4] == rows and sorted((row["method"], row["seed"]) for row in merged[4:]) == [
         (method, 1) for method in sorted(row["method"] for row in rows)
     ]
-    assert "seed=0" not in (tmp_path / "work" / "workers" / "seeds-0.log").read_text()
+    assert "seed=0" not in (tmp_path / "work" / "workers" / "results" / "seeds-0.log").read_text()
     samples = sorted(p.name for p in (tmp_path / "results" / "datafree_quick_samples").iterdir())
     assert samples == sorted(f"{row['method']}-s{row['seed']}.png" for row in merged)
 

@@ -157,8 +157,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         type=int,
         default=min(2, os.cpu_count() or 1),
         help="Processes that split the seeds between them (one core each, --threads threads), merged at the end; "
-        "each writes <work_dir>/workers/seeds-*.log and resumes from its own results file. Default: 2 (1 on a "
-        "one-core machine).",
+        "each writes <work_dir>/workers/<results dir name>/seeds-*.log and resumes from its own results file. "
+        "Default: 2 (1 on a one-core machine).",
     )
     parser.add_argument(
         "--merge_from",

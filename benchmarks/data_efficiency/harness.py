@@ -148,10 +148,12 @@ def run_seed_workers(
 
 def run_workers(args: argparse.Namespace, argv: list[str], results: Results, module: str = __package__) -> None:
     """A benchmark (``python -m <module>``, by default this one) once per group of seeds, in parallel, each with its
-    own results file; then fold them in. ``args`` holds ``seeds``, ``workers``, ``work_dir``, ``prefix`` and
-    ``overwrite``; the rows are keyed as :class:`Results` keys them."""
+    own results file and log under ``<work_dir>/workers/<results folder name>/``; then fold them in. ``args`` holds
+    ``seeds``, ``workers``, ``work_dir``, ``prefix`` and ``overwrite``; the rows are keyed as :class:`Results` keys
+    them."""
     groups = [args.seeds[i :: args.workers] for i in range(min(args.workers, len(args.seeds)))]
-    workers_dir = Path(args.work_dir) / "workers"
+    # One folder per results folder: runs that share a work dir (its teachers) but not their results never meet.
+    workers_dir = Path(args.work_dir) / "workers" / results.path.parent.name
     workers_dir.mkdir(parents=True, exist_ok=True)
     jobs = []
     for seeds in groups:
