@@ -65,7 +65,7 @@ METHODS = {
 }
 FRACTION = 1.0  # the full training set's teacher, and the full-data student
 # The fast method's generate.py flags, full and --quick, as gen_tv etc. are DeepInversion's: chosen for the 28 px
-# teacher (a narrow generator: at width 8 a step costs about one teacher pass; see benchmarks/README.md).
+# teacher (a narrow generator: at width 8 a step costs about 0.6 teacher passes more; see benchmarks/README.md).
 FAST_SIZES = {
     "full": dict(fast_steps=2, fast_warmup=200, fast_width=8),
     "quick": dict(fast_steps=2, fast_warmup=2, fast_width=8),
@@ -88,7 +88,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         prog="python -m benchmarks.datafree",
         description=__doc__.split("\n\n")[0],
         epilog="Any other flag is benchmarks.data_efficiency's (e.g. --quick, --num_generated, --gen_iterations, "
-        "--datafree_epochs, --work_dir, --results_dir, --max_eval_samples).",
+        "--work_dir, --results_dir, --max_eval_samples).",
     )
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument(
@@ -302,6 +302,7 @@ def run_rows(args: argparse.Namespace, results: Results) -> None:
     runner = Runner(bench)
     for seed in args.seeds:
         full = [row["full_data_accuracy"] for row in results.rows if row["seed"] == seed]
+        real = None  # the teacher on real test images: one reference per seed, shared by its rows
         for method in dict.fromkeys(args.methods):  # in the order given: the cheap fast rows can go first
             if results.has(method, FRACTION, seed):
                 continue
@@ -312,6 +313,9 @@ def run_rows(args: argparse.Namespace, results: Results) -> None:
             dataset, synthesis_s = synthesise(runner, args, method, seed)
             teacher = runner.ensure_teacher(FRACTION, seed)
             accuracy = train_datafree(runner, args, method, seed, dataset)
+            if real is None:
+                test = set_statistics(teacher, bench.dataset_dir, bench.gen_batch_size, split="test")
+                real = {f"real_{name}": value for name, value in test.items()}
             images = num_images(args, method)
             results.add(
                 {
@@ -327,12 +331,7 @@ def run_rows(args: argparse.Namespace, results: Results) -> None:
                     "share_of_full_data": accuracy / full[0],
                     "dataset": Path(dataset).name,
                     **set_statistics(teacher, dataset, bench.gen_batch_size),
-                    **{  # the same on real test images (shuffled classes), for reference
-                        f"real_{name}": value
-                        for name, value in set_statistics(
-                            teacher, bench.dataset_dir, bench.gen_batch_size, split="test"
-                        ).items()
-                    },
+                    **real,  # the same on real test images (shuffled classes), for reference
                 }
             )
             write_reports(results.rows, results.config, results_dir, args.prefix)

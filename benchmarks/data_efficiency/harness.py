@@ -289,8 +289,9 @@ class Runner:
             ]
         argv += self.student_flags
         done = output_dir / "DONE"
-        if reuse and done.is_file() and json.loads(done.read_text())["argv"] == argv:
-            return json.loads(done.read_text())["eval_accuracy"]
+        finished = json.loads(done.read_text()) if reuse and done.is_file() else {}
+        if finished.get("argv") == argv:
+            return finished["eval_accuracy"]
         shutil.rmtree(output_dir, ignore_errors=True)
         accuracy = self.run.main(argv)["eval_accuracy"]
         done.write_text(json.dumps({"argv": argv, "eval_accuracy": accuracy}))
