@@ -246,9 +246,12 @@ def datafree_epochs(args: argparse.Namespace, method: str) -> float:
     return args.datafree_steps * args.bench.batch_size / num_images(args, method)
 
 
-def train_datafree(runner: Runner, args: argparse.Namespace, method: str, seed: int, dataset: str) -> float:
+def train_datafree(
+    runner: Runner, args: argparse.Namespace, method: str, seed: int, dataset: str, row: str | None = None
+) -> float:
     """A DearKD student (the ``dearkd`` row's alignment and MHCA) on a generated set alone, with the data-free
-    students' settings; evaluated on the real test set."""
+    students' settings (its epochs: ``datafree_steps`` on the method's number of images); evaluated on the real
+    test set. ``row`` names its folder (default ``student-<method>``)."""
     epochs = datafree_epochs(args, method)
     runner.student_flags = [
         f"--mixup={args.datafree_mixup}",
@@ -257,7 +260,7 @@ def train_datafree(runner: Runner, args: argparse.Namespace, method: str, seed: 
     ]
     dearkd = BY_NAME["dearkd"]
     return runner.student_row(
-        f"student-{method}",
+        row or f"student-{method}",
         FRACTION,
         seed,
         beta=dearkd.beta,
