@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import math
 import os
 import re
 import subprocess
@@ -17,6 +18,7 @@ from conftest import make_resnet_teacher
 from torchvision.transforms.functional import to_pil_image
 
 from dearkd_hf.data import stratified_fraction
+from dearkd_hf.inversion import InversionConfig
 from dearkd_hf.inversion.losses import bpid_intra
 from dearkd_hf.teachers import load_teacher
 
@@ -638,3 +640,72 @@ def test_datafree_levers_quick_writes_a_row_per_lever_and_skips_done_ones(tmp_pa
     assert "| mix_tl | mix, teacher labels | 16 |" in table and "| di |" in table
     rerun = run_script("datafree_levers", *args)
     assert "lever " not in rerun.stdout
+
+
+def test_bpid_forms_terms_match_a_hand_computation():
+    forms = load_script("bpid_forms")
+    # centred (batch mean (1, 1)): (1, 0), (0, 1), (-1, 0), (0, -1); normalised the same
+    features = torch.tensor([[2.0, 1.0], [1.0, 2.0], [0.0, 1.0], [1.0, 0.0]])
+    labels = torch.tensor([0, 0, 1, 1])
+    # same-class cosines: (1,0).(0,1) = 0 for class 0, (-1,0).(0,-1) = 0 for class 1: none above 0.5, all above -0.5
+    assert forms.hinge_intra(features, labels, 0.5).item() == 0.0
+    assert forms.hinge_intra(features, labels, -0.5).item() == pytest.approx(0.5)
+    # InfoNCE against the same features as the view: row i's candidates are its class, logits z_i . z_j / T
+    temperature = 0.5
+    # image 0: own logit 1/T = 2, the other 0 -> -log(e^2 / (e^2 + 1)); every row alike by symmetry
+    expected = -math.log(math.exp(2.0) / (math.exp(2.0) + 1.0))
+    assert forms.contrastive_intra(features, features, labels, temperature).item() == pytest.approx(expected)
+    # with the views swapped within each class, every image's view is nearest the other image: the loss is larger
+    swapped = features[[1, 0, 3, 2]]
+    assert forms.contrastive_intra(features, swapped, labels, temperature).item() == pytest.approx(
+        -math.log(1.0 / (math.exp(2.0) + 1.0))
+    )
+    assert forms.rank_in_class(torch.tensor([0, 1, 0, 0, 2])).tolist() == [0.0, 0.0, 0.5, 1.0, 0.0]
+    logits = torch.tensor([[3.0, 1.0], [0.0, 2.0], [1.0, 0.0]])
+    # margins 2, 2, 1 against targets 0, 0 (class 1 seen once), 4 * 1 = 4 for the second image of class 0
+    spread_labels = torch.tensor([0, 1, 0])
+    assert forms.margin_spread(logits, spread_labels, 4.0).item() == pytest.approx((2 + 2 + 3) / 3)
+    plain = {name for name, form in forms.FORMS.items() if forms.no_bpid(form)}
+    assert plain == {"plain", "plain_it500"}
+    assert forms.baseline("hinge") == "plain" and forms.baseline("cosine_it500") == "plain_it500"
+
+
+def test_a_form_generator_uses_its_forms_terms_only():
+    forms = load_script("bpid_forms")
+    config = InversionConfig(batch_size=4, resolution=16, iterations=2, bpid_weight=1.0, bpid_margin=8.0)
+    generator = forms.FormGenerator(make_resnet_teacher(num_labels=3), config, device="cpu")
+    generator.form = forms.FORMS["deep_bound"]
+    batch = generator.generate_batch(generator.batch_labels(0), seed=0)
+    assert "bpid_intra" not in batch.loss_terms and batch.loss_terms["bpid_bound"] > 0
+
+
+def test_bpid_forms_quick_pairs_each_form_with_its_plain_baseline(tmp_path):
+    args = ["--quick", "--forms", "plain", "hinge", "--seeds", "0", f"--work_dir={tmp_path / 'work'}"]
+    run_script("bpid_forms", *args, f"--results_dir={tmp_path / 'a'}")
+    run_script(
+        "bpid_forms",
+        "--quick",
+        "--forms",
+        "contrastive",
+        "--seeds",
+        "0",
+        f"--work_dir={tmp_path / 'work'}",
+        f"--results_dir={tmp_path / 'b'}",
+    )
+    merged = run_script(
+        "bpid_forms",
+        *args,
+        f"--results_dir={tmp_path / 'a'}",
+        f"--merge_from={tmp_path / 'b' / 'bpid_forms_quick.json'}",
+    )
+    assert "form " not in merged.stdout  # every row was there already
+    rows = json.loads((tmp_path / "a" / "bpid_forms_quick.json").read_text())["rows"]
+    assert [row["method"] for row in rows] == ["plain", "hinge", "contrastive"]
+    assert all(row["num_images"] == 16 and 0.0 <= row["accuracy"] <= 1.0 for row in rows)
+    assert {"same_class_cosine", "teacher_confidence", "synthesis_s"} <= rows[0].keys()
+    table = (tmp_path / "a" / "bpid_forms_quick.md").read_text()
+    lines = {line.split(" | ")[0]: line for line in table.splitlines() if line.startswith("| ")}
+    assert "; n=1) |" in lines["| hinge"] and "; n=1) |" in lines["| contrastive"]  # paired with plain
+    assert " | - | " in lines["| plain"]  # the baseline has no pair
+    student = json.loads((tmp_path / "work" / "bpid_form-student-hinge-f1.0-s0" / "DONE").read_text())["argv"]
+    assert "--teacher_labels=True" in student
