@@ -17,7 +17,7 @@ iterations and images. The forms:
     hinge_deep_bound  hinge + the boundary hinge at margin 8
     margin_spread     no intra term; each image's margin pulled to its own target, spread over [0, 8] by its rank
                       among its class in the batch (images at every distance from the boundary)
-    plain_it500, cosine_it500   plain and cosine with 500 iterations per batch on 640 images (the same synthesis
+    plain_it500, cosine_it500   plain and cosine with 500 iterations per batch on 640 images (about 1.15x the synthesis
                       cost): whether BPID helps once DeepInversion's images have converged further
 
 Writes ``<results_dir>/bpid_forms.{json,md}`` (``bpid_forms_quick`` with --quick); a (form, seed) already there is
