@@ -45,7 +45,13 @@ from benchmarks.data_efficiency import RESULTS_DIR, Results, Runner, merge_rows,
 from benchmarks.datafree import FRACTION, set_statistics, train_datafree
 from benchmarks.datafree import parse_args as datafree_args
 from dearkd_hf.inversion import DeepInversionGenerator, InversionConfig, write_dataset
-from dearkd_hf.inversion.losses import bpid_boundary, bpid_intra
+from dearkd_hf.inversion.losses import (
+    bpid_boundary,
+    bpid_intra,
+    centred_features,
+    class_margin,
+    same_class_pairs,
+)
 from dearkd_hf.teachers import TeacherOutput, load_teacher
 
 Term = Callable[[DeepInversionGenerator, TeacherOutput, torch.Tensor, torch.Tensor], torch.Tensor]
@@ -55,21 +61,9 @@ DEEP_MARGIN = 8.0  # deep_bound's margin, and the top of margin_spread's targets
 VIEW_SEED = 1234  # the contrastive views come from torch's global generator, seeded with VIEW_SEED + seed
 
 
-def centred(features: torch.Tensor) -> torch.Tensor:
-    """BPID's ``z``: batch-centred, L2-normalised features."""
-    flat = features.flatten(1)
-    return F.normalize(flat - flat.mean(dim=0, keepdim=True), dim=1)
-
-
-def same_class_pairs(labels: torch.Tensor) -> torch.Tensor:
-    pairs = labels[:, None] == labels[None, :]
-    pairs.fill_diagonal_(False)
-    return pairs
-
-
 def hinge_intra(features: torch.Tensor, labels: torch.Tensor, threshold: float) -> torch.Tensor:
     """``mean_{(i,j) in P} relu(z_i . z_j - threshold)``: only pairs more alike than ``threshold`` are pushed."""
-    z = centred(features)
+    z = centred_features(features)
     return F.relu(z @ z.T - threshold)[same_class_pairs(labels)].mean()
 
 
@@ -78,7 +72,7 @@ def contrastive_intra(
 ) -> torch.Tensor:
     """Intra-class InfoNCE: image i's view must be nearer to image i than to the other images of its class,
     ``-mean_i log softmax_{j: y_j = y_i}(z_i . z'_j / T)[i]``."""
-    logits = centred(features) @ centred(view_features).T / temperature
+    logits = centred_features(features) @ centred_features(view_features).T / temperature
     logits = logits.masked_fill(labels[:, None] != labels[None, :], float("-inf"))
     return F.cross_entropy(logits, torch.arange(len(labels), device=labels.device))
 
@@ -92,9 +86,7 @@ def rank_in_class(labels: torch.Tensor) -> torch.Tensor:
 
 def margin_spread(logits: torch.Tensor, labels: torch.Tensor, top: float) -> torch.Tensor:
     """``mean_i |(l_i[y_i] - max_{c != y_i} l_i[c]) - top * rank_i|``."""
-    target = logits.gather(1, labels[:, None]).squeeze(1)
-    others = logits.masked_fill(F.one_hot(labels, logits.shape[1]).bool(), float("-inf")).amax(dim=1)
-    return (target - others - top * rank_in_class(labels)).abs().mean()
+    return (class_margin(logits, labels) - top * rank_in_class(labels)).abs().mean()
 
 
 def random_view(pixels: torch.Tensor) -> torch.Tensor:
