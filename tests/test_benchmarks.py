@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import importlib.util
 import json
-import math
 import os
 import re
 import subprocess
@@ -17,8 +16,6 @@ import torch
 from conftest import make_resnet_teacher
 from torchvision.transforms.functional import to_pil_image
 
-from dearkd_hf.data import stratified_fraction
-from dearkd_hf.inversion import InversionConfig
 from dearkd_hf.inversion.losses import bpid_intra
 from dearkd_hf.teachers import load_teacher
 
@@ -190,57 +187,6 @@ def test_data_efficiency_workers_split_seeds_and_merge_their_rows(tmp_path):
     assert "teacher fraction=0.5 seed=0" not in logs["seeds-0"] and "scratch fraction=0.5 seed=0" in logs["seeds-0"]
     assert "teacher fraction=0.5 seed=1" in logs["seeds-1"]
     assert "worker seeds-0" in result.stdout
-
-
-def test_teacher_agreement_counts_teacher_argmax_equal_to_label(tmp_path):
-    """A teacher that always answers class 2 agrees exactly on the class-2 share of its training subset."""
-    dataset_dir = ROOT / "examples" / "data" / "fashion_mnist_small"
-    teacher = make_resnet_teacher(num_labels=10)
-    with torch.no_grad():
-        teacher.classifier[-1].weight.zero_()
-        teacher.classifier[-1].bias.copy_(torch.nn.functional.one_hot(torch.tensor(2), 10) * 50.0)
-    folder = tmp_path / "work" / "teacher-f0.1-s3"
-    teacher.save_pretrained(folder)
-    (folder / "DONE").write_text("{}")
-    output = tmp_path / "agreement.json"
-
-    agreement = load_script("teacher_agreement")
-    rows = agreement.main(
-        [f"--work_dir={tmp_path / 'work'}", f"--dataset_dir={dataset_dir}", "--fractions", "0.1", "--seeds", "3"]
-        + [f"--output={output}", "--views=1"]
-    )
-    labels = stratified_fraction(datasets.load_from_disk(str(dataset_dir))["train"], 0.1, 3)["label"]
-    expected = labels.count(2) / len(labels)
-    assert rows == json.loads(output.read_text())["rows"]
-    assert rows[0]["train_images"] == len(labels)
-    assert rows[0]["clean"] == pytest.approx(expected) and rows[0]["augmented"] == pytest.approx(expected)
-
-    with pytest.raises(SystemExit, match="no finished teacher"):
-        agreement.main([f"--work_dir={tmp_path / 'work'}", f"--dataset_dir={dataset_dir}", "--seeds", "4"])
-
-
-@pytest.mark.slow
-def test_datafree_priors_generates_trains_and_tabulates_each_setting(tmp_path):
-    names = datasets.load_from_disk(str(ROOT / "examples" / "data" / "fashion_mnist_small"))["train"]
-    names = names.features["label"].names
-    model = make_resnet_teacher(num_labels=10)
-    model.config.id2label, model.config.label2id = dict(enumerate(names)), {n: i for i, n in enumerate(names)}
-    teacher = tmp_path / "teacher"
-    model.save_pretrained(teacher)
-    rows = load_script("datafree_priors").main(
-        [f"--teacher={teacher}", "--settings", "imagenet_no_roll_flip", "benchmark_bpid", "--num_images=12"]
-        + ["--iterations=2", "--epochs=1", f"--work_dir={tmp_path / 'work'}", f"--results_dir={tmp_path / 'res'}"]
-        + ["--benchmark_args", "--quick", "--max_eval_samples=20"]
-    )
-    assert [r["setting"] for r in rows] == ["imagenet_no_roll_flip", "benchmark_bpid"]
-    assert all(0.0 <= r["accuracy"] <= 1.0 and r["loss_terms"]["bn"] > 0 for r in rows)
-    assert "bpid_intra" in rows[1]["loss_terms"] and "bpid_intra" not in rows[0]["loss_terms"]
-    generated = json.loads((tmp_path / "work" / "benchmark_bpid" / "images" / "generation_config.json").read_text())
-    assert generated["inversion_config"]["tv"] == 3e-3 and generated["inversion_config"]["jitter"] == 0
-    assert generated["num_images"] == 12
-    saved = json.loads((tmp_path / "res" / "datafree_priors.json").read_text())
-    assert saved["rows"] == json.loads(json.dumps(rows))
-    assert "| benchmark_bpid | 0.003 | 0.1 | 0 | False | 1 |" in (tmp_path / "res" / "datafree_priors.md").read_text()
 
 
 def test_data_efficiency_targets_are_checked_on_the_means_where_rows_exist():
@@ -622,90 +568,3 @@ def test_datafree_set_statistics_by_hand(tmp_path):
     )
     intra = [bpid_intra(pre_logits[:4], labels[:4]).item(), bpid_intra(pre_logits[4:], labels[4:]).item()]
     assert stats["same_class_cosine"] == pytest.approx(sum(intra) / 2, rel=1e-5)
-
-
-def test_datafree_levers_quick_writes_a_row_per_lever_and_skips_done_ones(tmp_path):
-    args = ["--quick", "--levers", "mix_tl", "di", f"--results_dir={tmp_path / 'results'}"]
-    args.append(f"--work_dir={tmp_path / 'work'}")
-    run_script("datafree_levers", *args)
-    data = json.loads((tmp_path / "results" / "datafree_levers_quick.json").read_text())
-    assert [row["method"] for row in data["rows"]] == ["mix_tl", "di"]
-    mix_tl = data["rows"][0]
-    assert mix_tl["student_flags"] == ["--mixup=0.8", "--cutmix=1.0", "--teacher_labels=true"]
-    assert mix_tl["synthesis"]["method"] == "fast" and mix_tl["synthesis"]["bpid"] is True
-    assert 0.0 <= mix_tl["accuracy"] <= 1.0 and mix_tl["num_images"] == 16
-    student = json.loads((tmp_path / "work" / "lever-mix_tl-f1.0-s0" / "DONE").read_text())["argv"]
-    assert {"--teacher_labels=true", "--distillation_stop_epoch=1.0"} <= set(student)
-    table = (tmp_path / "results" / "datafree_levers_quick.md").read_text()
-    assert "| mix_tl | mix, teacher labels | 16 |" in table and "| di |" in table
-    rerun = run_script("datafree_levers", *args)
-    assert "lever " not in rerun.stdout
-
-
-def test_bpid_forms_terms_match_a_hand_computation():
-    forms = load_script("bpid_forms")
-    # centred (batch mean (1, 1)): (1, 0), (0, 1), (-1, 0), (0, -1); normalised the same
-    features = torch.tensor([[2.0, 1.0], [1.0, 2.0], [0.0, 1.0], [1.0, 0.0]])
-    labels = torch.tensor([0, 0, 1, 1])
-    # same-class cosines: (1,0).(0,1) = 0 for class 0, (-1,0).(0,-1) = 0 for class 1: none above 0.5, all above -0.5
-    assert forms.hinge_intra(features, labels, 0.5).item() == 0.0
-    assert forms.hinge_intra(features, labels, -0.5).item() == pytest.approx(0.5)
-    # InfoNCE against the same features as the view: row i's candidates are its class, logits z_i . z_j / T
-    temperature = 0.5
-    # image 0: own logit 1/T = 2, the other 0 -> -log(e^2 / (e^2 + 1)); every row alike by symmetry
-    expected = -math.log(math.exp(2.0) / (math.exp(2.0) + 1.0))
-    assert forms.contrastive_intra(features, features, labels, temperature).item() == pytest.approx(expected)
-    # with the views swapped within each class, every image's view is nearest the other image: the loss is larger
-    swapped = features[[1, 0, 3, 2]]
-    assert forms.contrastive_intra(features, swapped, labels, temperature).item() == pytest.approx(
-        -math.log(1.0 / (math.exp(2.0) + 1.0))
-    )
-    assert forms.rank_in_class(torch.tensor([0, 1, 0, 0, 2])).tolist() == [0.0, 0.0, 0.5, 1.0, 0.0]
-    logits = torch.tensor([[3.0, 1.0], [0.0, 2.0], [1.0, 0.0]])
-    # margins 2, 2, 1 against targets 0, 0 (class 1 seen once), 4 * 1 = 4 for the second image of class 0
-    spread_labels = torch.tensor([0, 1, 0])
-    assert forms.margin_spread(logits, spread_labels, 4.0).item() == pytest.approx((2 + 2 + 3) / 3)
-    plain = {name for name, form in forms.FORMS.items() if forms.no_bpid(form)}
-    assert plain == {"plain", "plain_it500"}
-    assert forms.baseline("hinge") == "plain" and forms.baseline("cosine_it500") == "plain_it500"
-
-
-def test_a_form_generator_uses_its_forms_terms_only():
-    forms = load_script("bpid_forms")
-    config = InversionConfig(batch_size=4, resolution=16, iterations=2, bpid_weight=1.0, bpid_margin=8.0)
-    generator = forms.FormGenerator(make_resnet_teacher(num_labels=3), config, device="cpu")
-    generator.form = forms.FORMS["deep_bound"]
-    batch = generator.generate_batch(generator.batch_labels(0), seed=0)
-    assert "bpid_intra" not in batch.loss_terms and batch.loss_terms["bpid_bound"] > 0
-
-
-def test_bpid_forms_quick_pairs_each_form_with_its_plain_baseline(tmp_path):
-    args = ["--quick", "--forms", "plain", "hinge", "--seeds", "0", f"--work_dir={tmp_path / 'work'}"]
-    run_script("bpid_forms", *args, f"--results_dir={tmp_path / 'a'}")
-    run_script(
-        "bpid_forms",
-        "--quick",
-        "--forms",
-        "contrastive",
-        "--seeds",
-        "0",
-        f"--work_dir={tmp_path / 'work'}",
-        f"--results_dir={tmp_path / 'b'}",
-    )
-    merged = run_script(
-        "bpid_forms",
-        *args,
-        f"--results_dir={tmp_path / 'a'}",
-        f"--merge_from={tmp_path / 'b' / 'bpid_forms_quick.json'}",
-    )
-    assert "form " not in merged.stdout  # every row was there already
-    rows = json.loads((tmp_path / "a" / "bpid_forms_quick.json").read_text())["rows"]
-    assert [row["method"] for row in rows] == ["plain", "hinge", "contrastive"]
-    assert all(row["num_images"] == 16 and 0.0 <= row["accuracy"] <= 1.0 for row in rows)
-    assert {"same_class_cosine", "teacher_confidence", "synthesis_s"} <= rows[0].keys()
-    table = (tmp_path / "a" / "bpid_forms_quick.md").read_text()
-    lines = {line.split(" | ")[0]: line for line in table.splitlines() if line.startswith("| ")}
-    assert "; n=1) |" in lines["| hinge"] and "; n=1) |" in lines["| contrastive"]  # paired with plain
-    assert " | - | " in lines["| plain"]  # the baseline has no pair
-    student = json.loads((tmp_path / "work" / "bpid_form-student-hinge-f1.0-s0" / "DONE").read_text())["argv"]
-    assert "--teacher_labels=True" in student

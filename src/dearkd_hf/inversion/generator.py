@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 from torchvision.transforms.functional import to_pil_image
 
-from ..teachers import Teacher, TeacherOutput, load_teacher
+from ..teachers import Teacher, load_teacher
 from .config import InversionConfig
 from .losses import (
     BatchNormStatistics,
@@ -208,22 +208,11 @@ class DeepInversionGenerator:
             terms["adi"] = competition_loss(student_logits, output.logits)
             total = total + config.adi_scale * terms["adi"]
         if config.bpid_weight > 0:
-            bpid = self._bpid_terms(output, pixels, labels)
-            terms.update(bpid)
-            total = total + config.bpid_weight * sum(bpid.values())
+            terms["bpid_intra"] = bpid_intra(output.pre_logits, labels)
+            terms["bpid_bound"] = bpid_boundary(output.logits, labels, config.bpid_margin)
+            total = total + config.bpid_weight * (terms["bpid_intra"] + terms["bpid_bound"])
         terms["total"] = total
         return terms
-
-    def _bpid_terms(
-        self, output: TeacherOutput, pixels: torch.Tensor, labels: torch.Tensor
-    ) -> dict[str, torch.Tensor]:
-        """BPID's unweighted terms for the teacher's ``output`` on ``pixels`` (METHOD.md section 5); their sum,
-        times ``bpid_weight``, joins the loss. One method, so that a study of other forms (benchmarks/bpid_forms.py)
-        replaces just this."""
-        return {
-            "bpid_intra": bpid_intra(output.pre_logits, labels),
-            "bpid_bound": bpid_boundary(output.logits, labels, self.config.bpid_margin),
-        }
 
     def _pixel_range(self) -> tuple[torch.Tensor, torch.Tensor]:
         """Per-channel bounds, in the teacher's normalisation, of pixels in [0, 1]."""

@@ -87,13 +87,13 @@ def competition_loss(
     return 1.0 - js.clamp(0.0, 1.0)
 
 
-def centred_features(features: torch.Tensor) -> torch.Tensor:
+def _centred_features(features: torch.Tensor) -> torch.Tensor:
     """BPID's ``z``: the L2-normalised *batch-centred* features ``f_i - mean_k f_k`` (flattened per image)."""
     flat = features.flatten(1)
     return F.normalize(flat - flat.mean(dim=0, keepdim=True), dim=1)
 
 
-def same_class_pairs(labels: torch.Tensor) -> torch.Tensor:
+def _same_class_pairs(labels: torch.Tensor) -> torch.Tensor:
     """BPID's ``P``: a boolean ``(B, B)`` mask of the pairs ``i != j`` with ``y_i = y_j``."""
     pairs = labels[:, None] == labels[None, :]
     pairs.fill_diagonal_(False)
@@ -109,14 +109,14 @@ def bpid_intra(features: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     disjoint, which fights the BatchNorm prior. Centred, a same-class pair scores high only when the two images are
     alike relative to the rest of the batch.
     """
-    z = centred_features(features)
-    same_class = same_class_pairs(labels)
+    z = _centred_features(features)
+    same_class = _same_class_pairs(labels)
     if not same_class.any():
         return z.new_zeros(())
     return (z @ z.T)[same_class].mean()
 
 
-def class_margin(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+def _class_margin(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     """``l_i[y_i] - max_{c != y_i} l_i[c]`` per image: how far inside its class (negative: outside)."""
     target = logits.gather(1, labels[:, None]).squeeze(1)
     others = logits.masked_fill(F.one_hot(labels, logits.shape[1]).bool(), float("-inf"))
@@ -125,4 +125,4 @@ def class_margin(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
 
 def bpid_boundary(logits: torch.Tensor, labels: torch.Tensor, margin: float) -> torch.Tensor:
     """``mean_i relu(m - (l_i[y_i] - max_{c != y_i} l_i[c]))``: keeps each image at least ``m`` inside its class."""
-    return F.relu(margin - class_margin(logits, labels)).mean()
+    return F.relu(margin - _class_margin(logits, labels)).mean()
