@@ -1,8 +1,7 @@
-"""benchmarks/gpu_check.sh without a GPU: its dry run, its summary, and the speed preset it runs."""
+"""tools/gpu_check.sh without a GPU: its dry run, its summary, and the speed preset it runs."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import subprocess
@@ -12,15 +11,11 @@ from pathlib import Path
 import pytest
 import torch
 
+from benchmarks import speed as speed_module
+from tools import gpu_summary
+
 ROOT = Path(__file__).resolve().parents[1]
-SCRIPT = ROOT / "benchmarks" / "gpu_check.sh"
-
-
-def load_benchmark(name: str):
-    spec = importlib.util.spec_from_file_location(f"{name}_under_test", ROOT / "benchmarks" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+SCRIPT = ROOT / "tools" / "gpu_check.sh"
 
 
 def test_gpu_check_script_parses():
@@ -72,7 +67,7 @@ def test_gpu_check_dry_run_records_each_part_and_holds_no_machine_paths(tmp_path
     ],
 )
 def test_speed_preset_sets_the_users_scale_and_explicit_flags_win(argv, expected):
-    args = load_benchmark("speed").parse_args(["--preset", "deit_tiny_224", *argv])
+    args = speed_module.parse_args(["--preset", "deit_tiny_224", *argv])
     assert {key: getattr(args, key) for key in expected} == expected
     assert Path(args.output).name == "speed_224.json"
 
@@ -88,18 +83,18 @@ def test_speed_preset_sets_the_users_scale_and_explicit_flags_win(argv, expected
 )
 def test_speed_rejects_inconsistent_flags(argv, message, capsys):
     with pytest.raises(SystemExit):
-        load_benchmark("speed").parse_args(argv)
+        speed_module.parse_args(argv)
     assert message in capsys.readouterr().err
 
 
 def test_speed_records_commands_without_machine_paths():
-    speed = load_benchmark("speed")
+    speed = speed_module
     command = speed.portable_command(["--output", str(ROOT / "benchmarks/results/x.json"), "--output=/tmp/a/b.json"])
     assert command == ["speed.py", "--output", "benchmarks/results/x.json", "--output=b.json"]
 
 
 def test_gpu_summary_tabulates_tests_and_speed_targets(tmp_path):
-    summary_module = load_benchmark("gpu_summary")
+    summary_module = gpu_summary
     (tmp_path / "parts.tsv").write_text("tests\t1\t30\nspeed\t124\t200\n")
     (tmp_path / "tests.xml").write_text(
         '<testsuites><testsuite><testcase name="test_a"/><testcase name="test_b"><failure message="x"/>'

@@ -1,6 +1,6 @@
 """GPU readiness (issue 12): bf16, the teacher's CUDA memory at the switch, torch.compile, two GPUs.
 
-Skipped without CUDA, so the default suite never needs a GPU. `bash benchmarks/gpu_check.sh` runs them on a CUDA
+Skipped without CUDA, so the default suite never needs a GPU. `bash tools/gpu_check.sh` runs them on a CUDA
 machine and records the outcome in benchmarks/results/gpu/. Models are built from configs with random weights.
 """
 
@@ -20,7 +20,7 @@ from transformers import TrainerCallback
 from dearkd_hf import DearKDConfig, DearKDTrainer, DearKDViTConfig, DearKDViTForImageClassification
 
 # Each test skips (rather than the module) so that a run without CUDA reports them and exits 0.
-pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (run benchmarks/gpu_check.sh)")
+pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (run tools/gpu_check.sh)")
 NUM_LABELS = 10
 
 

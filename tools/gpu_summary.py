@@ -1,8 +1,8 @@
 #!/usr/bin/env python
-"""Summary of benchmarks/gpu_check.sh: versions, each part's status, each GPU test's outcome, the 224-px ratios.
+"""Summary of tools/gpu_check.sh: versions, each part's status, each GPU test's outcome, the 224-px ratios.
 
-    python benchmarks/gpu_summary.py --versions          # one line of versions (the check's first output)
-    python benchmarks/gpu_summary.py RESULTS_DIR [--dry-run]
+    python -m tools.gpu_summary --versions          # one line of versions (the check's first output)
+    python -m tools.gpu_summary RESULTS_DIR [--dry-run]
 
 Reads RESULTS_DIR/parts.tsv (name, exit status, seconds per part), tests.xml (pytest's JUnit XML) and
 speed_224.json; writes gpu_check.json and gpu_check.md there, and replaces machine paths in the logs and the XML by
@@ -114,7 +114,7 @@ def summarise(results: Path, dry_run: bool) -> dict[str, Any]:
         "parts": read_parts(results),
         "tests": read_tests(results),
         "speed_224": None if dry_run else read_speed(results),
-        "command": "bash benchmarks/gpu_check.sh" + (" --dry-run" if dry_run else ""),
+        "command": "bash tools/gpu_check.sh" + (" --dry-run" if dry_run else ""),
     }
     (results / "gpu_check.json").write_text(json.dumps(summary, indent=2) + "\n")
     (results / "gpu_check.md").write_text(markdown(summary))

@@ -6,7 +6,7 @@ Builds the trainers of speed.py (same presets and flags, e.g. `--preset deit_tin
 self CPU time on CPU) and the difference, largest first, with the number of calls. Also the step's wall time and
 its total device (or CPU) operator time, which tell whether the step is bound by the device or by launching work.
 
-    python benchmarks/profile_step.py --preset deit_tiny_224 --device cuda --profile_output profile_224.txt
+    python -m tools.profile_step --preset deit_tiny_224 --device cuda --profile_output profile_224.txt
 """
 
 from __future__ import annotations
@@ -23,8 +23,7 @@ from pathlib import Path
 import torch
 from torch.profiler import ProfilerActivity, profile
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import speed  # noqa: E402
+from benchmarks import speed
 
 CONFIGS = ("deit_kd", "dearkd_s1")
 

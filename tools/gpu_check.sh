@@ -1,11 +1,11 @@
 #!/usr/bin/env bash
-# GPU readiness check (issue 12): tests/gpu, then the 224-px speed preset on CUDA and a profile of its stage-1 step
+# GPU readiness check: tests/gpu, then the 224-px speed preset on CUDA and a profile of its stage-1 step
 # against DeiT KD's (profile.log), in at most about 5 minutes.
 #
-#   bash benchmarks/gpu_check.sh [--dry-run] [RESULTS_DIR]        # default RESULTS_DIR: benchmarks/results/gpu
+#   bash tools/gpu_check.sh [--dry-run] [RESULTS_DIR]        # default RESULTS_DIR: benchmarks/results/gpu
 #
 # Each part runs under its own time limit; its exit status and seconds are recorded and a failing part never stops
-# the others. benchmarks/gpu_summary.py then writes RESULTS_DIR/gpu_check.json and gpu_check.md (versions, each
+# the others. tools/gpu_summary.py then writes RESULTS_DIR/gpu_check.json and gpu_check.md (versions, each
 # test's outcome, the speed ratios against their targets) and strips machine paths from the logs.
 # --dry-run (any machine, no GPU needed; the default test suite runs it): tests/gpu runs (it skips without CUDA),
 # the speed preset only resolves and prints its CUDA settings, and the summary marks what did not run.
@@ -22,7 +22,7 @@ RESULTS=${1:-benchmarks/results/gpu}
 mkdir -p "$RESULTS"
 rm -f "$RESULTS/parts.tsv"
 export HF_HUB_OFFLINE=1 PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false
-export PYTHONPATH="$PWD/src${PYTHONPATH:+:$PYTHONPATH}"
+export PYTHONPATH="$PWD/src:$PWD${PYTHONPATH:+:$PYTHONPATH}"
 
 # run_part NAME SECONDS COMMAND...: the command's output goes to RESULTS/NAME.log, its status to parts.tsv.
 run_part() {
@@ -36,15 +36,15 @@ run_part() {
   echo "   exit $status after $(($(date +%s) - start)) s"
 }
 
-"$PYTHON" benchmarks/gpu_summary.py --versions
+"$PYTHON" -m tools.gpu_summary --versions
 run_part tests 240 "$PYTHON" -m pytest tests/gpu -q -rfEs -p no:cacheprovider --junitxml="$RESULTS/tests.xml"
 if [ "$DRY_RUN" = 1 ]; then
-  run_part speed 60 "$PYTHON" benchmarks/speed.py --preset deit_tiny_224 --device cuda --dry_run \
+  run_part speed 60 "$PYTHON" -m benchmarks.speed --preset deit_tiny_224 --device cuda --dry_run \
     --output "$RESULTS/speed_224.json"
-  run_part profile 60 "$PYTHON" benchmarks/profile_step.py --preset deit_tiny_224 --device cuda --dry_run
+  run_part profile 60 "$PYTHON" -m tools.profile_step --preset deit_tiny_224 --device cuda --dry_run
 else
-  run_part speed 180 "$PYTHON" benchmarks/speed.py --preset deit_tiny_224 --device cuda \
+  run_part speed 180 "$PYTHON" -m benchmarks.speed --preset deit_tiny_224 --device cuda \
     --output "$RESULTS/speed_224.json"
-  run_part profile 90 "$PYTHON" benchmarks/profile_step.py --preset deit_tiny_224 --device cuda
+  run_part profile 90 "$PYTHON" -m tools.profile_step --preset deit_tiny_224 --device cuda
 fi
-"$PYTHON" benchmarks/gpu_summary.py "$RESULTS" $([ "$DRY_RUN" = 1 ] && echo --dry-run)
+"$PYTHON" -m tools.gpu_summary "$RESULTS" $([ "$DRY_RUN" = 1 ] && echo --dry-run)
