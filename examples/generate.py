@@ -25,7 +25,6 @@ from torchvision.transforms.functional import pil_to_tensor
 from torchvision.utils import make_grid, save_image
 from transformers import HfArgumentParser
 
-from dearkd_hf.checks import check_local_folder, check_writable_folder
 from dearkd_hf.cli import run_main
 from dearkd_hf.inversion import (
     DeepInversionGenerator,
@@ -34,6 +33,8 @@ from dearkd_hf.inversion import (
     mean_loss_terms,
     write_dataset,
 )
+from dearkd_hf.output_folder import check_writable_folder
+from dearkd_hf.sources import check_local_folder
 from dearkd_hf.teachers import load_teacher
 
 MAX_GRID_CLASSES = 32  # rows of samples.png; beyond this the grid would be unreadable anyway

@@ -37,7 +37,6 @@ from dearkd_hf import (
     Teacher,
     load_teacher,
 )
-from dearkd_hf.checks import check_local_folder, check_writable_folder, hub_lookup
 from dearkd_hf.cli import (
     check_config_overrides,
     explicit_argument_names,
@@ -55,7 +54,9 @@ from dearkd_hf.data import (
     train_collator,
 )
 from dearkd_hf.evaluation import compute_accuracy_metrics
+from dearkd_hf.output_folder import check_writable_folder
 from dearkd_hf.recipes import apply_recipe
+from dearkd_hf.sources import check_local_folder, hub_lookup
 from dearkd_hf.students import processor_normalization, student_geometry
 from dearkd_hf.transforms import with_transforms
 

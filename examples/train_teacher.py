@@ -35,13 +35,6 @@ from transformers import (
 from transformers.modeling_outputs import ImageClassifierOutput
 
 from dearkd_hf.checkpoints import ExactResumeMixin
-from dearkd_hf.checks import (
-    check_finite_loss,
-    check_local_folder,
-    check_writable_folder,
-    hub_lookup,
-    require_finite,
-)
 from dearkd_hf.cli import (
     check_config_overrides,
     parse_config_overrides,
@@ -59,6 +52,9 @@ from dearkd_hf.data import (
     train_collator,
 )
 from dearkd_hf.evaluation import compute_accuracy_metrics
+from dearkd_hf.finite import check_finite_loss, require_finite
+from dearkd_hf.output_folder import check_writable_folder
+from dearkd_hf.sources import check_local_folder, hub_lookup
 from dearkd_hf.teachers import is_timm_model, timm_model_name
 from dearkd_hf.transforms import normalization_for, with_transforms
 

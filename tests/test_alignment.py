@@ -6,14 +6,16 @@ import torch
 from dearkd_hf.alignment import (
     Aligner,
     AlignmentHead,
-    AlignmentPair,
     StudentAligners,
-    default_alignment_pairs,
     normalize_channels,
-    parse_alignment_pairs,
     patch_tokens,
     teacher_target,
     tokens_to_map,
+)
+from dearkd_hf.alignment_pairs import (
+    AlignmentPair,
+    default_alignment_pairs,
+    parse_alignment_pairs,
     validate_alignment_pairs,
 )
 

@@ -7,7 +7,8 @@ import torch.nn.functional as F
 from conftest import make_resnet_teacher, make_vit
 
 from dearkd_hf import DearKDConfig, DearKDTrainer
-from dearkd_hf.alignment import AlignmentHead, AlignmentPair, StudentAligners, teacher_target
+from dearkd_hf.alignment import AlignmentHead, StudentAligners, teacher_target
+from dearkd_hf.alignment_pairs import AlignmentPair
 from dearkd_hf.losses import alignment_loss
 
 

@@ -6,7 +6,7 @@ import os
 
 import pytest
 import torch
-from test_inversion_generator import SIDE, image_hashes, tiny_teacher
+from test_inversion_deepinversion import SIDE, image_hashes, tiny_teacher
 from torch import nn
 
 from dearkd_hf.inversion import (

@@ -20,7 +20,7 @@ from typing import Any
 
 import torch
 
-from dearkd_hf.callbacks import DEFAULT_STOP_FRACTION
+from dearkd_hf.config import DEFAULT_STOP_FRACTION
 
 from .methods import BY_NAME
 

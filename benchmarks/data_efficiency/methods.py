@@ -6,7 +6,7 @@ import textwrap
 from dataclasses import dataclass
 from typing import Literal
 
-from dearkd_hf.callbacks import default_stop_epoch
+from dearkd_hf.config import DEFAULT_STOP_FRACTION
 
 
 @dataclass(frozen=True)
@@ -36,7 +36,7 @@ class Method:
 
     def stop_epoch(self, epochs: float) -> float:
         """The ``--distillation_stop_epoch`` of a row trained ``epochs`` epochs."""
-        return {"start": 0.0, "default": default_stop_epoch(epochs), "never": epochs}[self.stop]
+        return {"start": 0.0, "default": DEFAULT_STOP_FRACTION * epochs, "never": epochs}[self.stop]
 
 
 METHODS = (

@@ -3,7 +3,7 @@
 Importing it registers the DearKD ViT with ``AutoConfig`` and ``AutoModelForImageClassification``.
 """
 
-from .alignment import AlignmentPair, default_alignment_pairs, parse_alignment_pairs
+from .alignment_pairs import AlignmentPair, default_alignment_pairs, parse_alignment_pairs
 from .attention_distance import AttentionDistanceCallback, mean_attention_distance
 from .callbacks import DistillationStopCallback
 from .config import DearKDConfig

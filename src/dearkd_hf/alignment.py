@@ -19,7 +19,6 @@ import dataclasses
 import functools
 import os
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import safetensors.torch
@@ -27,66 +26,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .alignment_pairs import AlignmentPair
+
 ALIGNERS_ATTRIBUTE = "dearkd_aligners"
 ALIGNED_FEATURES_KEY = "aligned_features"
 ALIGNERS_FILE = "aligners.safetensors"
-
-
-@dataclass(frozen=True)
-class AlignmentPair:
-    """One alignment: the output of student block ``student_block`` (1-based) against teacher layer
-    ``teacher_layer``."""
-
-    student_block: int
-    teacher_layer: str
-
-    def __str__(self) -> str:
-        return f"{self.student_block}:{self.teacher_layer}"
-
-
-def parse_alignment_pairs(pairs: Sequence[str]) -> list[AlignmentPair]:
-    """Parse ``"STUDENT_BLOCK:TEACHER_LAYER"`` strings (a comma-separated single string is accepted too)."""
-    if isinstance(pairs, str):
-        pairs = [p for p in pairs.split(",") if p.strip()]
-    parsed = []
-    for pair in pairs:
-        block, sep, layer = str(pair).strip().partition(":")
-        if not sep or not block.strip().isdigit() or not layer.strip():
-            raise ValueError(
-                f"alignment_pairs entry {pair!r} is not 'STUDENT_BLOCK:TEACHER_LAYER' "
-                "(1-based block index, teacher module name), e.g. '3:layer1'."
-            )
-        parsed.append(AlignmentPair(int(block), layer.strip()))
-    return parsed
-
-
-def default_alignment_pairs(num_student_blocks: int, teacher_stage_names: Sequence[str]) -> list[AlignmentPair]:
-    """The student's blocks at 1/4 and 1/2 of its depth against the teacher's first two stages (METHOD.md)."""
-    if len(teacher_stage_names) < 2:
-        raise ValueError(
-            "alignment_pairs: the teacher's stages are unknown (not a timm or transformers CNN), so no default "
-            "pairs exist; pass them explicitly, e.g. alignment_pairs=['3:layer1', '6:layer2']."
-        )
-    blocks = (max(1, round(num_student_blocks / 4)), max(1, round(num_student_blocks / 2)))
-    return [AlignmentPair(block, layer) for block, layer in zip(blocks, teacher_stage_names[:2])]
-
-
-def validate_alignment_pairs(
-    pairs: Sequence[AlignmentPair], num_student_blocks: int, teacher_layers: Sequence[str]
-) -> None:
-    """Fail before training on a block out of range or a teacher layer that does not exist."""
-    known = set(teacher_layers)
-    for pair in pairs:
-        if not 1 <= pair.student_block <= num_student_blocks:
-            raise ValueError(
-                f"alignment_pairs entry '{pair}': student block {pair.student_block} is out of range; the student "
-                f"has blocks 1..{num_student_blocks} (1-based)."
-            )
-        if pair.teacher_layer not in known:
-            raise ValueError(
-                f"alignment_pairs entry '{pair}': the teacher has no layer {pair.teacher_layer!r}. "
-                f"Valid layer names: {list(teacher_layers)}"
-            )
 
 
 def patch_tokens(tokens: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:

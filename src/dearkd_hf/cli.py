@@ -131,14 +131,6 @@ def explicit_argument_names(argv: Sequence[str]) -> set[str]:
     return names
 
 
-def replace_arguments(args: Any, changes: dict[str, Any]) -> Any:
-    """A copy of the dataclass ``args`` with ``changes`` (its ``__post_init__`` checks run again)."""
-    if not changes:
-        return args
-    values = {f.name: getattr(args, f.name) for f in dataclasses.fields(args) if f.init}
-    return type(args)(**{**values, **changes})
-
-
 def default_num_workers(cpu_count: int | None, num_processes: int = 1, cuda: bool = True) -> int:
     """Loader workers per training process: on CUDA the CPUs left beside the processes themselves, at most
     ``MAX_DEFAULT_WORKERS``; on CPU none, since the training step itself uses the cores (and a run without workers
@@ -162,4 +154,4 @@ def with_loader_defaults(training_args: TrainingArguments, explicit: Sequence[st
         "dataloader_pin_memory": cuda,
     }
     changes = {k: v for k, v in changes.items() if k not in explicit and getattr(training_args, k) != v}
-    return replace_arguments(training_args, changes)
+    return dataclasses.replace(training_args, **changes) if changes else training_args

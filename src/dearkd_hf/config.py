@@ -7,10 +7,12 @@ from dataclasses import dataclass, field
 
 from transformers import TrainingArguments
 
-from .alignment import parse_alignment_pairs
-from .callbacks import DEFAULT_STOP_FRACTION, default_stop_epoch
-from .checks import require_finite
+from .alignment_pairs import parse_alignment_pairs
+from .finite import require_finite
 from .losses import BETA_SCHEDULES, DISTILLATION_TYPES, LABEL_LOSS_HEADS
+
+# METHOD.md section 1: without an explicit stop epoch, stage 1 takes this fraction of the run's epochs.
+DEFAULT_STOP_FRACTION = 0.8
 
 
 @dataclass
@@ -189,7 +191,8 @@ class DearKDConfig(TrainingArguments):
             )
 
     def resolved_stop_epoch(self, num_train_epochs: float) -> float:
-        """The stage switch epoch, with the default taken from the run's actual number of epochs."""
+        """The epoch at which stage 1 ends, the one place it is resolved: ``distillation_stop_epoch`` when given,
+        else ``distillation_stop_fraction`` of the run's actual number of epochs (``num_train_epochs``)."""
         if self.distillation_stop_epoch is not None:
             return float(self.distillation_stop_epoch)
-        return default_stop_epoch(num_train_epochs, self.distillation_stop_fraction)
+        return self.distillation_stop_fraction * float(num_train_epochs)

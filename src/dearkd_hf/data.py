@@ -19,15 +19,17 @@ from typing import Any
 import numpy as np
 from datasets import ClassLabel, Dataset, DatasetDict, Image, load_dataset, load_from_disk
 
-from .checks import looks_like_local_path, require_finite
-
-# collate_fn, MixupCollator and the transforms moved to their own modules; they stay importable from here.
-from .collators import Collator, MixupCollator, collate_fn  # noqa: F401
-from .paths import EMBEDDED_DATASET
+from .collators import Collator, MixupCollator, collate_fn
+from .finite import require_finite
 from .recipes import get_recipe
-from .transforms import build_transforms, normalization_for, open_image, with_transforms  # noqa: F401
+from .sources import looks_like_local_path
+from .transforms import open_image
 
 logger = logging.getLogger(__name__)
+
+# Written by examples/prepare_fashion_mnist.py and committed (in a source checkout: src/dearkd_hf/data.py -> the
+# repository root -> examples/data), so the examples, tests and quick benchmarks run offline.
+EMBEDDED_DATASET = Path(__file__).resolve().parents[2] / "examples" / "data" / "fashion_mnist_small"
 
 EVAL_SPLITS = ("validation", "test")
 

@@ -10,15 +10,13 @@ recipe's: :func:`apply_recipe` leaves the fields named in ``explicit`` as they a
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from PIL import Image
 from timm.data import create_transform
 from timm.data.auto_augment import RandAugment
 from timm.data.auto_augment import posterize as timm_posterize
-
-from .cli import replace_arguments
 
 # DeiT's learning rate is 5e-4 for a total batch of 512 and scales linearly with it (Touvron et al., 2021).
 DEIT_BASE_BATCH = 512
@@ -156,8 +154,8 @@ def apply_recipe(
         "learning_rate": recipe.learning_rate(total_batch),
         "warmup_steps": recipe.warmup_fraction(training_args.num_train_epochs),
     }
-    training_args = replace_arguments(training_args, {k: v for k, v in training.items() if k not in explicit})
+    training_args = replace(training_args, **{k: v for k, v in training.items() if k not in explicit})
     if data_args is not None:
-        data_args = replace_arguments(data_args, {k: v for k, v in recipe.data.items() if k not in explicit})
+        data_args = replace(data_args, **{k: v for k, v in recipe.data.items() if k not in explicit})
     student = {k: v for k, v in recipe.student.items() if k not in explicit}
     return training_args, data_args, student

@@ -14,6 +14,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from .transforms import fit_channels
+
 
 @dataclass(frozen=True)
 class StudentFamily:
@@ -245,13 +247,14 @@ def student_outputs(outputs) -> StudentOutput:
 
 def processor_normalization(processor: Any, num_channels: int) -> tuple[list | None, list | None]:
     """The per-channel mean and std an image processor normalises ``num_channels`` channels with (a timm processor
-    keeps them in ``data_config``); None when it does not say."""
+    keeps them in ``data_config``), fitted by :func:`~dearkd_hf.transforms.fit_channels`; None when it does not
+    say."""
     data_config = getattr(processor, "data_config", None) or {}
     mean = getattr(processor, "image_mean", None) or data_config.get("mean")
     std = getattr(processor, "image_std", None) or data_config.get("std")
     if mean is None or std is None:
         return None, None
-    return list(mean)[:num_channels], list(std)[:num_channels]
+    return list(fit_channels(mean, num_channels)), list(fit_channels(std, num_channels))
 
 
 class _TimmViT:

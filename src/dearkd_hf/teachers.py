@@ -16,7 +16,8 @@ import torch
 from torch import nn
 from transformers import AutoImageProcessor, AutoModelForImageClassification, PreTrainedModel
 
-from .checks import check_local_folder, hub_lookup, read_json_config
+from .sources import check_local_folder, hub_lookup, read_json_config
+from .transforms import fit_channels
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -49,7 +50,7 @@ class Teacher:
     def __post_init__(self) -> None:
         self.module.eval()
         self.module.requires_grad_(False)
-        self.mean, self.std = _fit_channels(self.mean, self.num_channels), _fit_channels(self.std, self.num_channels)
+        self.mean, self.std = fit_channels(self.mean, self.num_channels), fit_channels(self.std, self.num_channels)
 
     @property
     def num_labels(self) -> int:
@@ -273,14 +274,6 @@ def _logits_of(output) -> torch.Tensor:
 
 def _module_name(root: nn.Module, target: nn.Module) -> str | None:
     return next((name for name, m in root.named_modules() if m is target and name), None)
-
-
-def _fit_channels(values: Sequence[float], num_channels: int) -> tuple[float, ...]:
-    """ImageNet statistics for a 1-channel model become their mean, as timm does for ``in_chans=1``."""
-    values = tuple(float(v) for v in values)
-    if len(values) == num_channels:
-        return values
-    return (sum(values) / len(values),) * num_channels
 
 
 def _close(a: Sequence[float], b: Sequence[float]) -> bool:

@@ -23,23 +23,15 @@ from transformers import BaseImageProcessor, EvalPrediction, PreTrainedModel, Tr
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, enable_full_determinism, set_seed
 from transformers.utils import SAFE_WEIGHTS_NAME, logging
 
-from .alignment import (
-    ALIGNERS_FILE,
-    AlignmentHead,
-    AlignmentPair,
-    StudentAligners,
-    default_alignment_pairs,
-    parse_alignment_pairs,
-    teacher_target,
-    validate_alignment_pairs,
-)
+from .alignment import ALIGNERS_FILE, AlignmentHead, StudentAligners, teacher_target
+from .alignment_pairs import AlignmentPair, default_alignment_pairs, parse_alignment_pairs, validate_alignment_pairs
 from .callbacks import DistillationStopCallback
 from .checkpoints import ExactResumeMixin
-from .checks import check_finite_loss
 from .collators import Collator, EvaluationCollatorMixin
 from .config import DearKDConfig
-from .hub import ModelCardInfo, build_model_card
+from .finite import check_finite_loss
 from .losses import scheduled_beta, stage1_loss, stage2_loss
+from .model_card import ModelCardInfo, build_model_card
 from .students import (
     prepare_student,
     processor_normalization,
@@ -167,12 +159,7 @@ class DearKDTrainer(ExactResumeMixin, EvaluationCollatorMixin, Trainer):
         self._student_mean, self._student_std = processor_normalization(
             self.processing_class, self.geometry.num_channels
         )
-        self.distillation_stop = DistillationStopCallback(
-            args.distillation_stop_epoch,
-            on_stop=self._release_teacher,
-            stop_fraction=args.distillation_stop_fraction,
-            save_at_stop=args.save_at_distillation_stop,
-        )
+        self.distillation_stop = DistillationStopCallback(on_stop=self._release_teacher)
         self.add_callback(self.distillation_stop)
         self._metrics: dict[str, list[torch.Tensor]] = defaultdict(list)
 
@@ -329,10 +316,10 @@ class DearKDTrainer(ExactResumeMixin, EvaluationCollatorMixin, Trainer):
         gc.collect()
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
-        # A run resumed in stage 2 switches at its first step: report the epoch the switch was logged at, if any.
+        # A run resumed in stage 2 switches at its first step; the run that crossed the stop has logged it already.
         key = "distillation_stopped_at_epoch"
-        epoch = next((log[key] for log in self.state.log_history if key in log), epoch)
-        self.log({"stage": 2.0, key: float(epoch)})
+        if not any(key in log for log in self.state.log_history):
+            self.log({"stage": 2.0, key: float(epoch)})
 
     # ---- logging ----
 
@@ -384,17 +371,13 @@ class DearKDTrainer(ExactResumeMixin, EvaluationCollatorMixin, Trainer):
             return
         if metrics is None:
             metrics = next((log for log in reversed(self.state.log_history) if "eval_loss" in log), {})
-        stop = self.distillation_stop.stop_epoch
+        num_train_epochs = self.state.num_train_epochs or self.args.num_train_epochs
         info = ModelCardInfo(
             model_name=model_name or os.path.basename(os.path.normpath(self.args.output_dir)),
             teacher=self.teacher_source,
             dataset=dataset if isinstance(dataset, str) else ", ".join(dataset or ["unknown"]),
-            num_train_epochs=self.args.num_train_epochs
-            if self.state.num_train_epochs is None
-            else self.state.num_train_epochs,
-            distillation_stop_epoch=stop
-            if stop is not None
-            else self.args.resolved_stop_epoch(self.args.num_train_epochs),
+            num_train_epochs=num_train_epochs,
+            distillation_stop_epoch=self.args.resolved_stop_epoch(num_train_epochs),
             alpha=self.args.alpha,
             beta=self.args.beta,
             tau=self.args.tau,
@@ -408,6 +391,8 @@ class DearKDTrainer(ExactResumeMixin, EvaluationCollatorMixin, Trainer):
             f.write(build_model_card(info))
 
     # ---- the aligners (StudentAligners): trained and checkpointed, never saved as part of the student ----
+    # The Trainer's private methods this class relies on are listed, with why, in PRIVATE_TRAINER_METHODS (module
+    # end); tests/test_trainer_overrides.py fails when transformers changes one of them.
 
     def train(self, *args: Any, **kwargs: Any):
         self.aligners.attach(self.accelerator.unwrap_model(self.model))
@@ -437,17 +422,18 @@ class DearKDTrainer(ExactResumeMixin, EvaluationCollatorMixin, Trainer):
             # Building the model draws from the global generator; keep it as it was, so a resume stays exact.
             with torch.random.fork_rng(devices=[]):
                 reloaded = type(student).from_pretrained(resume_from_checkpoint)
-            result = student.load_state_dict(reloaded.state_dict(), strict=False)
-            self._issue_warnings_after_load(result)
+            result = self.aligners.without_aligner_keys(student.load_state_dict(reloaded.state_dict(), strict=False))
+            if result.missing_keys or result.unexpected_keys:
+                logger.warning(
+                    f"{resume_from_checkpoint}: the student's missing keys {result.missing_keys}, unexpected keys "
+                    f"{result.unexpected_keys}."
+                )
         else:
             super()._load_from_checkpoint(resume_from_checkpoint, model)
         self.aligners.load(resume_from_checkpoint)
 
     def _sharded_training(self) -> bool:
         return bool(self.is_fsdp_enabled or self.is_deepspeed_enabled)
-
-    def _issue_warnings_after_load(self, load_result: Any) -> None:
-        super()._issue_warnings_after_load(self.aligners.without_aligner_keys(load_result))
 
 
 def teacher_label_order(
@@ -484,6 +470,16 @@ def _generic(names: list[str]) -> bool:
     """Names that say nothing about the class: transformers' ``LABEL_i`` or the bare index ``"i"``."""
     return all(name in (f"LABEL_{i}", str(i)) for i, name in enumerate(names))
 
+
+# Every private ``transformers.Trainer`` method DearKDTrainer (and its mixins) overrides or calls, and why; no public
+# hook does these. tests/test_trainer_overrides.py checks that each still exists with the parameters used here.
+PRIVATE_TRAINER_METHODS = {
+    "_get_train_sampler": "overridden: timm's RepeatAugSampler when repeated_augmentations > 1",
+    "_save": "overridden: every save of the student (save_model, checkpoints, push_to_hub) without the aligners",
+    "_save_checkpoint": "overridden: aligners.safetensors written before the Trainer's trainer_state.json",
+    "_load_from_checkpoint": "overridden: the student reloaded by from_pretrained (key conversion), the aligners too",
+    "_get_output_dir": "called: the run folder _save_checkpoint writes the aligners into",
+}
 
 __all__ = ["DearKDTrainer"]
 

@@ -28,19 +28,23 @@ def open_image(image: Any) -> Any:
         ) from None
 
 
-def normalization_for(image_processor: Any | None, num_channels: int) -> tuple[tuple[float, ...], tuple[float, ...]]:
-    """The (mean, std) to normalise with: the processor's if it has them, else 0.5 per channel.
+def fit_channels(values: Sequence[float], num_channels: int) -> tuple[float, ...]:
+    """Per-channel statistics (mean or std) fitted to ``num_channels``: the same count as they are, one value
+    repeated, otherwise their mean repeated, as timm fits ImageNet statistics to ``in_chans=1``. The one rule for
+    every model, processor and transform that meets another channel count (a grayscale student with an RGB
+    processor, say)."""
+    values = tuple(float(v) for v in values)
+    if len(values) == num_channels:
+        return values
+    return (values[0] if len(values) == 1 else sum(values) / len(values),) * num_channels
 
-    Trimmed or repeated to `num_channels`, since a grayscale model may come with an RGB processor and vice versa.
-    """
+
+def normalization_for(image_processor: Any | None, num_channels: int) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """The (mean, std) to normalise with: the processor's if it has them, else 0.5 per channel; fitted to
+    ``num_channels`` (:func:`fit_channels`)."""
     mean = getattr(image_processor, "image_mean", None) or (0.5,)
     std = getattr(image_processor, "image_std", None) or (0.5,)
-
-    def fit(values: Sequence[float]) -> tuple[float, ...]:
-        values = tuple(float(v) for v in values)
-        return values[:num_channels] if len(values) >= num_channels else (values * num_channels)[:num_channels]
-
-    return fit(mean), fit(std)
+    return fit_channels(mean, num_channels), fit_channels(std, num_channels)
 
 
 def _image_pipeline(

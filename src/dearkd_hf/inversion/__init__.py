@@ -1,10 +1,29 @@
 """Data-free DearKD: synthesise a labelled image dataset from a BatchNorm CNN teacher (METHOD.md section 5):
 DeepInversion or the amortised ``fast`` generator, each with the BPID loss."""
 
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from ..teachers import Teacher
 from .config import METHODS, InversionConfig
-from .fast import FastInversionGenerator, ImageGenerator, create_generator
-from .generator import DeepInversionGenerator, InversionBatch
+from .deepinversion import DeepInversionGenerator, InversionBatch
+from .fast import FastInversionGenerator, ImageGenerator
 from .writer import ShardWriter, inversion_features, mean_loss_terms, write_dataset
+
+
+def create_generator(
+    teacher: str | nn.Module | Teacher,
+    config: InversionConfig | None = None,
+    student: str | nn.Module | Teacher | None = None,
+    device: torch.device | str | None = None,
+) -> DeepInversionGenerator:
+    """The generator of ``config.method``: :class:`DeepInversionGenerator` or :class:`FastInversionGenerator`."""
+    config = config or InversionConfig()
+    cls = FastInversionGenerator if config.method == "fast" else DeepInversionGenerator
+    return cls(teacher, config, student=student, device=device)
+
 
 __all__ = [
     "METHODS",

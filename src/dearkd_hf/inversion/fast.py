@@ -23,9 +23,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from ..teachers import Teacher
-from .config import InversionConfig
-from .generator import DeepInversionGenerator, InversionBatch, StepCallback, derived_seed
+from .deepinversion import DeepInversionGenerator, InversionBatch, StepCallback, derived_seed
 
 INIT_FILE = "fast_generator_init.pt"
 _WARMUP_STREAM = 1  # seeds of warm-up tasks: SeedSequence((seed, task, 1)), never equal to a batch's (seed, k)
@@ -162,15 +160,3 @@ class FastInversionGenerator(DeepInversionGenerator):
         with torch.no_grad():
             pixels = (network(latents, labels) - mean) / std
         return network, pixels, {name: value.item() for name, value in terms.items()}
-
-
-def create_generator(
-    teacher: str | nn.Module | Teacher,
-    config: InversionConfig | None = None,
-    student: str | nn.Module | Teacher | None = None,
-    device: torch.device | str | None = None,
-) -> DeepInversionGenerator:
-    """The generator of ``config.method``: :class:`DeepInversionGenerator` or :class:`FastInversionGenerator`."""
-    config = config or InversionConfig()
-    cls = FastInversionGenerator if config.method == "fast" else DeepInversionGenerator
-    return cls(teacher, config, student=student, device=device)

@@ -29,8 +29,8 @@ from datasets import ClassLabel, Dataset, Features, Image, concatenate_datasets,
 from datasets.utils import are_progress_bars_disabled, disable_progress_bars, enable_progress_bars
 from tqdm.auto import tqdm
 
-from ..checks import non_finite_error
-from .generator import DeepInversionGenerator, InversionBatch
+from ..finite import non_finite_error
+from .deepinversion import DeepInversionGenerator, InversionBatch
 
 SHARDS_DIR = "shards"
 FINGERPRINT_FILE = "fingerprint.json"

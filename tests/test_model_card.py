@@ -1,8 +1,8 @@
-"""hub.py: the model card states every fact needed to reproduce a DearKD student."""
+"""model_card.py: the model card states every fact needed to reproduce a DearKD student."""
 
 import yaml
 
-from dearkd_hf.hub import ModelCardInfo, build_model_card
+from dearkd_hf.model_card import ModelCardInfo, build_model_card
 
 FACTS = dict(
     model_name="dearkd-vit-tiny-fashion-mnist",

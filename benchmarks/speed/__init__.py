@@ -40,7 +40,6 @@ import platform
 import statistics
 import sys
 import tempfile
-import time
 import weakref
 from pathlib import Path
 from typing import Any
@@ -49,20 +48,30 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import timm  # noqa: E402
 import torch  # noqa: E402
-from timm.data.distributed_sampler import RepeatAugSampler  # noqa: E402
 from torch import nn  # noqa: E402
 from transformers import Trainer, TrainerState, TrainingArguments  # noqa: E402
 from transformers.utils import logging as hf_logging  # noqa: E402
 
 from dearkd_hf import DearKDConfig, DearKDTrainer, DearKDViTConfig, DearKDViTForImageClassification  # noqa: E402
-from dearkd_hf.collators import MixupCollator, collate_fn  # noqa: E402
+from dearkd_hf.collators import collate_fn  # noqa: E402
 from dearkd_hf.data import DataTrainingArguments, load_image_datasets  # noqa: E402
-from dearkd_hf.inversion import DeepInversionGenerator, InversionConfig  # noqa: E402
-from dearkd_hf.recipes import get_recipe  # noqa: E402
-from dearkd_hf.teachers import Teacher, load_teacher  # noqa: E402
+from dearkd_hf.teachers import load_teacher  # noqa: E402
 from dearkd_hf.transforms import with_transforms  # noqa: E402
 
-RESULTS_DIR = Path(__file__).resolve().parent / "results"
+from .measure import (  # noqa: E402
+    _allocated,
+    make_step,
+    make_teacher_forward,
+    paired_ratios,
+    ratios_of,
+    resident_bytes,
+    step_peak_bytes,
+    summarise,
+    time_steps,
+)
+from .throughput import generator_speed, loader_speed  # noqa: E402
+
+RESULTS_DIR = Path(__file__).resolve().parents[1] / "results"
 TARGETS = {"stage1_vs_deit": 1.10, "stage1_vs_limit": 1.05, "stage2_vs_plain": 1.03}
 TRAINER_CONFIGS = ("plain", "deit_kd", "dearkd_s1", "dearkd_s2", "deit_kd_vit")
 # The users' scale (issue 12): DeiT-Ti (192 wide, 12 blocks, 3 heads, patch 16) at 224 px RGB, a timm resnet50
@@ -269,216 +278,12 @@ def switch_to_stage2(trainer: DearKDTrainer, device: torch.device) -> dict[str, 
 # ---- measurement ----
 
 
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def _allocated(device: torch.device) -> int | None:
-    if device.type != "cuda":
-        return None
-    _sync(device)
-    return torch.cuda.memory_allocated(device)
-
-
-def make_step(trainer: Trainer, device: torch.device):
-    model, optimizer = trainer.model, trainer.optimizer
-
-    def step(batch: dict[str, torch.Tensor]) -> None:
-        trainer.training_step(model, batch)
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        _sync(device)
-
-    return step
-
-
-def make_teacher_forward(teacher: Teacher, device: torch.device, bf16: bool):
-    """The teacher's no-grad forward, under the same autocast as the trainers' steps."""
-    module = teacher.module
-
-    def step(batch: dict[str, torch.Tensor]) -> None:
-        with torch.no_grad(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
-            module(batch["pixel_values"])
-        _sync(device)
-
-    return step
-
-
-def tensor_bytes(tensors) -> int:
-    seen, total = set(), 0
-    for tensor in tensors:
-        if isinstance(tensor, torch.Tensor) and tensor.data_ptr() not in seen:
-            seen.add(tensor.data_ptr())
-            total += tensor.numel() * tensor.element_size()
-    return total
-
-
-def resident_bytes(trainer: Trainer | None, teacher: Teacher | None) -> int:
-    """Tensors a configuration keeps between steps: its model (with aligners), optimizer state and teacher."""
-    tensors = []
-    if trainer is not None:
-        tensors += list(trainer.model.parameters()) + list(trainer.model.buffers())
-        for state in trainer.optimizer.state.values():
-            tensors += [v for v in state.values() if isinstance(v, torch.Tensor)]
-    if teacher is not None:
-        tensors += list(teacher.module.parameters()) + list(teacher.module.buffers())
-    return tensor_bytes(tensors)
-
-
-def step_peak_bytes(step, batch: dict[str, torch.Tensor], device: torch.device) -> int:
-    """Peak bytes allocated during one step above what was allocated before it."""
-    if device.type == "cuda":
-        _sync(device)
-        base = torch.cuda.memory_allocated(device)
-        torch.cuda.reset_peak_memory_stats(device)
-        step(batch)
-        return torch.cuda.max_memory_allocated(device) - base
-    from torch.profiler import ProfilerActivity, profile
-
-    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
-        step(batch)
-    live = peak = 0
-    for event in sorted(prof.events(), key=lambda e: e.time_range.start):
-        live += event.self_cpu_memory_usage
-        peak = max(peak, live)
-    return peak
-
-
-def time_steps(
-    steps: dict[str, Any], batches: list, warmup: int, repeats: int
-) -> tuple[dict[str, list[float]], dict[str, list[float]]]:
-    """Interleaved timing: each repeat runs every configuration once on the same batch, in a rotating order.
-
-    Returns wall-clock and process CPU times per configuration, one entry per timed repeat.
-    """
-    names = list(steps)
-    wall: dict[str, list[float]] = {name: [] for name in names}
-    cpu: dict[str, list[float]] = {name: [] for name in names}
-    for r in range(warmup + repeats):
-        batch = batches[r % len(batches)]
-        order = names[r % len(names) :] + names[: r % len(names)]
-        for name in order:
-            start, start_cpu = time.perf_counter(), time.process_time()
-            steps[name](batch)
-            elapsed, elapsed_cpu = time.perf_counter() - start, time.process_time() - start_cpu
-            if r >= warmup:
-                wall[name].append(elapsed)
-                cpu[name].append(elapsed_cpu)
-    return wall, cpu
-
-
-def ratios_of(times: dict[str, list[float]]) -> dict[str, float]:
-    """The contract's ratios from medians of step times."""
-    med = {name: statistics.median(t) for name, t in times.items()}
-    return {
-        "stage1_vs_deit": med["dearkd_s1"] / med["deit_kd"],
-        "stage1_vs_limit": med["dearkd_s1"] / (med["plain"] + med["teacher_fwd"]),
-        "stage2_vs_plain": med["dearkd_s2"] / med["plain"],
-    }
-
-
-def paired_ratios(times: dict[str, list[float]]) -> dict[str, float]:
-    """The same ratios as medians over repeats of per-repeat ratios: steps of one repeat run back to back, so
-    load from other processes largely cancels."""
-    n = len(times["plain"])
-    per_repeat = [ratios_of({name: [t[i]] for name, t in times.items()}) for i in range(n)]
-    return {key: statistics.median(r[key] for r in per_repeat) for key in per_repeat[0]}
-
-
 def targets_met(ratios: dict[str, float], paired: dict[str, float], preset: str | None) -> dict[str, Any]:
     """Each target's bound, the ratio it is judged on (a preset's: paired medians; otherwise wall medians), met."""
     bounds, judged, basis = (PRESET_TARGETS, paired, "paired") if preset else (TARGETS, ratios, "wall")
     return {
         name: {"max": bound, "on": basis, "value": judged[name], "met": judged[name] <= bound}
         for name, bound in bounds.items()
-    }
-
-
-def loader_speed(args: argparse.Namespace, device: torch.device, step_s: dict[str, float]) -> dict[str, Any]:
-    """Training-loader images/s at each worker count, beside the training steps' images/s.
-
-    The loader is the one a `--recipe deit` run trains with: the embedded Fashion-MNIST images served as
-    image_size RGB through the recipe's timm transforms, its mixup/CutMix collator and repeated-augmentation
-    sampler; persistent workers, memory pinned on CUDA. After one untimed batch per worker (their start-up),
-    `loader_batches` batches (at least two per worker) are timed.
-    """
-    recipe = get_recipe("deit")
-    dataset = load_image_datasets(DataTrainingArguments(), seed=args.seed)["train"]
-    num_labels = dataset.features["label"].num_classes
-    stats = (0.5,) * args.num_channels
-    dataset = with_transforms({"train": dataset}, args.image_size, stats, stats, args.num_channels, recipe=recipe)
-    collator = MixupCollator(num_classes=num_labels, **recipe.data)
-    sampler = RepeatAugSampler(
-        dataset["train"],
-        num_replicas=1,
-        rank=0,
-        num_repeats=recipe.training["repeated_augmentations"],
-        selected_round=0,
-    )
-    rows = {}
-    for workers in args.loader_workers:
-        loader = torch.utils.data.DataLoader(
-            dataset["train"],
-            batch_size=args.batch_size,
-            sampler=sampler,
-            collate_fn=collator,
-            num_workers=workers,
-            persistent_workers=workers > 0,
-            pin_memory=device.type == "cuda",
-        )
-        batches, timed = iter(loader), max(args.loader_batches, 2 * workers)  # every worker delivers twice
-        for _ in range(max(1, workers)):
-            next(batches)
-        start = time.perf_counter()
-        for _ in range(timed):
-            next(batches)
-        rows[str(workers)] = args.batch_size * timed / (time.perf_counter() - start)
-        del batches, loader
-    steps = {name: args.batch_size / step_s[name] for name in ("plain", "dearkd_s1", "dearkd_s2")}
-    enough = [int(w) for w, rate in rows.items() if rate >= steps["dearkd_s1"]]
-    return {
-        "loader_images_per_s": rows,
-        "training_images_per_s": steps,
-        "workers_that_keep_stage1_fed": min(enough) if enough else None,
-        "batch_size": args.batch_size,
-        "batches_timed": args.loader_batches,
-        "transform": "recipe deit: timm create_transform (rand-m9-mstd0.5-inc1, bicubic, random erasing 0.25), "
-        "Mixup 0.8 / CutMix 1.0 / smoothing 0.1 collator, RepeatAugSampler(3)",
-    }
-
-
-def generator_speed(args: argparse.Namespace, teacher: nn.Module, device: torch.device) -> dict[str, Any]:
-    """Images per second of DeepInversion + BPID with this teacher, batch and resolution."""
-    config = InversionConfig(
-        iterations=args.gen_iterations, batch_size=args.gen_batch_size, resolution=args.image_size, seed=args.seed
-    )
-    generator = DeepInversionGenerator(copy.deepcopy(teacher), config, device=device)
-    labels = generator.batch_labels(0)
-    generator.generate_batch([0, 0, 1, 1], seed=0)  # warm-up (untimed)
-    step_times: list[float] = []
-    last = [time.perf_counter()]
-
-    def on_step(_step: int, _loss: float) -> None:
-        now = time.perf_counter()
-        step_times.append(now - last[0])
-        last[0] = now
-
-    _sync(device)
-    start = last[0] = time.perf_counter()
-    generator.generate_batch(labels, seed=1, callback=on_step)
-    _sync(device)
-    elapsed = time.perf_counter() - start
-    per_iteration = statistics.median(step_times)
-    return {
-        "batch_size": args.gen_batch_size,
-        "iterations": args.gen_iterations,
-        "resolution": args.image_size,
-        "batch_s": elapsed,
-        "iteration_median_s": per_iteration,
-        "images_per_s": args.gen_batch_size / elapsed,
-        # DeepInversion's default is 2000 iterations per batch: what a real data-free run gets.
-        "images_per_s_at_2000_iterations": args.gen_batch_size / (2000 * per_iteration),
     }
 
 
@@ -495,11 +300,6 @@ def portable_command(argv: list[str], script: str = "speed.py") -> list[str]:
         return f"{flag}{sep}{value}"
 
     return [script, *(portable(arg) for arg in argv)]
-
-
-def summarise(times: list[float]) -> dict[str, float]:
-    q = statistics.quantiles(times, n=4) if len(times) >= 2 else [times[0]] * 3
-    return {"median_s": statistics.median(times), "q1_s": q[0], "q3_s": q[2], "min_s": min(times), "n": len(times)}
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 
 from huggingface_hub import ModelCard, ModelCardData
 
-from .checks import looks_like_local_path
+from .sources import looks_like_local_path
 
 HUB_ID = re.compile(r"[\w.-]+(/[\w.-]+)?")
 PAPER_URL = "https://arxiv.org/abs/2204.12997"

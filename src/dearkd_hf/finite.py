@@ -1,0 +1,49 @@
+"""Finite numbers only: a NaN/inf setting refused before any work, a non-finite loss stopped before the optimizer
+step. Each error names the argument or step at fault and what to do instead; the scripts and the library share them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Mapping
+from typing import Any
+
+import torch
+
+
+def require_finite(config: Any, prefix: str = "") -> None:
+    """Every float field of the dataclass ``config`` (and every float in a list field) must be finite.
+
+    Range checks of the form ``x <= 0`` let NaN through (every comparison with NaN is false), which then trains to
+    a NaN model; this check comes first. ``prefix`` is how a field is named in the error (``"--"`` for flags).
+    """
+    for config_field in dataclasses.fields(config):
+        value = getattr(config, config_field.name)
+        values = value if isinstance(value, (list, tuple)) else [value]
+        if any(isinstance(v, float) and not math.isfinite(v) for v in values):
+            raise ValueError(f"{prefix}{config_field.name}={value} is not a finite number; give a finite value.")
+
+
+def check_finite_loss(loss: torch.Tensor, step: int, components: Mapping[str, torch.Tensor]) -> None:
+    """Stop training at the first NaN/inf loss, naming the step and each loss component.
+
+    Raised before the optimizer step, so the weights (and every checkpoint already written) are still finite and
+    no NaN model is ever saved as the run's result.
+    """
+    if bool(torch.isfinite(loss.detach()).all()):
+        return
+    raise non_finite_error(
+        f"Training step {step}",
+        float(loss.detach().float().mean()),
+        {name: float(value.detach().float().mean()) for name, value in components.items()},
+        "Training stopped and no model was saved as the result. Lower the learning rate or the loss weights, or "
+        "train in float32, then resume from the last checkpoint.",
+    )
+
+
+def non_finite_error(where: str, loss: float, components: Mapping[str, float], what_now: str) -> FloatingPointError:
+    """The one message for a loss that is not a finite number: where, the loss and its terms, then ``what_now``
+    (what was kept and the fix)."""
+    parts = ", ".join(f"{name}={value:.6g}" for name, value in components.items())
+    return FloatingPointError(f"{where}: the loss is {loss} ({parts}), not a finite number. {what_now}")
