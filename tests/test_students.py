@@ -65,7 +65,7 @@ def transformers_student(model_class, config_class, num_labels: int = NUM_LABELS
 
 
 # family name -> (builder, distillation head, prefix tokens); the checkpoint each tiny configuration is shaped like
-# is the family's `example` in STUDENT_FAMILIES / the README table.
+# is the family's `example` in STUDENT_FAMILIES / the docs/students.md table.
 STUDENTS = {
     "vit": (lambda n=NUM_LABELS: transformers_student(ViTForImageClassification, ViTConfig, n), False, 1),
     "deit-distilled": (
@@ -300,10 +300,10 @@ def test_a_student_that_cannot_interpolate_is_refused_clearly():
         )
 
 
-def test_readme_lists_every_family():
-    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+def test_students_page_lists_every_family():
+    page = (Path(__file__).resolve().parents[1] / "docs" / "students.md").read_text()
     for family in STUDENT_FAMILIES:
-        assert family.name in readme and family.example in readme
+        assert family.name in page and family.example in page
 
 
 def test_a_refused_student_is_left_as_it_came():

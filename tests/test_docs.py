@@ -1,0 +1,86 @@
+"""The documentation holds together: every relative link in the README, docs/ and benchmarks/README.md points at a
+file that exists (and at a heading that exists, where it names one), and the README stays short."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+PAGES = sorted([ROOT / "README.md", ROOT / "benchmarks" / "README.md", *(ROOT / "docs").glob("*.md")])
+README_MAX_LINES = 200
+
+FENCE = re.compile(r"^(```|~~~).*?^\1", re.DOTALL | re.MULTILINE)
+INLINE_CODE = re.compile(r"`[^`\n]*`")
+LINK = re.compile(r"!?\[[^\]]*\]\(([^()\s]+)(?:\s+\"[^\"]*\")?\)")
+HEADING = re.compile(r"^#{1,6}\s+(.+?)\s*#*\s*$", re.MULTILINE)
+EXTERNAL = re.compile(r"^[a-z][a-z0-9+.-]*:", re.IGNORECASE)  # http:, https:, mailto:, ...
+
+
+def prose(text: str) -> str:
+    """The page without code: fenced blocks and inline code spans (whose brackets are not links)."""
+    return INLINE_CODE.sub("", FENCE.sub("", text))
+
+
+def github_slug(heading: str) -> str:
+    """GitHub's anchor for a heading: markdown links reduced to their text, lower case, punctuation dropped (word
+    characters, hyphens and spaces kept), each space a hyphen."""
+    text = re.sub(r"!?\[([^\]]*)\]\([^)]*\)", r"\1", heading)
+    return re.sub(r"[^\w\- ]", "", text.strip().lower()).replace(" ", "-")
+
+
+def anchors(page: Path) -> set[str]:
+    """Every heading anchor of a markdown page, with GitHub's -1, -2 suffixes for repeated headings."""
+    seen: dict[str, int] = {}
+    result = set()
+    for heading in HEADING.findall(FENCE.sub("", page.read_text())):
+        slug = github_slug(heading)
+        result.add(f"{slug}-{seen[slug]}" if slug in seen else slug)
+        seen[slug] = seen.get(slug, 0) + 1
+    return result
+
+
+def relative_links(page: Path) -> list[str]:
+    return [target for target in LINK.findall(prose(page.read_text())) if not EXTERNAL.match(target)]
+
+
+def test_the_pages_exist():
+    names = {page.relative_to(ROOT).as_posix() for page in PAGES}
+    expected = {"cli", "data", "datafree", "development", "hub", "reliability", "scale", "students"}
+    assert {"README.md", "benchmarks/README.md", *(f"docs/{name}.md" for name in expected)} <= names
+
+
+@pytest.mark.parametrize("page", PAGES, ids=lambda page: page.relative_to(ROOT).as_posix())
+def test_every_relative_link_resolves(page):
+    broken = []
+    for target in relative_links(page):
+        path, _, anchor = target.partition("#")
+        resolved = (page.parent / path).resolve() if path else page
+        if not resolved.exists():
+            broken.append(f"{target}: no such file")
+        elif anchor and resolved.suffix == ".md" and anchor not in anchors(resolved):
+            broken.append(f"{target}: no heading with anchor #{anchor}")
+    assert not broken, f"{page.relative_to(ROOT)}: " + "; ".join(broken)
+
+
+def test_readme_is_short():
+    lines = (ROOT / "README.md").read_text().splitlines()
+    assert len(lines) <= README_MAX_LINES, f"README.md has {len(lines)} lines; move detail to docs/"
+
+
+def test_the_slug_rule():
+    assert github_slug("Speed: step time and peak memory") == "speed-step-time-and-peak-memory"
+    assert github_slug("BPID's forms (`bpid_forms`)") == "bpids-forms-bpid_forms"
+    assert github_slug("`examples/train_teacher.py`") == "examplestrain_teacherpy"
+    assert github_slug("What is the paper's and what is ours") == "what-is-the-papers-and-what-is-ours"
+
+
+def test_the_link_checker_sees_links_and_skips_code(tmp_path):
+    page = tmp_path / "page.md"
+    page.write_text(
+        "# Title\n[a](other.md#x) ![b](img.png) [c](https://example.com) `[d](code.md)`\n\n```\n[e](fenced.md)\n```\n"
+    )
+    assert relative_links(page) == ["other.md#x", "img.png"]
+    assert anchors(page) == {"title"}
