@@ -57,7 +57,6 @@ from dearkd_hf.evaluation import compute_accuracy_metrics
 from dearkd_hf.output_folder import check_writable_folder
 from dearkd_hf.recipes import apply_recipe
 from dearkd_hf.sources import check_local_folder, hub_lookup
-from dearkd_hf.students import processor_normalization, student_geometry
 from dearkd_hf.transforms import with_transforms
 
 logger = logging.getLogger(__name__)
@@ -163,17 +162,16 @@ def supported(values: dict[str, Any] | None, config: Any) -> dict[str, Any]:
     return {key: value for key, value in (values or {}).items() if hasattr(config, key)}
 
 
-def build_image_processor(model_args: ModelArguments, image_size: int, teacher: Teacher) -> Any:
-    """The student's processor if it has one; from scratch, the teacher's statistics so no re-normalisation runs."""
+def build_image_processor(model_args: ModelArguments, teacher: Teacher) -> Any:
+    """The student's processor if it has one; from scratch, the teacher's statistics so no re-normalisation runs.
+    Its size is the student's training size, set by :func:`processor_at_size`."""
     name = model_args.image_processor_name or model_args.model_name_or_path or model_args.init_from_vit
     if name is not None:
         try:
             return AutoImageProcessor.from_pretrained(name)
         except (OSError, ValueError):
             logger.warning(f"No image processor found for {name}; using the teacher's normalisation.")
-    return ViTImageProcessor(
-        size={"height": image_size, "width": image_size}, image_mean=list(teacher.mean), image_std=list(teacher.std)
-    )
+    return ViTImageProcessor(image_mean=list(teacher.mean), image_std=list(teacher.std))
 
 
 def processor_at_size(processor: Any, image_size: int) -> None:
@@ -224,27 +222,34 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     labels = label_names(dataset["train"])
     teacher = load_teacher(training_args.teacher_model_name_or_path)
     student = build_student(model_args, labels, teacher, data_args.image_size, recipe_config)
-    # The student's own size unless --image_size asks for another (checked here, before any data is transformed).
-    geometry = student_geometry(student, data_args.image_size if model_args.model_name_or_path else None)
-    image_size, num_channels = geometry.image_size, geometry.num_channels
-    processor = build_image_processor(model_args, image_size, teacher)
-    processor_at_size(processor, image_size)
-    mean, std = processor_normalization(processor, num_channels)
-    dataset = with_transforms(
-        dataset, image_size, mean, std, num_channels, rand_augment=data_args.rand_augment, recipe=data_args.recipe
-    )
-
+    processor = build_image_processor(model_args, teacher)
     trainer = DearKDTrainer(
         model=student,
         teacher_model=teacher,
         args=training_args,
-        train_dataset=dataset["train"],
+        train_dataset=dataset["train"],  # transformed below, once the trainer has resolved the student's geometry
         eval_dataset=dataset["validation"],
         data_collator=train_collator(data_args, len(labels)),
         compute_metrics=compute_accuracy_metrics,
         processing_class=processor,
-        image_size=image_size,
+        # The student's own size unless --image_size asks for another (checked by the trainer, before any data is
+        # transformed).
+        image_size=data_args.image_size if model_args.model_name_or_path else None,
     )
+    # The trainer owns the student's geometry and normalisation; the data is transformed to match them.
+    geometry = trainer.geometry
+    processor_at_size(processor, geometry.image_size)
+    mean, std = trainer.student_normalization
+    dataset = with_transforms(
+        dataset,
+        geometry.image_size,
+        mean,
+        std,
+        geometry.num_channels,
+        rand_augment=data_args.rand_augment,
+        recipe=data_args.recipe,
+    )
+    trainer.train_dataset, trainer.eval_dataset = dataset["train"], dataset["validation"]
     if model_args.log_attention_distance:
         trainer.add_callback(AttentionDistanceCallback(trainer))
 

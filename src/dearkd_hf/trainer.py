@@ -156,9 +156,10 @@ class DearKDTrainer(ExactResumeMixin, EvaluationCollatorMixin, Trainer):
         if self.args.label_names is None:
             self.label_names = ["labels"]
         self.teacher.to(self.args.device)
-        self._student_mean, self._student_std = processor_normalization(
-            self.processing_class, self.geometry.num_channels
-        )
+        # The mean/std the student's batches are normalised with (the processor's): what the data transforms must
+        # apply (examples/run.py reads both this and ``geometry`` from here), and what the teacher's inputs are
+        # re-normalised from.
+        self.student_normalization = processor_normalization(self.processing_class, self.geometry.num_channels)
         self.distillation_stop = DistillationStopCallback(on_stop=self._release_teacher)
         self.add_callback(self.distillation_stop)
         self._metrics: dict[str, list[torch.Tensor]] = defaultdict(list)
@@ -299,7 +300,7 @@ class DearKDTrainer(ExactResumeMixin, EvaluationCollatorMixin, Trainer):
     def _teacher_targets(self, pixel_values: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
         """The teacher on the student's batch (re-normalised, no grad, same autocast as the student): its logits and
         the alignment targets, its feature maps pooled to the student's grid and normalised."""
-        teacher_inputs = self.teacher.normalize_from(pixel_values, self._student_mean, self._student_std)
+        teacher_inputs = self.teacher.normalize_from(pixel_values, *self.student_normalization)
         layers = [pair.teacher_layer for pair in self.alignment_pairs]
         with torch.no_grad(), self.accelerator.autocast():
             output = self.teacher.forward_with_features(teacher_inputs, layers)
