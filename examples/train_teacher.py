@@ -11,7 +11,9 @@ folder loads with `dearkd_hf.teachers.load_teacher`: timm teachers are saved in 
     python examples/train_teacher.py config.yaml
 """
 
+import json
 import logging
+import os
 import sys
 from dataclasses import dataclass, field
 from types import SimpleNamespace
@@ -177,15 +179,34 @@ def resolve_image_size(data_args: DataTrainingArguments, model: nn.Module, proce
 def save_teacher(
     trainer: Trainer, model: nn.Module, output_dir: str, labels: list[str], mean: tuple, std: tuple, image_size: int
 ) -> None:
-    """Save the final teacher where `load_teacher` expects it: timm's folder format, or save_pretrained."""
+    """Save the final teacher where `load_teacher` expects it: timm's folder format, or save_pretrained.
+
+    A timm folder also opens with transformers (``AutoModelForImageClassification`` and ``AutoImageProcessor``, as
+    ``TimmWrapper``, and so in ``pipeline("image-classification")``): its ``model_args`` leave ``num_classes`` to
+    the top-level field, which transformers passes itself, and its evaluation transform is the one the teacher was
+    evaluated with here (resize and centre crop to ``image_size``, bilinear, no crop margin).
+    """
     if isinstance(model, TimmClassifier):
         timm.models.save_for_hf(
             model.model,
             output_dir,
             model_config={"label_names": labels},
-            data_config={"mean": mean, "std": std, "input_size": (len(mean), image_size, image_size)},
+            data_config={
+                "mean": mean,
+                "std": std,
+                "input_size": (len(mean), image_size, image_size),
+                "crop_pct": 1.0,
+                "crop_mode": "center",
+                "interpolation": "bilinear",
+            },
             safe_serialization=True,
         )
+        config_path = os.path.join(output_dir, "config.json")
+        with open(config_path, encoding="utf-8") as f:
+            config = json.load(f)
+        config.get("model_args", {}).pop("num_classes", None)
+        with open(config_path, "w", encoding="utf-8") as f:
+            json.dump(config, f, indent=2)
     else:
         trainer.save_model(output_dir)
 

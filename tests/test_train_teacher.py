@@ -130,3 +130,30 @@ def test_garbage_config_json_in_a_model_folder_is_named(tmp_path):
     (tmp_path / "config.json").write_text('{"architecture": ')
     with pytest.raises(ValueError, match=rf"{tmp_path / 'config.json'} is not valid JSON"):
         train_teacher.is_timm_model(str(tmp_path))
+
+
+@pytest.mark.slow
+def test_an_rgb_timm_teacher_opens_with_transformers_and_in_a_pipeline(tmp_path):
+    """The folder loads with AutoModelForImageClassification + AutoImageProcessor, and pipeline() predicts on PIL
+    images of either mode what the model predicts on the evaluation transform's pixels."""
+    from transformers import pipeline
+
+    from dearkd_hf.transforms import build_transforms
+
+    out = tmp_path / "timm_teacher"
+    run_script("--model_name_or_path", "test_resnet", "--num_channels", "3", "--output_dir", str(out), *tiny_run())
+    model = AutoModelForImageClassification.from_pretrained(out).eval()
+    processor = AutoImageProcessor.from_pretrained(out)
+    assert model.config.id2label[0] == FASHION_MNIST_LABELS[0] and model.config.num_labels == 10
+    classify = pipeline("image-classification", model=model, image_processor=processor, top_k=10)
+    images = load_from_disk(str(ROOT / "examples" / "data" / "fashion_mnist_small"))["test"]["image"][:3]
+    config = json.loads((out / "config.json").read_text())["pretrained_cfg"]
+    evaluate = build_transforms(28, config["mean"], config["std"], 3, train=False)
+    for image in [*images, images[0].convert("RGB")]:
+        pixels = evaluate({"image": [image], "label": [0]})["pixel_values"][0]
+        with torch.no_grad():
+            expected = model(pixel_values=pixels[None]).logits.softmax(-1)[0]
+        scores = {p["label"]: p["score"] for p in classify(image)}
+        assert max(scores, key=scores.get) == model.config.id2label[int(expected.argmax())]
+        got = torch.tensor([scores[model.config.id2label[i]] for i in range(10)])
+        assert torch.allclose(got, expected, atol=1e-4)
