@@ -21,6 +21,7 @@ import torch
 from accelerate import PartialState
 from accelerate.utils import parse_flag_from_env
 from datasets import Dataset
+from huggingface_hub import create_repo
 from torchvision.transforms.functional import pil_to_tensor
 from torchvision.utils import make_grid, save_image
 from transformers import HfArgumentParser
@@ -33,6 +34,7 @@ from dearkd_hf.inversion import (
     mean_loss_terms,
     write_dataset,
 )
+from dearkd_hf.inversion.writer import GENERATION_CONFIG_FILE
 from dearkd_hf.output_folder import check_writable_folder
 from dearkd_hf.sources import check_local_folder
 from dearkd_hf.teachers import load_teacher
@@ -68,8 +70,11 @@ def main(argv: list[str] | None = None) -> None:
     check_local_folder(script_args.teacher_model_name_or_path, "--teacher_model_name_or_path")
     check_local_folder(script_args.student_model_name_or_path, "--student_model_name_or_path")
     check_writable_folder(script_args.output_dir)
+    repo_id = script_args.hub_model_id or os.path.basename(os.path.abspath(script_args.output_dir))
     # Without cpu=True, processes started on a machine without GPUs would each believe they are alone.
     state = PartialState(cpu=not torch.cuda.is_available() or parse_flag_from_env("ACCELERATE_USE_CPU"))
+    if script_args.push_to_hub and state.is_main_process:
+        check_hub_repository(repo_id)
     generator = create_generator(
         load_teacher(script_args.teacher_model_name_or_path),
         config,
@@ -83,8 +88,20 @@ def main(argv: list[str] | None = None) -> None:
         save_samples(dataset, os.path.join(script_args.output_dir, "samples.png"), script_args.samples_per_class)
         save_generation_config(generator, script_args, state.num_processes)
         if script_args.push_to_hub:
-            dataset.push_to_hub(script_args.hub_model_id or os.path.basename(os.path.abspath(script_args.output_dir)))
+            dataset.push_to_hub(repo_id)
     state.destroy_process_group()
+
+
+def check_hub_repository(repo_id: str) -> None:
+    """--push_to_hub: create (or find) the dataset repository now, so that a missing login, a wrong id or no
+    connection fails in one line before any image is generated, not after."""
+    try:
+        create_repo(repo_id, repo_type="dataset", exist_ok=True)
+    except Exception as error:  # huggingface_hub raises its own HTTP, auth and offline-mode errors
+        raise OSError(
+            f"--push_to_hub: the dataset repository {repo_id} cannot be created or reached ({type(error).__name__}: "
+            f"{error}). Log in (`hf auth login`), check --hub_model_id, or drop --push_to_hub; nothing was generated."
+        ) from None
 
 
 def save_samples(dataset: Dataset, path: str, per_class: int) -> None:
@@ -113,7 +130,7 @@ def save_generation_config(generator: DeepInversionGenerator, script_args: Scrip
         "inversion_config": generator.config.to_dict(),
         "loss_terms": mean_loss_terms(script_args.output_dir, num_batches),
     }
-    with open(os.path.join(script_args.output_dir, "generation_config.json"), "w", encoding="utf-8") as f:
+    with open(os.path.join(script_args.output_dir, GENERATION_CONFIG_FILE), "w", encoding="utf-8") as f:
         json.dump(payload, f, indent=2)
 
 

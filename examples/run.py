@@ -14,6 +14,7 @@ it trains on the embedded Fashion-MNIST subset, offline.
 from __future__ import annotations
 
 import logging
+import os
 import sys
 from dataclasses import dataclass, field
 from typing import Any
@@ -54,6 +55,7 @@ from dearkd_hf.data import (
     train_collator,
 )
 from dearkd_hf.evaluation import compute_accuracy_metrics
+from dearkd_hf.inversion.writer import GENERATION_CONFIG_FILE
 from dearkd_hf.output_folder import check_writable_folder
 from dearkd_hf.recipes import apply_recipe
 from dearkd_hf.sources import check_local_folder, hub_lookup
@@ -93,6 +95,9 @@ class ModelArguments:
     trust_remote_code: bool = field(default=False, metadata={"help": "Allow custom modeling code from the Hub."})
     log_attention_distance: bool = field(
         default=False, metadata={"help": "Log each layer's mean attention distance (AttentionDistanceCallback)."}
+    )
+    license: str | None = field(
+        default=None, metadata={"help": "The license in the model card's metadata, e.g. apache-2.0 (default: none)."}
     )
 
 
@@ -262,17 +267,21 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     trainer.log_metrics("eval", metrics)
     trainer.save_metrics("eval", metrics)
 
-    card = {
-        "dataset": data_args.dataset_name or data_args.train_dir or EMBEDDED_DATASET_NAME,
-        "train_fraction": data_args.train_fraction,
-        "metrics": metrics,
-        "base_model": model_args.model_name_or_path or model_args.init_from_vit,
-    }
+    dataset_source = data_args.dataset_name or data_args.train_dir
+    trainer.create_model_card(
+        dataset=dataset_source or EMBEDDED_DATASET_NAME,
+        train_fraction=data_args.train_fraction,
+        metrics=metrics,
+        base_model=model_args.model_name_or_path or model_args.init_from_vit,
+        eval_dataset=data_args.eval_dataset_name,
+        # A folder written by examples/generate.py: data-free DearKD, trained on images synthesised from the teacher.
+        synthetic_data=bool(dataset_source and os.path.isfile(os.path.join(dataset_source, GENERATION_CONFIG_FILE))),
+        license=model_args.license,
+    )
     if training_args.push_to_hub:
-        trainer.push_to_hub(**card)  # saves the student and its card, then uploads them once
+        trainer.push_to_hub()  # saves the student and the card create_model_card was given, then uploads them once
     else:
         trainer.save_model()
-        trainer.create_model_card(**card)
     return metrics
 
 

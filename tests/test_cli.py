@@ -120,3 +120,23 @@ def test_run_main_prints_user_errors_in_one_line(capsys, monkeypatch):
     monkeypatch.delenv("DEARKD_TRACEBACK")
     with pytest.raises(KeyError):  # not a user error: the traceback always shows
         run_main(lambda: {}["missing"])
+
+
+def test_short_help_puts_dearkd_first_and_help_all_lists_every_trainer_flag(capsys):
+    """run.py --help: the script's and DearKD's flags, then the Trainer's common ones; --help-all: all of them."""
+    from transformers import HfArgumentParser
+
+    from dearkd_hf.cli import parse_script_args
+    from dearkd_hf.config import DearKDConfig
+    from dearkd_hf.data import DataTrainingArguments
+
+    parser = HfArgumentParser((DataTrainingArguments, DearKDConfig))
+    with pytest.raises(SystemExit):
+        parse_script_args(parser, ["--help"])
+    short = capsys.readouterr().out
+    assert "--adam_beta1" not in short and "--help-all" in short.replace("\n", "")
+    assert short.index("--dataset_name") < short.index("--alpha") < short.index("--learning_rate")
+    assert "Trainer (common)" in short and "DearKDConfig (the method's own)" in short
+    with pytest.raises(SystemExit):
+        parse_script_args(HfArgumentParser((DataTrainingArguments, DearKDConfig)), ["--help-all"])
+    assert "--adam_beta1" in capsys.readouterr().out

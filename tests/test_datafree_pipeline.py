@@ -62,4 +62,6 @@ def test_generated_dataset_trains_student_evaluated_on_real_data(tmp_path):
     assert 0.0 <= results["eval_accuracy"] <= 1.0
     state = json.loads((student / "trainer_state.json").read_text())
     assert state["global_step"] == 8  # 40 generated images / batch 10 x 2 epochs: trained on the generated set only
-    assert str(generated) in (student / "README.md").read_text()
+    card = (student / "README.md").read_text()
+    assert f"local folder `{generated.name}`" in card and str(generated) not in card
+    assert "synthesised from the teacher" in card and f"Evaluated on local folder `{EMBEDDED.name}`" in card

@@ -26,3 +26,14 @@ def test_compute_accuracy_metrics_takes_argmax_of_first_output():
     assert compute_accuracy_metrics(EvalPrediction(predictions=logits, label_ids=np.array([0, 1, 0, 1]))) == {
         "accuracy": 1.0
     }
+
+
+def test_the_metric_is_loaded_once_for_every_evaluation(monkeypatch):
+    load_accuracy.cache_clear()
+    calls = []
+    real_load = evaluate.load
+    monkeypatch.setattr(evaluate, "load", lambda *args, **kwargs: calls.append(args) or real_load(*args, **kwargs))
+    prediction = EvalPrediction(predictions=np.array([[1.0, 0.0]]), label_ids=np.array([0]))
+    for _ in range(3):
+        assert compute_accuracy_metrics(prediction) == {"accuracy": 1.0}
+    assert len(calls) == 1

@@ -133,8 +133,9 @@ def test_push_to_hub_uploads_the_finished_dataset(teacher_dir, tmp_path, monkeyp
     script = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = script  # dataclasses resolve string annotations through the module
     spec.loader.exec_module(script)
-    pushed = []
+    pushed, created = [], []
     monkeypatch.setattr(Dataset, "push_to_hub", lambda self, repo_id, **kw: pushed.append((repo_id, len(self))))
+    monkeypatch.setattr(script, "create_repo", lambda repo_id, **kw: created.append((repo_id, kw["repo_type"])))
     output_dir = tmp_path / "synthetic"
     script.main(
         [
@@ -150,6 +151,20 @@ def test_push_to_hub_uploads_the_finished_dataset(teacher_dir, tmp_path, monkeyp
     )
     AcceleratorState._reset_state(reset_partial_state=True)  # the script's PartialState must not leak into other tests
     assert pushed == [("me/synthetic-images", 6)]
+    assert created == [("me/synthetic-images", "dataset")]  # checked before generating
+
+
+def test_push_to_hub_that_cannot_reach_the_hub_fails_before_generating(teacher_dir, tmp_path):
+    """Offline (HF_HUB_OFFLINE=1, as in the tests), --push_to_hub is refused in one line and no shard is written."""
+    script = load_script()
+    output_dir = tmp_path / "synthetic"
+    with pytest.raises(OSError, match=r"--push_to_hub: the dataset repository me/images cannot be created.*nothing"):
+        script.main(
+            [f"--teacher_model_name_or_path={teacher_dir}", f"--output_dir={output_dir}", "--iterations=1"]
+            + ["--resolution=16", "--batch_size=6", "--num_images=6", "--push_to_hub", "--hub_model_id=me/images"]
+        )
+    AcceleratorState._reset_state(reset_partial_state=True)
+    assert not (output_dir / "shards").exists()
 
 
 def load_script():

@@ -98,12 +98,21 @@ def foreign_keys(keys) -> list[str]:
     return [k for k in keys if "aligner" in k or k.startswith(("resnet.", "teacher")) or ".resnet." in k]
 
 
+def assert_no_machine_path(folder: Path) -> None:
+    """No text file saved beside the student (card, configs, results) holds a path of this machine."""
+    for path in folder.glob("*"):
+        if path.is_file() and path.suffix in (".md", ".json"):
+            text = path.read_text()
+            assert str(folder.parent) not in text and str(ROOT) not in text, path.name
+
+
 def assert_student_folder(out: Path, teacher: str) -> dict:
     keys = load_file(out / "model.safetensors").keys()
     assert keys and not foreign_keys(keys)
     assert json.loads((out / "config.json").read_text())["model_type"] == "dearkd_vit"
     card = (out / "README.md").read_text()
-    assert teacher in card and "DearKD" in card and "alpha" in card
+    assert f"local folder `{Path(teacher).name}`" in card and "DearKD" in card and "alpha" in card
+    assert_no_machine_path(out)
     results = json.loads((out / "all_results.json").read_text())
     assert 0.0 <= results["eval_accuracy"] <= 1.0
     return results
@@ -215,7 +224,12 @@ def test_push_to_hub_uploads_the_student_only(tmp_path, teacher_dir, monkeypatch
     assert hub.uploads and all(upload["repo_id"] == "me/dearkd-tiny" for upload in hub.uploads)
     final = hub.uploads[-1]
     assert {"model.safetensors", "config.json", "preprocessor_config.json", "README.md"} <= set(final["files"])
-    assert teacher_dir in final["card"] and "DearKD" in final["card"] and "eval_accuracy" in final["card"]
+    assert (
+        f"local folder `{Path(teacher_dir).name}`" in final["card"]
+        and "DearKD" in final["card"]
+        and "accuracy" in final["card"]
+    )
+    assert teacher_dir not in final["card"] and 'model="me/dearkd-tiny", trust_remote_code=True' in final["card"]
     for upload in hub.uploads:
         names = [os.path.basename(f) for f in upload["files"]]
         assert ALIGNERS_FILE not in names and not [f for f in upload["files"] if f.startswith("checkpoint-")]

@@ -217,7 +217,8 @@ def test_family_trains_both_stages_saves_reloads_and_pushes(name, tmp_path, teac
     final = hub.uploads[-1]
     assert {"model.safetensors", "config.json", "README.md"} <= set(final["files"])
     assert not [k for k in final["tensors"]["model.safetensors"] if "aligner" in k]
-    assert f"base_model: {base}" in final["card"] or str(base) in final["card"]
+    assert f"initialised from local folder `{Path(base).name}`" in final["card"] and str(base) not in final["card"]
+    assert "base_model:" not in final["card"]  # a local folder is no Hub id
 
     model, info = AutoModelForImageClassification.from_pretrained(out, output_loading_info=True)
     assert type(model).__name__ == type(build()).__name__

@@ -229,6 +229,31 @@ def test_save_model_holds_only_the_student_and_reloads(tmp_path):
         assert torch.allclose(reloaded.eval()(pixels).logits, student.eval()(pixels).logits, atol=1e-6)
 
 
+def test_stage2_log_lines_carry_no_stage1_loss_components(tmp_path):
+    """A logging window open at the switch (steps 4-6 of 8, stop after step 4): the stage-2 line has only the label
+    loss, never the teacher's terms."""
+    trainer = make_trainer(tmp_path, logging_steps=3)
+    trainer.train()
+    lines = [log for log in trainer.state.log_history if "loss" in log]
+    assert [log["stage"] for log in lines] == [1.0, 2.0]
+    assert {"loss_kd", "loss_align", "beta"} <= lines[0].keys()
+    assert not {"loss_kd", "loss_align", "beta"} & lines[1].keys() and "loss_ce" in lines[1]
+
+
+def test_save_model_writes_the_card_push_to_hub_writes(tmp_path):
+    """In the Trainer API, save_model() leaves the student's model card beside it: the card push_to_hub writes (what
+    create_model_card was told, remembered), with the student described as it is (a ViT: one class token)."""
+    trainer = make_trainer(tmp_path / "run", max_steps=1)
+    trainer.train()
+    trainer.create_model_card(dataset="zalando-datasets/fashion_mnist", license="apache-2.0")
+    trainer.save_model(str(tmp_path / "student"))
+    card = (tmp_path / "student" / "README.md").read_text()
+    assert card == (tmp_path / "run" / "README.md").read_text()
+    assert "license: apache-2.0" in card and "zalando-datasets/fashion_mnist" in card
+    assert "A vision transformer with a class token" in card and "trust_remote_code" not in card
+    assert "- learning_rate: " in card and str(tmp_path) not in card
+
+
 def test_gradient_accumulation_equals_larger_batch(tmp_path):
     common = dict(max_steps=1, optim="sgd", learning_rate=0.5, lr_scheduler_type="constant", max_grad_norm=0.0)
     dataset = make_dataset(8)

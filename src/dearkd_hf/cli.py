@@ -10,6 +10,7 @@ import logging
 import os
 import re
 import sys
+import typing
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -30,8 +31,71 @@ TRACEBACK_ENV = "DEARKD_TRACEBACK"
 MAX_DEFAULT_WORKERS = 16
 
 
+# The Trainer's flags that a short --help shows (beside every flag of the script's own dataclasses); --help-all shows
+# all of them.
+COMMON_TRAINER_FLAGS = (
+    "output_dir",
+    "num_train_epochs",
+    "max_steps",
+    "per_device_train_batch_size",
+    "per_device_eval_batch_size",
+    "learning_rate",
+    "weight_decay",
+    "warmup_steps",
+    "lr_scheduler_type",
+    "seed",
+    "bf16",
+    "eval_strategy",
+    "save_strategy",
+    "logging_steps",
+    "report_to",
+    "resume_from_checkpoint",
+    "push_to_hub",
+    "hub_model_id",
+)
+
+
+def short_help_parser(parser: HfArgumentParser) -> HfArgumentParser:
+    """The parser of a short ``--help``: the script's own arguments and DearKD's first, then the Trainer's common
+    flags under their own heading (the rest: ``--help-all``)."""
+    groups = []
+    for dtype in parser.dataclass_types:
+        if not issubclass(dtype, TrainingArguments):
+            groups.append(dtype)
+            continue
+        hints = typing.get_type_hints(dtype)
+        trainer_fields = {f.name for f in dataclasses.fields(TrainingArguments)}
+        own = [f for f in dataclasses.fields(dtype) if f.init and f.name not in trainer_fields]
+        common = [f for f in dataclasses.fields(dtype) if f.name in COMMON_TRAINER_FLAGS]
+        for name, fields in ((f"{dtype.__name__} (the method's own)", own), ("Trainer (common)", common)):
+            if not fields:
+                continue
+            copies = [
+                (
+                    f.name,
+                    hints[f.name],
+                    dataclasses.field(default=f.default, default_factory=f.default_factory, metadata=f.metadata),
+                )
+                for f in fields
+            ]
+            group = dataclasses.make_dataclass(name.split()[0], copies)
+            group._argument_group_name = name
+            groups.append(group)
+    return HfArgumentParser(
+        groups, epilog="Every other transformers TrainingArguments flag is accepted too: see --help-all."
+    )
+
+
 def parse_script_args(parser: HfArgumentParser, argv: list[str]) -> tuple:
-    """Command-line flags, or a single .json/.yaml file holding them (as transformers' example scripts accept)."""
+    """Command-line flags, or a single .json/.yaml file holding them (as transformers' example scripts accept).
+
+    ``-h``/``--help`` prints a short help (the script's and DearKD's flags first, the Trainer's common ones after);
+    ``--help-all`` prints every flag, the Trainer's included.
+    """
+    if "--help-all" in argv:
+        parser.parse_args(["--help"])
+    if "-h" in argv or "--help" in argv:
+        short_help_parser(parser).parse_args(["--help"])
     if len(argv) == 1 and argv[0].endswith(".json"):
         return parser.parse_json_file(json_file=os.path.abspath(argv[0]))
     if len(argv) == 1 and argv[0].endswith((".yaml", ".yml")):

@@ -3,6 +3,7 @@
 `evaluate.load("accuracy")` needs the Hub; the same metric shipped under `metrics/accuracy` loads offline.
 """
 
+import functools
 from pathlib import Path
 
 import evaluate
@@ -12,8 +13,9 @@ from transformers import EvalPrediction
 ACCURACY_MODULE = Path(__file__).resolve().parent / "metrics" / "accuracy" / "accuracy.py"
 
 
+@functools.cache
 def load_accuracy() -> evaluate.EvaluationModule:
-    """The accuracy metric, loaded by path so that no network is needed."""
+    """The accuracy metric, loaded by path so that no network is needed; once per process, not per evaluation."""
     return evaluate.load(str(ACCURACY_MODULE))
 
 

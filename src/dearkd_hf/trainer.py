@@ -20,6 +20,7 @@ from timm.data.distributed_sampler import RepeatAugSampler
 from torch import nn
 from torch.utils.data import Dataset, IterableDataset
 from transformers import BaseImageProcessor, EvalPrediction, PreTrainedModel, Trainer, TrainerCallback
+from transformers.modelcard import extract_hyperparameters_from_trainer
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, enable_full_determinism, set_seed
 from transformers.utils import SAFE_WEIGHTS_NAME, logging
 
@@ -163,6 +164,7 @@ class DearKDTrainer(ExactResumeMixin, EvaluationCollatorMixin, Trainer):
         self.distillation_stop = DistillationStopCallback(on_stop=self._release_teacher)
         self.add_callback(self.distillation_stop)
         self._metrics: dict[str, list[torch.Tensor]] = defaultdict(list)
+        self._card_arguments: dict[str, Any] = {}  # what create_model_card was told, for every later card
 
     # ---- set-up and validation (all before any training step) ----
 
@@ -317,6 +319,9 @@ class DearKDTrainer(ExactResumeMixin, EvaluationCollatorMixin, Trainer):
         gc.collect()
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
+        # Stage 2's log lines carry stage 2's loss components only (a logging window open at the switch would
+        # otherwise average stage 1's KD and alignment terms into the first stage-2 line).
+        self._metrics.clear()
         # A run resumed in stage 2 switches at its first step; the run that crossed the stop has logged it already.
         key = "distillation_stopped_at_epoch"
         if not any(key in log for log in self.state.log_history):
@@ -359,24 +364,58 @@ class DearKDTrainer(ExactResumeMixin, EvaluationCollatorMixin, Trainer):
         self,
         model_name: str | None = None,
         dataset: str | list[str] | None = None,
-        train_fraction: float = 1.0,
+        train_fraction: float | None = None,
         metrics: dict[str, float] | None = None,
         base_model: str | None = None,
-        **_: Any,
+        eval_dataset: str | None = None,
+        synthetic_data: bool | None = None,
+        license: str | None = None,
+        tags: str | list[str] | None = None,
+        output_dir: str | None = None,
     ) -> None:
-        """Write README.md naming the teacher, DearKD's weights, pairs and stage split, the data and the metrics.
+        """Write README.md naming the teacher, DearKD's weights, pairs and stage split, the data and the metrics, with
+        the YAML the Hub indexes (``model-index`` included) and a usage snippet.
 
-        Called by ``push_to_hub`` (its keyword arguments are passed here) in place of the Trainer's generic card.
+        Called by ``push_to_hub`` (its keyword arguments are passed here) in place of the Trainer's generic card, and
+        by :meth:`save_model`. Each argument given is remembered for the next card, so ``save_model()`` and
+        ``push_to_hub()`` write the same card.
+
+        Args:
+            model_name: The card's title. Defaults to the output folder's name.
+            dataset: The training data (Hub id or local folder). Defaults to "unknown".
+            train_fraction: The stratified share of the training split used. Defaults to 1.
+            metrics: The final evaluation's results. Defaults to the last evaluation in the log.
+            base_model: What the student was initialised from (Hub id or local folder).
+            eval_dataset: The evaluation data when it is not the training dataset's own split.
+            synthetic_data: Whether the training images were generated from the teacher (data-free DearKD).
+            license: The license in the card's metadata, e.g. ``"apache-2.0"``.
+            tags: Tags added to the card's own (``push_to_hub(tags=...)`` passes them here).
+            output_dir: Where to write README.md. Defaults to ``args.output_dir``.
         """
+        given = {
+            "model_name": model_name,
+            "dataset": dataset,
+            "train_fraction": train_fraction,
+            "metrics": metrics,
+            "base_model": base_model,
+            "eval_dataset": eval_dataset,
+            "synthetic_data": synthetic_data,
+            "license": license,
+            "tags": [tags] if isinstance(tags, str) else tags,
+        }
+        self._card_arguments.update({key: value for key, value in given.items() if value is not None})
         if not self.is_world_process_zero():
             return
+        card = self._card_arguments
+        metrics = card.get("metrics")
         if metrics is None:
             metrics = next((log for log in reversed(self.state.log_history) if "eval_loss" in log), {})
+        dataset = card.get("dataset") or "unknown"
         num_train_epochs = self.state.num_train_epochs or self.args.num_train_epochs
         info = ModelCardInfo(
-            model_name=model_name or os.path.basename(os.path.normpath(self.args.output_dir)),
+            model_name=card.get("model_name") or os.path.basename(os.path.normpath(self.args.output_dir)),
             teacher=self.teacher_source,
-            dataset=dataset if isinstance(dataset, str) else ", ".join(dataset or ["unknown"]),
+            dataset=dataset if isinstance(dataset, str) else ", ".join(dataset),
             num_train_epochs=num_train_epochs,
             distillation_stop_epoch=self.args.resolved_stop_epoch(num_train_epochs),
             alpha=self.args.alpha,
@@ -384,12 +423,29 @@ class DearKDTrainer(ExactResumeMixin, EvaluationCollatorMixin, Trainer):
             tau=self.args.tau,
             distillation_type=self.args.distillation_type,
             alignment_pairs=[str(pair) for pair in self.alignment_pairs],
-            train_fraction=train_fraction,
+            train_fraction=card.get("train_fraction", 1.0),
             metrics={k: v for k, v in metrics.items() if k.startswith("eval_")},
-            base_model=base_model,
+            base_model=card.get("base_model"),
+            eval_dataset=card.get("eval_dataset"),
+            synthetic_data=card.get("synthetic_data", False),
+            distillation_token=self.geometry.distillation_head,
+            trust_remote_code=self.geometry.family.name == "DearKD ViT",
+            license=card.get("license"),
+            tags=card.get("tags", ()),
+            repo_id=self.args.hub_model_id,
+            hyperparameters=extract_hyperparameters_from_trainer(self),
         )
-        with open(os.path.join(self.args.output_dir, "README.md"), "w", encoding="utf-8") as f:
+        folder = output_dir or self.args.output_dir
+        os.makedirs(folder, exist_ok=True)
+        with open(os.path.join(folder, "README.md"), "w", encoding="utf-8") as f:
             f.write(build_model_card(info))
+
+    def save_model(self, output_dir: str | None = None, _internal_call: bool = False) -> None:
+        """The Trainer's, without the aligners (see ``_save``); a save asked for by the user (not a checkpoint) also
+        writes the model card beside the student, as ``push_to_hub`` does."""
+        super().save_model(output_dir, _internal_call=_internal_call)
+        if not _internal_call:
+            self.create_model_card(output_dir=output_dir)
 
     # ---- the aligners (StudentAligners): trained and checkpointed, never saved as part of the student ----
     # The Trainer's private methods this class relies on are listed, with why, in PRIVATE_TRAINER_METHODS (module

@@ -35,6 +35,8 @@ from .deepinversion import DeepInversionGenerator, InversionBatch
 SHARDS_DIR = "shards"
 FINGERPRINT_FILE = "fingerprint.json"
 LOSS_TERMS_FILE = "loss_terms.json"
+# Beside a generated dataset (examples/generate.py): its configuration; run.py reads its presence as "synthetic".
+GENERATION_CONFIG_FILE = "generation_config.json"
 _TMP_PREFIX = ".tmp-"
 # The merged dataset's files as Dataset.save_to_disk writes them; state.json is moved in last.
 _STATE_FILE = "state.json"
