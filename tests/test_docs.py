@@ -84,3 +84,34 @@ def test_the_link_checker_sees_links_and_skips_code(tmp_path):
     )
     assert relative_links(page) == ["other.md#x", "img.png"]
     assert anchors(page) == {"title"}
+
+
+@pytest.mark.slow
+def test_the_readme_trainer_snippet_runs_as_written(tmp_path, monkeypatch):
+    """The README's Python snippet, run as written except for where things live and how long it trains: a tiny
+    teacher folder in place of outputs/demo/teacher, a scratch output folder, 1 epoch on 1% of the data."""
+    import timm
+
+    from dearkd_hf.data import EMBEDDED_DATASET, label_names, load_named_dataset
+
+    code = re.search(r"```python\n(.*?)```", (ROOT / "README.md").read_text(), re.DOTALL).group(1)
+    names = label_names(load_named_dataset(str(EMBEDDED_DATASET))["train"])
+    teacher = timm.create_model("test_resnet", num_classes=10, in_chans=1)  # a tiny timm CNN (layer1, layer2, ...)
+    data_config = {"mean": (0.5,), "std": (0.5,), "input_size": (1, 28, 28)}
+    timm.models.save_for_hf(
+        teacher, tmp_path / "teacher", model_config={"label_names": names}, data_config=data_config
+    )
+    replacements = {
+        '"outputs/demo/teacher"': repr(str(tmp_path / "teacher")),
+        '"outputs/my-dearkd"': repr(str(tmp_path / "student")),
+        "num_train_epochs=10": "num_train_epochs=1",
+        "distillation_stop_epoch=8": "distillation_stop_epoch=0.5",
+        "DataTrainingArguments(train_fraction=0.1)": "DataTrainingArguments(train_fraction=0.01)",
+    }
+    for old, new in replacements.items():
+        assert old in code, old
+        code = code.replace(old, new)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    exec(compile(code, "README.md", "exec"), {})
+    card = (tmp_path / "student" / "README.md").read_text()
+    assert (tmp_path / "student" / "model.safetensors").is_file() and "license: apache-2.0" in card
