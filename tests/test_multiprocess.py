@@ -77,3 +77,23 @@ def test_two_cpu_processes_train_across_the_stage_switch_in_sync(tmp_path):
     assert not [k for k in first["student"] if "aligner" in k]  # detached after training
     for key in first["student"]:
         assert torch.equal(first["student"][key], second["student"][key]), key
+
+
+def test_processes_that_do_not_form_one_group_are_refused(tmp_path):
+    """torchrun with two CPU processes but without --use_cpu true: each process would train alone into the same
+    output_dir; run.py refuses both, in one line, before training."""
+    from test_run_script import STUDENT, write_teacher
+
+    teacher = write_teacher(tmp_path / "teacher", num_labels=10)
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "src"), "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+    env["CUDA_VISIBLE_DEVICES"] = ""
+    command = [
+        str(Path(sys.executable).with_name("torchrun")), "--nproc_per_node", "2", "--master_port", str(free_port()),
+        str(ROOT / "examples" / "run.py"), "--teacher_model_name_or_path", teacher, "--config_overrides", STUDENT,
+        "--image_size", "28", "--max_train_samples", "16", "--max_eval_samples", "8", "--report_to", "none",
+        "--output_dir", str(tmp_path / "out"),
+    ]  # fmt: skip
+    result = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=240)
+    assert result.returncode != 0
+    assert result.stderr.count("2 processes were launched (WORLD_SIZE=2) but this one trains in a group of 1") == 2
+    assert "--use_cpu true" in result.stderr and not (tmp_path / "out" / "model.safetensors").exists()

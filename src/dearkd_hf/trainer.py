@@ -150,6 +150,7 @@ class DearKDTrainer(ExactResumeMixin, EvaluationCollatorMixin, Trainer):
             preprocess_logits_for_metrics=preprocess_logits_for_metrics,
         )
         self.eval_data_collator = eval_data_collator
+        _check_process_group(self.args)
 
         # Our losses are per-micro-batch means: let the Trainer divide by the accumulation steps.
         self.model_accepts_loss_kwargs = False
@@ -539,6 +540,18 @@ PRIVATE_TRAINER_METHODS = {
 }
 
 __all__ = ["DearKDTrainer"]
+
+
+def _check_process_group(args: DearKDConfig) -> None:
+    """Refuse processes that a launcher (torchrun, accelerate) started together but that did not join one training
+    group: each would train alone, into the same output_dir (torchrun on CPU without ``use_cpu=True``, say)."""
+    launched = int(os.environ.get("WORLD_SIZE", "1"))
+    if launched > 1 and args.world_size != launched:
+        raise RuntimeError(
+            f"{launched} processes were launched (WORLD_SIZE={launched}) but this one trains in a group of "
+            f"{args.world_size}: each would train alone into the same output_dir. On CPU pass --use_cpu true "
+            "(use_cpu=True), which joins them over gloo; on GPUs launch one process per visible GPU."
+        )
 
 
 def _autocast_dtype(args: DearKDConfig) -> torch.dtype | None:
