@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 
 import pytest
+import safetensors.torch
 import torch
 from test_inversion_deepinversion import SIDE, image_hashes, tiny_teacher
 from torch import nn
@@ -118,3 +119,16 @@ def test_bad_input_fails_before_any_synthesis():
         DeepInversionGenerator(tiny_teacher(), config())
     with pytest.raises(ValueError, match="at least one class twice"):
         FastInversionGenerator(tiny_teacher(), config()).generate_batch([0, 1, 2])
+
+
+def test_progress_moves_at_every_step_and_reports_the_warm_up(tmp_path, capsys):
+    """The warm-up (2 tasks x 2 steps) has its own bar; the generation bar counts steps (2 batches x 2 steps), not
+    batches; the initialisation is saved as safetensors."""
+    write_dataset(FastInversionGenerator(tiny_teacher(), config()), str(tmp_path / "run"), num_images=12)
+    err = capsys.readouterr().err
+    assert "Meta-learning the generator's start" in err and "Generating 2 batches" in err
+    assert err.count("4/4") >= 2 and "batch 1, loss" in err
+    assert INIT_FILE.endswith(".safetensors")
+    assert set(safetensors.torch.load_file(tmp_path / "run" / "shards" / INIT_FILE)) == set(
+        FastInversionGenerator(tiny_teacher(), config())._new_network().state_dict()
+    )

@@ -122,8 +122,18 @@ class DeepInversionGenerator:
         """A seed that depends on (config.seed, index) only, so a batch is reproducible and distinct from others."""
         return derived_seed(self.config.seed, index)
 
-    def prepare(self, folder: str | None = None) -> None:
-        """Set up what every batch shares, kept in a run's shard ``folder`` if given; DeepInversion has nothing."""
+    @property
+    def steps_per_batch(self) -> int:
+        """Optimisation steps per batch (each one calls ``generate_batch``'s callback)."""
+        return self.config.iterations
+
+    def preparation_steps(self, folder: str | None = None) -> int:
+        """Steps :meth:`prepare` will take before the first batch (reported as progress); DeepInversion has none."""
+        return 0
+
+    def prepare(self, folder: str | None = None, callback: StepCallback | None = None) -> None:
+        """Set up what every batch shares, kept in a run's shard ``folder`` if given (``callback(step, loss)`` after
+        each step it takes); DeepInversion has nothing."""
 
     def batches(self, num_images: int, start: int = 0) -> Iterator[InversionBatch]:
         """Exactly ``num_images`` images, batch by batch, from global batch ``start`` on (the last one cut)."""

@@ -20,12 +20,13 @@ import os
 import uuid
 from collections.abc import Sequence
 
+import safetensors.torch
 import torch
 from torch import nn
 
 from .deepinversion import DeepInversionGenerator, InversionBatch, StepCallback, derived_seed
 
-INIT_FILE = "fast_generator_init.pt"
+INIT_FILE = "fast_generator_init.safetensors"
 _WARMUP_STREAM = 1  # seeds of warm-up tasks: SeedSequence((seed, task, 1)), never equal to a batch's (seed, k)
 _WEIGHTS_STREAM = 2
 
@@ -79,21 +80,36 @@ class FastInversionGenerator(DeepInversionGenerator):
             )
         return network.to(self.device)
 
-    def prepare(self, folder: str | None = None) -> None:
-        """Load the meta-learned initialisation from ``folder`` or, if it is not there, learn it (and save it there
-        atomically, so that a killed run leaves either the whole file or none)."""
+    @property
+    def steps_per_batch(self) -> int:
+        return self.config.fast_steps
+
+    def preparation_steps(self, folder: str | None = None) -> int:
+        """The meta-learning steps :meth:`prepare` will take: none once the initialisation exists (here or saved)."""
+        ready = self.initialisation is not None or (
+            folder is not None and os.path.isfile(os.path.join(folder, INIT_FILE))
+        )
+        return 0 if ready else self.config.fast_warmup * self.config.fast_steps
+
+    def prepare(self, folder: str | None = None, callback: StepCallback | None = None) -> None:
+        """Load the meta-learned initialisation from ``folder`` or, if it is not there, learn it (``callback(step,
+        loss)`` after each of its steps) and save it there as safetensors, atomically, so that a killed run leaves
+        either the whole file or none."""
         if self.initialisation is not None:
             return
         path = os.path.join(folder, INIT_FILE) if folder is not None else None
         if path is not None and os.path.isfile(path):
             network = self._new_network()
-            network.load_state_dict(torch.load(path, map_location=self.device, weights_only=True))
+            network.load_state_dict(safetensors.torch.load_file(path, device=str(self.device)))
             self.initialisation = network
             return
-        self.initialisation = self.meta_learn()
+        self.initialisation = self.meta_learn(callback)
         if path is not None:
             tmp = f"{path}.{uuid.uuid4().hex}.tmp"
-            torch.save(self.initialisation.state_dict(), tmp)
+            state = {
+                name: tensor.detach().cpu().contiguous() for name, tensor in self.initialisation.state_dict().items()
+            }
+            safetensors.torch.save_file(state, tmp)
             os.replace(tmp, path)
 
     def meta_learn(self, callback: StepCallback | None = None) -> ImageGenerator:

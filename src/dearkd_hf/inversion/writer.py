@@ -4,7 +4,7 @@ Layout of ``output_dir``::
 
     output_dir/                      the merged dataset (``datasets.load_from_disk(output_dir)``)
     output_dir/shards/fingerprint.json   teacher + resolved InversionConfig the shards were made with
-    output_dir/shards/fast_generator_init.pt   (method "fast") the meta-learned generator initialisation
+    output_dir/shards/fast_generator_init.safetensors   (method "fast") the meta-learned generator initialisation
     output_dir/shards/batch-000000/  one saved Dataset per global batch index (full batches), + loss_terms.json
 
 Global batch ``k`` always holds the images of seed ``(seed, k)``, so the shards a run needs are
@@ -166,7 +166,11 @@ def write_dataset(
     state.wait_for_everyone()  # every process has read output_dir before the main one writes to it
     if state.is_main_process:
         writer.prepare()
-        generator.prepare(writer.shards_dir)  # what every batch shares (the fast method's initialisation)
+        # What every batch shares (the fast method's meta-learned initialisation), with its own progress bar.
+        steps = generator.preparation_steps(writer.shards_dir)
+        show = progress and steps > 0
+        with tqdm(total=steps, desc="Meta-learning the generator's start", unit="step", disable=not show) as bar:
+            generator.prepare(writer.shards_dir, callback=_advance(bar, "warm-up"))
     state.wait_for_everyone()
     generator.prepare(writer.shards_dir)  # the other processes load it
 
@@ -191,14 +195,14 @@ def write_dataset(
 def _generate_shards(
     generator: DeepInversionGenerator, writer: ShardWriter, indices: list[int], progress: bool
 ) -> None:
-    size = generator.config.batch_size
-    with tqdm(total=len(indices) * size, desc="Generating images", unit="img", disable=not progress) as bar:
+    """Each batch of ``indices``, generated and written; the bar moves at every optimisation step."""
+    total = len(indices) * generator.steps_per_batch
+    with tqdm(total=total, desc=f"Generating {len(indices)} batches", unit="step", disable=not progress) as bar:
         for index in indices:
             labels, seed = generator.batch_labels(index), generator.batch_seed(index)
-            batch = generator.generate_batch(labels, seed, callback=_show_loss(bar, index))
+            batch = generator.generate_batch(labels, seed, callback=_advance(bar, f"batch {index}"))
             _check_finite(index, batch.loss_terms)
             writer.write(index, batch)
-            bar.update(size)
 
 
 def _check_finite(index: int, loss_terms: dict[str, float]) -> None:
@@ -214,11 +218,14 @@ def _check_finite(index: int, loss_terms: dict[str, float]) -> None:
     )
 
 
-def _show_loss(bar: tqdm, index: int):
-    def show(step: int, loss: float) -> None:
-        bar.set_postfix(batch=index, step=step, loss=f"{loss:.4f}", refresh=False)
+def _advance(bar: tqdm, what: str):
+    """A step callback that moves ``bar`` by one step and shows what is being optimised and its loss."""
 
-    return show
+    def advance(step: int, loss: float) -> None:
+        bar.set_postfix_str(f"{what}, loss {loss:.4f}", refresh=False)
+        bar.update(1)
+
+    return advance
 
 
 def mean_loss_terms(output_dir: str, num_batches: int) -> dict[str, float]:
