@@ -115,3 +115,35 @@ def test_the_readme_trainer_snippet_runs_as_written(tmp_path, monkeypatch):
     exec(compile(code, "README.md", "exec"), {})
     card = (tmp_path / "student" / "README.md").read_text()
     assert (tmp_path / "student" / "model.safetensors").is_file() and "license: apache-2.0" in card
+
+
+@pytest.mark.slow
+def test_the_demo_prints_teacher_and_three_students(tmp_path):
+    """make demo's script, at tiny sizes: the four rows of its table, each with an accuracy and a wall time."""
+    import os
+    import subprocess
+    import sys
+
+    env = {
+        **os.environ,
+        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
+        "PYTHONPATH": str(ROOT / "src"),
+        "OMP_NUM_THREADS": "1",
+        "DEMO_OUTPUT_DIR": str(tmp_path / "demo"),
+        "DEMO_TEACHER_EPOCHS": "1",
+        "DEMO_EPOCHS": "1",
+        "DEMO_TRAIN_FRACTION": "0.02",
+        "DEMO_MAX_EVAL_SAMPLES": "32",
+    }
+    result = subprocess.run(
+        ["bash", str(ROOT / "examples" / "demo.sh")], env=env, capture_output=True, text=True, timeout=900
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    rows = [line for line in result.stdout.splitlines() if line.startswith("| ") and "accuracy" not in line]
+    assert [row.split(" | ")[0] for row in rows] == [
+        "| CNN teacher (timm resnet18, 5,000 images)",
+        "| ViT student without a teacher",
+        "| ViT student, DeiT-style logit KD",
+        "| ViT student, DearKD",
+    ]
+    assert all(0.0 <= float(row.split(" | ")[1]) <= 1.0 for row in rows)
