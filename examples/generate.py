@@ -33,7 +33,7 @@ from dearkd_hf.inversion import (
     mean_loss_terms,
     write_dataset,
 )
-from dearkd_hf.output_folder import check_writable_folder
+from dearkd_hf.output_folder import check_writable_folder, output_folder_lock
 from dearkd_hf.sources import check_local_folder
 from dearkd_hf.teachers import load_teacher
 
@@ -70,6 +70,13 @@ def main(argv: list[str] | None = None) -> None:
     check_writable_folder(script_args.output_dir)
     # Without cpu=True, processes started on a machine without GPUs would each believe they are alone.
     state = PartialState(cpu=not torch.cuda.is_available() or parse_flag_from_env("ACCELERATE_USE_CPU"))
+    # One run per output folder, from before anything is written there until the last file is.
+    with output_folder_lock(script_args.output_dir, enabled=state.is_main_process):
+        generate(script_args, config, state)
+    state.destroy_process_group()
+
+
+def generate(script_args: ScriptArguments, config: InversionConfig, state: PartialState) -> None:
     generator = create_generator(
         load_teacher(script_args.teacher_model_name_or_path),
         config,
@@ -84,7 +91,6 @@ def main(argv: list[str] | None = None) -> None:
         save_generation_config(generator, script_args, state.num_processes)
         if script_args.push_to_hub:
             dataset.push_to_hub(script_args.hub_model_id or os.path.basename(os.path.abspath(script_args.output_dir)))
-    state.destroy_process_group()
 
 
 def save_samples(dataset: Dataset, path: str, per_class: int) -> None:

@@ -13,6 +13,7 @@ it trains on the embedded Fashion-MNIST subset, offline.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import sys
 from dataclasses import dataclass, field
@@ -54,7 +55,7 @@ from dearkd_hf.data import (
     train_collator,
 )
 from dearkd_hf.evaluation import compute_accuracy_metrics
-from dearkd_hf.output_folder import check_writable_folder
+from dearkd_hf.output_folder import check_writable_folder, output_folder_lock
 from dearkd_hf.recipes import apply_recipe
 from dearkd_hf.sources import check_local_folder, hub_lookup
 from dearkd_hf.transforms import with_transforms
@@ -157,6 +158,13 @@ def build_student(
     return AutoModelForImageClassification.from_config(config)
 
 
+def training_data_identity(data_args: DataTrainingArguments) -> dict[str, Any]:
+    """The data flags that decide what the student trains on (the run fingerprint's data); evaluation-only ones
+    are left out, so that a re-run may evaluate differently."""
+    evaluation_only = {"validation_dir", "eval_dataset_name", "max_eval_samples", "verify_images"}
+    return {k: v for k, v in dataclasses.asdict(data_args).items() if k not in evaluation_only}
+
+
 def supported(values: dict[str, Any] | None, config: Any) -> dict[str, Any]:
     """The recipe's student values that ``config`` has a field for (a plain ViT has no drop path)."""
     return {key: value for key, value in (values or {}).items() if hasattr(config, key)}
@@ -215,6 +223,17 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     recipe_config = {}
     if data_args.recipe is not None:
         training_args, data_args, recipe_config = apply_recipe(data_args.recipe, training_args, data_args, explicit)
+    # One run per output folder, from before anything is written there until the last file is.
+    with output_folder_lock(training_args.output_dir, enabled=training_args.process_index == 0):
+        return train_and_save(model_args, data_args, training_args, recipe_config)
+
+
+def train_and_save(
+    model_args: ModelArguments,
+    data_args: DataTrainingArguments,
+    training_args: DearKDConfig,
+    recipe_config: dict[str, Any],
+) -> dict[str, float]:
     # Before the teacher, the student and the aligners are built, so that --seed fixes their initial weights too.
     set_seed(training_args.seed)
 
@@ -250,8 +269,10 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         recipe=data_args.recipe,
     )
     trainer.train_dataset, trainer.eval_dataset = dataset["train"], dataset["validation"]
+    trainer.run_data = training_data_identity(data_args)
     if model_args.log_attention_distance:
         trainer.add_callback(AttentionDistanceCallback(trainer))
+    trainer.check_output_folder()  # another run's checkpoints refused before any is looked at for resuming
 
     train_result = trainer.train(resume_from_checkpoint=resume_checkpoint(training_args, trainer.checkpoint_files))
     trainer.log_metrics("train", train_result.metrics)

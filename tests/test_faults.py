@@ -12,12 +12,26 @@ and checkpoint-4 an epoch boundary.
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import socket
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 import torch
-from test_run_script import run_script, tiny_args, write_teacher
+from conftest import make_dataset, make_resnet_teacher, make_vit
+from safetensors.torch import load_file, save_file
+from test_inversion_deepinversion import config as inversion_config
+from test_inversion_deepinversion import tiny_teacher
+from test_run_script import STUDENT, run_script, tiny_args, write_teacher
+from transformers import TrainerCallback
+
+from dearkd_hf import DearKDConfig
+from dearkd_hf.inversion import DeepInversionGenerator, write_dataset
+from dearkd_hf.output_folder import LOCK_FILE, RUN_FILE, OutputFolderLock
+from dearkd_hf.trainer import DearKDTrainer
 
 SAVED = [
     "aligners.safetensors",
@@ -111,3 +125,164 @@ def test_rerun_after_a_kill_ends_as_the_uninterrupted_run(tmp_path, teacher_dir,
     expected_weights, expected_metrics = final_result(uninterrupted)
     assert metrics == expected_metrics
     assert weights == expected_weights  # bit for bit
+
+
+# ---- what a re-run assumes about its output folder (issue 25) ----
+
+
+def copy_run(source: Path, out: Path, finished: bool = False) -> None:
+    """The checkpoints and run record of `source` (a run killed after its last checkpoint), or all of it."""
+    if finished:
+        shutil.copytree(source, out)
+        return
+    out.mkdir()
+    for path in source.iterdir():
+        if path.name.startswith("checkpoint-") or path.name == RUN_FILE:
+            (shutil.copytree if path.is_dir() else shutil.copy)(path, out / path.name)
+
+
+@pytest.fixture
+def sleeper():
+    """A live process of this host that is not this one."""
+    process = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"])
+    yield process
+    process.kill()
+    process.wait()
+
+
+def write_lock(out: Path, pid: int, host: str) -> None:
+    out.mkdir(exist_ok=True)
+    (out / LOCK_FILE).write_text(json.dumps({"pid": pid, "host": host, "since": "2026-01-01T00:00:00+00:00"}))
+
+
+def test_a_second_run_in_a_folder_in_use_is_refused(tmp_path, teacher_dir, sleeper):
+    out = tmp_path / "out"
+    write_lock(out, sleeper.pid, socket.gethostname())
+    with pytest.raises(BlockingIOError, match=rf"in use by another run \(pid {sleeper.pid} on .*since 2026-01-01"):
+        run_script.main(run_args(teacher_dir, out))
+    assert sorted(p.name for p in out.iterdir()) == [LOCK_FILE]  # nothing written, the other run's lock kept
+
+
+def test_a_lock_of_another_host_or_of_this_process_is_not_taken_over(tmp_path):
+    write_lock(tmp_path, os.getpid(), "another-host")
+    with pytest.raises(BlockingIOError, match="another-host"):
+        OutputFolderLock(tmp_path).acquire()
+    write_lock(tmp_path, os.getpid(), socket.gethostname())  # ours, but not taken through OutputFolderLock
+    with pytest.raises(BlockingIOError, match=f"pid {os.getpid()}"):
+        OutputFolderLock(tmp_path).acquire()
+
+
+def test_a_stale_lock_is_taken_over_and_released(tmp_path, capsys):
+    process = subprocess.Popen([sys.executable, "-c", "pass"])
+    process.wait()  # dead, reaped: its pid is free
+    write_lock(tmp_path, process.pid, socket.gethostname())
+    with OutputFolderLock(tmp_path):
+        assert json.loads((tmp_path / LOCK_FILE).read_text())["pid"] == os.getpid()
+        with OutputFolderLock(tmp_path):  # the trainer inside the script: taken again, not refused
+            pass
+        assert (tmp_path / LOCK_FILE).exists()
+    assert not (tmp_path / LOCK_FILE).exists()
+    assert f"taking over the lock of a run that is no longer alive (pid {process.pid}" in capsys.readouterr().err
+
+
+def test_the_trainer_holds_the_lock_while_training(tmp_path, teacher_dir, monkeypatch):
+    held = []
+    real_step = DearKDTrainer.training_step
+
+    def spy_step(self, *args, **kwargs):
+        held.append(json.loads((Path(self.args.output_dir) / LOCK_FILE).read_text())["pid"])
+        return real_step(self, *args, **kwargs)
+
+    monkeypatch.setattr(DearKDTrainer, "training_step", spy_step)
+    out = tmp_path / "out"
+    run_script.main([*tiny_args(teacher_dir, out, epochs=1), "--max_steps", "1", "--save_strategy", "no"])
+    assert held == [os.getpid()] and not (out / LOCK_FILE).exists()
+
+
+CHANGED = {
+    "beta": (["--beta", "0"], r"distillation\.beta \(1\.0 there, 0\.0 now\)"),
+    "alpha-beta": (["--alpha", "0.9", "--beta", "0.25"], r"2 differ: distillation\.alpha .*distillation\.beta"),
+    "epochs": (["--num_train_epochs", "4"], r"schedule\.num_train_epochs \(2\.0 there, 4\.0 now\)"),
+    "hidden-size": (["--config_overrides", STUDENT.replace("hidden_size=32", "hidden_size=64")], r"model\.hidden_si"),
+    "data": (["--train_fraction", "0.5"], r"data\.train_fraction \(1\.0 there, 0\.5 now\)"),
+}
+
+
+@pytest.mark.parametrize("change", list(CHANGED))
+@pytest.mark.parametrize("finished", [False, True], ids=["killed", "finished"])
+def test_a_rerun_with_other_settings_is_refused(tmp_path, teacher_dir, uninterrupted, change, finished):
+    """D2/S1: another run's checkpoints are neither skipped and overwritten nor resumed; the fields are listed."""
+    out = tmp_path / "out"
+    copy_run(uninterrupted, out, finished)
+    before = {str(p.relative_to(out)): p.stat().st_mtime_ns for p in out.rglob("*")}
+    extra, differs = CHANGED[change]
+    with pytest.raises(ValueError, match=rf"holds a run made with other settings \(.*{differs}.*Re-run with"):
+        run_script.main([*run_args(teacher_dir, out), *extra])
+    assert {str(p.relative_to(out)): p.stat().st_mtime_ns for p in out.rglob("*")} == before
+
+
+def test_a_teacher_retrained_in_place_is_another_run(tmp_path, teacher_dir, uninterrupted):
+    teacher = tmp_path / "teacher"
+    shutil.copytree(teacher_dir, teacher)
+    weights = load_file(teacher / "model.safetensors")
+    name = next(iter(weights))
+    weights[name] = weights[name] + 1
+    save_file(weights, teacher / "model.safetensors")
+    out = tmp_path / "out"
+    copy_run(uninterrupted, out)
+    with pytest.raises(ValueError, match=r"teacher\.weights_sha256 \("):
+        run_script.main(run_args(str(teacher), out))
+
+
+def test_a_finished_run_is_reported_not_resumed(tmp_path, teacher_dir, uninterrupted):
+    out = tmp_path / "out"
+    copy_run(uninterrupted, out, finished=True)
+    with pytest.raises(ValueError, match=r"holds a finished run \(step 8 of 8\): nothing to resume. To train again"):
+        run_script.main(run_args(teacher_dir, out))
+
+
+def test_weights_that_are_not_finite_are_never_saved(tmp_path, teacher_dir):
+    """S2: a learning rate that sends the weights to inf at step 1 stops the run before checkpoint-1 is written."""
+    out = tmp_path / "out"
+    args = [*run_args(teacher_dir, out), "--learning_rate", "1e38", "--save_steps", "1"]
+    with pytest.raises(FloatingPointError, match=r"Training step 1: the model's weights are not finite .*No finite"):
+        run_script.main(args)
+    assert not (out / "checkpoint-1").exists() and not (out / "model.safetensors").exists()
+
+
+class PoisonAt(TrainerCallback):
+    """Sets one weight to inf at the end of step `step` (after its optimizer step, before its checkpoint)."""
+
+    def __init__(self, step: int):
+        self.step = step
+
+    def on_step_end(self, args, state, control, model=None, **kwargs):
+        if state.global_step == self.step:
+            with torch.no_grad():
+                next(model.parameters()).view(-1)[0] = float("inf")
+
+
+def test_a_non_finite_model_stops_the_run_naming_the_last_finite_checkpoint(tmp_path):
+    args = DearKDConfig(
+        output_dir=str(tmp_path), max_steps=4, per_device_train_batch_size=8, save_strategy="steps", save_steps=1,
+        report_to="none", use_cpu=True, dataloader_num_workers=0,
+    )  # fmt: skip
+    trainer = DearKDTrainer(
+        make_vit(), make_resnet_teacher(), args, train_dataset=make_dataset(), callbacks=[PoisonAt(2)]
+    )
+    with pytest.raises(
+        FloatingPointError, match=rf"Training step 2: .*The last finite checkpoint is {tmp_path}/checkp"
+    ):
+        trainer.train()
+    assert sorted(p.name for p in tmp_path.glob("checkpoint-*")) == ["checkpoint-1"]
+    with pytest.raises(FloatingPointError, match="Training step 2: the model's weights are not finite"):
+        trainer.save_model()
+
+
+def test_generation_refuses_a_teacher_retrained_in_place(tmp_path):
+    """S4: same teacher source, other weights: the shards of the first teacher are not mixed with the second's."""
+    write_dataset(DeepInversionGenerator(tiny_teacher(seed=0), inversion_config()), str(tmp_path), 6, progress=False)
+    retrained = tiny_teacher(seed=1)
+    assert retrained.source == tiny_teacher(seed=0).source
+    with pytest.raises(ValueError, match=r"different configuration \(teacher_weights_sha256: '[0-9a-f]{64}' there"):
+        write_dataset(DeepInversionGenerator(retrained, inversion_config()), str(tmp_path), 12, progress=False)

@@ -148,3 +148,28 @@ class ExactResumeMixin:
             return super().get_train_dataloader()
         finally:
             self.train_dataset, self.data_collator = dataset, collator
+
+
+def finished_run(output_dir: str) -> tuple[int, int] | None:
+    """``(global_step, max_steps)`` when ``output_dir`` holds a finished run, else None.
+
+    Finished: the final model is saved in ``output_dir`` itself and the ``trainer_state.json`` saved there after
+    training (``Trainer.save_state``) reached its last step. A run killed after its last checkpoint but before the
+    final save is not finished: resuming it completes it.
+    """
+    state = _read_state(os.path.join(output_dir, TRAINER_STATE_NAME))
+    if state is None or not any(_WEIGHTS.match(name) for name in os.listdir(output_dir)):
+        return None
+    step, max_steps = state.get("global_step"), state.get("max_steps")
+    if isinstance(step, int) and isinstance(max_steps, int) and 0 < max_steps <= step:
+        return step, max_steps
+    return None
+
+
+def _read_state(path: str) -> dict | None:
+    try:
+        with open(path, encoding="utf-8") as f:
+            state = json.load(f)
+    except (OSError, ValueError, UnicodeDecodeError):
+        return None
+    return state if isinstance(state, dict) else None
