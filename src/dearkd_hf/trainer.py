@@ -30,6 +30,7 @@ from .checkpoints import ExactResumeMixin
 from .collators import Collator, EvaluationCollatorMixin
 from .config import DearKDConfig
 from .finite import check_finite_loss
+from .hub_upload import student_files_only
 from .losses import scheduled_beta, stage1_loss, stage2_loss
 from .model_card import ModelCardInfo, build_model_card
 from .output_folder import as_json
@@ -417,6 +418,18 @@ class DearKDTrainer(RunFolderMixin, ExactResumeMixin, EvaluationCollatorMixin, T
         with open(os.path.join(self.args.output_dir, "README.md"), "w", encoding="utf-8") as f:
             f.write(build_model_card(info))
 
+    # ---- what is pushed: the student alone ----
+
+    def push_to_hub(self, *args: Any, **kwargs: Any):
+        """The Trainer's ``push_to_hub`` (its arguments), uploading the student's files alone
+        (:data:`~dearkd_hf.hub_upload.STUDENT_FILES`): no training arguments, state, results or logs."""
+        with student_files_only():
+            return super().push_to_hub(*args, **kwargs)
+
+    def _push_from_checkpoint(self, checkpoint_folder: str) -> None:
+        with student_files_only():  # hub_strategy "checkpoint": the student, not the aligners or optimizer
+            super()._push_from_checkpoint(checkpoint_folder)
+
     # ---- the aligners (StudentAligners): trained and checkpointed, never saved as part of the student ----
     # The Trainer's private methods this class relies on are listed, with why, in PRIVATE_TRAINER_METHODS (module
     # end); tests/test_trainer_overrides.py fails when transformers changes one of them.
@@ -506,6 +519,7 @@ PRIVATE_TRAINER_METHODS = {
     "before the Trainer's trainer_state.json",
     "_load_from_checkpoint": "overridden: the student reloaded by from_pretrained (key conversion), the aligners too",
     "_get_output_dir": "called: the run folder _save_checkpoint writes the aligners into",
+    "_push_from_checkpoint": "overridden: the uploads at each save send the student's files alone",
 }
 
 __all__ = ["DearKDTrainer"]
