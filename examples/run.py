@@ -38,6 +38,7 @@ from dearkd_hf import (
     Teacher,
     load_teacher,
 )
+from dearkd_hf.checkpoints import check_checkpoint_slots
 from dearkd_hf.cli import (
     check_config_overrides,
     explicit_argument_names,
@@ -116,6 +117,7 @@ def check_arguments(model_args: ModelArguments, training_args: DearKDConfig) -> 
     for flag in ("model_name_or_path", "init_from_vit", "image_processor_name"):
         check_local_folder(getattr(model_args, flag), f"--{flag}")
     check_writable_folder(training_args.output_dir)
+    check_checkpoint_slots(training_args.output_dir)
 
 
 def build_student(

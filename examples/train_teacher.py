@@ -35,7 +35,7 @@ from transformers import (
 )
 from transformers.modeling_outputs import ImageClassifierOutput
 
-from dearkd_hf.checkpoints import ExactResumeMixin
+from dearkd_hf.checkpoints import ExactResumeMixin, check_checkpoint_slots
 from dearkd_hf.cli import (
     check_config_overrides,
     parse_config_overrides,
@@ -44,6 +44,7 @@ from dearkd_hf.cli import (
     run_main,
 )
 from dearkd_hf.collators import EvaluationCollatorMixin
+from dearkd_hf.config import check_training_arguments
 from dearkd_hf.data import (
     DataTrainingArguments,
     infer_num_channels,
@@ -200,9 +201,11 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     # The lazy transforms read the raw `image` column, which the Trainer would otherwise drop.
     training_args.remove_unused_columns = False
     require_finite(training_args, prefix="--")
+    check_training_arguments(training_args, prefix="--")
     if model_args.model_type is None:
         check_local_folder(model_args.model_name_or_path, "--model_name_or_path")
     check_writable_folder(training_args.output_dir)
+    check_checkpoint_slots(training_args.output_dir)
     # One run per output folder, from before anything is written there until the last file is.
     with output_folder_lock(training_args.output_dir, enabled=training_args.process_index == 0):
         return train_and_save(model_args, data_args, training_args)

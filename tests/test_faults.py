@@ -22,10 +22,11 @@ from pathlib import Path
 import pytest
 import torch
 from conftest import make_dataset, make_resnet_teacher, make_vit
+from datasets import Dataset, DatasetDict, load_from_disk
 from safetensors.torch import load_file, save_file
 from test_inversion_deepinversion import config as inversion_config
 from test_inversion_deepinversion import tiny_teacher
-from test_run_script import STUDENT, run_script, tiny_args, write_teacher
+from test_run_script import EMBEDDED, STUDENT, run_script, tiny_args, write_teacher
 from transformers import TrainerCallback
 
 from dearkd_hf import DearKDConfig
@@ -77,6 +78,7 @@ MOMENTS = {
     "writing-optimizer-4": (2, lambda f: written_up_to(f, "optimizer.pt", True), "no trainer_state.json"),
     "before-state-4": (2, lambda f: written_up_to(f, "rng_state.pth", False), "no trainer_state.json"),
     "writing-state-4": (2, lambda f: written_up_to(f, "trainer_state.json", True), "not valid JSON"),
+    "empty-state-4": (2, lambda f: (f / "trainer_state.json").write_text("{}"), "trainer_state.json has no global_s"),
 }
 
 
@@ -286,3 +288,85 @@ def test_generation_refuses_a_teacher_retrained_in_place(tmp_path):
     assert retrained.source == tiny_teacher(seed=0).source
     with pytest.raises(ValueError, match=r"different configuration \(teacher_weights_sha256: '[0-9a-f]{64}' there"):
         write_dataset(DeepInversionGenerator(retrained, inversion_config()), str(tmp_path), 12, progress=False)
+
+
+@pytest.fixture(scope="module")
+def unlabelled_dataset(tmp_path_factory) -> str:
+    """The embedded subset with one training example marked unlabelled (-1, as `datasets` does)."""
+    embedded = load_from_disk(str(EMBEDDED))
+    train = embedded["train"].select(range(64))
+    labels = [-1, *train["label"][1:]]
+    train = Dataset.from_dict({"image": train["image"], "label": labels}, features=train.features)
+    folder = tmp_path_factory.mktemp("unlabelled") / "data"
+    DatasetDict({"train": train, "test": embedded["test"].select(range(32))}).save_to_disk(folder)
+    return str(folder)
+
+
+def truncated_copy(folder: str, into: Path) -> str:
+    shutil.copytree(folder, into)
+    cut(into / "model.safetensors")
+    return str(into)
+
+
+# The crashes of the audit: each now one line naming the flag or file, before training.
+CRASHES = {
+    "epochs-0": (["--num_train_epochs", "0"], ValueError, r"num_train_epochs=0.0 trains nothing"),
+    "epochs-negative": (["--num_train_epochs", "-1"], ValueError, r"num_train_epochs=-1.0 trains nothing"),
+    "lr-negative": (["--learning_rate", "-1"], ValueError, r"learning_rate=-1.0 must be > 0"),
+    "lr-zero": (["--learning_rate", "0"], ValueError, r"learning_rate=0.0 must be > 0"),
+    "grad-norm-negative": (["--max_grad_norm", "-1"], ValueError, r"max_grad_norm=-1.0 must be >= 0"),
+    "image-size-0": (["--image_size", "0"], ValueError, r"--image_size must be >= 1"),
+    "label-minus-1": (
+        ["--dataset_name", "UNLABELLED"],
+        ValueError,
+        r"train split has labels \[-1\] outside \[0, 10\)",
+    ),
+    "truncated-teacher": (
+        ["--teacher_model_name_or_path", "CUT_TEACHER"],
+        ValueError,
+        r"--teacher_model_name_or_path .*teacher_cut: its model.safetensors is truncated",
+    ),
+    "truncated-student": (
+        ["--model_name_or_path", "CUT_STUDENT", "--config_overrides", None],
+        ValueError,
+        r"--model_name_or_path .*student_cut: its model.safetensors is truncated",
+    ),
+    "file-as-checkpoint": (
+        ["CHECKPOINT_FILE"],
+        NotADirectoryError,
+        r"checkpoint-6 is a file, not a checkpoint folder",
+    ),
+}
+
+
+@pytest.mark.parametrize("crash", list(CRASHES))
+def test_bad_input_of_the_audit_fails_with_one_line_before_training(
+    tmp_path, teacher_dir, uninterrupted, unlabelled_dataset, crash, monkeypatch
+):
+    extra, error, message = CRASHES[crash]
+    out = tmp_path / "out"
+    replace = {
+        "UNLABELLED": unlabelled_dataset,
+        "CUT_TEACHER": lambda: truncated_copy(teacher_dir, tmp_path / "teacher_cut"),
+        "CUT_STUDENT": lambda: truncated_copy(str(uninterrupted), tmp_path / "student_cut"),
+    }
+    args = run_args(teacher_dir, out)
+    for flag, value in zip(extra[::2], extra[1::2], strict=False):
+        index = args.index(flag) if flag in args else None
+        if value is None:  # the flag removed
+            del args[index : index + 2]
+            continue
+        value = replace.get(value, value)
+        value = value() if callable(value) else value
+        if index is None:
+            args += [flag, value]
+        else:
+            args[index + 1] = value
+    if extra == ["CHECKPOINT_FILE"]:
+        out.mkdir()
+        (out / "checkpoint-6").write_text("not a checkpoint")
+    steps = []
+    monkeypatch.setattr(DearKDTrainer, "training_step", lambda *a, **k: steps.append(1))
+    with pytest.raises(error, match=message):
+        run_script.main(args)
+    assert not steps

@@ -13,7 +13,6 @@ import json
 import logging
 import os
 import re
-import struct
 import zipfile
 from collections.abc import Sequence
 from typing import Any
@@ -22,6 +21,7 @@ import torch
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
 from .seeded_batches import SeededBatches
+from .sources import safetensors_problem
 
 logger = logging.getLogger(__name__)
 
@@ -52,15 +52,17 @@ def checkpoint_problem(folder: str, required_files: Sequence[str] = ()) -> str |
         return f"it has no {TRAINER_STATE_NAME} (the run was killed while writing it)"
     try:
         with open(os.path.join(folder, TRAINER_STATE_NAME), encoding="utf-8") as f:
-            json.load(f)
+            state = json.load(f)
     except (ValueError, UnicodeDecodeError) as error:
         return f"its {TRAINER_STATE_NAME} is not valid JSON ({error})"
+    if not isinstance(state, dict) or not isinstance(state.get("global_step"), int):
+        return f"its {TRAINER_STATE_NAME} has no global_step (it is not a Trainer's state)"
     if not any(_WEIGHTS.match(name) for name in names):
         return "it holds no model weights"
     for name in sorted(names):
         path = os.path.join(folder, name)
         if name.endswith(".safetensors"):
-            problem = _safetensors_problem(path)
+            problem = safetensors_problem(path)
         elif name.endswith((".pt", ".pth", ".bin")) and os.path.isfile(path):
             problem = None if zipfile.is_zipfile(path) else "is not a whole torch archive"
         else:
@@ -70,20 +72,14 @@ def checkpoint_problem(folder: str, required_files: Sequence[str] = ()) -> str |
     return None
 
 
-def _safetensors_problem(path: str) -> str | None:
-    """None when the file's length is exactly what its header announces (a truncated write is shorter)."""
-    size = os.path.getsize(path)
-    try:
-        with open(path, "rb") as f:
-            (header_size,) = struct.unpack("<Q", f.read(8))
-            if header_size > size:
-                return "is truncated"
-            header = json.loads(f.read(header_size))
-    except (struct.error, ValueError, UnicodeDecodeError):
-        return "has no readable header (truncated)"
-    ends = [entry["data_offsets"][1] for key, entry in header.items() if key != "__metadata__"]
-    expected = 8 + header_size + max(ends, default=0)
-    return None if size == expected else f"is truncated ({size} of {expected} bytes)"
+def check_checkpoint_slots(output_dir: str, flag: str = "--output_dir") -> None:
+    """Refuse a file where a ``checkpoint-N`` folder would be saved: the run would fail only when it reaches step N."""
+    for path in checkpoint_folders(output_dir):
+        if not os.path.isdir(path):
+            raise NotADirectoryError(
+                f"{flag} {output_dir}: {os.path.basename(path)} is a file, not a checkpoint folder, and a checkpoint "
+                "would be saved there; move or delete it."
+            )
 
 
 def checkpoint_folders(output_dir: str) -> list[str]:

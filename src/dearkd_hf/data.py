@@ -99,6 +99,8 @@ class DataTrainingArguments:
 
     def __post_init__(self) -> None:
         require_finite(self, prefix="--")
+        if self.image_size is not None and self.image_size < 1:
+            raise ValueError(f"--image_size must be >= 1 (leave it unset for the model's own), got {self.image_size}.")
         for flag in ("max_train_samples", "max_eval_samples"):
             value = getattr(self, flag)
             if value is not None and value < 1:
@@ -194,6 +196,19 @@ def _ensure_class_label(train: Dataset, evaluation: Dataset) -> tuple[Dataset, D
     return train.cast_column("label", class_label), evaluation.cast_column("label", class_label)
 
 
+def _check_label_range(dataset: Dataset, split: str, column: str) -> None:
+    """Every label a class id in [0, num_classes): -1 (``datasets``' mark of an unlabelled example) or a larger id
+    would fail in the loss at the first step."""
+    num_classes = dataset.features["label"].num_classes
+    outside = sorted(value for value in dataset.unique("label") if not 0 <= value < num_classes)
+    if outside:
+        raise ValueError(
+            f"The {split} split has labels {outside[:5]} outside [0, {num_classes}) in column '{column}' "
+            "(-1 marks an unlabelled example); drop those examples, or pass a labelled split or another "
+            "--label_column_name."
+        )
+
+
 def _eval_split(dataset: DatasetDict, source: str) -> str:
     """The name of the evaluation split, preferring `validation` over `test`."""
     for split in EVAL_SPLITS:
@@ -270,6 +285,8 @@ def load_image_datasets(data_args: DataTrainingArguments, seed: int) -> DatasetD
     else:
         train, evaluation = split_off_validation(train, data_args.train_val_split, seed)
     train, evaluation = _ensure_class_label(train, evaluation)
+    for split, part in (("train", train), ("evaluation", evaluation)):
+        _check_label_range(part, split, data_args.label_column_name)
     if data_args.verify_images:
         train, evaluation = drop_undecodable(train, "train"), drop_undecodable(evaluation, "validation")
 

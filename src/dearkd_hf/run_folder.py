@@ -19,7 +19,13 @@ from typing import Any
 import torch
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
-from .checkpoints import TRAINER_STATE_NAME, checkpoint_folders, finished_run, last_complete_checkpoint
+from .checkpoints import (
+    TRAINER_STATE_NAME,
+    check_checkpoint_slots,
+    checkpoint_folders,
+    finished_run,
+    last_complete_checkpoint,
+)
 from .finite import largest_weight, non_finite_weights_error
 from .output_folder import (
     RUN_FILE,
@@ -100,13 +106,8 @@ class RunFolderMixin:
     def check_output_folder(self) -> None:
         """Refuse, before any work, a folder that this run cannot train into (see the module's docstring)."""
         output_dir = self.args.output_dir
+        check_checkpoint_slots(output_dir, "output_dir")
         folders = checkpoint_folders(output_dir)
-        for folder in folders:
-            if os.path.exists(folder) and not os.path.isdir(folder):
-                raise NotADirectoryError(
-                    f"output_dir: {folder} is a file, not a checkpoint folder, and a checkpoint would be saved "
-                    "there; move or delete it."
-                )
         has_run = bool(folders) or os.path.isfile(os.path.join(output_dir, TRAINER_STATE_NAME))
         if not has_run:
             return
