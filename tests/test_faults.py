@@ -11,6 +11,7 @@ and checkpoint-4 an epoch boundary.
 
 from __future__ import annotations
 
+import ast
 import json
 import os
 import shutil
@@ -29,7 +30,7 @@ from test_inversion_deepinversion import tiny_teacher
 from test_run_script import EMBEDDED, STUDENT, run_script, tiny_args, write_teacher
 from transformers import TrainerCallback
 
-from dearkd_hf import DearKDConfig
+from dearkd_hf import DearKDConfig, seeded_batches
 from dearkd_hf.inversion import DeepInversionGenerator, write_dataset
 from dearkd_hf.output_folder import LOCK_FILE, RUN_FILE, OutputFolderLock
 from dearkd_hf.trainer import DearKDTrainer
@@ -370,3 +371,46 @@ def test_bad_input_of_the_audit_fails_with_one_line_before_training(
     with pytest.raises(error, match=message):
         run_script.main(args)
     assert not steps
+
+
+def test_persistent_loader_workers_resume_mid_epoch_bit_identically(tmp_path, teacher_dir):
+    """Workers kept alive across epochs see each new epoch (the batch's augmentation seed holds it), so a re-run
+    after a kill in the middle of the second epoch ends as the uninterrupted run."""
+    workers = ["--dataloader_num_workers", "2", "--dataloader_persistent_workers", "True"]
+    whole = tmp_path / "whole"
+    run_script.main([*run_args(teacher_dir, whole), *workers])
+
+    resumed = tmp_path / "resumed"
+    copy_run(whole, resumed)
+    shutil.rmtree(resumed / "checkpoint-8")  # killed after checkpoint-6, mid-epoch
+    run_script.main([*run_args(teacher_dir, resumed), *workers])
+    assert final_result(resumed) == final_result(whole)
+
+
+def test_batches_are_seeded_with_the_epoch_they_belong_to(tmp_path, monkeypatch):
+    """The epoch in a batch's augmentation seed is the training's (the trainer replaces its state object when
+    training starts or resumes), and a resumed run seeds the rest of its epoch as the uninterrupted one did."""
+    seeded = []
+    real_sha256 = seeded_batches.hashlib.sha256
+
+    def spy(data=b"", *args, **kwargs):
+        if data.startswith(b"(0, "):  # repr((seed, epoch, indices)) of the batches, seed 0
+            seed, epoch, indices = ast.literal_eval(data.decode())
+            seeded.append((epoch, tuple(indices)))
+        return real_sha256(data, *args, **kwargs)
+
+    monkeypatch.setattr(seeded_batches.hashlib, "sha256", spy)
+
+    def trainer(**overrides) -> DearKDTrainer:
+        args = DearKDConfig(
+            output_dir=str(tmp_path), num_train_epochs=2, per_device_train_batch_size=8, save_strategy="steps",
+            save_steps=6, report_to="none", use_cpu=True, dataloader_num_workers=0, seed=0, **overrides,
+        )  # fmt: skip
+        return DearKDTrainer(make_vit(), make_resnet_teacher(), args, train_dataset=make_dataset())
+
+    trainer().train()
+    whole = list(seeded)
+    assert [epoch for epoch, _ in whole] == [0] * 4 + [1] * 4  # 32 examples, batches of 8
+    seeded.clear()
+    trainer().train(resume_from_checkpoint=str(tmp_path / "checkpoint-6"))
+    assert seeded == whole[6:]

@@ -18,6 +18,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import torch
+from transformers import TrainerCallback
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
 from .seeded_batches import SeededBatches
@@ -103,6 +104,17 @@ def last_complete_checkpoint(output_dir: str, required_files: Sequence[str] = ()
     return None
 
 
+class _SyncEpoch(TrainerCallback):
+    """Tells the training batches' seeding each new epoch, before the epoch's batches are requested. From the
+    callback's ``state``: the trainer replaces its state object when training starts and when it resumes."""
+
+    batches: SeededBatches | None = None
+
+    def on_epoch_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        if self.batches is not None:
+            self.batches.set_epoch(state.epoch)
+
+
 class ExactResumeMixin:
     """Put before ``transformers.Trainer`` in a trainer's bases: resuming skips partial checkpoints and is exact.
 
@@ -112,7 +124,8 @@ class ExactResumeMixin:
     the first resumed batch was drawn, in the uninterrupted run, from a random state that no checkpoint holds. Here
     each training batch is transformed and collated under random generators seeded by ``(seed, epoch, its example
     indices)`` and the global generators are put back afterwards, so a batch's augmentation never depends on when
-    it is fetched and the training's own random state is untouched by data loading.
+    it is fetched and the training's own random state is untouched by data loading; loader workers, persistent
+    ones included, are told each new epoch.
     """
 
     # Files a complete checkpoint of this trainer must hold besides the Trainer's own (see `checkpoint_problem`).
@@ -138,7 +151,12 @@ class ExactResumeMixin:
         dataset, collator = self.train_dataset, self.data_collator
         if isinstance(dataset, torch.utils.data.IterableDataset) or not hasattr(dataset, "__len__"):
             return super().get_train_dataloader()
-        batches = SeededBatches(self.args.seed, self.state)
+        batches = SeededBatches(self.args.seed)
+        sync = next((c for c in self.callback_handler.callbacks if isinstance(c, _SyncEpoch)), None)
+        if sync is None:
+            sync = _SyncEpoch()
+            self.add_callback(sync)
+        sync.batches = batches
         self.train_dataset, self.data_collator = batches.dataset(dataset), batches.collator(collator)
         try:
             return super().get_train_dataloader()
