@@ -414,3 +414,22 @@ def test_batches_are_seeded_with_the_epoch_they_belong_to(tmp_path, monkeypatch)
     seeded.clear()
     trainer().train(resume_from_checkpoint=str(tmp_path / "checkpoint-6"))
     assert seeded == whole[6:]
+
+
+def test_the_trainer_itself_refuses_another_runs_folder(tmp_path):
+    """trainer.train() checks the folder too: checkpoints, or a saved model alone, of a run with other settings."""
+
+    def trainer(folder: Path, **overrides) -> DearKDTrainer:
+        args = DearKDConfig(
+            output_dir=str(folder), max_steps=2, per_device_train_batch_size=8, report_to="none", use_cpu=True,
+            dataloader_num_workers=0, **overrides,
+        )  # fmt: skip
+        return DearKDTrainer(make_vit(), make_resnet_teacher(), args, train_dataset=make_dataset())
+
+    trainer(tmp_path / "checkpoints", save_strategy="steps", save_steps=1).train()
+    saved = trainer(tmp_path / "model", save_strategy="no")
+    saved.train()
+    saved.save_model()
+    for folder in ("checkpoints", "model"):
+        with pytest.raises(ValueError, match=r"other settings \(1 differ: distillation\.alpha \(0\.5 there, 0\.9 now"):
+            trainer(tmp_path / folder, alpha=0.9, save_strategy="no").train()

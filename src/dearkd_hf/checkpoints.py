@@ -58,7 +58,7 @@ def checkpoint_problem(folder: str, required_files: Sequence[str] = ()) -> str |
         return f"its {TRAINER_STATE_NAME} is not valid JSON ({error})"
     if not isinstance(state, dict) or not isinstance(state.get("global_step"), int):
         return f"its {TRAINER_STATE_NAME} has no global_step (it is not a Trainer's state)"
-    if not any(_WEIGHTS.match(name) for name in names):
+    if not holds_weights(folder):
         return "it holds no model weights"
     for name in sorted(names):
         path = os.path.join(folder, name)
@@ -164,6 +164,11 @@ class ExactResumeMixin:
             self.train_dataset, self.data_collator = dataset, collator
 
 
+def holds_weights(folder: str) -> bool:
+    """Whether ``folder`` holds a model's weights (a checkpoint's, or a saved model's)."""
+    return os.path.isdir(folder) and any(_WEIGHTS.match(name) for name in os.listdir(folder))
+
+
 def finished_run(output_dir: str) -> tuple[int, int] | None:
     """``(global_step, max_steps)`` when ``output_dir`` holds a finished run, else None.
 
@@ -172,7 +177,7 @@ def finished_run(output_dir: str) -> tuple[int, int] | None:
     final save is not finished: resuming it completes it.
     """
     state = _read_state(os.path.join(output_dir, TRAINER_STATE_NAME))
-    if state is None or not any(_WEIGHTS.match(name) for name in os.listdir(output_dir)):
+    if state is None or not holds_weights(output_dir):
         return None
     step, max_steps = state.get("global_step"), state.get("max_steps")
     if isinstance(step, int) and isinstance(max_steps, int) and 0 < max_steps <= step:

@@ -24,6 +24,7 @@ from .checkpoints import (
     check_checkpoint_slots,
     checkpoint_folders,
     finished_run,
+    holds_weights,
     last_complete_checkpoint,
 )
 from .finite import largest_weight, non_finite_weights_error
@@ -108,11 +109,11 @@ class RunFolderMixin:
         output_dir = self.args.output_dir
         check_checkpoint_slots(output_dir, "output_dir")
         folders = checkpoint_folders(output_dir)
-        has_run = bool(folders) or os.path.isfile(os.path.join(output_dir, TRAINER_STATE_NAME))
+        has_run = folders or holds_weights(output_dir) or os.path.isfile(os.path.join(output_dir, TRAINER_STATE_NAME))
         if not has_run:
             return
         if read_run_record(output_dir) is None:
-            logger.warning(f"{output_dir} has checkpoints but no {RUN_FILE}: the run's settings cannot be checked.")
+            logger.warning(f"{output_dir} holds a run but no {RUN_FILE}: the run's settings cannot be checked.")
         else:
             check_run_record(output_dir, self._fingerprint(), "output_dir")
         finished = finished_run(output_dir)
@@ -129,7 +130,8 @@ class RunFolderMixin:
         return self._run_fingerprint
 
     def _record_run(self) -> None:
-        if read_run_record(self.args.output_dir) is None:
+        """Write the fingerprint at the first save (one left by a run that saved nothing is replaced)."""
+        if read_run_record(self.args.output_dir) != self._fingerprint():
             write_run_record(self.args.output_dir, self._fingerprint())
 
     # ---- saving: finite weights only, the run recorded first ----
