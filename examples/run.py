@@ -13,7 +13,6 @@ it trains on the embedded Fashion-MNIST subset, offline.
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import sys
 from dataclasses import dataclass, field
@@ -160,13 +159,6 @@ def build_student(
     return AutoModelForImageClassification.from_config(config)
 
 
-def training_data_identity(data_args: DataTrainingArguments) -> dict[str, Any]:
-    """The data flags that decide what the student trains on (the run fingerprint's data); evaluation-only ones
-    are left out, so that a re-run may evaluate differently."""
-    evaluation_only = {"validation_dir", "eval_dataset_name", "max_eval_samples", "verify_images"}
-    return {k: v for k, v in dataclasses.asdict(data_args).items() if k not in evaluation_only}
-
-
 def supported(values: dict[str, Any] | None, config: Any) -> dict[str, Any]:
     """The recipe's student values that ``config`` has a field for (a plain ViT has no drop path)."""
     return {key: value for key, value in (values or {}).items() if hasattr(config, key)}
@@ -271,7 +263,7 @@ def train_and_save(
         recipe=data_args.recipe,
     )
     trainer.train_dataset, trainer.eval_dataset = dataset["train"], dataset["validation"]
-    trainer.run_data = training_data_identity(data_args)
+    trainer.run_data = data_args.training_fields()
     if model_args.log_attention_distance:
         trainer.add_callback(AttentionDistanceCallback(trainer))
     trainer.check_output_folder()  # another run's checkpoints refused before any is looked at for resuming

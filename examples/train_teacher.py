@@ -11,7 +11,6 @@ folder loads with `dearkd_hf.teachers.load_teacher`: timm teachers are saved in 
     python examples/train_teacher.py config.yaml
 """
 
-import dataclasses
 import logging
 import sys
 from dataclasses import dataclass, field
@@ -243,7 +242,7 @@ def train_and_save(
         compute_metrics=compute_accuracy_metrics,
         processing_class=processor,
     )
-    trainer.run_data = {"image_size": image_size, **dataclasses.asdict(data_args)}
+    trainer.run_data = {**data_args.training_fields(), "image_size": image_size}
     trainer.check_output_folder()  # another run's checkpoints refused before any is looked at for resuming
     train_result = trainer.train(resume_from_checkpoint=resume_checkpoint(training_args, trainer.checkpoint_files))
     save_teacher(trainer, model, training_args.output_dir, labels, mean, std, image_size)

@@ -10,6 +10,7 @@ Datasets are transformed lazily (`with_transform`), so random augmentation is dr
 datasets still carry the raw `image` column that the transform reads: train with `remove_unused_columns=False`.
 """
 
+import dataclasses
 import logging
 import os
 from dataclasses import dataclass, field
@@ -114,6 +115,12 @@ class DataTrainingArguments:
         if not 0.0 <= self.label_smoothing < 1.0:
             raise ValueError(f"--label_smoothing must be in [0, 1), got {self.label_smoothing}.")
         get_recipe(self.recipe)  # an unknown name fails here, listing the known ones
+
+    def training_fields(self) -> dict[str, Any]:
+        """The flags that decide what a model trains on (a run fingerprint's data, see ``RunFolderMixin.run_data``);
+        evaluation-only ones are left out, so that a re-run may evaluate differently."""
+        evaluation_only = {"validation_dir", "eval_dataset_name", "max_eval_samples", "verify_images"}
+        return {k: v for k, v in dataclasses.asdict(self).items() if k not in evaluation_only}
 
 
 def default_dataset_path() -> str:
