@@ -433,3 +433,16 @@ def test_the_trainer_itself_refuses_another_runs_folder(tmp_path):
     for folder in ("checkpoints", "model"):
         with pytest.raises(ValueError, match=r"other settings \(1 differ: distillation\.alpha \(0\.5 there, 0\.9 now"):
             trainer(tmp_path / folder, alpha=0.9, save_strategy="no").train()
+
+
+def test_overwrite_output_dir_deletes_the_other_run_and_trains_afresh(tmp_path, teacher_dir, uninterrupted, caplog):
+    out = tmp_path / "out"
+    copy_run(uninterrupted, out, finished=True)
+    with pytest.raises(ValueError, match=r"finished run .*new --output_dir \(or --overwrite_output_dir to start"):
+        run_script.main(run_args(teacher_dir, out))
+    with caplog.at_level("WARNING"):
+        run_script.main([*run_args(teacher_dir, out), "--beta", "0", "--max_steps", "4", "--overwrite_output_dir"])
+    assert "overwrite_output_dir: deleted the run in" in caplog.text and "Resuming" not in caplog.text
+    assert sorted(p.name for p in out.glob("checkpoint-*")) == ["checkpoint-2", "checkpoint-4"]  # 6 and 8 deleted
+    assert json.loads((out / RUN_FILE).read_text())["distillation"]["beta"] == 0.0
+    assert json.loads((out / "trainer_state.json").read_text())["global_step"] == 4

@@ -13,6 +13,7 @@ import json
 import logging
 import os
 import re
+import shutil
 import zipfile
 from collections.abc import Sequence
 from typing import Any
@@ -167,6 +168,21 @@ class ExactResumeMixin:
 def holds_weights(folder: str) -> bool:
     """Whether ``folder`` holds a model's weights (a checkpoint's, or a saved model's)."""
     return os.path.isdir(folder) and any(_WEIGHTS.match(name) for name in os.listdir(folder))
+
+
+def clear_run(output_dir: str, extra_files: Sequence[str] = ()) -> list[str]:
+    """Delete the run in ``output_dir``: its ``checkpoint-N`` folders, ``trainer_state.json``, saved weights and
+    ``extra_files``. Returns the names deleted."""
+    deleted = []
+    for folder in checkpoint_folders(output_dir):
+        shutil.rmtree(folder)
+        deleted.append(os.path.basename(folder))
+    for name in sorted(os.listdir(output_dir)) if os.path.isdir(output_dir) else []:
+        if name == TRAINER_STATE_NAME or name in extra_files or _WEIGHTS.match(name):
+            path = os.path.join(output_dir, name)
+            shutil.rmtree(path) if os.path.isdir(path) else os.remove(path)
+            deleted.append(name)
+    return deleted
 
 
 def finished_run(output_dir: str) -> tuple[int, int] | None:

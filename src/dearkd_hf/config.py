@@ -72,6 +72,10 @@ class DearKDConfig(TrainingArguments):
             are not the model's arguments.
         ddp_find_unused_parameters (`bool` or `None`, *optional*, defaults to `True`):
             `True` because the aligners take no part in stage 2, which DDP must be told about.
+        overwrite_output_dir (`bool`, *optional*, defaults to `False`):
+            Delete the run already in `output_dir` (its `checkpoint-*` folders, `dearkd_run.json`,
+            `trainer_state.json` and saved weights) when training starts, and train afresh: the way to reuse a folder
+            for a run with other settings, or to train a finished run again.
     """
 
     teacher_model_name_or_path: str | None = field(
@@ -137,6 +141,13 @@ class DearKDConfig(TrainingArguments):
     ddp_find_unused_parameters: bool | None = field(
         default=True,
         metadata={"help": "Passed to DDP; True because the aligners are unused in stage 2."},
+    )
+    overwrite_output_dir: bool = field(
+        default=False,
+        metadata={
+            "help": "Delete the run already in --output_dir (its checkpoint-* folders, dearkd_run.json, "
+            "trainer_state.json and saved weights) and train afresh, instead of resuming it or refusing another run."
+        },
     )
 
     def __post_init__(self) -> None:

@@ -213,8 +213,11 @@ def run_differences(saved: Mapping[str, Any], current: Mapping[str, Any], prefix
     return differences
 
 
-def check_run_record(output_dir: str, fingerprint: Mapping[str, Any], flag: str = "--output_dir") -> None:
-    """Refuse to train into ``output_dir`` when it holds checkpoints or a model of a run made with other settings."""
+def check_run_record(
+    output_dir: str, fingerprint: Mapping[str, Any], flag: str = "--output_dir", afresh: str = ""
+) -> None:
+    """Refuse to train into ``output_dir`` when it holds checkpoints or a model of a run made with other settings.
+    ``afresh``: how to start afresh in that folder (the error says it)."""
     saved = read_run_record(output_dir)
     if saved is None:
         return
@@ -223,8 +226,8 @@ def check_run_record(output_dir: str, fingerprint: Mapping[str, Any], flag: str 
         shown = "; ".join(differences[:8]) + ("; ..." if len(differences) > 8 else "")
         raise ValueError(
             f"{flag} {output_dir} holds a run made with other settings ({len(differences)} differ: {shown}). "
-            f"Re-run with that run's settings (see {RUN_FILE}) to resume it, or train into a new {flag} (or "
-            f"delete its checkpoint-* folders and {RUN_FILE} to start afresh there)."
+            f"Re-run with that run's settings (see {RUN_FILE}) to resume it, or train into a new {flag} "
+            f"({afresh or f'or delete its checkpoint-* folders and {RUN_FILE}'} to start afresh there)."
         )
 
 

@@ -23,6 +23,7 @@ from .checkpoints import (
     TRAINER_STATE_NAME,
     check_checkpoint_slots,
     checkpoint_folders,
+    clear_run,
     finished_run,
     holds_weights,
     last_complete_checkpoint,
@@ -112,16 +113,25 @@ class RunFolderMixin:
         has_run = folders or holds_weights(output_dir) or os.path.isfile(os.path.join(output_dir, TRAINER_STATE_NAME))
         if not has_run:
             return
+        overwrite = hasattr(self.args, "overwrite_output_dir")
+        if overwrite and self.args.overwrite_output_dir:
+            if self.is_world_process_zero():
+                deleted = clear_run(output_dir, extra_files=(RUN_FILE,))
+                logger.warning(f"overwrite_output_dir: deleted the run in {output_dir} ({', '.join(deleted)}).")
+            self.accelerator.wait_for_everyone()  # no process looks for a checkpoint to resume before they are gone
+            return
+        afresh = "or --overwrite_output_dir" if overwrite else f"or delete its checkpoint-* folders and {RUN_FILE}"
         if read_run_record(output_dir) is None:
             logger.warning(f"{output_dir} holds a run but no {RUN_FILE}: the run's settings cannot be checked.")
         else:
-            check_run_record(output_dir, self._fingerprint(), "output_dir")
+            check_run_record(output_dir, self._fingerprint(), "output_dir", afresh)
         finished = finished_run(output_dir)
         if finished is not None:
+            if not overwrite:
+                afresh = f"or delete its checkpoint-* folders, {TRAINER_STATE_NAME} and {RUN_FILE}"
             raise ValueError(
                 f"output_dir {output_dir} holds a finished run (step {finished[0]} of {finished[1]}): nothing to "
-                f"resume. To train again, choose a new --output_dir (or delete its checkpoint-* folders, "
-                f"{TRAINER_STATE_NAME} and {RUN_FILE} to start afresh there)."
+                f"resume. To train again, choose a new --output_dir ({afresh} to start afresh there)."
             )
 
     def _fingerprint(self) -> dict[str, Any]:
