@@ -18,6 +18,7 @@ import shutil
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -446,3 +447,29 @@ def test_overwrite_output_dir_deletes_the_other_run_and_trains_afresh(tmp_path, 
     assert sorted(p.name for p in out.glob("checkpoint-*")) == ["checkpoint-2", "checkpoint-4"]  # 6 and 8 deleted
     assert json.loads((out / RUN_FILE).read_text())["distillation"]["beta"] == 0.0
     assert json.loads((out / "trainer_state.json").read_text())["global_step"] == 4
+
+
+def test_two_runs_into_one_folder(tmp_path, teacher_dir, capfd):
+    """D1 end to end: while a run trains, a second one into its folder is refused naming it; once the first is
+    killed, its lock is taken over."""
+    out = tmp_path / "out"
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1] / "src"), "HF_HUB_OFFLINE": "1"}
+    first = subprocess.Popen(
+        [sys.executable, run_script.__file__, *run_args(teacher_dir, out), "--num_train_epochs", "500"],
+        env={**env, "OMP_NUM_THREADS": "1"},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        for _ in range(600):
+            if (out / LOCK_FILE).exists() or first.poll() is not None:
+                break
+            time.sleep(0.1)
+        with pytest.raises(BlockingIOError, match=rf"in use by another run \(pid {first.pid} on .*run\.py"):
+            run_script.main(run_args(teacher_dir, out))
+    finally:
+        first.kill()
+        first.wait()
+    run_script.main([*run_args(teacher_dir, out), "--overwrite_output_dir"])
+    assert f"taking over the lock of a run that is no longer alive (pid {first.pid}" in capfd.readouterr().err
+    assert (out / "model.safetensors").is_file() and not (out / LOCK_FILE).exists()
