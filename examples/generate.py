@@ -35,7 +35,7 @@ from dearkd_hf.inversion import (
     write_dataset,
 )
 from dearkd_hf.inversion.writer import GENERATION_CONFIG_FILE
-from dearkd_hf.output_folder import check_writable_folder
+from dearkd_hf.output_folder import check_writable_folder, output_folder_lock
 from dearkd_hf.sources import check_local_folder
 from dearkd_hf.teachers import load_teacher
 
@@ -70,11 +70,22 @@ def main(argv: list[str] | None = None) -> None:
     check_local_folder(script_args.teacher_model_name_or_path, "--teacher_model_name_or_path")
     check_local_folder(script_args.student_model_name_or_path, "--student_model_name_or_path")
     check_writable_folder(script_args.output_dir)
-    repo_id = script_args.hub_model_id or os.path.basename(os.path.abspath(script_args.output_dir))
     # Without cpu=True, processes started on a machine without GPUs would each believe they are alone.
     state = PartialState(cpu=not torch.cuda.is_available() or parse_flag_from_env("ACCELERATE_USE_CPU"))
     if script_args.push_to_hub and state.is_main_process:
-        check_hub_repository(repo_id)
+        check_hub_repository(hub_repository(script_args))
+    # One run per output folder, from before anything is written there until the last file is.
+    with output_folder_lock(script_args.output_dir, enabled=state.is_main_process):
+        generate(script_args, config, state)
+    state.destroy_process_group()
+
+
+def hub_repository(script_args: ScriptArguments) -> str:
+    """The dataset repository of --push_to_hub: --hub_model_id, else the output folder's name."""
+    return script_args.hub_model_id or os.path.basename(os.path.abspath(script_args.output_dir))
+
+
+def generate(script_args: ScriptArguments, config: InversionConfig, state: PartialState) -> None:
     generator = create_generator(
         load_teacher(script_args.teacher_model_name_or_path),
         config,
@@ -88,8 +99,7 @@ def main(argv: list[str] | None = None) -> None:
         save_samples(dataset, os.path.join(script_args.output_dir, "samples.png"), script_args.samples_per_class)
         save_generation_config(generator, script_args, state.num_processes)
         if script_args.push_to_hub:
-            dataset.push_to_hub(repo_id)
-    state.destroy_process_group()
+            dataset.push_to_hub(hub_repository(script_args))
 
 
 def check_hub_repository(repo_id: str) -> None:

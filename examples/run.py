@@ -38,6 +38,7 @@ from dearkd_hf import (
     Teacher,
     load_teacher,
 )
+from dearkd_hf.checkpoints import check_checkpoint_slots
 from dearkd_hf.cli import (
     check_config_overrides,
     explicit_argument_names,
@@ -56,7 +57,7 @@ from dearkd_hf.data import (
 )
 from dearkd_hf.evaluation import compute_accuracy_metrics
 from dearkd_hf.inversion.writer import GENERATION_CONFIG_FILE
-from dearkd_hf.output_folder import check_writable_folder
+from dearkd_hf.output_folder import check_writable_folder, output_folder_lock
 from dearkd_hf.recipes import apply_recipe
 from dearkd_hf.sources import check_local_folder, hub_lookup
 from dearkd_hf.transforms import with_transforms
@@ -120,6 +121,7 @@ def check_arguments(model_args: ModelArguments, training_args: DearKDConfig) -> 
     for flag in ("model_name_or_path", "init_from_vit", "image_processor_name"):
         check_local_folder(getattr(model_args, flag), f"--{flag}")
     check_writable_folder(training_args.output_dir)
+    check_checkpoint_slots(training_args.output_dir)
 
 
 def build_student(
@@ -220,6 +222,17 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     recipe_config = {}
     if data_args.recipe is not None:
         training_args, data_args, recipe_config = apply_recipe(data_args.recipe, training_args, data_args, explicit)
+    # One run per output folder, from before anything is written there until the last file is.
+    with output_folder_lock(training_args.output_dir, enabled=training_args.process_index == 0):
+        return train_and_save(model_args, data_args, training_args, recipe_config)
+
+
+def train_and_save(
+    model_args: ModelArguments,
+    data_args: DataTrainingArguments,
+    training_args: DearKDConfig,
+    recipe_config: dict[str, Any],
+) -> dict[str, float]:
     # Before the teacher, the student and the aligners are built, so that --seed fixes their initial weights too.
     set_seed(training_args.seed)
 
@@ -255,8 +268,10 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         recipe=data_args.recipe,
     )
     trainer.train_dataset, trainer.eval_dataset = dataset["train"], dataset["validation"]
+    trainer.run_data = data_args.training_fields()
     if model_args.log_attention_distance:
         trainer.add_callback(AttentionDistanceCallback(trainer))
+    trainer.check_output_folder()  # another run's checkpoints refused before any is looked at for resuming
 
     train_result = trainer.train(resume_from_checkpoint=resume_checkpoint(training_args, trainer.checkpoint_files))
     trainer.log_metrics("train", train_result.metrics)

@@ -36,7 +36,7 @@ from transformers import (
 )
 from transformers.modeling_outputs import ImageClassifierOutput
 
-from dearkd_hf.checkpoints import ExactResumeMixin
+from dearkd_hf.checkpoints import ExactResumeMixin, check_checkpoint_slots
 from dearkd_hf.cli import (
     check_config_overrides,
     parse_config_overrides,
@@ -45,6 +45,7 @@ from dearkd_hf.cli import (
     run_main,
 )
 from dearkd_hf.collators import EvaluationCollatorMixin
+from dearkd_hf.config import check_training_arguments
 from dearkd_hf.data import (
     DataTrainingArguments,
     infer_num_channels,
@@ -55,7 +56,8 @@ from dearkd_hf.data import (
 )
 from dearkd_hf.evaluation import compute_accuracy_metrics
 from dearkd_hf.finite import check_finite_loss, require_finite
-from dearkd_hf.output_folder import check_writable_folder
+from dearkd_hf.output_folder import check_writable_folder, output_folder_lock
+from dearkd_hf.run_folder import RunFolderMixin
 from dearkd_hf.sources import check_local_folder, hub_lookup
 from dearkd_hf.teachers import is_timm_model, timm_model_name
 from dearkd_hf.transforms import normalization_for, with_transforms
@@ -107,8 +109,9 @@ class TimmClassifier(nn.Module):
         return ImageClassifierOutput(loss=loss, logits=logits)
 
 
-class TeacherTrainer(ExactResumeMixin, EvaluationCollatorMixin, Trainer):
-    """The Trainer with two changes the data pipeline needs, and dearkd_hf's exact resume and non-finite loss stop.
+class TeacherTrainer(RunFolderMixin, ExactResumeMixin, EvaluationCollatorMixin, Trainer):
+    """The Trainer with two changes the data pipeline needs, and dearkd_hf's exact resume, one run per output folder
+    (lock, run fingerprint, finite saves) and non-finite loss stop.
 
     The loss is cross-entropy against hard labels or the soft (B, num_classes) targets of mixup/cutmix, which
     transformers' own loss would mistake for multi-label targets; and evaluation batches go through the training
@@ -218,9 +221,19 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     # The lazy transforms read the raw `image` column, which the Trainer would otherwise drop.
     training_args.remove_unused_columns = False
     require_finite(training_args, prefix="--")
+    check_training_arguments(training_args, prefix="--")
     if model_args.model_type is None:
         check_local_folder(model_args.model_name_or_path, "--model_name_or_path")
     check_writable_folder(training_args.output_dir)
+    check_checkpoint_slots(training_args.output_dir)
+    # One run per output folder, from before anything is written there until the last file is.
+    with output_folder_lock(training_args.output_dir, enabled=training_args.process_index == 0):
+        return train_and_save(model_args, data_args, training_args)
+
+
+def train_and_save(
+    model_args: TeacherModelArguments, data_args: DataTrainingArguments, training_args: TrainingArguments
+) -> dict[str, float]:
     set_seed(training_args.seed)  # before the model is built, so that --seed fixes its initial weights too
 
     dataset = load_image_datasets(data_args, seed=training_args.seed)
@@ -250,6 +263,8 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         compute_metrics=compute_accuracy_metrics,
         processing_class=processor,
     )
+    trainer.run_data = {**data_args.training_fields(), "image_size": image_size}
+    trainer.check_output_folder()  # another run's checkpoints refused before any is looked at for resuming
     train_result = trainer.train(resume_from_checkpoint=resume_checkpoint(training_args, trainer.checkpoint_files))
     save_teacher(trainer, model, training_args.output_dir, labels, mean, std, image_size)
     trainer.save_metrics("train", train_result.metrics)

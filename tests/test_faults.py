@@ -11,13 +11,30 @@ and checkpoint-4 an epoch boundary.
 
 from __future__ import annotations
 
+import ast
 import json
+import os
 import shutil
+import socket
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
 import torch
-from test_run_script import run_script, tiny_args, write_teacher
+from conftest import make_dataset, make_resnet_teacher, make_vit
+from datasets import Dataset, DatasetDict, load_from_disk
+from safetensors.torch import load_file, save_file
+from test_inversion_deepinversion import config as inversion_config
+from test_inversion_deepinversion import tiny_teacher
+from test_run_script import EMBEDDED, STUDENT, run_script, tiny_args, write_teacher
+from transformers import TrainerCallback
+
+from dearkd_hf import DearKDConfig, seeded_batches
+from dearkd_hf.inversion import DeepInversionGenerator, write_dataset
+from dearkd_hf.output_folder import LOCK_FILE, RUN_FILE, OutputFolderLock
+from dearkd_hf.trainer import DearKDTrainer
 
 SAVED = [
     "aligners.safetensors",
@@ -63,6 +80,7 @@ MOMENTS = {
     "writing-optimizer-4": (2, lambda f: written_up_to(f, "optimizer.pt", True), "no trainer_state.json"),
     "before-state-4": (2, lambda f: written_up_to(f, "rng_state.pth", False), "no trainer_state.json"),
     "writing-state-4": (2, lambda f: written_up_to(f, "trainer_state.json", True), "not valid JSON"),
+    "empty-state-4": (2, lambda f: (f / "trainer_state.json").write_text("{}"), "trainer_state.json has no global_s"),
 }
 
 
@@ -111,3 +129,347 @@ def test_rerun_after_a_kill_ends_as_the_uninterrupted_run(tmp_path, teacher_dir,
     expected_weights, expected_metrics = final_result(uninterrupted)
     assert metrics == expected_metrics
     assert weights == expected_weights  # bit for bit
+
+
+# ---- what a re-run assumes about its output folder (issue 25) ----
+
+
+def copy_run(source: Path, out: Path, finished: bool = False) -> None:
+    """The checkpoints and run record of `source` (a run killed after its last checkpoint), or all of it."""
+    if finished:
+        shutil.copytree(source, out)
+        return
+    out.mkdir()
+    for path in source.iterdir():
+        if path.name.startswith("checkpoint-") or path.name == RUN_FILE:
+            (shutil.copytree if path.is_dir() else shutil.copy)(path, out / path.name)
+
+
+@pytest.fixture
+def sleeper():
+    """A live process of this host that is not this one."""
+    process = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"])
+    yield process
+    process.kill()
+    process.wait()
+
+
+def write_lock(out: Path, pid: int, host: str) -> None:
+    out.mkdir(exist_ok=True)
+    (out / LOCK_FILE).write_text(json.dumps({"pid": pid, "host": host, "since": "2026-01-01T00:00:00+00:00"}))
+
+
+def test_a_second_run_in_a_folder_in_use_is_refused(tmp_path, teacher_dir, sleeper):
+    out = tmp_path / "out"
+    write_lock(out, sleeper.pid, socket.gethostname())
+    with pytest.raises(BlockingIOError, match=rf"in use by another run \(pid {sleeper.pid} on .*since 2026-01-01"):
+        run_script.main(run_args(teacher_dir, out))
+    assert sorted(p.name for p in out.iterdir()) == [LOCK_FILE]  # nothing written, the other run's lock kept
+
+
+def test_a_lock_of_another_host_or_of_this_process_is_not_taken_over(tmp_path):
+    write_lock(tmp_path, os.getpid(), "another-host")
+    with pytest.raises(BlockingIOError, match="another-host"):
+        OutputFolderLock(tmp_path).acquire()
+    write_lock(tmp_path, os.getpid(), socket.gethostname())  # ours, but not taken through OutputFolderLock
+    with pytest.raises(BlockingIOError, match=f"pid {os.getpid()}"):
+        OutputFolderLock(tmp_path).acquire()
+
+
+def test_a_stale_lock_is_taken_over_and_released(tmp_path, capsys):
+    process = subprocess.Popen([sys.executable, "-c", "pass"])
+    process.wait()  # dead, reaped: its pid is free
+    write_lock(tmp_path, process.pid, socket.gethostname())
+    with OutputFolderLock(tmp_path):
+        assert json.loads((tmp_path / LOCK_FILE).read_text())["pid"] == os.getpid()
+        with OutputFolderLock(tmp_path):  # the trainer inside the script: taken again, not refused
+            pass
+        assert (tmp_path / LOCK_FILE).exists()
+    assert not (tmp_path / LOCK_FILE).exists()
+    assert f"taking over the lock of a run that is no longer alive (pid {process.pid}" in capsys.readouterr().err
+
+
+def test_the_trainer_holds_the_lock_while_training(tmp_path, teacher_dir, monkeypatch):
+    held = []
+    real_step = DearKDTrainer.training_step
+
+    def spy_step(self, *args, **kwargs):
+        held.append(json.loads((Path(self.args.output_dir) / LOCK_FILE).read_text())["pid"])
+        return real_step(self, *args, **kwargs)
+
+    monkeypatch.setattr(DearKDTrainer, "training_step", spy_step)
+    out = tmp_path / "out"
+    run_script.main([*tiny_args(teacher_dir, out, epochs=1), "--max_steps", "1", "--save_strategy", "no"])
+    assert held == [os.getpid()] and not (out / LOCK_FILE).exists()
+
+
+CHANGED = {
+    "beta": (["--beta", "0"], r"distillation\.beta \(1\.0 there, 0\.0 now\)"),
+    "alpha-beta": (["--alpha", "0.9", "--beta", "0.25"], r"2 differ: distillation\.alpha .*distillation\.beta"),
+    "epochs": (["--num_train_epochs", "4"], r"schedule\.num_train_epochs \(2\.0 there, 4\.0 now\)"),
+    "hidden-size": (["--config_overrides", STUDENT.replace("hidden_size=32", "hidden_size=64")], r"model\.hidden_si"),
+    "data": (["--train_fraction", "0.5"], r"data\.train_fraction \(1\.0 there, 0\.5 now\)"),
+}
+
+
+@pytest.mark.parametrize("change", list(CHANGED))
+@pytest.mark.parametrize("finished", [False, True], ids=["killed", "finished"])
+def test_a_rerun_with_other_settings_is_refused(tmp_path, teacher_dir, uninterrupted, change, finished):
+    """D2/S1: another run's checkpoints are neither skipped and overwritten nor resumed; the fields are listed."""
+    out = tmp_path / "out"
+    copy_run(uninterrupted, out, finished)
+    before = {str(p.relative_to(out)): p.stat().st_mtime_ns for p in out.rglob("*")}
+    extra, differs = CHANGED[change]
+    with pytest.raises(ValueError, match=rf"holds a run made with other settings \(.*{differs}.*Re-run with"):
+        run_script.main([*run_args(teacher_dir, out), *extra])
+    assert {str(p.relative_to(out)): p.stat().st_mtime_ns for p in out.rglob("*")} == before
+
+
+def test_a_teacher_retrained_in_place_is_another_run(tmp_path, teacher_dir, uninterrupted):
+    teacher = tmp_path / "teacher"
+    shutil.copytree(teacher_dir, teacher)
+    weights = load_file(teacher / "model.safetensors")
+    name = next(iter(weights))
+    weights[name] = weights[name] + 1
+    save_file(weights, teacher / "model.safetensors")
+    out = tmp_path / "out"
+    copy_run(uninterrupted, out)
+    with pytest.raises(ValueError, match=r"teacher\.weights_sha256 \("):
+        run_script.main(run_args(str(teacher), out))
+
+
+def test_a_finished_run_is_reported_not_resumed(tmp_path, teacher_dir, uninterrupted):
+    out = tmp_path / "out"
+    copy_run(uninterrupted, out, finished=True)
+    with pytest.raises(ValueError, match=r"holds a finished run \(step 8 of 8\): nothing to resume. To train again"):
+        run_script.main(run_args(teacher_dir, out))
+
+
+def test_weights_that_are_not_finite_are_never_saved(tmp_path, teacher_dir):
+    """S2: a learning rate that sends the weights to inf at step 1 stops the run before checkpoint-1 is written."""
+    out = tmp_path / "out"
+    args = [*run_args(teacher_dir, out), "--learning_rate", "1e38", "--save_steps", "1"]
+    with pytest.raises(FloatingPointError, match=r"Training step 1: the model's weights are not finite .*No finite"):
+        run_script.main(args)
+    assert not (out / "checkpoint-1").exists() and not (out / "model.safetensors").exists()
+
+
+class PoisonAt(TrainerCallback):
+    """Sets one weight to inf at the end of step `step` (after its optimizer step, before its checkpoint)."""
+
+    def __init__(self, step: int):
+        self.step = step
+
+    def on_step_end(self, args, state, control, model=None, **kwargs):
+        if state.global_step == self.step:
+            with torch.no_grad():
+                next(model.parameters()).view(-1)[0] = float("inf")
+
+
+def test_a_non_finite_model_stops_the_run_naming_the_last_finite_checkpoint(tmp_path):
+    args = DearKDConfig(
+        output_dir=str(tmp_path), max_steps=4, per_device_train_batch_size=8, save_strategy="steps", save_steps=1,
+        report_to="none", use_cpu=True, dataloader_num_workers=0,
+    )  # fmt: skip
+    trainer = DearKDTrainer(
+        make_vit(), make_resnet_teacher(), args, train_dataset=make_dataset(), callbacks=[PoisonAt(2)]
+    )
+    with pytest.raises(
+        FloatingPointError, match=rf"Training step 2: .*The last finite checkpoint is {tmp_path}/checkp"
+    ):
+        trainer.train()
+    assert sorted(p.name for p in tmp_path.glob("checkpoint-*")) == ["checkpoint-1"]
+    with pytest.raises(FloatingPointError, match="Training step 2: the model's weights are not finite"):
+        trainer.save_model()
+
+
+def test_generation_refuses_a_teacher_retrained_in_place(tmp_path):
+    """S4: same teacher source, other weights: the shards of the first teacher are not mixed with the second's."""
+    write_dataset(DeepInversionGenerator(tiny_teacher(seed=0), inversion_config()), str(tmp_path), 6, progress=False)
+    retrained = tiny_teacher(seed=1)
+    assert retrained.source == tiny_teacher(seed=0).source
+    with pytest.raises(ValueError, match=r"different configuration \(teacher_weights_sha256: '[0-9a-f]{64}' there"):
+        write_dataset(DeepInversionGenerator(retrained, inversion_config()), str(tmp_path), 12, progress=False)
+
+
+@pytest.fixture(scope="module")
+def unlabelled_dataset(tmp_path_factory) -> str:
+    """The embedded subset with one training example marked unlabelled (-1, as `datasets` does)."""
+    embedded = load_from_disk(str(EMBEDDED))
+    train = embedded["train"].select(range(64))
+    labels = [-1, *train["label"][1:]]
+    train = Dataset.from_dict({"image": train["image"], "label": labels}, features=train.features)
+    folder = tmp_path_factory.mktemp("unlabelled") / "data"
+    DatasetDict({"train": train, "test": embedded["test"].select(range(32))}).save_to_disk(folder)
+    return str(folder)
+
+
+def truncated_copy(folder: str, into: Path) -> str:
+    shutil.copytree(folder, into)
+    cut(into / "model.safetensors")
+    return str(into)
+
+
+# The crashes of the audit: each now one line naming the flag or file, before training.
+CRASHES = {
+    "epochs-0": (["--num_train_epochs", "0"], ValueError, r"num_train_epochs=0.0 trains nothing"),
+    "epochs-negative": (["--num_train_epochs", "-1"], ValueError, r"num_train_epochs=-1.0 trains nothing"),
+    "lr-negative": (["--learning_rate", "-1"], ValueError, r"learning_rate=-1.0 must be > 0"),
+    "lr-zero": (["--learning_rate", "0"], ValueError, r"learning_rate=0.0 must be > 0"),
+    "grad-norm-negative": (["--max_grad_norm", "-1"], ValueError, r"max_grad_norm=-1.0 must be >= 0"),
+    "image-size-0": (["--image_size", "0"], ValueError, r"--image_size must be >= 1"),
+    "label-minus-1": (
+        ["--dataset_name", "UNLABELLED"],
+        ValueError,
+        r"train split has labels \[-1\] outside \[0, 10\)",
+    ),
+    "truncated-teacher": (
+        ["--teacher_model_name_or_path", "CUT_TEACHER"],
+        ValueError,
+        r"--teacher_model_name_or_path .*teacher_cut: its model.safetensors is truncated",
+    ),
+    "truncated-student": (
+        ["--model_name_or_path", "CUT_STUDENT", "--config_overrides", None],
+        ValueError,
+        r"--model_name_or_path .*student_cut: its model.safetensors is truncated",
+    ),
+    "file-as-checkpoint": (
+        ["CHECKPOINT_FILE"],
+        NotADirectoryError,
+        r"checkpoint-6 is a file, not a checkpoint folder",
+    ),
+}
+
+
+@pytest.mark.parametrize("crash", list(CRASHES))
+def test_bad_input_of_the_audit_fails_with_one_line_before_training(
+    tmp_path, teacher_dir, uninterrupted, unlabelled_dataset, crash, monkeypatch
+):
+    extra, error, message = CRASHES[crash]
+    out = tmp_path / "out"
+    replace = {
+        "UNLABELLED": unlabelled_dataset,
+        "CUT_TEACHER": lambda: truncated_copy(teacher_dir, tmp_path / "teacher_cut"),
+        "CUT_STUDENT": lambda: truncated_copy(str(uninterrupted), tmp_path / "student_cut"),
+    }
+    args = run_args(teacher_dir, out)
+    for flag, value in zip(extra[::2], extra[1::2], strict=False):
+        index = args.index(flag) if flag in args else None
+        if value is None:  # the flag removed
+            del args[index : index + 2]
+            continue
+        value = replace.get(value, value)
+        value = value() if callable(value) else value
+        if index is None:
+            args += [flag, value]
+        else:
+            args[index + 1] = value
+    if extra == ["CHECKPOINT_FILE"]:
+        out.mkdir()
+        (out / "checkpoint-6").write_text("not a checkpoint")
+    steps = []
+    monkeypatch.setattr(DearKDTrainer, "training_step", lambda *a, **k: steps.append(1))
+    with pytest.raises(error, match=message):
+        run_script.main(args)
+    assert not steps
+
+
+def test_persistent_loader_workers_resume_mid_epoch_bit_identically(tmp_path, teacher_dir):
+    """Workers kept alive across epochs see each new epoch (the batch's augmentation seed holds it), so a re-run
+    after a kill in the middle of the second epoch ends as the uninterrupted run."""
+    workers = ["--dataloader_num_workers", "2", "--dataloader_persistent_workers", "True"]
+    whole = tmp_path / "whole"
+    run_script.main([*run_args(teacher_dir, whole), *workers])
+
+    resumed = tmp_path / "resumed"
+    copy_run(whole, resumed)
+    shutil.rmtree(resumed / "checkpoint-8")  # killed after checkpoint-6, mid-epoch
+    run_script.main([*run_args(teacher_dir, resumed), *workers])
+    assert final_result(resumed) == final_result(whole)
+
+
+def test_batches_are_seeded_with_the_epoch_they_belong_to(tmp_path, monkeypatch):
+    """The epoch in a batch's augmentation seed is the training's (the trainer replaces its state object when
+    training starts or resumes), and a resumed run seeds the rest of its epoch as the uninterrupted one did."""
+    seeded = []
+    real_sha256 = seeded_batches.hashlib.sha256
+
+    def spy(data=b"", *args, **kwargs):
+        if data.startswith(b"(0, "):  # repr((seed, epoch, indices)) of the batches, seed 0
+            seed, epoch, indices = ast.literal_eval(data.decode())
+            seeded.append((epoch, tuple(indices)))
+        return real_sha256(data, *args, **kwargs)
+
+    monkeypatch.setattr(seeded_batches.hashlib, "sha256", spy)
+
+    def trainer(**overrides) -> DearKDTrainer:
+        args = DearKDConfig(
+            output_dir=str(tmp_path), num_train_epochs=2, per_device_train_batch_size=8, save_strategy="steps",
+            save_steps=6, report_to="none", use_cpu=True, dataloader_num_workers=0, seed=0, **overrides,
+        )  # fmt: skip
+        return DearKDTrainer(make_vit(), make_resnet_teacher(), args, train_dataset=make_dataset())
+
+    trainer().train()
+    whole = list(seeded)
+    assert [epoch for epoch, _ in whole] == [0] * 4 + [1] * 4  # 32 examples, batches of 8
+    seeded.clear()
+    trainer().train(resume_from_checkpoint=str(tmp_path / "checkpoint-6"))
+    assert seeded == whole[6:]
+
+
+def test_the_trainer_itself_refuses_another_runs_folder(tmp_path):
+    """trainer.train() checks the folder too: checkpoints, or a saved model alone, of a run with other settings."""
+
+    def trainer(folder: Path, **overrides) -> DearKDTrainer:
+        args = DearKDConfig(
+            output_dir=str(folder), max_steps=2, per_device_train_batch_size=8, report_to="none", use_cpu=True,
+            dataloader_num_workers=0, **overrides,
+        )  # fmt: skip
+        return DearKDTrainer(make_vit(), make_resnet_teacher(), args, train_dataset=make_dataset())
+
+    trainer(tmp_path / "checkpoints", save_strategy="steps", save_steps=1).train()
+    saved = trainer(tmp_path / "model", save_strategy="no")
+    saved.train()
+    saved.save_model()
+    for folder in ("checkpoints", "model"):
+        with pytest.raises(ValueError, match=r"other settings \(1 differ: distillation\.alpha \(0\.5 there, 0\.9 now"):
+            trainer(tmp_path / folder, alpha=0.9, save_strategy="no").train()
+
+
+def test_overwrite_output_dir_deletes_the_other_run_and_trains_afresh(tmp_path, teacher_dir, uninterrupted, caplog):
+    out = tmp_path / "out"
+    copy_run(uninterrupted, out, finished=True)
+    with pytest.raises(ValueError, match=r"finished run .*new --output_dir \(or --overwrite_output_dir to start"):
+        run_script.main(run_args(teacher_dir, out))
+    with caplog.at_level("WARNING"):
+        run_script.main([*run_args(teacher_dir, out), "--beta", "0", "--max_steps", "4", "--overwrite_output_dir"])
+    assert "overwrite_output_dir: deleted the run in" in caplog.text and "Resuming" not in caplog.text
+    assert sorted(p.name for p in out.glob("checkpoint-*")) == ["checkpoint-2", "checkpoint-4"]  # 6 and 8 deleted
+    assert json.loads((out / RUN_FILE).read_text())["distillation"]["beta"] == 0.0
+    assert json.loads((out / "trainer_state.json").read_text())["global_step"] == 4
+
+
+def test_two_runs_into_one_folder(tmp_path, teacher_dir, capfd):
+    """D1 end to end: while a run trains, a second one into its folder is refused naming it; once the first is
+    killed, its lock is taken over."""
+    out = tmp_path / "out"
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1] / "src"), "HF_HUB_OFFLINE": "1"}
+    first = subprocess.Popen(
+        [sys.executable, run_script.__file__, *run_args(teacher_dir, out), "--num_train_epochs", "500"],
+        env={**env, "OMP_NUM_THREADS": "1"},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        for _ in range(600):
+            if (out / LOCK_FILE).exists() or first.poll() is not None:
+                break
+            time.sleep(0.1)
+        with pytest.raises(BlockingIOError, match=rf"in use by another run \(pid {first.pid} on .*run\.py"):
+            run_script.main(run_args(teacher_dir, out))
+    finally:
+        first.kill()
+        first.wait()
+    run_script.main([*run_args(teacher_dir, out), "--overwrite_output_dir"])
+    assert f"taking over the lock of a run that is no longer alive (pid {first.pid}" in capfd.readouterr().err
+    assert (out / "model.safetensors").is_file() and not (out / LOCK_FILE).exists()

@@ -9,8 +9,10 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+import shutil
 import subprocess
 import sys
+from concurrent.futures import Future
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -150,9 +152,12 @@ def test_yaml_config_file(tmp_path, teacher_dir):
 
 def test_rerun_into_same_output_dir_resumes_from_last_checkpoint(tmp_path, teacher_dir, monkeypatch):
     out = tmp_path / "out"
-    args = [*tiny_args(teacher_dir, out, epochs=1), "--save_strategy", "epoch", "--logging_steps", "1"]
+    args = [*tiny_args(teacher_dir, out, epochs=2), "--save_strategy", "epoch", "--logging_steps", "1"]
     run_script.main(args)
     assert (out / "checkpoint-4" / ALIGNERS_FILE).is_file()  # 64 examples / batch 16 = 4 steps per epoch
+    for path in out.iterdir():  # as if killed after the first epoch's checkpoint
+        if path.name not in ("checkpoint-4", "dearkd_run.json"):
+            shutil.rmtree(path) if path.is_dir() else path.unlink()
 
     loaded, steps = [], []
     load_from_checkpoint, training_step = DearKDTrainer._load_from_checkpoint, DearKDTrainer.training_step
@@ -167,7 +172,6 @@ def test_rerun_into_same_output_dir_resumes_from_last_checkpoint(tmp_path, teach
 
     monkeypatch.setattr(DearKDTrainer, "_load_from_checkpoint", spy_load)
     monkeypatch.setattr(DearKDTrainer, "training_step", spy_step)
-    args[args.index("--num_train_epochs") + 1] = "2"
     run_script.main(args)
 
     assert loaded == ["checkpoint-4"]
@@ -206,24 +210,45 @@ class FakeHubApi:
                     tensors[name] = list(f.keys())
         card = (folder / "README.md").read_text() if "README.md" in files else None
         self.uploads.append({"repo_id": repo_id, "files": files, "tensors": tensors, "card": card, **kwargs})
+        if kwargs.get("run_as_future"):  # the Trainer's pushes at each save wait on these
+            done = Future()
+            done.set_result(None)
+            return done
         return None
 
     def __getattr__(self, name):
         raise AssertionError(f"unexpected Hub call: hf_api().{name}")
 
 
-def test_push_to_hub_uploads_the_student_only(tmp_path, teacher_dir, monkeypatch):
+# Everything a push may send: the student as from_pretrained loads it (with its modeling code) and its card.
+STUDENT_UPLOAD = {
+    "model.safetensors",
+    "config.json",
+    "preprocessor_config.json",
+    "README.md",
+    "configuration_dearkd_vit.py",
+    "modeling_dearkd_vit.py",
+}
+
+
+@pytest.mark.parametrize(
+    "strategy", [["--save_strategy", "no"], ["--hub_strategy", "checkpoint", "--save_strategy", "steps"]]
+)
+def test_push_to_hub_uploads_the_student_only(tmp_path, teacher_dir, monkeypatch, strategy):
+    """S6: no training_args.bin, trainer_state.json, results, runs/, and from a checkpoint (hub_strategy
+    checkpoint) no aligners, optimizer, scheduler or random state: the student's files and card alone."""
     hub = FakeHubApi()
     monkeypatch.setattr("transformers.trainer.hf_api", lambda: hub)
     out = tmp_path / "out"
     run_script.main(
-        [*tiny_args(teacher_dir, out), "--push_to_hub", "--hub_model_id", "me/dearkd-tiny", "--save_strategy", "no"]
+        [*tiny_args(teacher_dir, out), "--push_to_hub", "--hub_model_id", "me/dearkd-tiny", "--save_steps", "4"]
+        + ["--report_to", "tensorboard", *strategy]
     )
 
     assert hub.repos == ["me/dearkd-tiny"]
     assert hub.uploads and all(upload["repo_id"] == "me/dearkd-tiny" for upload in hub.uploads)
     final = hub.uploads[-1]
-    assert {"model.safetensors", "config.json", "preprocessor_config.json", "README.md"} <= set(final["files"])
+    assert set(final["files"]) == STUDENT_UPLOAD
     assert (
         f"local folder `{Path(teacher_dir).name}`" in final["card"]
         and "DearKD" in final["card"]
@@ -231,12 +256,13 @@ def test_push_to_hub_uploads_the_student_only(tmp_path, teacher_dir, monkeypatch
     )
     assert teacher_dir not in final["card"] and 'model="me/dearkd-tiny", trust_remote_code=True' in final["card"]
     for upload in hub.uploads:
-        names = [os.path.basename(f) for f in upload["files"]]
-        assert ALIGNERS_FILE not in names and not [f for f in upload["files"] if f.startswith("checkpoint-")]
-        assert not [n for n in names if n.endswith((".pt", ".pth", ".ckpt"))]  # no optimizer/teacher pickles
+        assert set(upload["files"]) <= STUDENT_UPLOAD, upload.get("path_in_repo")
         for name, keys in upload["tensors"].items():
             assert keys and not foreign_keys(keys), name
     assert "model.safetensors" in final["tensors"]
+    if "checkpoint" in strategy:
+        pushed = [upload for upload in hub.uploads if upload.get("path_in_repo") == "last-checkpoint"]
+        assert len(pushed) == 2 and all(set(upload["files"]) == STUDENT_UPLOAD - {"README.md"} for upload in pushed)
 
 
 BAD_INPUT = {

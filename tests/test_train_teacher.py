@@ -3,6 +3,7 @@
 import importlib.util
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -47,7 +48,8 @@ def eval_accuracy(output_dir: Path) -> float:
 @pytest.mark.slow
 def test_timm_teacher_saves_a_timm_folder_and_resumes(tmp_path):
     out = tmp_path / "timm_teacher"
-    run_script("--model_name_or_path", "test_resnet", "--output_dir", str(out), *tiny_run())
+    args = ["--model_name_or_path", "test_resnet", "--output_dir", str(out), *tiny_run(2), "--save_strategy", "epoch"]
+    run_script(*args)
     assert (out / "model.safetensors").is_file()
     assert 0.0 <= eval_accuracy(out) <= 1.0
     model = timm.create_model(f"local-dir:{out}", pretrained=True)
@@ -56,8 +58,11 @@ def test_timm_teacher_saves_a_timm_folder_and_resumes(tmp_path):
     assert tuple(model.pretrained_cfg["input_size"]) == (1, 28, 28)
     assert model(torch.zeros(2, 1, 28, 28)).shape == (2, 10)
 
-    result = run_script("--model_name_or_path", "test_resnet", "--output_dir", str(out), *tiny_run(epochs=2))
-    assert "Resuming from" in result.stderr + result.stdout
+    for path in out.iterdir():  # as if killed after the first epoch's checkpoint
+        if path.name not in ("checkpoint-4", "dearkd_run.json"):
+            shutil.rmtree(path) if path.is_dir() else path.unlink()
+    result = run_script(*args)
+    assert f"Resuming from {out / 'checkpoint-4'}" in result.stderr + result.stdout
     assert json.loads((out / "trainer_state.json").read_text())["global_step"] == 8
 
 

@@ -13,15 +13,17 @@ import json
 import logging
 import os
 import re
-import struct
+import shutil
 import zipfile
 from collections.abc import Sequence
 from typing import Any
 
 import torch
+from transformers import TrainerCallback
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
 from .seeded_batches import SeededBatches
+from .sources import safetensors_problem
 
 logger = logging.getLogger(__name__)
 
@@ -52,15 +54,17 @@ def checkpoint_problem(folder: str, required_files: Sequence[str] = ()) -> str |
         return f"it has no {TRAINER_STATE_NAME} (the run was killed while writing it)"
     try:
         with open(os.path.join(folder, TRAINER_STATE_NAME), encoding="utf-8") as f:
-            json.load(f)
+            state = json.load(f)
     except (ValueError, UnicodeDecodeError) as error:
         return f"its {TRAINER_STATE_NAME} is not valid JSON ({error})"
-    if not any(_WEIGHTS.match(name) for name in names):
+    if not isinstance(state, dict) or not isinstance(state.get("global_step"), int):
+        return f"its {TRAINER_STATE_NAME} has no global_step (it is not a Trainer's state)"
+    if not holds_weights(folder):
         return "it holds no model weights"
     for name in sorted(names):
         path = os.path.join(folder, name)
         if name.endswith(".safetensors"):
-            problem = _safetensors_problem(path)
+            problem = safetensors_problem(path)
         elif name.endswith((".pt", ".pth", ".bin")) and os.path.isfile(path):
             problem = None if zipfile.is_zipfile(path) else "is not a whole torch archive"
         else:
@@ -70,20 +74,14 @@ def checkpoint_problem(folder: str, required_files: Sequence[str] = ()) -> str |
     return None
 
 
-def _safetensors_problem(path: str) -> str | None:
-    """None when the file's length is exactly what its header announces (a truncated write is shorter)."""
-    size = os.path.getsize(path)
-    try:
-        with open(path, "rb") as f:
-            (header_size,) = struct.unpack("<Q", f.read(8))
-            if header_size > size:
-                return "is truncated"
-            header = json.loads(f.read(header_size))
-    except (struct.error, ValueError, UnicodeDecodeError):
-        return "has no readable header (truncated)"
-    ends = [entry["data_offsets"][1] for key, entry in header.items() if key != "__metadata__"]
-    expected = 8 + header_size + max(ends, default=0)
-    return None if size == expected else f"is truncated ({size} of {expected} bytes)"
+def check_checkpoint_slots(output_dir: str, flag: str = "--output_dir") -> None:
+    """Refuse a file where a ``checkpoint-N`` folder would be saved: the run would fail only when it reaches step N."""
+    for path in checkpoint_folders(output_dir):
+        if not os.path.isdir(path):
+            raise NotADirectoryError(
+                f"{flag} {output_dir}: {os.path.basename(path)} is a file, not a checkpoint folder, and a checkpoint "
+                "would be saved there; move or delete it."
+            )
 
 
 def checkpoint_folders(output_dir: str) -> list[str]:
@@ -107,6 +105,17 @@ def last_complete_checkpoint(output_dir: str, required_files: Sequence[str] = ()
     return None
 
 
+class _SyncEpoch(TrainerCallback):
+    """Tells the training batches' seeding each new epoch, before the epoch's batches are requested. From the
+    callback's ``state``: the trainer replaces its state object when training starts and when it resumes."""
+
+    batches: SeededBatches | None = None
+
+    def on_epoch_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        if self.batches is not None:
+            self.batches.set_epoch(state.epoch)
+
+
 class ExactResumeMixin:
     """Put before ``transformers.Trainer`` in a trainer's bases: resuming skips partial checkpoints and is exact.
 
@@ -116,7 +125,8 @@ class ExactResumeMixin:
     the first resumed batch was drawn, in the uninterrupted run, from a random state that no checkpoint holds. Here
     each training batch is transformed and collated under random generators seeded by ``(seed, epoch, its example
     indices)`` and the global generators are put back afterwards, so a batch's augmentation never depends on when
-    it is fetched and the training's own random state is untouched by data loading.
+    it is fetched and the training's own random state is untouched by data loading; loader workers, persistent
+    ones included, are told each new epoch.
     """
 
     # Files a complete checkpoint of this trainer must hold besides the Trainer's own (see `checkpoint_problem`).
@@ -142,9 +152,59 @@ class ExactResumeMixin:
         dataset, collator = self.train_dataset, self.data_collator
         if isinstance(dataset, torch.utils.data.IterableDataset) or not hasattr(dataset, "__len__"):
             return super().get_train_dataloader()
-        batches = SeededBatches(self.args.seed, self.state)
+        batches = SeededBatches(self.args.seed)
+        sync = next((c for c in self.callback_handler.callbacks if isinstance(c, _SyncEpoch)), None)
+        if sync is None:
+            sync = _SyncEpoch()
+            self.add_callback(sync)
+        sync.batches = batches
         self.train_dataset, self.data_collator = batches.dataset(dataset), batches.collator(collator)
         try:
             return super().get_train_dataloader()
         finally:
             self.train_dataset, self.data_collator = dataset, collator
+
+
+def holds_weights(folder: str) -> bool:
+    """Whether ``folder`` holds a model's weights (a checkpoint's, or a saved model's)."""
+    return os.path.isdir(folder) and any(_WEIGHTS.match(name) for name in os.listdir(folder))
+
+
+def clear_run(output_dir: str, extra_files: Sequence[str] = ()) -> list[str]:
+    """Delete the run in ``output_dir``: its ``checkpoint-N`` folders, ``trainer_state.json``, saved weights and
+    ``extra_files``. Returns the names deleted."""
+    deleted = []
+    for folder in checkpoint_folders(output_dir):
+        shutil.rmtree(folder)
+        deleted.append(os.path.basename(folder))
+    for name in sorted(os.listdir(output_dir)) if os.path.isdir(output_dir) else []:
+        if name == TRAINER_STATE_NAME or name in extra_files or _WEIGHTS.match(name):
+            path = os.path.join(output_dir, name)
+            shutil.rmtree(path) if os.path.isdir(path) else os.remove(path)
+            deleted.append(name)
+    return deleted
+
+
+def finished_run(output_dir: str) -> tuple[int, int] | None:
+    """``(global_step, max_steps)`` when ``output_dir`` holds a finished run, else None.
+
+    Finished: the final model is saved in ``output_dir`` itself and the ``trainer_state.json`` saved there after
+    training (``Trainer.save_state``) reached its last step. A run killed after its last checkpoint but before the
+    final save is not finished: resuming it completes it.
+    """
+    state = _read_state(os.path.join(output_dir, TRAINER_STATE_NAME))
+    if state is None or not holds_weights(output_dir):
+        return None
+    step, max_steps = state.get("global_step"), state.get("max_steps")
+    if isinstance(step, int) and isinstance(max_steps, int) and 0 < max_steps <= step:
+        return step, max_steps
+    return None
+
+
+def _read_state(path: str) -> dict | None:
+    try:
+        with open(path, encoding="utf-8") as f:
+            state = json.load(f)
+    except (OSError, ValueError, UnicodeDecodeError):
+        return None
+    return state if isinstance(state, dict) else None

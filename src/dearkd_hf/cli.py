@@ -197,8 +197,7 @@ def explicit_argument_names(argv: Sequence[str]) -> set[str]:
 
 def default_num_workers(cpu_count: int | None, num_processes: int = 1, cuda: bool = True) -> int:
     """Loader workers per training process: on CUDA the CPUs left beside the processes themselves, at most
-    ``MAX_DEFAULT_WORKERS``; on CPU none, since the training step itself uses the cores (and a run without workers
-    resumes bit-identically mid-epoch)."""
+    ``MAX_DEFAULT_WORKERS``; on CPU none, since the training step itself uses the cores."""
     if not cuda:
         return 0
     spare = (cpu_count or 1) // max(1, num_processes) - 1

@@ -72,6 +72,10 @@ class DearKDConfig(TrainingArguments):
             are not the model's arguments.
         ddp_find_unused_parameters (`bool` or `None`, *optional*, defaults to `True`):
             `True` because the aligners take no part in stage 2, which DDP must be told about.
+        overwrite_output_dir (`bool`, *optional*, defaults to `False`):
+            Delete the run already in `output_dir` (its `checkpoint-*` folders, `dearkd_run.json`,
+            `trainer_state.json` and saved weights) when training starts, and train afresh: the way to reuse a folder
+            for a run with other settings, or to train a finished run again.
     """
 
     teacher_model_name_or_path: str | None = field(
@@ -138,6 +142,13 @@ class DearKDConfig(TrainingArguments):
         default=True,
         metadata={"help": "Passed to DDP; True because the aligners are unused in stage 2."},
     )
+    overwrite_output_dir: bool = field(
+        default=False,
+        metadata={
+            "help": "Delete the run already in --output_dir (its checkpoint-* folders, dearkd_run.json, "
+            "trainer_state.json and saved weights) and train afresh, instead of resuming it or refusing another run."
+        },
+    )
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -145,6 +156,7 @@ class DearKDConfig(TrainingArguments):
 
     def _validate_dearkd_fields(self) -> None:
         require_finite(self)
+        check_training_arguments(self)
         if self.distillation_type not in DISTILLATION_TYPES:
             raise ValueError(
                 f"distillation_type={self.distillation_type!r} is not one of {DISTILLATION_TYPES}; pick one of them."
@@ -196,3 +208,19 @@ class DearKDConfig(TrainingArguments):
         if self.distillation_stop_epoch is not None:
             return float(self.distillation_stop_epoch)
         return self.distillation_stop_fraction * float(num_train_epochs)
+
+
+def check_training_arguments(args: TrainingArguments, prefix: str = "") -> None:
+    """The ``TrainingArguments`` that the Trainer would take silently (or fail on only after loading): a run with
+    no steps, a learning rate that is not positive, a negative clipping norm. ``prefix``: ``"--"`` for flags."""
+    if args.max_steps <= 0 and args.num_train_epochs <= 0:
+        raise ValueError(
+            f"{prefix}num_train_epochs={args.num_train_epochs} trains nothing: give a positive number of epochs "
+            f"(or {prefix}max_steps > 0)."
+        )
+    if args.learning_rate <= 0:
+        raise ValueError(f"{prefix}learning_rate={args.learning_rate} must be > 0; e.g. 5e-4.")
+    if args.max_grad_norm is not None and args.max_grad_norm < 0:
+        raise ValueError(
+            f"{prefix}max_grad_norm={args.max_grad_norm} must be >= 0 (the gradient-clipping norm; 0 turns it off)."
+        )

@@ -10,6 +10,7 @@ Datasets are transformed lazily (`with_transform`), so random augmentation is dr
 datasets still carry the raw `image` column that the transform reads: train with `remove_unused_columns=False`.
 """
 
+import dataclasses
 import logging
 import os
 from dataclasses import dataclass, field
@@ -99,6 +100,8 @@ class DataTrainingArguments:
 
     def __post_init__(self) -> None:
         require_finite(self, prefix="--")
+        if self.image_size is not None and self.image_size < 1:
+            raise ValueError(f"--image_size must be >= 1 (leave it unset for the model's own), got {self.image_size}.")
         for flag in ("max_train_samples", "max_eval_samples"):
             value = getattr(self, flag)
             if value is not None and value < 1:
@@ -112,6 +115,12 @@ class DataTrainingArguments:
         if not 0.0 <= self.label_smoothing < 1.0:
             raise ValueError(f"--label_smoothing must be in [0, 1), got {self.label_smoothing}.")
         get_recipe(self.recipe)  # an unknown name fails here, listing the known ones
+
+    def training_fields(self) -> dict[str, Any]:
+        """The flags that decide what a model trains on (a run fingerprint's data, see ``RunFolderMixin.run_data``);
+        evaluation-only ones are left out, so that a re-run may evaluate differently."""
+        evaluation_only = {"validation_dir", "eval_dataset_name", "max_eval_samples", "verify_images"}
+        return {k: v for k, v in dataclasses.asdict(self).items() if k not in evaluation_only}
 
 
 def default_dataset_path() -> str:
@@ -194,6 +203,19 @@ def _ensure_class_label(train: Dataset, evaluation: Dataset) -> tuple[Dataset, D
     return train.cast_column("label", class_label), evaluation.cast_column("label", class_label)
 
 
+def _check_label_range(dataset: Dataset, split: str, column: str) -> None:
+    """Every label a class id in [0, num_classes): -1 (``datasets``' mark of an unlabelled example) or a larger id
+    would fail in the loss at the first step."""
+    num_classes = dataset.features["label"].num_classes
+    outside = sorted(value for value in dataset.unique("label") if not 0 <= value < num_classes)
+    if outside:
+        raise ValueError(
+            f"The {split} split has labels {outside[:5]} outside [0, {num_classes}) in column '{column}' "
+            "(-1 marks an unlabelled example); drop those examples, or pass a labelled split or another "
+            "--label_column_name."
+        )
+
+
 def _eval_split(dataset: DatasetDict, source: str) -> str:
     """The name of the evaluation split, preferring `validation` over `test`."""
     for split in EVAL_SPLITS:
@@ -270,6 +292,8 @@ def load_image_datasets(data_args: DataTrainingArguments, seed: int) -> DatasetD
     else:
         train, evaluation = split_off_validation(train, data_args.train_val_split, seed)
     train, evaluation = _ensure_class_label(train, evaluation)
+    for split, part in (("train", train), ("evaluation", evaluation)):
+        _check_label_range(part, split, data_args.label_column_name)
     if data_args.verify_images:
         train, evaluation = drop_undecodable(train, "train"), drop_undecodable(evaluation, "validation")
 

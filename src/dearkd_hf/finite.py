@@ -1,12 +1,13 @@
 """Finite numbers only: a NaN/inf setting refused before any work, a non-finite loss stopped before the optimizer
-step. Each error names the argument or step at fault and what to do instead; the scripts and the library share them.
+step, weights that are not finite never saved. Each error names the argument or step at fault and what to do
+instead; the scripts and the library share them.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 import torch
@@ -47,3 +48,28 @@ def non_finite_error(where: str, loss: float, components: Mapping[str, float], w
     (what was kept and the fix)."""
     parts = ", ".join(f"{name}={value:.6g}" for name, value in components.items())
     return FloatingPointError(f"{where}: the loss is {loss} ({parts}), not a finite number. {what_now}")
+
+
+def largest_weight(tensors: Iterable[torch.Tensor]) -> float:
+    """The largest absolute value among the floating-point ``tensors``: inf or NaN when any is not finite.
+
+    One fused reduction (per-tensor max-norms stacked into one, grouped by device and dtype), and no overflow: a
+    max, unlike a sum of squares, is finite whenever every weight is.
+    """
+    floats = [t.detach() for t in tensors if isinstance(t, torch.Tensor) and t.is_floating_point()]
+    if not floats:
+        return 0.0
+    return float(torch.nn.utils.get_total_norm(floats, norm_type=math.inf))
+
+
+def non_finite_weights_error(step: int, largest: float, last_checkpoint: str | None) -> FloatingPointError:
+    """The one message for weights that are not finite at a save: nothing written, resume from ``last_checkpoint``."""
+    resume = (
+        f"The last finite checkpoint is {last_checkpoint}: resume from it"
+        if last_checkpoint is not None
+        else "No finite checkpoint was written before it: start afresh"
+    )
+    return FloatingPointError(
+        f"Training step {step}: the model's weights are not finite (largest |weight| = {largest}), so nothing was "
+        f"saved. {resume} with a lower --learning_rate (or gradient clipping, --max_grad_norm)."
+    )

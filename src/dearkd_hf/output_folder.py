@@ -1,9 +1,31 @@
-"""The output folder of a run: checked writable before any expensive work."""
+"""The output folder of a run: checked writable before any expensive work, held by one run at a time, and
+recording the settings its checkpoints were made with.
+
+- :func:`check_writable_folder`: a probe file, before any data or model is loaded.
+- :class:`OutputFolderLock`: ``dearkd.lock`` (pid, host, since, command), created exclusively before anything else
+  is written; a second run is refused naming the first, and a lock left by a dead process on this host is taken over.
+- :func:`check_run_record` / :func:`write_run_record`: ``dearkd_run.json``, the fingerprint of the run whose
+  checkpoints the folder holds (what a checkpoint means: model, teacher, knobs, schedule, data); a re-run whose
+  fingerprint differs is refused with the fields that differ.
+"""
 
 from __future__ import annotations
 
+import contextlib
+import datetime
+import json
 import os
+import socket
+import sys
 import tempfile
+import uuid
+from collections.abc import Mapping
+from typing import Any
+
+LOCK_FILE = "dearkd.lock"
+RUN_FILE = "dearkd_run.json"
+# The lock files this process holds, with how many times each was taken (a script and its trainer both take it).
+_HELD: dict[str, int] = {}
 
 
 def check_writable_folder(path: str, flag: str = "--output_dir") -> None:
@@ -26,3 +48,189 @@ def check_writable_folder(path: str, flag: str = "--output_dir") -> None:
         ) from None
     os.close(handle)
     os.remove(probe)
+
+
+class OutputFolderLock:
+    """An exclusive claim on an output folder: the file ``dearkd.lock`` in it, created with ``O_EXCL``.
+
+    ``acquire()`` creates the folder if needed and the lock file holding this process's pid, host, start time and
+    command; when the file exists and names a live process (or one on another host, which cannot be checked), it
+    raises ``BlockingIOError`` naming that run. A lock whose pid is dead on this host (a killed run) is taken over.
+    The same process may take it again (a script, then its trainer): ``release()`` removes the file at the last
+    release, and the folder too if this lock created it and it is still empty (a run refused before writing).
+    """
+
+    def __init__(self, folder: str, flag: str = "--output_dir"):
+        self.folder = os.path.abspath(os.path.expanduser(os.fspath(folder)))
+        self.path = os.path.join(self.folder, LOCK_FILE)
+        self.flag = flag
+        self._created_folder = False
+
+    def __enter__(self) -> OutputFolderLock:
+        self.acquire()
+        return self
+
+    def __exit__(self, *exc_info: Any) -> None:
+        self.release()
+
+    def acquire(self) -> None:
+        if _HELD.get(self.path):
+            _HELD[self.path] += 1
+            return
+        self._created_folder = not os.path.isdir(self.folder)
+        os.makedirs(self.folder, exist_ok=True)
+        record = {
+            "pid": os.getpid(),
+            "host": socket.gethostname(),
+            "since": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+            "command": " ".join([os.path.basename(sys.argv[0]), *sys.argv[1:]]) if sys.argv else "",
+        }
+        for _ in range(5):
+            try:
+                handle = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+            except FileExistsError:
+                holder = _read_json(self.path)
+                if holder is None and not os.path.exists(self.path):
+                    continue  # released meanwhile
+                if holder is not None and _is_stale(holder):
+                    self._take_over(holder)
+                    continue
+                self._refuse(holder)
+            with os.fdopen(handle, "w", encoding="utf-8") as f:
+                json.dump(record, f)
+            _HELD[self.path] = 1
+            return
+        self._refuse(_read_json(self.path))
+
+    def _take_over(self, stale: dict) -> None:
+        """Move the stale lock aside (one process wins the rename) and drop it; put back a lock that is not the
+        stale one (another process took over first)."""
+        aside = f"{self.path}.{uuid.uuid4().hex}.stale"
+        try:
+            os.rename(self.path, aside)
+        except FileNotFoundError:
+            return
+        if _read_json(aside) != stale:
+            with contextlib.suppress(OSError):
+                os.rename(aside, self.path)
+            return
+        os.remove(aside)
+        print(
+            f"{self.flag} {self.folder}: taking over the lock of a run that is no longer alive "
+            f"(pid {stale.get('pid')} on {stale.get('host')}, since {stale.get('since')}).",
+            file=sys.stderr,
+        )
+
+    def _refuse(self, holder: dict | None) -> None:
+        if holder is None:
+            raise BlockingIOError(
+                f"{self.flag} {self.folder}: its lock file {self.path} is unreadable; if no run uses this folder, "
+                "delete that file and re-run."
+            )
+        raise BlockingIOError(
+            f"{self.flag} {self.folder} is in use by another run (pid {holder.get('pid')} on "
+            f"{holder.get('host')}, since {holder.get('since')}: {holder.get('command', '?')}); wait for it to "
+            f"end or choose another {self.flag}. If that run is gone, delete {self.path}."
+        )
+
+    def release(self) -> None:
+        count = _HELD.get(self.path, 0)
+        if count > 1:
+            _HELD[self.path] = count - 1
+            return
+        _HELD.pop(self.path, None)
+        if count and (_read_json(self.path) or {}).get("pid") == os.getpid():
+            with contextlib.suppress(FileNotFoundError):
+                os.remove(self.path)
+        if self._created_folder:
+            with contextlib.suppress(OSError):
+                os.rmdir(self.folder)  # only if still empty
+
+
+def output_folder_lock(folder: str, flag: str = "--output_dir", enabled: bool = True):
+    """:class:`OutputFolderLock` as a context manager; a no-op when not ``enabled`` (a process that does not
+    write, e.g. every process but the main one)."""
+    return OutputFolderLock(folder, flag) if enabled else contextlib.nullcontext()
+
+
+def _is_stale(holder: Mapping[str, Any]) -> bool:
+    """A lock of a process that is dead on this host (another host's processes cannot be checked)."""
+    if holder.get("host") != socket.gethostname() or not isinstance(holder.get("pid"), int):
+        return False
+    pid = holder["pid"]
+    if pid == os.getpid():
+        return False  # ours, but not taken through this process's OutputFolderLock: treat as held
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False  # alive, another user's
+    return False
+
+
+def _read_json(path: str) -> Any:
+    try:
+        with open(path, encoding="utf-8") as f:
+            return json.load(f)
+    except (OSError, ValueError):
+        return None
+
+
+# ---- the run's fingerprint ----
+
+
+def read_run_record(output_dir: str) -> dict | None:
+    """The fingerprint saved in ``output_dir`` (None when there is none)."""
+    record = _read_json(os.path.join(output_dir, RUN_FILE))
+    return record if isinstance(record, dict) else None
+
+
+def write_run_record(output_dir: str, fingerprint: Mapping[str, Any]) -> None:
+    """Save ``fingerprint`` as ``output_dir/dearkd_run.json`` (a temporary file renamed into place)."""
+    os.makedirs(output_dir, exist_ok=True)
+    path = os.path.join(output_dir, RUN_FILE)
+    partial = f"{path}.{uuid.uuid4().hex}.partial"
+    with open(partial, "w", encoding="utf-8") as f:
+        json.dump(fingerprint, f, indent=2, sort_keys=True)
+    os.replace(partial, path)
+
+
+def as_json(value: Any) -> Any:
+    """``value`` as it reads back from JSON (tuples become lists, int keys strings, other objects their str)."""
+    return json.loads(json.dumps(value, default=str, sort_keys=True))
+
+
+def run_differences(saved: Mapping[str, Any], current: Mapping[str, Any], prefix: str = "") -> list[str]:
+    """``"field (X there, Y now)"`` for each leaf of two nested fingerprints that differs."""
+    differences = []
+    for key in sorted(set(saved) | set(current)):
+        old, new = saved.get(key), current.get(key)
+        if isinstance(old, Mapping) and isinstance(new, Mapping):
+            differences += run_differences(old, new, f"{prefix}{key}.")
+        elif old != new:
+            differences.append(f"{prefix}{key} ({_short(old)} there, {_short(new)} now)")
+    return differences
+
+
+def check_run_record(
+    output_dir: str, fingerprint: Mapping[str, Any], flag: str = "--output_dir", afresh: str = ""
+) -> None:
+    """Refuse to train into ``output_dir`` when it holds checkpoints or a model of a run made with other settings.
+    ``afresh``: how to start afresh in that folder (the error says it)."""
+    saved = read_run_record(output_dir)
+    if saved is None:
+        return
+    differences = run_differences(saved, as_json(fingerprint))
+    if differences:
+        shown = "; ".join(differences[:8]) + ("; ..." if len(differences) > 8 else "")
+        raise ValueError(
+            f"{flag} {output_dir} holds a run made with other settings ({len(differences)} differ: {shown}). "
+            f"Re-run with that run's settings (see {RUN_FILE}) to resume it, or train into a new {flag} "
+            f"({afresh or f'or delete its checkpoint-* folders and {RUN_FILE}'} to start afresh there)."
+        )
+
+
+def _short(value: Any) -> str:
+    text = json.dumps(value, sort_keys=True) if value is not None else "absent"
+    return text if len(text) <= 60 else text[:57] + "..."

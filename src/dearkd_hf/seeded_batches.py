@@ -1,5 +1,6 @@
 """SeededBatches: each training batch fetched under random generators seeded by ``(seed, epoch, its example
-indices)``, so a batch's augmentation never depends on when the data loader fetches it (exact mid-epoch resume)."""
+indices)``, so a batch's augmentation never depends on when the data loader fetches it (exact mid-epoch resume),
+nor on which loader worker fetches it."""
 
 from __future__ import annotations
 
@@ -16,14 +17,21 @@ class SeededBatches:
     """Fetch each batch under torch/numpy/python generators seeded by ``(seed, epoch, example indices)``.
 
     ``dataset()`` wraps a map-style dataset, whose ``__getitems__`` saves the global random states and seeds them;
-    ``collator()`` wraps the collate function, which restores them once the batch is built (mixup included). The
-    epoch is read from the trainer's ``state``; both wrappers are picklable for data-loader workers.
+    ``collator()`` wraps the collate function, which restores them once the batch is built (mixup included). Both
+    wrappers are picklable for data-loader workers. The epoch is set by :meth:`set_epoch` at each epoch's start,
+    before its batches are requested, into a tensor in shared memory: loader workers kept alive across epochs
+    (``dataloader_persistent_workers``) read it there, as the main process does.
     """
 
-    def __init__(self, seed: int, state: Any):
+    def __init__(self, seed: int, epoch: float = 0.0):
         self.seed = seed
-        self.state = state
         self._saved: tuple | None = None
+        self._epoch = torch.zeros((), dtype=torch.int64).share_memory_()
+        self.set_epoch(epoch)
+
+    def set_epoch(self, epoch: float | None) -> None:
+        """Seed the batches requested from now on with ``epoch`` (a trainer state's, fractional: its integer part)."""
+        self._epoch.fill_(int((epoch or 0.0) + 1e-6))
 
     def dataset(self, dataset: Any) -> torch.utils.data.Dataset:
         return _SeededDataset(dataset, self)
@@ -32,7 +40,7 @@ class SeededBatches:
         return _SeededCollator(collate_fn, self)
 
     def begin(self, indices: Sequence[int]) -> None:
-        epoch = int((self.state.epoch or 0.0) + 1e-6)
+        epoch = int(self._epoch)
         digest = hashlib.sha256(repr((self.seed, epoch, [int(i) for i in indices])).encode()).digest()
         batch_seed = int.from_bytes(digest[:4], "little")
         self._saved = (torch.random.get_rng_state(), np.random.get_state(), random.getstate())

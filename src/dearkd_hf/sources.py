@@ -1,5 +1,6 @@
 """Where a model comes from: a local folder or a Hub name. A name that looks like a path must be an existing folder,
-and a Hub lookup that fails because the Hub cannot be reached says so, naming the flag.
+and a Hub lookup that fails because the Hub cannot be reached says so, naming the flag; a truncated weights file is
+named before anything is loaded.
 """
 
 from __future__ import annotations
@@ -7,6 +8,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import struct
 from collections.abc import Iterator
 from typing import Any
 
@@ -26,13 +28,33 @@ def looks_like_local_path(name: str) -> bool:
 
 
 def check_local_folder(name: str | None, flag: str) -> None:
-    """A name that looks like a local path must be an existing folder (instead of being looked up on the Hub)."""
+    """A name that looks like a local path must be an existing folder (instead of being looked up on the Hub), and
+    its ``.safetensors`` files whole (a truncated copy fails here, named, not deep inside loading)."""
     if name is None or not looks_like_local_path(name):
         return
     path = os.path.expanduser(name)
     if not os.path.isdir(path):
         problem = "is a file, not a folder" if os.path.exists(path) else "no such folder"
         raise FileNotFoundError(f"{flag} {name}: {problem} ({os.path.abspath(path)}).")
+    for file in sorted(os.listdir(path)):
+        if file.endswith(".safetensors") and (problem := safetensors_problem(os.path.join(path, file))) is not None:
+            raise ValueError(f"{flag} {name}: its {file} {problem}; save or download it again.")
+
+
+def safetensors_problem(path: str) -> str | None:
+    """None when the file's length is exactly what its header announces (a truncated write is shorter)."""
+    size = os.path.getsize(path)
+    try:
+        with open(path, "rb") as f:
+            (header_size,) = struct.unpack("<Q", f.read(8))
+            if header_size > size:
+                return "is truncated"
+            header = json.loads(f.read(header_size))
+    except (struct.error, ValueError, UnicodeDecodeError):
+        return "has no readable header (truncated)"
+    ends = [entry["data_offsets"][1] for key, entry in header.items() if key != "__metadata__"]
+    expected = 8 + header_size + max(ends, default=0)
+    return None if size == expected else f"is truncated ({size} of {expected} bytes)"
 
 
 @contextlib.contextmanager

@@ -6,6 +6,7 @@ pre-logit features and its input normalisation; :class:`Teacher` gives exactly t
 
 from __future__ import annotations
 
+import hashlib
 import os
 import re
 from collections.abc import Sequence
@@ -62,6 +63,16 @@ class Teacher:
         if first_conv is None:
             raise ValueError(f"Teacher {self.source!r} has no Conv2d layer: a CNN teacher is expected.")
         return first_conv.in_channels
+
+    def weights_sha256(self) -> str:
+        """A digest of the teacher's weights and buffers (names, dtypes, shapes, bytes): its identity in a run's
+        fingerprint, which a path is not (a teacher retrained in place keeps its path)."""
+        digest = hashlib.sha256()
+        for name, tensor in self.module.state_dict().items():
+            data = tensor.detach().cpu().contiguous().reshape(-1)
+            digest.update(f"{name}|{data.dtype}|{tuple(tensor.shape)}|".encode())
+            digest.update(data.view(torch.uint8).numpy())
+        return digest.hexdigest()
 
     def hookable_layers(self) -> list[str]:
         """Names accepted as the teacher side of ``alignment_pairs``."""

@@ -21,7 +21,7 @@ from torch import nn
 from torch.utils.data import Dataset, IterableDataset
 from transformers import BaseImageProcessor, EvalPrediction, PreTrainedModel, Trainer, TrainerCallback
 from transformers.modelcard import extract_hyperparameters_from_trainer
-from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, enable_full_determinism, set_seed
+from transformers.trainer_utils import enable_full_determinism, set_seed
 from transformers.utils import SAFE_WEIGHTS_NAME, logging
 
 from .alignment import ALIGNERS_FILE, AlignmentHead, StudentAligners, teacher_target
@@ -31,8 +31,11 @@ from .checkpoints import ExactResumeMixin
 from .collators import Collator, EvaluationCollatorMixin
 from .config import DearKDConfig
 from .finite import check_finite_loss
+from .hub_upload import student_files_only
 from .losses import scheduled_beta, stage1_loss, stage2_loss
 from .model_card import ModelCardInfo, build_model_card
+from .output_folder import as_json
+from .run_folder import RunFolderMixin
 from .students import (
     prepare_student,
     processor_normalization,
@@ -48,7 +51,7 @@ if TYPE_CHECKING:
 logger = logging.get_logger(__name__)
 
 
-class DearKDTrainer(ExactResumeMixin, EvaluationCollatorMixin, Trainer):
+class DearKDTrainer(RunFolderMixin, ExactResumeMixin, EvaluationCollatorMixin, Trainer):
     r"""
     A [`~transformers.Trainer`] that trains a ViT student with DearKD: stage 1 distils from a CNN teacher's logits and
     early layers, stage 2 (from `args.distillation_stop_epoch`) trains on labels alone with the teacher released.
@@ -126,6 +129,7 @@ class DearKDTrainer(ExactResumeMixin, EvaluationCollatorMixin, Trainer):
         self.geometry = student_geometry(model, image_size)
         self.teacher = self._load_and_check_teacher(teacher_model, args)
         self.teacher_source = self.teacher.source
+        self.teacher_weights_sha256 = self.teacher.weights_sha256()  # the teacher's identity in the run fingerprint
         self.alignment_pairs = self._resolve_pairs(args)
         # Seeded as the Trainer seeds itself (it does so only later), so that the aligners start alike in every run.
         enable_full_determinism(args.seed) if args.full_determinism else set_seed(args.seed)
@@ -228,6 +232,29 @@ class DearKDTrainer(ExactResumeMixin, EvaluationCollatorMixin, Trainer):
         return AlignmentHead(
             self.alignment_pairs, geometry.hidden_size, channels, geometry.grid, geometry.first_block_state
         )
+
+    def run_fingerprint(self) -> dict[str, Any]:
+        """RunFolderMixin's (student config, schedule, data) plus the teacher's weights and DearKD's knobs."""
+        args = self.args
+        distillation = {
+            name: getattr(args, name)
+            for name in (
+                "distillation_type",
+                "alpha",
+                "beta",
+                "tau",
+                "teacher_labels",
+                "beta_schedule",
+                "label_loss_heads",
+                "distillation_stop_epoch",
+                "distillation_stop_fraction",
+                "repeated_augmentations",
+            )
+        }
+        distillation["alignment_pairs"] = [str(pair) for pair in self.alignment_pairs]
+        distillation["image_size"] = self.geometry.image_size
+        teacher = {"weights_sha256": self.teacher_weights_sha256}
+        return {**super().run_fingerprint(), "teacher": teacher, "distillation": as_json(distillation)}
 
     # ---- the loss ----
 
@@ -448,6 +475,18 @@ class DearKDTrainer(ExactResumeMixin, EvaluationCollatorMixin, Trainer):
         if not _internal_call:
             self.create_model_card(output_dir=output_dir)
 
+    # ---- what is pushed: the student alone ----
+
+    def push_to_hub(self, *args: Any, **kwargs: Any):
+        """The Trainer's ``push_to_hub`` (its arguments), uploading the student's files alone
+        (:data:`~dearkd_hf.hub_upload.STUDENT_FILES`): no training arguments, state, results or logs."""
+        with student_files_only():
+            return super().push_to_hub(*args, **kwargs)
+
+    def _push_from_checkpoint(self, checkpoint_folder: str) -> None:
+        with student_files_only():  # hub_strategy "checkpoint": the student, not the aligners or optimizer
+            super()._push_from_checkpoint(checkpoint_folder)
+
     # ---- the aligners (StudentAligners): trained and checkpointed, never saved as part of the student ----
     # The Trainer's private methods this class relies on are listed, with why, in PRIVATE_TRAINER_METHODS (module
     # end); tests/test_trainer_overrides.py fails when transformers changes one of them.
@@ -464,12 +503,10 @@ class DearKDTrainer(ExactResumeMixin, EvaluationCollatorMixin, Trainer):
             state_dict = self.accelerator.unwrap_model(self.model).state_dict()
         super()._save(output_dir, state_dict=self.aligners.strip(state_dict))
 
-    def _save_checkpoint(self, model: nn.Module, trial: Any) -> None:
-        # The aligners first: the Trainer writes trainer_state.json last, so a checkpoint it wrote has them.
-        if self.args.should_save:
-            run_dir = self._get_output_dir(trial=trial)
-            self.aligners.save(os.path.join(run_dir, f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}"))
-        super()._save_checkpoint(model, trial)
+    def write_checkpoint_files(self, checkpoint_dir: str) -> None:
+        # The aligners, before the Trainer's files: it writes trainer_state.json last, so a checkpoint it wrote has
+        # them (RunFolderMixin._save_checkpoint calls this once the weights are known to be finite).
+        self.aligners.save(checkpoint_dir)
 
     def _load_from_checkpoint(self, resume_from_checkpoint: str, model: nn.Module | None = None) -> None:
         student = self.accelerator.unwrap_model(model if model is not None else self.model)
@@ -533,10 +570,13 @@ def _generic(names: list[str]) -> bool:
 # hook does these. tests/test_trainer_overrides.py checks that each still exists with the parameters used here.
 PRIVATE_TRAINER_METHODS = {
     "_get_train_sampler": "overridden: timm's RepeatAugSampler when repeated_augmentations > 1",
-    "_save": "overridden: every save of the student (save_model, checkpoints, push_to_hub) without the aligners",
-    "_save_checkpoint": "overridden: aligners.safetensors written before the Trainer's trainer_state.json",
+    "_save": "overridden: every save of the student (save_model, checkpoints, push_to_hub) without the aligners; "
+    "(RunFolderMixin) only finite weights",
+    "_save_checkpoint": "overridden (RunFolderMixin): weights checked finite, the run recorded, the aligners written "
+    "before the Trainer's trainer_state.json",
     "_load_from_checkpoint": "overridden: the student reloaded by from_pretrained (key conversion), the aligners too",
     "_get_output_dir": "called: the run folder _save_checkpoint writes the aligners into",
+    "_push_from_checkpoint": "overridden: the uploads at each save send the student's files alone",
 }
 
 __all__ = ["DearKDTrainer"]

@@ -16,6 +16,7 @@ none; the merge takes the first ``num_images`` images of the shards in index ord
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 import shutil
@@ -30,7 +31,10 @@ from datasets.utils import are_progress_bars_disabled, disable_progress_bars, en
 from tqdm.auto import tqdm
 
 from ..finite import non_finite_error
+from ..output_folder import LOCK_FILE
 from .deepinversion import DeepInversionGenerator, InversionBatch
+
+logger = logging.getLogger(__name__)
 
 SHARDS_DIR = "shards"
 FINGERPRINT_FILE = "fingerprint.json"
@@ -59,7 +63,8 @@ class ShardWriter:
         """Fail if ``output_dir`` holds images made with another teacher or configuration."""
         path = os.path.join(self.shards_dir, FINGERPRINT_FILE)
         if not os.path.isfile(path):
-            foreign = set(os.listdir(self.output_dir)) - {SHARDS_DIR} if os.path.isdir(self.output_dir) else set()
+            present = set(os.listdir(self.output_dir)) if os.path.isdir(self.output_dir) else set()
+            foreign = present - {SHARDS_DIR, LOCK_FILE}
             if foreign:
                 raise ValueError(
                     f"output_dir={self.output_dir!r} is not empty and holds no generation run; use another folder."
@@ -68,6 +73,9 @@ class ShardWriter:
         with open(path, encoding="utf-8") as f:
             saved = json.load(f)
         saved.setdefault("method", "deepinversion")  # folders written before there was a choice of method
+        if "teacher_weights_sha256" not in saved:  # folders written before the teacher's weights were recorded
+            logger.warning(f"{path} does not record the teacher's weights: a teacher changed in place goes unseen.")
+            saved["teacher_weights_sha256"] = self.fingerprint.get("teacher_weights_sha256")
         differences = {
             key: (saved.get(key), self.fingerprint.get(key))
             for key in sorted(saved.keys() | self.fingerprint.keys())
@@ -138,9 +146,16 @@ class ShardWriter:
 
 
 def generation_fingerprint(generator: DeepInversionGenerator) -> dict[str, Any]:
-    """What fixes the images of every batch index: the teacher, its labels and the resolved configuration."""
-    labels = [generator.teacher.id2label[i] for i in range(generator.teacher.num_labels)]
-    return {"teacher": generator.teacher.source, "labels": labels, **generator.config.to_dict()}
+    """What fixes the images of every batch index: the teacher (its weights, not only its name: one retrained in
+    place keeps its path), its labels and the resolved configuration."""
+    teacher = generator.teacher
+    labels = [teacher.id2label[i] for i in range(teacher.num_labels)]
+    return {
+        "teacher": teacher.source,
+        "teacher_weights_sha256": teacher.weights_sha256(),
+        "labels": labels,
+        **generator.config.to_dict(),
+    }
 
 
 def write_dataset(
