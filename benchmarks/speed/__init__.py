@@ -263,7 +263,7 @@ def switch_to_stage2(trainer: DearKDTrainer, device: torch.device) -> dict[str, 
     """Cross the stop epoch as training would (the callback's on_step_begin) and check the teacher is released."""
     weight = weakref.ref(next(trainer.teacher.module.parameters()))
     before = _allocated(device)
-    state = TrainerState(epoch=trainer.distillation_stop.stop_epoch, num_train_epochs=2)
+    state = TrainerState(epoch=trainer.args.resolved_stop_epoch(2), num_train_epochs=2)
     trainer.distillation_stop.on_step_begin(trainer.args, state, trainer.control)
     gc.collect()
     after = _allocated(device)

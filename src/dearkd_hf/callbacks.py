@@ -33,10 +33,10 @@ class DistillationStopCallback(TrainerCallback):
 
     def on_train_begin(self, args: DearKDConfig, state: TrainerState, control: TrainerControl, **kwargs):
         self.stop_epoch = args.resolved_stop_epoch(state.num_train_epochs)
-        self._update(state)
+        self._update(args, state)
 
     def on_step_begin(self, args: DearKDConfig, state: TrainerState, control: TrainerControl, **kwargs):
-        self._update(state)
+        self._update(args, state)
 
     def on_step_end(self, args: DearKDConfig, state: TrainerState, control: TrainerControl, **kwargs):
         # The step just taken was stage 1's last when the epoch it ends at reaches the stop (see _update).
@@ -44,7 +44,9 @@ class DistillationStopCallback(TrainerCallback):
             control.should_save = True
         return control
 
-    def _update(self, state: TrainerState) -> None:
+    def _update(self, args: DearKDConfig, state: TrainerState) -> None:
+        if self.stop_epoch is None:  # a step driven without on_train_begin (a benchmark stepping by hand)
+            self.stop_epoch = args.resolved_stop_epoch(state.num_train_epochs)
         epoch = state.epoch or 0.0
         # A tolerance: state.epoch accumulates float steps (k / steps_per_epoch).
         if self.distilling and epoch >= self.stop_epoch - 1e-6:
