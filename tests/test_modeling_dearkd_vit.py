@@ -469,11 +469,13 @@ def test_interpolated_sdpa_matches_eager_on_another_grid():
         torch.testing.assert_close(grad, expected_grads[name], rtol=1e-5, atol=1e-5, msg=name)
 
 
-def test_compiled_fullgraph_trains_on_cpu():
-    """torch.compile(fullgraph=True) raises on any graph break; aot_eager traces forward and backward."""
+@pytest.mark.parametrize("backend", ["aot_eager", pytest.param("inductor", marks=pytest.mark.slow)])
+def test_compiled_fullgraph_trains_on_cpu(backend):
+    """torch.compile(fullgraph=True) raises on any graph break; aot_eager traces forward and backward without
+    generating code, inductor (the default backend, slow: it compiles C++) also runs the generated kernels."""
     torch._dynamo.reset()
-    model = tiny_model().train()
-    compiled = torch.compile(model, fullgraph=True, backend="aot_eager")
+    model = tiny_model(attention_probs_dropout_prob=0.1).train()
+    compiled = torch.compile(model, fullgraph=True, backend=backend)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
     losses = []
     for _ in range(3):

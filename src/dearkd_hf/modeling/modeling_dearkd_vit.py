@@ -145,8 +145,8 @@ class DearKDViTDropPath(nn.Module):
             return hidden_states
         keep_prob = 1.0 - self.drop_prob
         shape = (hidden_states.shape[0],) + (1,) * (hidden_states.ndim - 1)
-        mask = hidden_states.new_empty(shape).bernoulli_(keep_prob)
-        return hidden_states * mask / keep_prob
+        mask = hidden_states.new_empty(shape).bernoulli_(keep_prob).div_(keep_prob)
+        return hidden_states * mask  # one pass over the activations, the rescale done on the (B, 1, 1) mask
 
     def extra_repr(self) -> str:
         return f"p={self.drop_prob}"
