@@ -486,3 +486,15 @@ def test_compiled_fullgraph_trains_on_cpu(backend):
         losses.append(loss.item())
     assert all(math.isfinite(value) for value in losses)
     assert model.dearkd_vit.layers[0].attention.positional_weight.grad.abs().sum() > 0
+
+
+def test_half_precision_sdpa_keeps_the_bias_form_and_matches_eager():
+    """In bf16 the channel form would round its large cancelling terms; MHCA layers pass the bias as a mask."""
+    model = tiny_model(attention_probs_dropout_prob=0.0, drop_path_rate=0.0, mhca_locality_strength=3.0).eval()
+    _with_random_positional_weights(model)
+    model = model.to(torch.bfloat16)
+    eager = _eager_twin(model).to(torch.bfloat16).eval()
+    attention = model.dearkd_vit.layers[0].attention
+    attention.with_position_channels = None  # must not be called in bf16
+    with torch.no_grad():
+        torch.testing.assert_close(model(images()).logits, eager(images()).logits, rtol=0, atol=2e-2)

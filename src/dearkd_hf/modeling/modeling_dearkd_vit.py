@@ -262,7 +262,9 @@ class DearKDViTAttention(nn.Module):
       probabilities are materialised; also used whenever `output_attentions` is requested.
     - "sdpa" (default): the positional term travels as `MHCA_CHANNELS` extra query / key channels per head (see
       `mhca_position_features`), so `F.scaled_dot_product_attention` runs with no mask and may use a fused kernel.
-      It gives the eager outputs and gradients up to float rounding (tested to 1e-5 in fp32).
+      It gives the eager outputs and gradients up to float rounding (tested to 1e-5 in fp32). In half precision
+      (bf16 / fp16, e.g. under autocast) MHCA layers pass the bias as sdpa's float mask instead: the channel form
+      cancels terms of up to ~2 |v0| |p|^2 and bf16 rounding would move attention probabilities by up to ~0.1.
     """
 
     def __init__(self, config: DearKDViTConfig, use_mhca: bool) -> None:
@@ -329,10 +331,15 @@ class DearKDViTAttention(nn.Module):
             bias = self.positional_bias(num_tokens, grid_shape).to(query.dtype) if self.use_mhca else None
             context, probs = eager_attention_forward(self, query, key, value, bias, dropout, self.scaling)
         else:
-            if self.use_mhca:
+            mask = None
+            if self.use_mhca and query.dtype in (torch.float32, torch.float64):
                 query, key, value = self.with_position_channels(query, key, value, grid_shape)
+            elif self.use_mhca:
+                # Half precision: the channel form's large, cancelling terms (|p|^2, p_i . p_j) would lose up to
+                # ~0.1 of attention probability to rounding once v_h is trained; pass the bias as a float mask
+                mask = self.positional_bias(num_tokens, grid_shape).to(query.dtype)
             attention_interface = ALL_ATTENTION_FUNCTIONS.get_interface(implementation, eager_attention_forward)
-            context, probs = attention_interface(self, query, key, value, None, dropout=dropout, scaling=self.scaling)
+            context, probs = attention_interface(self, query, key, value, mask, dropout=dropout, scaling=self.scaling)
             context = context[..., : self.head_dim]
         context = context.reshape(batch_size, num_tokens, -1)
         return self.o_proj(context), probs if output_attentions else None
