@@ -358,9 +358,10 @@ class DearKDViTAttention(nn.Module):
         query_features, key_features = self.position_features(grid_shape)
         query_features = query_features.to(query.dtype).expand(batch_size, self.num_heads, -1, -1)
         key_features = key_features.transpose(0, 1).to(key.dtype).expand(batch_size, -1, -1, -1)
+        zeros = value.new_zeros(1, 1, 1, MHCA_CHANNELS).expand(*value.shape[:-1], -1)
         query = torch.cat([query, query_features], dim=-1)
         key = torch.cat([key, key_features], dim=-1)
-        return query, key, F.pad(value, (0, MHCA_CHANNELS))
+        return query, key, torch.cat([value, zeros], dim=-1)  # one pass, where F.pad fills then copies
 
 
 class DearKDViTMLP(nn.Module):
