@@ -14,7 +14,9 @@ A training step is forward, cross-entropy on `logits`, backward (no optimizer); 
 under `torch.inference_mode`. Every row sees the same batch. Repeats are interleaved (one step of each row per
 repeat, the order rotated each repeat) so load from other processes hits all rows alike; each row's ratio is the
 median over repeats of its step time over the reference's step time in the same repeat (paired), next to the ratio
-of medians; under load from other processes the ratio of minima (each row's least disturbed step) is given too.
+of medians; under load from other processes the ratio of minima (each row's least disturbed step) and the paired
+ratio of process CPU time (`time.process_time`: with one thread, the work done, not the time spent waiting for a
+core; with more, OpenMP threads spin while they wait and count) are given too.
 
 Peak memory is measured apart, in a fresh process per row and mode: after building the model and batch and one
 warm-up step, the peak resident set size is reset (`/proc/self/clear_refs`, Linux), one step runs, and the row
@@ -122,25 +124,28 @@ def batch(args: argparse.Namespace) -> tuple[torch.Tensor, torch.Tensor]:
     return pixel_values, torch.randint(0, num_labels, (args.batch_size,), generator=generator)
 
 
-def time_rows(args: argparse.Namespace) -> dict[str, dict[str, list[float]]]:
-    """{mode: {row: [seconds per repeat]}}, rows interleaved and rotated repeat by repeat."""
+def time_rows(args: argparse.Namespace) -> tuple[dict, dict]:
+    """Wall and process-CPU seconds, each {mode: {row: [per repeat]}}, rows interleaved and rotated per repeat."""
     pixel_values, labels = batch(args)
     models = {row: build(row, args) for row in args.rows}
     times: dict[str, dict[str, list[float]]] = {}
+    cpu_times: dict[str, dict[str, list[float]]] = {}
     for mode in ("train", "inference"):
         steps = {row: make_step(model, mode, pixel_values, labels) for row, model in models.items()}
         for step in steps.values():
             for _ in range(args.warmup):
                 step()
         times[mode] = {row: [] for row in steps}
+        cpu_times[mode] = {row: [] for row in steps}
         for repeat in range(args.repeats):
             shift = repeat % len(args.rows)
             for row in args.rows[shift:] + args.rows[:shift]:
-                start = time.perf_counter()
+                start, cpu_start = time.perf_counter(), time.process_time()
                 steps[row]()
                 times[mode][row].append(time.perf_counter() - start)
+                cpu_times[mode][row].append(time.process_time() - cpu_start)
             print(f"  {mode} repeat {repeat + 1}/{args.repeats}", file=sys.stderr, flush=True)
-    return times
+    return times, cpu_times
 
 
 def _status_kib(name: str) -> int:
@@ -176,17 +181,23 @@ def measure_memory(args: argparse.Namespace) -> dict[str, dict[str, float]]:
     return memory
 
 
-def summarise(times: dict[str, dict[str, list[float]]]) -> dict[str, dict[str, dict[str, float]]]:
+def _paired(values: list[float], reference: list[float]) -> float:
+    return statistics.median(v / r for v, r in zip(values, reference, strict=True))
+
+
+def summarise(times: dict, cpu_times: dict) -> dict[str, dict[str, dict[str, float]]]:
     summary: dict[str, dict[str, dict[str, float]]] = {}
     for mode, rows in times.items():
-        reference = rows[REFERENCE]
+        reference, cpu = rows[REFERENCE], cpu_times[mode]
         summary[mode] = {
             row: {
                 "median_s": statistics.median(values),
-                "paired_ratio": statistics.median(v / r for v, r in zip(values, reference, strict=True)),
+                "paired_ratio": _paired(values, reference),
                 "ratio_of_medians": statistics.median(values) / statistics.median(reference),
                 "min_s": min(values),
                 "ratio_of_minima": min(values) / min(reference),
+                "cpu_median_s": statistics.median(cpu[row]),
+                "cpu_paired_ratio": _paired(cpu[row], cpu[REFERENCE]),
             }
             for row, values in rows.items()
         }
@@ -195,9 +206,10 @@ def summarise(times: dict[str, dict[str, list[float]]]) -> dict[str, dict[str, d
 
 def table(result: dict) -> str:
     lines = [
-        "| row | train s (median / min) | train ratio (paired / of minima) | train peak RSS Δ MiB | "
-        "inference s (median / min) | inference ratio (paired / of minima) | inference peak RSS Δ MiB |",
-        "|---|---|---|---|---|---|---|",
+        "| row | train s (median / min) | train ratio (paired / of minima) | train CPU-time ratio (paired) | "
+        "train peak RSS Δ MiB | inference s (median / min) | inference ratio (paired / of minima) | "
+        "inference CPU-time ratio (paired) | inference peak RSS Δ MiB |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     summary, memory = result["summary"], result.get("memory") or {}
     for row in summary["train"]:
@@ -207,7 +219,8 @@ def table(result: dict) -> str:
             peak = memory.get(mode, {}).get(row)
             peak_cell = "-" if peak is None else f"{peak:.0f}"
             times = f"{stats['median_s']:.3f} / {stats['min_s']:.3f}"
-            cells += [times, f"{stats['paired_ratio']:.2f} / {stats['ratio_of_minima']:.2f}", peak_cell]
+            ratios = f"{stats['paired_ratio']:.2f} / {stats['ratio_of_minima']:.2f}"
+            cells += [times, ratios, f"{stats['cpu_paired_ratio']:.2f}", peak_cell]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -220,9 +233,9 @@ def main(argv: list[str] | None = None) -> dict | None:
         memory_row(*args.memory_row, args)
         return None
     load_before = os.getloadavg()
-    times = time_rows(args)
+    times, cpu_times = time_rows(args)
     memory = None if args.no_memory else measure_memory(args)
-    summary = summarise(times)
+    summary = summarise(times, cpu_times)
     met = None
     if "dearkd" in summary["train"]:
         met = {mode: summary[mode]["dearkd"]["paired_ratio"] <= TARGET for mode in summary}
@@ -241,6 +254,7 @@ def main(argv: list[str] | None = None) -> dict | None:
         },
         "target": {"dearkd_paired_ratio_at_most": TARGET, "met": met},
         "times_s": times,
+        "cpu_times_s": cpu_times,
         "summary": summary,
         "memory": memory,
         "memory_method": "fresh process per row and mode, glibc mmap/trim thresholds 128 KiB; VmHWM reset after a "
