@@ -313,6 +313,21 @@ def test_data_efficiency_methods_table_is_the_one_description():
     assert bench.row_epochs(args, "datafree_bpid", 0.1) == args.datafree_epochs
 
 
+@pytest.mark.slow
+def test_speed_students_quick_writes_paired_ratios_and_peak_memory(tmp_path):
+    output = tmp_path / "speed_students.json"
+    run_script("speed.students", "--quick", "--rows", "dearkd", f"--output={output}")
+    result = json.loads(output.read_text())
+    assert set(result["summary"]) == set(result["memory"]) == {"train", "inference"}
+    for mode, rows in result["summary"].items():
+        assert list(rows) == ["hf_deit", "dearkd"]  # the reference is always run, first
+        assert rows["hf_deit"]["paired_ratio"] == 1.0
+        assert all(len(result["times_s"][mode][row]) == 2 for row in rows)
+        assert all(result["memory"][mode][row] >= 0 for row in rows)
+    assert set(result["target"]["met"]) == {"train", "inference"}
+    assert "| dearkd |" in output.with_suffix(".md").read_text()
+
+
 def test_results_store_repository_paths_relative_and_committed_results_hold_no_machine_paths():
     bench = load_data_efficiency()
     assert bench.run_config(bench.parse_args(["--quick"]))["dataset_dir"] == "examples/data/fashion_mnist_small"

@@ -1,5 +1,6 @@
 """The DearKD ViT student on tiny configs: MHCA, outputs, save/load (incl. remote code), from_vit, validation."""
 
+import copy
 import math
 import os
 import subprocess
@@ -308,3 +309,192 @@ def test_config_docstring_example_runs_and_geometry_is_checked_once(monkeypatch)
     monkeypatch.setattr(DearKDViTConfig, "check_geometry", lambda self: calls.append(1) or original(self))
     DearKDViTForImageClassification(tiny_config())
     assert len(calls) == 1
+
+
+# --- attention implementations (issue 27) ----------------------------------------------------------------------------
+
+
+def _with_random_positional_weights(model: DearKDViTForImageClassification, seed: int = 4) -> None:
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for layer in model.dearkd_vit.layers:
+            weight = getattr(layer.attention, "positional_weight", None)
+            if weight is not None:
+                weight.add_(0.3 * torch.randn(weight.shape, generator=generator))
+
+
+def _eager_twin(model: DearKDViTForImageClassification) -> DearKDViTForImageClassification:
+    twin = DearKDViTForImageClassification._from_config(copy.deepcopy(model.config), attn_implementation="eager")
+    twin.load_state_dict(model.state_dict())
+    return twin
+
+
+def _step(model: DearKDViTForImageClassification, pixel_values: torch.Tensor, **kwargs):
+    model.zero_grad()
+    out = model(pixel_values, labels=torch.arange(pixel_values.shape[0]) % 5, output_hidden_states=True, **kwargs)
+    out.loss.backward()
+    return out, {name: param.grad.clone() for name, param in model.named_parameters()}
+
+
+@pytest.mark.parametrize(
+    ("grid", "patch", "hidden", "heads", "distillation"),
+    [(2, 8, 32, 4, True), (4, 8, 32, 4, True), (7, 4, 48, 3, False), (14, 16, 192, 3, True)],
+)
+def test_sdpa_gives_the_eager_formulations_outputs_and_gradients(grid, patch, hidden, heads, distillation):
+    """The sdpa path (positional term as extra query/key channels) against the eager reference (bias on logits)."""
+    config = DearKDViTConfig(
+        image_size=grid * patch,
+        patch_size=patch,
+        hidden_size=hidden,
+        num_hidden_layers=2,
+        num_attention_heads=heads,
+        intermediate_size=2 * hidden,
+        num_labels=5,
+        attention_probs_dropout_prob=0.0,
+        drop_path_rate=0.0,
+        use_distillation_token=distillation,
+        mhca_layers=[0, 1],
+    )
+    torch.manual_seed(0)
+    model = DearKDViTForImageClassification(config).train()
+    _with_random_positional_weights(model)
+    eager = _eager_twin(model).train()
+    assert model.config._attn_implementation == "sdpa" and eager.config._attn_implementation == "eager"
+    pixel_values = torch.randn(3, 3, grid * patch, grid * patch, generator=torch.Generator().manual_seed(2))
+    out, grads = _step(model, pixel_values)
+    expected, expected_grads = _step(eager, pixel_values)
+    torch.testing.assert_close(out.logits, expected.logits, rtol=0, atol=1e-5)
+    for ours, theirs in zip(out.hidden_states, expected.hidden_states, strict=True):
+        torch.testing.assert_close(ours, theirs, rtol=0, atol=1e-5)
+    assert grads.keys() == expected_grads.keys()
+    for name, grad in grads.items():
+        torch.testing.assert_close(grad, expected_grads[name], rtol=1e-5, atol=1e-5, msg=name)
+    assert grads["dearkd_vit.layers.0.attention.positional_weight"].abs().sum() > 0
+
+
+def test_position_features_give_the_bias_up_to_a_row_constant_and_spare_prefix_rows():
+    attention = tiny_model().dearkd_vit.layers[0].attention
+    with torch.no_grad():
+        attention.positional_weight.normal_()
+        query_features, key_features = attention.position_features()
+        logits = torch.einsum("if,jhf->hij", query_features, key_features) * attention.scaling
+        bias = attention.positional_bias(NUM_PREFIX + GRID * GRID)
+    difference = logits - bias  # constant along each row
+    torch.testing.assert_close(difference, difference[..., :1].expand_as(difference), rtol=0, atol=1e-5)
+    assert logits[:, :NUM_PREFIX].abs().max() == 0  # prefix rows: no positional term at all
+
+
+def test_attentions_requested_use_the_eager_path_and_attn_implementation_is_honoured(tmp_path):
+    model = tiny_model().eval()
+    eager = DearKDViTForImageClassification._from_config(tiny_config(), attn_implementation="eager")
+    sdpa = DearKDViTForImageClassification._from_config(tiny_config(), attn_implementation="sdpa")
+    assert (eager.config._attn_implementation, sdpa.config._attn_implementation) == ("eager", "sdpa")
+    assert model.config._attn_implementation == "sdpa"  # transformers' default
+    with torch.no_grad():
+        out = model(images(), output_attentions=True)
+        assert len(out.attentions) == 2 and out.attentions[0].shape == (2, 4, 18, 18)
+        torch.testing.assert_close(out.logits, model(images()).logits, rtol=0, atol=1e-5)
+    model.save_pretrained(tmp_path)
+    loaded = AutoModelForImageClassification.from_pretrained(tmp_path, attn_implementation="eager")
+    assert loaded.config._attn_implementation == "eager"
+    loaded.set_attn_implementation("sdpa")
+    assert loaded.config._attn_implementation == "sdpa"
+    with pytest.raises(ValueError):
+        DearKDViTForImageClassification._from_config(tiny_config(), attn_implementation="flex_attention")
+
+
+@pytest.mark.parametrize("attn_implementation", ["eager", "sdpa"])
+def test_meta_device_build_materialises_like_a_normal_build(attn_implementation):
+    config = tiny_config(drop_path_rate=0.1)
+    torch.manual_seed(0)
+    reference = DearKDViTForImageClassification._from_config(config, attn_implementation=attn_implementation).eval()
+    with torch.device("meta"):
+        model = DearKDViTForImageClassification._from_config(config, attn_implementation=attn_implementation)
+    assert all(t.is_meta for t in [*model.parameters(), *model.buffers()])
+    model.to_empty(device="cpu")
+    model.init_weights()  # fills parameters and the non-persistent buffers
+    for name, buffer in reference.named_buffers():
+        torch.testing.assert_close(model.get_buffer(name), buffer, rtol=0, atol=0, msg=name)
+    model.load_state_dict(reference.state_dict())
+    model.eval()
+    with torch.no_grad():
+        torch.testing.assert_close(model(images()).logits, reference(images()).logits, rtol=0, atol=0)
+    rates = [layer.drop_path.drop_prob for layer in model.dearkd_vit.layers]
+    assert rates == pytest.approx([0.0, 0.1])
+
+
+def test_every_tensor_is_a_parameter_or_a_buffer():
+    model = tiny_model()
+    registered = {id(t) for t in [*model.parameters(), *model.buffers()]}
+    for name, module in model.named_modules():
+        for attribute, value in vars(module).items():
+            if isinstance(value, torch.Tensor) and attribute not in ("_parameters", "_buffers"):
+                assert id(value) in registered, f"{name}.{attribute} is a plain tensor attribute"
+
+
+@pytest.mark.parametrize("attn_implementation", ["eager", "sdpa"])
+def test_interpolate_pos_encoding_runs_other_resolutions_with_that_grids_positions(attn_implementation):
+    model = DearKDViTForImageClassification._from_config(tiny_config(), attn_implementation=attn_implementation)
+    model.eval()
+    _with_random_positional_weights(model)
+    with torch.no_grad():
+        same = model(images(), interpolate_pos_encoding=True).logits
+        torch.testing.assert_close(same, model(images()).logits, rtol=0, atol=0)
+        bigger = torch.randn(2, 3, 6 * PATCH, 5 * PATCH, generator=torch.Generator().manual_seed(5))
+        out = model(bigger, interpolate_pos_encoding=True, output_attentions=True)
+        assert out.logits.shape == (2, 5) and out.attentions[0].shape == (2, 4, 32, 32)
+        # the MHCA bias of a 6 x 5 grid: delta between (x, y) = (0, 0) and (1, 2) is (1, 2), r = (5, 1, 2)
+        attention = model.dearkd_vit.layers[0].attention
+        bias = attention.positional_bias(NUM_PREFIX + 30, (6, 5))
+        torch.testing.assert_close(bias[:, NUM_PREFIX, NUM_PREFIX + 2 * 5 + 1], attention.positional_weight @ r521())
+        fast = model(bigger, interpolate_pos_encoding=True).logits
+        torch.testing.assert_close(fast, out.logits, rtol=0, atol=1e-5)
+    with pytest.raises(ValueError, match="interpolate_pos_encoding"):
+        model(bigger)
+
+
+def r521() -> torch.Tensor:
+    return torch.tensor([5.0, 1.0, 2.0])
+
+
+def test_interpolated_sdpa_matches_eager_on_another_grid():
+    model = tiny_model(attention_probs_dropout_prob=0.0, drop_path_rate=0.0).train()
+    _with_random_positional_weights(model)
+    eager = _eager_twin(model).train()
+    bigger = torch.randn(2, 3, 5 * PATCH, 7 * PATCH, generator=torch.Generator().manual_seed(6))
+    out, grads = _step(model, bigger, interpolate_pos_encoding=True)
+    expected, expected_grads = _step(eager, bigger, interpolate_pos_encoding=True)
+    torch.testing.assert_close(out.logits, expected.logits, rtol=0, atol=1e-5)
+    for name, grad in grads.items():
+        torch.testing.assert_close(grad, expected_grads[name], rtol=1e-5, atol=1e-5, msg=name)
+
+
+@pytest.mark.parametrize("backend", ["aot_eager", pytest.param("inductor", marks=pytest.mark.slow)])
+def test_compiled_fullgraph_trains_on_cpu(backend):
+    """torch.compile(fullgraph=True) raises on any graph break; aot_eager traces forward and backward without
+    generating code, inductor (the default backend, slow: it compiles C++) also runs the generated kernels."""
+    torch._dynamo.reset()
+    model = tiny_model(attention_probs_dropout_prob=0.1).train()
+    compiled = torch.compile(model, fullgraph=True, backend=backend)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    losses = []
+    for _ in range(3):
+        optimizer.zero_grad()
+        loss = compiled(images(), labels=torch.tensor([0, 3])).loss
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.item())
+    assert all(math.isfinite(value) for value in losses)
+    assert model.dearkd_vit.layers[0].attention.positional_weight.grad.abs().sum() > 0
+
+
+def test_half_precision_sdpa_keeps_the_bias_form_and_matches_eager():
+    """In bf16 the channel form would round its large cancelling terms; MHCA layers pass the bias as a mask."""
+    model = tiny_model(attention_probs_dropout_prob=0.0, drop_path_rate=0.0, mhca_locality_strength=3.0).eval()
+    _with_random_positional_weights(model)
+    model = model.to(torch.bfloat16)
+    eager = _eager_twin(model).to(torch.bfloat16).eval()
+    attention = model.dearkd_vit.layers[0].attention
+    attention.with_position_channels = None  # must not be called in bf16
+    with torch.no_grad():
+        torch.testing.assert_close(model(images()).logits, eager(images()).logits, rtol=0, atol=2e-2)

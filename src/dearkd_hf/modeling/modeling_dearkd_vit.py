@@ -21,6 +21,7 @@ from transformers import initialization as init
 from transformers.activations import ACT2FN
 from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.modeling_outputs import BaseModelOutput
+from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 from transformers.utils import ModelOutput
 
 from .configuration_dearkd_vit import DearKDViTConfig
@@ -29,17 +30,64 @@ from .configuration_dearkd_vit import DearKDViTConfig
 # MHCA geometry
 
 
-def grid_positions(grid_size: int) -> torch.Tensor:
-    """(N, 2) float positions (x, y) in patch units of the row-major patch tokens of a square grid."""
-    rows, cols = torch.meshgrid(torch.arange(grid_size), torch.arange(grid_size), indexing="ij")
+def _grid_shape(grid_size: int | tuple[int, int]) -> tuple[int, int]:
+    """(rows, cols) of a grid given as a side or as (rows, cols)."""
+    return (grid_size, grid_size) if isinstance(grid_size, int) else (int(grid_size[0]), int(grid_size[1]))
+
+
+def grid_positions(grid_size: int | tuple[int, int]) -> torch.Tensor:
+    """(N, 2) float positions (x, y) in patch units of the row-major patch tokens of a (rows, cols) or square grid."""
+    num_rows, num_cols = _grid_shape(grid_size)
+    rows, cols = torch.meshgrid(torch.arange(num_rows), torch.arange(num_cols), indexing="ij")
     return torch.stack([cols.flatten(), rows.flatten()], dim=-1).float()
 
 
-def relative_positions(grid_size: int) -> torch.Tensor:
+def relative_positions(grid_size: int | tuple[int, int]) -> torch.Tensor:
     """(N, N, 3) tensor r[i, j] = (|delta|^2, delta_x, delta_y) with delta = p_j - p_i, in patch units."""
     positions = grid_positions(grid_size)
     delta = positions[None, :, :] - positions[:, None, :]
     return torch.cat([delta.pow(2).sum(-1, keepdim=True), delta], dim=-1)
+
+
+MHCA_CHANNELS = 4  # extra query / key channels per head that carry MHCA's positional term on the sdpa path
+
+
+def mhca_position_features(grid_size: int | tuple[int, int], num_prefix: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The positional term `v_h . r(p_j - p_i)` as a product of query and key features, for the sdpa path.
+
+    With positions p centred on the grid (the term depends on p_j - p_i only) and
+    `|p_j - p_i|^2 = |p_j|^2 - 2 p_i . p_j + |p_i|^2`, the term for patch tokens i, j is
+    `f_i . (B_j v_h) + c_i` where `c_i = v0 |p_i|^2 - v1 x_i - v2 y_i` depends on the row only, which softmax
+    ignores. Returns:
+
+    - query features f, (T, 4): `(1, x_i, y_i, |p_i|^2)` for a patch, zeros for a prefix token, whose row then gets
+      no positional term at all;
+    - key basis B, (T, 4, 3): for a patch, `B_j v = (v0 |p_j|^2 + v1 x_j + v2 y_j, -2 v0 x_j, -2 v0 y_j, 0)`; for a
+      prefix token, `B_j v = (0, v1, v2, -v0)`, so that `f_i . B_j v = -c_i` cancels the row constant the patch
+      columns dropped: a prefix column keeps its 0 relative to them, as in the eager formulation.
+
+    So `f_i . (B_j v_h)` equals `v_h . r(p_j - p_i)` minus a constant per row, and 0 in prefix rows (tested).
+    """
+    positions = grid_positions(grid_size)
+    positions = positions - positions.mean(dim=0)  # centred: smaller products, less cancellation in fp32
+    x, y = positions.unbind(-1)
+    squared = x * x + y * y
+    zeros, ones = torch.zeros_like(x), torch.ones_like(x)
+    query = torch.stack([ones, x, y, squared], dim=-1)
+    # rows: output channel, columns: (v0, v1, v2)
+    key = torch.stack(
+        [
+            torch.stack([squared, x, y], dim=-1),
+            torch.stack([-2 * x, zeros, zeros], dim=-1),
+            torch.stack([-2 * y, zeros, zeros], dim=-1),
+            torch.stack([zeros, zeros, zeros], dim=-1),
+        ],
+        dim=1,
+    )
+    prefix_key = torch.tensor([[0.0, 0.0, 0.0], [0.0, 1.0, 0.0], [0.0, 0.0, 1.0], [-1.0, 0.0, 0.0]])
+    query = torch.cat([torch.zeros(num_prefix, MHCA_CHANNELS), query], dim=0)
+    key = torch.cat([prefix_key.expand(num_prefix, -1, -1), key], dim=0)
+    return query, key
 
 
 def head_centres(num_heads: int) -> torch.Tensor:
@@ -97,8 +145,8 @@ class DearKDViTDropPath(nn.Module):
             return hidden_states
         keep_prob = 1.0 - self.drop_prob
         shape = (hidden_states.shape[0],) + (1,) * (hidden_states.ndim - 1)
-        mask = hidden_states.new_empty(shape).bernoulli_(keep_prob)
-        return hidden_states * mask / keep_prob
+        mask = hidden_states.new_empty(shape).bernoulli_(keep_prob).div_(keep_prob)
+        return hidden_states * mask  # one pass over the activations, the rescale done on the (B, 1, 1) mask
 
     def extra_repr(self) -> str:
         return f"p={self.drop_prob}"
@@ -129,6 +177,8 @@ class DearKDViTEmbeddings(nn.Module):
     def __init__(self, config: DearKDViTConfig) -> None:
         super().__init__()
         self.image_size = config.image_size
+        self.patch_size = config.patch_size
+        self.num_prefix_tokens = config.num_prefix_tokens
         self.patch_embeddings = DearKDViTPatchEmbeddings(config)
         self.cls_token = nn.Parameter(torch.zeros(1, 1, config.hidden_size))
         self.distillation_token = (
@@ -138,30 +188,96 @@ class DearKDViTEmbeddings(nn.Module):
         self.position_embeddings = nn.Parameter(torch.zeros(1, num_tokens, config.hidden_size))
         self.dropout = nn.Dropout(config.hidden_dropout_prob)
 
-    def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
+    def interpolate_pos_encoding(self, embeddings: torch.Tensor, height: int, width: int) -> torch.Tensor:
+        """The position embeddings for a `height` x `width` image: the patch table resized bicubically (as in
+        transformers' ViT / DeiT), the prefix positions kept."""
+        num_patches = embeddings.shape[1] - self.num_prefix_tokens
+        num_positions = self.position_embeddings.shape[1] - self.num_prefix_tokens
+        if not torch.jit.is_tracing() and num_patches == num_positions and height == width:
+            return self.position_embeddings
+        prefix_pos_embed = self.position_embeddings[:, : self.num_prefix_tokens]
+        patch_pos_embed = self.position_embeddings[:, self.num_prefix_tokens :]
+        dim = embeddings.shape[-1]
+        side = int(num_positions**0.5)
+        patch_pos_embed = patch_pos_embed.reshape(1, side, side, dim).permute(0, 3, 1, 2)
+        patch_pos_embed = F.interpolate(
+            patch_pos_embed,
+            size=(height // self.patch_size, width // self.patch_size),
+            mode="bicubic",
+            align_corners=False,
+        )
+        patch_pos_embed = patch_pos_embed.permute(0, 2, 3, 1).reshape(1, -1, dim)
+        return torch.cat((prefix_pos_embed, patch_pos_embed), dim=1)
+
+    def forward(self, pixel_values: torch.Tensor, interpolate_pos_encoding: bool = False) -> torch.Tensor:
         height, width = pixel_values.shape[-2:]
-        if height != self.image_size or width != self.image_size:
+        if not interpolate_pos_encoding and (height != self.image_size or width != self.image_size):
             raise ValueError(
                 f"Input image size ({height}x{width}) does not match the model's `image_size` ({self.image_size}); "
-                "resize the images in the transform."
+                "resize the images in the transform, or pass `interpolate_pos_encoding=True`."
+            )
+        if interpolate_pos_encoding and (height % self.patch_size or width % self.patch_size):
+            raise ValueError(
+                f"Input image size ({height}x{width}) is not a multiple of `patch_size` ({self.patch_size}); "
+                "resize or crop the images to a multiple of it."
             )
         patches = self.patch_embeddings(pixel_values)
         prefix = [self.cls_token] + ([self.distillation_token] if self.distillation_token is not None else [])
         prefix = [token.expand(patches.shape[0], -1, -1) for token in prefix]
-        embeddings = torch.cat([*prefix, patches], dim=1) + self.position_embeddings
+        embeddings = torch.cat([*prefix, patches], dim=1)
+        if interpolate_pos_encoding:
+            embeddings = embeddings + self.interpolate_pos_encoding(embeddings, height, width)
+        else:
+            embeddings = embeddings + self.position_embeddings
         return self.dropout(embeddings)
 
 
+def eager_attention_forward(
+    module: nn.Module,
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    dropout: float = 0.0,
+    scaling: float | None = None,
+    **kwargs,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The reference formulation, materialising the probabilities (returned, before dropout): (B, H, T, d) in,
+    (B, T, H, d) out. `attention_mask` is MHCA's (H, T, T) bias, added to the scaled logits."""
+    scaling = query.shape[-1] ** -0.5 if scaling is None else scaling
+    scores = query @ key.transpose(-2, -1) * scaling
+    if attention_mask is not None:
+        scores = scores + attention_mask
+    probs = scores.softmax(dim=-1, dtype=torch.float32).to(query.dtype)
+    context = F.dropout(probs, p=dropout, training=module.training) @ value
+    return context.transpose(1, 2).contiguous(), probs
+
+
 class DearKDViTAttention(nn.Module):
-    """Multi-head self-attention; with `use_mhca`, MHCA: a learnable relative positional logit term per head."""
+    """Multi-head self-attention; with `use_mhca`, MHCA: a learnable relative positional logit term per head.
+
+    Two implementations, chosen by `config._attn_implementation` (transformers' `attn_implementation`):
+
+    - "eager": the reference formulation. The (H, T, T) positional bias is added to the scaled logits and the
+      probabilities are materialised; also used whenever `output_attentions` is requested.
+    - "sdpa" (default): the positional term travels as `MHCA_CHANNELS` extra query / key channels per head (see
+      `mhca_position_features`), so `F.scaled_dot_product_attention` runs with no mask and may use a fused kernel.
+      It gives the eager outputs and gradients up to float rounding (tested to 1e-5 in fp32). In half precision
+      (bf16 / fp16, e.g. under autocast) MHCA layers pass the bias as sdpa's float mask instead: the channel form
+      cancels terms of up to ~2 |v0| |p|^2 and bf16 rounding would move attention probabilities by up to ~0.1.
+    """
 
     def __init__(self, config: DearKDViTConfig, use_mhca: bool) -> None:
         super().__init__()
+        self.config = config
+        self.is_causal = False
         self.num_heads = config.num_attention_heads
         self.head_dim = config.hidden_size // config.num_attention_heads
         self.scaling = self.head_dim**-0.5
         self.dropout_prob = config.attention_probs_dropout_prob
         self.use_mhca = use_mhca
+        self.grid_shape = (config.grid_size, config.grid_size)
+        self.num_prefix_tokens = config.num_prefix_tokens
         self.q_proj = nn.Linear(config.hidden_size, config.hidden_size, bias=config.qkv_bias)
         self.k_proj = nn.Linear(config.hidden_size, config.hidden_size, bias=config.qkv_bias)
         self.v_proj = nn.Linear(config.hidden_size, config.hidden_size, bias=config.qkv_bias)
@@ -169,47 +285,83 @@ class DearKDViTAttention(nn.Module):
         if use_mhca:
             # v_h, one row per head; filled by `_init_weights` (-a * (1, -2 c_hx, -2 c_hy))
             self.positional_weight = nn.Parameter(torch.zeros(self.num_heads, 3))
-            # r(delta), derived from the grid: not saved, recomputed by `_init_weights` on load
+            # Derived from the config's grid, not saved, recomputed by `_init_weights` on load: r(delta) for the
+            # eager path, the query features and key basis of the sdpa path
             self.register_buffer("relative_positions", relative_positions(config.grid_size), persistent=False)
+            query_features, key_basis = mhca_position_features(config.grid_size, config.num_prefix_tokens)
+            self.register_buffer("mhca_query_features", query_features, persistent=False)
+            self.register_buffer("mhca_key_basis", key_basis, persistent=False)
 
-    def positional_bias(self, num_tokens: int) -> torch.Tensor:
+    def positional_bias(self, num_tokens: int, grid_shape: tuple[int, int] | None = None) -> torch.Tensor:
         """(H, T, T) logit bias v_h . r(p_j - p_i), zero in the rows and columns of prefix tokens."""
-        bias = torch.einsum("ijc,hc->hij", self.relative_positions, self.positional_weight)
+        if grid_shape is None or tuple(grid_shape) == self.grid_shape:
+            relative = self.relative_positions
+        else:  # another resolution (interpolate_pos_encoding): the relative positions of that grid
+            relative = relative_positions(grid_shape).to(self.relative_positions.device)
+        bias = torch.einsum("ijc,hc->hij", relative, self.positional_weight)
         num_prefix = num_tokens - bias.shape[-1]
         return F.pad(bias, (num_prefix, 0, num_prefix, 0))
 
+    def position_features(self, grid_shape: tuple[int, int] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """(T, 4) query features and (T, H, 4) key features whose products give the positional term (sdpa path),
+        the key side divided by the softmax scale, which sdpa applies to the whole product."""
+        if grid_shape is None or tuple(grid_shape) == self.grid_shape:
+            query_features, key_basis = self.mhca_query_features, self.mhca_key_basis
+        else:
+            device = self.mhca_query_features.device
+            query_features, key_basis = mhca_position_features(grid_shape, self.num_prefix_tokens)
+            query_features, key_basis = query_features.to(device), key_basis.to(device)
+        key_features = torch.einsum("tfc,hc->thf", key_basis, self.positional_weight) / self.scaling
+        return query_features, key_features
+
     def forward(
-        self, hidden_states: torch.Tensor, output_attentions: bool = False
+        self,
+        hidden_states: torch.Tensor,
+        output_attentions: bool = False,
+        grid_shape: tuple[int, int] | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         batch_size, num_tokens, _ = hidden_states.shape
+        shape = (batch_size, num_tokens, self.num_heads, self.head_dim)
         query, key, value = (
-            proj(hidden_states).view(batch_size, num_tokens, self.num_heads, self.head_dim).transpose(1, 2)
-            for proj in (self.q_proj, self.k_proj, self.v_proj)
+            proj(hidden_states).view(shape).transpose(1, 2) for proj in (self.q_proj, self.k_proj, self.v_proj)
         )
-        bias = self.positional_bias(num_tokens).to(query.dtype) if self.use_mhca else None
         dropout = self.dropout_prob if self.training else 0.0
-        if output_attentions:
-            context, probs = self._eager_attention(query, key, value, bias, dropout)
+        implementation = "eager" if output_attentions else self.config._attn_implementation
+        if implementation == "eager":
+            bias = self.positional_bias(num_tokens, grid_shape).to(query.dtype) if self.use_mhca else None
+            context, probs = eager_attention_forward(self, query, key, value, bias, dropout, self.scaling)
         else:
-            context = F.scaled_dot_product_attention(query, key, value, attn_mask=bias, dropout_p=dropout)
-            probs = None
-        context = context.transpose(1, 2).reshape(batch_size, num_tokens, -1)
-        return self.o_proj(context), probs
+            mask = None
+            if self.use_mhca and query.dtype in (torch.float32, torch.float64):
+                query, key, value = self.with_position_channels(query, key, value, grid_shape)
+            elif self.use_mhca:
+                # Half precision: the channel form's large, cancelling terms (|p|^2, p_i . p_j) would lose up to
+                # ~0.1 of attention probability to rounding once v_h is trained; pass the bias as a float mask
+                mask = self.positional_bias(num_tokens, grid_shape).to(query.dtype)
+            attention_interface = ALL_ATTENTION_FUNCTIONS.get_interface(implementation, eager_attention_forward)
+            context, probs = attention_interface(self, query, key, value, mask, dropout=dropout, scaling=self.scaling)
+            context = context[..., : self.head_dim]
+        context = context.reshape(batch_size, num_tokens, -1)
+        return self.o_proj(context), probs if output_attentions else None
 
-    def _eager_attention(
+    def with_position_channels(
         self,
         query: torch.Tensor,
         key: torch.Tensor,
         value: torch.Tensor,
-        bias: torch.Tensor | None,
-        dropout: float,
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """The same computation as SDPA, materialising the probabilities so they can be returned."""
-        scores = query @ key.transpose(-2, -1) * self.scaling
-        if bias is not None:
-            scores = scores + bias
-        probs = scores.softmax(dim=-1, dtype=torch.float32).to(query.dtype)
-        return F.dropout(probs, p=dropout, training=self.training) @ value, probs
+        grid_shape: tuple[int, int] | None,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(B, H, T, d) query, key, value with `MHCA_CHANNELS` more channels: the positional term rides in the query
+        and key ones (`mhca_position_features`), the value ones are zeros (fused kernels want equal widths) and their
+        outputs are dropped. Plain attention on them, with no mask, gives MHCA's probabilities."""
+        batch_size = query.shape[0]
+        query_features, key_features = self.position_features(grid_shape)
+        query_features = query_features.to(query.dtype).expand(batch_size, self.num_heads, -1, -1)
+        key_features = key_features.transpose(0, 1).to(key.dtype).expand(batch_size, -1, -1, -1)
+        zeros = value.new_zeros(1, 1, 1, MHCA_CHANNELS).expand(*value.shape[:-1], -1)
+        query = torch.cat([query, query_features], dim=-1)
+        key = torch.cat([key, key_features], dim=-1)
+        return query, key, torch.cat([value, zeros], dim=-1)  # one pass, where F.pad fills then copies
 
 
 class DearKDViTMLP(nn.Module):
@@ -236,9 +388,14 @@ class DearKDViTLayer(GradientCheckpointingLayer):
         self.drop_path = DearKDViTDropPath(drop_path)
 
     def forward(
-        self, hidden_states: torch.Tensor, output_attentions: bool = False
+        self,
+        hidden_states: torch.Tensor,
+        output_attentions: bool = False,
+        grid_shape: tuple[int, int] | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        attended, probs = self.attention(self.layernorm_before(hidden_states), output_attentions=output_attentions)
+        attended, probs = self.attention(
+            self.layernorm_before(hidden_states), output_attentions=output_attentions, grid_shape=grid_shape
+        )
         hidden_states = hidden_states + self.drop_path(self.dropout(attended))
         mixed = self.mlp(self.layernorm_after(hidden_states))
         hidden_states = hidden_states + self.drop_path(self.dropout(mixed))
@@ -256,6 +413,7 @@ class DearKDViTPreTrainedModel(PreTrainedModel):
     main_input_name = "pixel_values"
     input_modalities = ("image",)
     supports_gradient_checkpointing = True
+    _supports_sdpa = True
     _no_split_modules = ["DearKDViTEmbeddings", "DearKDViTLayer"]
 
     def _init_weights(self, module: nn.Module) -> None:
@@ -271,6 +429,9 @@ class DearKDViTPreTrainedModel(PreTrainedModel):
             weights = initial_positional_weights(module.num_heads, self.config.mhca_locality_strength)
             init.copy_(module.positional_weight, weights)
             init.copy_(module.relative_positions, relative_positions(self.config.grid_size))
+            query_features, key_basis = mhca_position_features(self.config.grid_size, self.config.num_prefix_tokens)
+            init.copy_(module.mhca_query_features, query_features)
+            init.copy_(module.mhca_key_basis, key_basis)
 
 
 class DearKDViTModel(DearKDViTPreTrainedModel):
@@ -279,7 +440,7 @@ class DearKDViTModel(DearKDViTPreTrainedModel):
     def __init__(self, config: DearKDViTConfig) -> None:
         super().__init__(config)
         self.embeddings = DearKDViTEmbeddings(config)
-        rates = torch.linspace(0, config.drop_path_rate, config.num_hidden_layers).tolist()
+        rates = drop_path_rates(config.drop_path_rate, config.num_hidden_layers)
         self.layers = nn.ModuleList(
             DearKDViTLayer(config, use_mhca=config.is_mhca_layer(index), drop_path=rates[index])
             for index in range(config.num_hidden_layers)
@@ -296,17 +457,21 @@ class DearKDViTModel(DearKDViTPreTrainedModel):
         output_hidden_states: bool | None = None,
         output_attentions: bool | None = None,
         return_dict: bool | None = None,
+        interpolate_pos_encoding: bool | None = None,
         **kwargs,
     ) -> BaseModelOutput | tuple:
         """`last_hidden_state` is after the final norm; `hidden_states` are the block outputs before it."""
         output_hidden_states = _default(output_hidden_states, self.config.output_hidden_states)
         output_attentions = _default(output_attentions, self.config.output_attentions)
         dtype = self.embeddings.patch_embeddings.projection.weight.dtype
-        hidden_states = self.embeddings(pixel_values.to(dtype))
+        interpolate = bool(interpolate_pos_encoding)
+        hidden_states = self.embeddings(pixel_values.to(dtype), interpolate_pos_encoding=interpolate)
+        patch_size = self.config.patch_size
+        grid_shape = (pixel_values.shape[-2] // patch_size, pixel_values.shape[-1] // patch_size)
         all_hidden_states = [hidden_states]
         all_attentions = []
         for layer in self.layers:
-            hidden_states, probs = layer(hidden_states, output_attentions=output_attentions)
+            hidden_states, probs = layer(hidden_states, output_attentions=output_attentions, grid_shape=grid_shape)
             all_hidden_states.append(hidden_states)
             all_attentions.append(probs)
         output = BaseModelOutput(
@@ -336,6 +501,7 @@ class DearKDViTForImageClassification(DearKDViTPreTrainedModel):
         output_hidden_states: bool | None = None,
         output_attentions: bool | None = None,
         return_dict: bool | None = None,
+        interpolate_pos_encoding: bool | None = None,
         **kwargs,
     ) -> DearKDViTOutput | tuple:
         backbone = self.dearkd_vit(
@@ -343,6 +509,7 @@ class DearKDViTForImageClassification(DearKDViTPreTrainedModel):
             output_hidden_states=output_hidden_states,
             output_attentions=output_attentions,
             return_dict=True,
+            interpolate_pos_encoding=interpolate_pos_encoding,
         )
         tokens = backbone.last_hidden_state
         cls_logits = self.cls_classifier(tokens[:, 0])
@@ -386,6 +553,11 @@ class DearKDViTForImageClassification(DearKDViTPreTrainedModel):
 
 def _default(value: bool | None, fallback: bool | None) -> bool:
     return bool(fallback) if value is None else value
+
+
+def drop_path_rates(rate: float, num_layers: int) -> list[float]:
+    """Stochastic-depth rate per block, linear from 0 to `rate`; plain floats, so the model builds on meta."""
+    return [rate * index / (num_layers - 1) for index in range(num_layers)] if num_layers > 1 else [0.0]
 
 
 # A copy of dearkd_hf.losses.classification_loss: this file must load with trust_remote_code where dearkd_hf is not
