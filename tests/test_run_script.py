@@ -380,3 +380,27 @@ def test_string_labels_distil_the_same_classes(tmp_path, string_label_dataset, t
         assert [names[i] for i in orders[-1]] == student_names
     else:
         assert orders[-1] is None
+
+
+def test_a_grayscale_student_runs_in_the_pipeline_as_evaluated(tmp_path, teacher_dir):
+    """pipeline("image-classification") converts every image to RGB; the grayscale DearKD ViT reads RGB pixels as
+    the grayscale image, so on PIL images of either mode it predicts what the trainer's evaluation transform gives."""
+    from transformers import AutoImageProcessor, pipeline
+
+    from dearkd_hf.transforms import build_transforms
+
+    out = tmp_path / "out"
+    run_cli(*tiny_args(teacher_dir, out))
+    model = AutoModelForImageClassification.from_pretrained(out).eval()
+    processor = AutoImageProcessor.from_pretrained(out)
+    assert model.config.num_channels == 1
+    classify = pipeline("image-classification", model=model, image_processor=processor, top_k=10)
+    evaluate = build_transforms(28, processor.image_mean, processor.image_std, 1, train=False)
+    image = load_from_disk(str(EMBEDDED))["test"][0]["image"]
+    for mode in ("L", "RGB"):
+        pixels = evaluate({"image": [image.convert(mode)], "label": [0]})["pixel_values"][0]
+        with torch.no_grad():
+            expected = model(pixel_values=pixels[None]).logits.softmax(-1)[0]
+        scores = {p["label"]: p["score"] for p in classify(image.convert(mode))}
+        got = torch.tensor([scores[model.config.id2label[i]] for i in range(10)])
+        assert torch.allclose(got, expected, atol=1e-4), mode

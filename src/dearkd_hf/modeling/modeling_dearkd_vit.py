@@ -152,8 +152,14 @@ class DearKDViTDropPath(nn.Module):
         return f"p={self.drop_prob}"
 
 
+# ITU-R 601 luma, the weights of PIL's convert("L"): a grayscale model given RGB pixels (``pipeline()`` converts every
+# image to RGB) reads them as the grayscale image its training saw. A one-value mean/std normalisation commutes with
+# them, since they sum to 1.
+RGB_TO_GRAY = (0.299, 0.587, 0.114)
+
+
 class DearKDViTPatchEmbeddings(nn.Module):
-    """Non-overlapping patches -> tokens, a strided Conv2d as in ViT."""
+    """Non-overlapping patches -> tokens, a strided Conv2d as in ViT. A grayscale model also takes RGB pixels."""
 
     def __init__(self, config: DearKDViTConfig) -> None:
         super().__init__()
@@ -163,6 +169,9 @@ class DearKDViTPatchEmbeddings(nn.Module):
         )
 
     def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        if self.num_channels == 1 and pixel_values.shape[1] == 3:
+            weights = pixel_values.new_tensor(RGB_TO_GRAY).view(1, 3, 1, 1)
+            pixel_values = (pixel_values * weights).sum(dim=1, keepdim=True)
         if pixel_values.shape[1] != self.num_channels:
             raise ValueError(
                 f"`pixel_values` has {pixel_values.shape[1]} channels but the model expects {self.num_channels} "
