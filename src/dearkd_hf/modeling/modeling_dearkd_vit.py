@@ -477,11 +477,13 @@ class DearKDViTModel(DearKDViTPreTrainedModel):
         hidden_states = self.embeddings(pixel_values.to(dtype), interpolate_pos_encoding=interpolate)
         patch_size = self.config.patch_size
         grid_shape = (pixel_values.shape[-2] // patch_size, pixel_values.shape[-1] // patch_size)
-        all_hidden_states = [hidden_states]
+        # kept only when asked: in inference, holding every block's output would keep them all alive
+        all_hidden_states = [hidden_states] if output_hidden_states else None
         all_attentions = []
         for layer in self.layers:
             hidden_states, probs = layer(hidden_states, output_attentions=output_attentions, grid_shape=grid_shape)
-            all_hidden_states.append(hidden_states)
+            if all_hidden_states is not None:
+                all_hidden_states.append(hidden_states)
             all_attentions.append(probs)
         output = BaseModelOutput(
             last_hidden_state=self.layernorm(hidden_states),
