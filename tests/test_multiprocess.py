@@ -95,5 +95,6 @@ def test_processes_that_do_not_form_one_group_are_refused(tmp_path):
     ]  # fmt: skip
     result = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=240)
     assert result.returncode != 0
-    assert result.stderr.count("2 processes were launched (WORLD_SIZE=2) but this one trains in a group of 1") == 2
+    # Each process refuses; torchrun may stop the second before it prints, once the first has failed.
+    assert "2 processes were launched (WORLD_SIZE=2) but this one trains in a group of 1" in result.stderr
     assert "--use_cpu true" in result.stderr and not (tmp_path / "out" / "model.safetensors").exists()

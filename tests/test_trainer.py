@@ -230,14 +230,15 @@ def test_save_model_holds_only_the_student_and_reloads(tmp_path):
 
 
 def test_stage2_log_lines_carry_no_stage1_loss_components(tmp_path):
-    """A logging window open at the switch (steps 4-6 of 8, stop after step 4): the stage-2 line has only the label
-    loss, never the teacher's terms."""
+    """A logging window open at the switch (steps 4-6 of 8, stop after step 4): its stage-1 step gets a line of its
+    own at the switch, and the stage-2 line has only the label loss, never the teacher's terms."""
     trainer = make_trainer(tmp_path, logging_steps=3)
     trainer.train()
     lines = [log for log in trainer.state.log_history if "loss" in log]
-    assert [log["stage"] for log in lines] == [1.0, 2.0]
-    assert {"loss_kd", "loss_align", "beta"} <= lines[0].keys()
-    assert not {"loss_kd", "loss_align", "beta"} & lines[1].keys() and "loss_ce" in lines[1]
+    assert [(log["step"], log["stage"]) for log in lines] == [(3, 1.0), (4, 1.0), (6, 2.0)]
+    assert all({"loss_kd", "loss_align", "beta"} <= line.keys() for line in lines[:2])
+    assert not {"loss_kd", "loss_align", "beta"} & lines[2].keys() and "loss_ce" in lines[2]
+    assert not [key for line in lines for key in line if key.startswith("_")]
 
 
 def test_save_model_writes_the_card_push_to_hub_writes(tmp_path):

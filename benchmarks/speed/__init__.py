@@ -290,7 +290,7 @@ def targets_met(ratios: dict[str, float], paired: dict[str, float], preset: str 
 def portable_command(argv: list[str], script: str = "speed.py") -> list[str]:
     """The command line as recorded in results: paths inside the repository relative to it, others by file name
     (results hold no machine paths)."""
-    root = Path(__file__).resolve().parents[1]
+    root = Path(__file__).resolve().parents[2]  # the repository (this file: benchmarks/speed/__init__.py)
 
     def portable(arg: str) -> str:
         flag, sep, value = arg.rpartition("=") if arg.startswith("--") and "=" in arg else ("", "", arg)

@@ -50,6 +50,9 @@ if TYPE_CHECKING:
 
 logger = logging.get_logger(__name__)
 
+# The key under which stage-1 steps record their total loss (see _release_teacher); never logged under this name.
+WINDOW_LOSS = "_stage1_loss"
+
 
 class DearKDTrainer(RunFolderMixin, ExactResumeMixin, EvaluationCollatorMixin, Trainer):
     r"""
@@ -305,7 +308,8 @@ class DearKDTrainer(RunFolderMixin, ExactResumeMixin, EvaluationCollatorMixin, T
             components = {"loss_ce": loss.detach()}
         if model.training:
             check_finite_loss(loss, self.state.global_step + 1, components)
-            self._record(components)
+            # Stage 1 also keeps its total loss, for the line that closes its last logging window at the switch.
+            self._record({**components, **({WINDOW_LOSS: loss.detach()} if distilling else {})})
         return (loss, {"logits": student.logits}) if return_outputs else loss
 
     def prediction_step(
@@ -347,9 +351,11 @@ class DearKDTrainer(RunFolderMixin, ExactResumeMixin, EvaluationCollatorMixin, T
         gc.collect()
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
-        # Stage 2's log lines carry stage 2's loss components only (a logging window open at the switch would
-        # otherwise average stage 1's KD and alignment terms into the first stage-2 line).
-        self._metrics.clear()
+        # A logging window open at the switch: its stage-1 steps get a line of their own (stage 1, their mean loss
+        # and terms), so that stage 2's lines carry stage 2's loss terms only.
+        if WINDOW_LOSS in self._metrics:
+            means = self._component_means()
+            Trainer.log(self, {"loss": means.pop(WINDOW_LOSS), **means, "stage": 1.0})
         # A run resumed in stage 2 switches at its first step; the run that crossed the stop has logged it already.
         key = "distillation_stopped_at_epoch"
         if not any(key in log for log in self.state.log_history):
@@ -361,14 +367,21 @@ class DearKDTrainer(RunFolderMixin, ExactResumeMixin, EvaluationCollatorMixin, T
         for key, value in components.items():
             self._metrics[key].append(value)
 
+    def _component_means(self) -> dict[str, float]:
+        """The mean of each recorded loss component since the last log (averaged over processes); then cleared."""
+        means = {}
+        for key, values in self._metrics.items():
+            mean = torch.stack(values).float().mean().to(self.args.device)
+            means[key] = self.accelerator.reduce(mean, reduction="mean").item()
+        self._metrics.clear()
+        return means
+
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
         """Add the mean of each loss component since the last log (averaged over processes) to training logs."""
         if "loss" in logs and self._metrics:
-            for key, values in self._metrics.items():
-                mean = torch.stack(values).float().mean().to(self.args.device)
-                logs[key] = self.accelerator.reduce(mean, reduction="mean").item()
-            logs["stage"] = float(self.stage)
-            self._metrics.clear()
+            means = self._component_means()
+            means.pop(WINDOW_LOSS, None)  # the Trainer's own "loss" covers the window
+            logs.update(means, stage=float(self.stage))
         super().log(logs, start_time)
 
     # ---- training data ----
