@@ -202,8 +202,10 @@ def task_dataset(source: str, task: str, out: Path) -> str:
         index = {c: i for i, c in enumerate(classes)}
         data = data.filter(lambda y: y in index, input_columns="label")
         data = data.map(lambda y: {"label": index[y]}, input_columns="label", features=features)
+        tmp = out / f"task-{task}.tmp{os.getpid()}"  # then renamed: a reader never sees a half-written folder
+        data.save_to_disk(str(tmp))
         shutil.rmtree(folder, ignore_errors=True)
-        data.save_to_disk(str(folder))
+        os.replace(tmp, folder)
     return str(folder)
 
 
@@ -484,6 +486,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         if not args.quick:
             ensure_dataset(args.dataset_dir)
         if args.workers > 1 and len(args.seeds) > 1:
+            for task in args.tasks:  # written once, before the workers read it
+                task_dataset(args.dataset_dir, task, Path(args.work_dir))
             run_workers(args, sys.argv[1:] if argv is None else list(argv), results)
         else:
             runner = Runner(args)
