@@ -8,10 +8,8 @@ the student rows, which all train the same DearKD ViT (``--student``, MHCA).
 
     tasks          fmnist10: all ten classes (the ViT learns slowly: labels alone reach about 55% in 250 steps);
                    easy4: T-shirt, trouser, sneaker, bag, relabelled 0..3 (a task the ViT learns quickly)
-    teachers       small_resnet: a small transformers ResNet (the data-efficiency benchmark's); resnet18, resnet50:
-                   timm CNNs as examples/demo.sh trains them (examples/train_teacher.py --model_name_or_path NAME);
-                   one per (task, size, seed), trained on the cell's images, RGB, and kept in a folder with a DONE
-                   file named by everything it depends on, so reruns reuse it
+    teachers       small_resnet (a small transformers ResNet) or a timm name (resnet18: examples/demo.sh's), trained
+                   by examples/train_teacher.py on the cell's images (RGB) per seed, kept (DONE file) for reruns
     labels_only    examples/run.py with --distillation_stop_epoch 0: the student on labels alone from step 0
     deit           DeiT-style logit KD: --beta 0, distillation never stops
     dearkd         DearKD with every DearKD knob at the library's default
@@ -21,9 +19,8 @@ Rows are appended to ``<results_dir>/<prefix>.json`` as they finish and skipped 
 the per-cell means, the paired differences (DearKD minus each baseline, same seed and teacher) and the target check:
 in every cell DearKD's mean >= max(labels_only, deit) - 0.5 points, and over the cells DearKD >= deit + 1 point.
 
-    python -m benchmarks.robustness --workers 2 --tasks easy4 fmnist10 --teachers resnet18 small_resnet \
-        --results_dir benchmarks/results/robustness_teachers   # see docs/METHOD.md section 2 for the full command
-    python -m benchmarks.robustness --quick      # embedded 5k/1k subset, tiny models, a handful of steps
+    python -m benchmarks.robustness --tasks easy4 fmnist10 --teachers resnet18 small_resnet  # docs/METHOD.md s. 2
+    python -m benchmarks.robustness --quick  # embedded 5k/1k subset, tiny models, a handful of steps
 """
 
 from __future__ import annotations
@@ -54,6 +51,10 @@ from dearkd_hf.paths import EMBEDDED_DATASET  # noqa: E402
 BASE_METHODS = ("teacher", "labels_only", "deit", "dearkd")
 BASELINES = ("labels_only", "deit")
 TASKS = {"fmnist10": None, "easy4": (0, 1, 7, 8)}  # Fashion-MNIST's class ids kept (None: all)
+FIXED_FLAGS = (
+    "--per_device_eval_batch_size=256 --lr_scheduler_type=cosine --save_strategy=no --eval_strategy=no "
+    "--logging_strategy=epoch --report_to=none --disable_tqdm=true --log_level=warning"
+).split()
 CELL_MARGIN, MEAN_GAIN = 0.5, 1.0  # the target: every cell >= best baseline - 0.5; mean over cells >= deit + 1
 
 SIZES = {
@@ -230,16 +231,9 @@ class Runner:
             f"--output_dir={output_dir}",
             f"--num_train_epochs={epochs}",
             f"--per_device_train_batch_size={a.batch_size}",
-            "--per_device_eval_batch_size=256",
             f"--learning_rate={a.learning_rate}",
             f"--weight_decay={a.weight_decay}",
-            "--lr_scheduler_type=cosine",
-            "--save_strategy=no",
-            "--eval_strategy=no",
-            "--logging_strategy=epoch",
-            "--report_to=none",
-            "--disable_tqdm=true",
-            "--log_level=warning",
+            *FIXED_FLAGS,
             f"--max_eval_samples={a.max_eval_samples}",
             f"--use_cpu={not torch.cuda.is_available()}",
         ]
@@ -348,9 +342,6 @@ def jobs(args: argparse.Namespace) -> list[tuple[str, tuple[str, int, int, str],
     return out
 
 
-# ---- the report ----
-
-
 def cell_stats(rows: list[dict[str, Any]]) -> dict[tuple[str, int, int, str], dict[str, Any]]:
     """Per cell (task, size, steps, teacher): each method's mean and std, and paired differences to the baselines."""
     cells: dict[tuple[str, int, int, str], dict[str, Any]] = {}
@@ -384,11 +375,8 @@ def _order(method: str) -> tuple[int, str]:
 
 
 def _mean_std(values: list[float]) -> dict[str, float]:
-    return {
-        "mean": statistics.mean(values),
-        "std": statistics.stdev(values) if len(values) > 1 else math.nan,
-        "n": len(values),
-    }
+    std = statistics.stdev(values) if len(values) > 1 else math.nan
+    return {"mean": statistics.mean(values), "std": std, "n": len(values)}
 
 
 def targets_met(cells: dict[tuple, dict[str, Any]], method: str = "dearkd") -> dict[str, Any]:
@@ -416,7 +404,7 @@ def _fmt(s: dict[str, float]) -> str:
 def write_table(path: Path, results: Results, variants: dict[str, list[str]]) -> None:
     cells = cell_stats(results.rows)
     methods = sorted({m for cell in cells.values() for m in cell["methods"]}, key=_order)
-    head = "| task | train images | steps | teacher | "
+    head = "| task | train images | steps | teacher model | "
     lines = [
         "# Robustness grid: Fashion-MNIST tasks as 32 px RGB, small data, short schedules (test accuracy, %)",
         "",
