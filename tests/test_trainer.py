@@ -291,6 +291,7 @@ def test_missing_teacher_fails(tmp_path):
         ("beta", -1.0, "beta=-1.0 must be >= 0"),
         ("tau", 0.0, "tau"),
         ("beta_schedule", "cosine", "beta_schedule='cosine' is not one of"),
+        ("align_ratio", 0.0, "align_ratio=0.0 must be > 0"),
         ("label_loss_heads", "sum", "label_loss_heads='sum' is not one of"),
         ("distillation_stop_fraction", 1.5, r"distillation_stop_fraction=1.5 must lie in \[0, 1\]"),
         *[
@@ -418,6 +419,17 @@ def test_alignment_weight_follows_beta_schedule_over_stage1(tmp_path, schedule, 
     trainer.train()
     betas = [log["beta"] for log in trainer.state.log_history if "beta" in log]
     assert betas == pytest.approx(expected)
+
+
+def test_default_alignment_weight_is_balanced_against_the_label_and_kd_terms(tmp_path):
+    trainer = make_trainer(tmp_path)  # beta_schedule="balanced", align_ratio=0.5, beta=1: one log per step
+    trainer.train()
+    logs = [log for log in trainer.state.log_history if "beta" in log]
+    assert len(logs) == 4
+    for log in logs:
+        task = 0.5 * log["loss_ce"] + 0.5 * log["loss_kd"]
+        assert log["beta"] == pytest.approx(min(1.0, 0.5 * task / log["loss_align"]), rel=1e-4)
+        assert log["loss"] == pytest.approx(task + log["beta"] * log["loss_align"], rel=1e-4)
 
 
 def test_resume_true_takes_the_last_complete_checkpoint(tmp_path, caplog):

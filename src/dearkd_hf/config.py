@@ -42,7 +42,7 @@ class DearKDConfig(TrainingArguments):
             Pairs `"STUDENT_BLOCK:TEACHER_LAYER"`: a 1-based student block index and a teacher module name, e.g.
             `["3:layer1", "6:layer2"]`. `None` takes the student's blocks at 1/4 and 1/2 of its depth against the
             teacher's first two stages.
-        beta_schedule (`str`, *optional*, defaults to `"constant"`):
+        beta_schedule (`str`, *optional*, defaults to `"balanced"`):
             How the alignment weight moves during stage 1: `"constant"` keeps `beta`; `"linear"` decays it from
             `beta` at step 0 to 0 at `distillation_stop_epoch`, so stage 1 hands over to the labels gradually;
             `"balanced"` caps it each step at `align_ratio` times the ratio of the label + logit-KD loss to the
@@ -97,9 +97,10 @@ class DearKDConfig(TrainingArguments):
         metadata={"help": "Pairs 'STUDENT_BLOCK:TEACHER_LAYER' (1-based block), e.g. 3:layer1 6:layer2."},
     )
     beta_schedule: str = field(
-        default="constant",
+        default="balanced",
         metadata={
-            "help": "Alignment weight over stage 1: constant, or linear decay to 0 at the stop.",
+            "help": "Alignment weight over stage 1: balanced (capped at align_ratio x the label+KD term each step), "
+            "constant (fixed beta), or linear decay to 0 at the stop.",
             "choices": list(BETA_SCHEDULES),
         },
     )
