@@ -49,7 +49,8 @@ class DearKDConfig(TrainingArguments):
             alignment loss (detached), so the alignment term never outweighs `align_ratio` times the rest.
         align_ratio (`float`, *optional*, defaults to `0.5`):
             With `beta_schedule="balanced"`: the largest share of the label + logit-KD term the alignment term may
-            reach, `beta_step = min(beta, align_ratio * (label + KD loss) / alignment loss)`. Positive.
+            reach, `beta_step = min(beta, align_ratio * (label + KD loss) / alignment loss)`, computed per micro-batch
+            (with gradient accumulation, from each micro-batch's own losses). Positive.
         label_loss_heads (`str`, *optional*, defaults to `"averaged_logits"`):
             The label loss of a student with a distillation token in stage 2 (and in stage 1 with
             `distillation_type="none"`): `"averaged_logits"` is the cross-entropy of `(s_cls + s_dist) / 2`, the
