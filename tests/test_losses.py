@@ -5,7 +5,14 @@ import math
 import pytest
 import torch
 
-from dearkd_hf.losses import classification_loss, logit_kd, scheduled_beta, stage1_loss, stage2_loss
+from dearkd_hf.losses import (
+    balanced_beta,
+    classification_loss,
+    logit_kd,
+    scheduled_beta,
+    stage1_loss,
+    stage2_loss,
+)
 
 S_CLS = torch.tensor([[2.0, 0.5, -1.0], [0.0, 1.0, 3.0]])
 S_DIST = torch.tensor([[0.3, 1.2, 0.1], [1.5, -0.5, 0.2]])
@@ -111,10 +118,45 @@ def test_none_kd_stage1_uses_the_chosen_label_loss():
         ("linear", 4.0, 4.0, 0.0),
         ("linear", 5.0, 4.0, 0.0),
         ("linear", 0.0, 0.0, 0.0),
+        ("balanced", 3.0, 4.0, 2.0),  # the ceiling; balanced_beta lowers it per step
     ],
 )
 def test_scheduled_beta_by_hand(schedule, epoch, stop, expected):
     assert scheduled_beta(2.0, schedule, epoch, stop) == pytest.approx(expected)
+
+
+@pytest.mark.parametrize(
+    "beta, ratio, task, align, expected",
+    [
+        (1.0, 0.5, 2.0, 4.0, 0.25),  # 0.5 * 2 / 4: the alignment term (0.25 * 4 = 1) is half the task term
+        (1.0, 0.5, 2.0, 0.5, 1.0),  # 0.5 * 2 / 0.5 = 2 > beta: the ceiling beta
+        (0.1, 1.0, 0.3, 1.5, 0.1),  # 1 * 0.3 / 1.5 = 0.2 > 0.1
+        (2.0, 0.1, 0.3, 1.5, 0.02),  # 0.1 * 0.3 / 1.5
+        (1.0, 0.5, 2.0, 0.0, 1.0),  # nothing to align: beta
+    ],
+)
+def test_balanced_beta_by_hand(beta, ratio, task, align, expected):
+    assert balanced_beta(beta, ratio, torch.tensor(task), torch.tensor(align)).item() == pytest.approx(expected)
+
+
+def test_balanced_stage1_caps_the_alignment_term_at_ratio_times_the_rest_without_its_gradient():
+    s_cls = S_CLS.clone().requires_grad_()
+    loss, parts = stage1_loss(
+        s_cls, S_DIST, LABELS, TEACHER, ALIGNED, TARGETS, distillation_type="hard", alpha=0.3, beta=1.0, tau=1.0,
+        align_ratio=0.2,
+    )  # fmt: skip
+    task = 0.7 * ce_by_hand(S_CLS, LABELS) + 0.3 * ce_by_hand(S_DIST, torch.tensor([1, 0]))
+    weight = 0.2 * task / ALIGN_BY_HAND  # about 0.12 < beta = 1
+    assert parts["beta"].item() == pytest.approx(weight, rel=1e-5)
+    assert loss.item() == pytest.approx(task + weight * ALIGN_BY_HAND, rel=1e-5)  # = 1.2 * task
+    loss.backward()  # the weight is a constant: the class head's gradient is 0.7 * d CE, as without alignment
+    plain = S_CLS.clone().requires_grad_()
+    (0.7 * torch.nn.functional.cross_entropy(plain, LABELS)).backward()
+    assert torch.allclose(s_cls.grad, plain.grad, atol=1e-6)
+    _, fixed = stage1_loss(
+        S_CLS, S_DIST, LABELS, TEACHER, ALIGNED, TARGETS, distillation_type="hard", alpha=0.3, beta=1.0, tau=1.0
+    )
+    assert fixed["beta"].item() == 1.0  # without align_ratio: beta as given
 
 
 def test_unknown_beta_schedule_is_rejected():

@@ -256,7 +256,9 @@ def test_save_model_writes_the_card_push_to_hub_writes(tmp_path):
 
 
 def test_gradient_accumulation_equals_larger_batch(tmp_path):
+    # A fixed alignment weight: the balanced one is set per micro-batch, from that micro-batch's losses.
     common = dict(max_steps=1, optim="sgd", learning_rate=0.5, lr_scheduler_type="constant", max_grad_norm=0.0)
+    common["beta_schedule"] = "constant"
     dataset = make_dataset(8)
     params = []
     for batch, accumulation in [(4, 2), (8, 1)]:
@@ -317,6 +319,7 @@ def test_missing_teacher_fails(tmp_path):
         ("beta", -1.0, "beta=-1.0 must be >= 0"),
         ("tau", 0.0, "tau"),
         ("beta_schedule", "cosine", "beta_schedule='cosine' is not one of"),
+        ("align_ratio", 0.0, "align_ratio=0.0 must be > 0"),
         ("label_loss_heads", "sum", "label_loss_heads='sum' is not one of"),
         ("distillation_stop_fraction", 1.5, r"distillation_stop_fraction=1.5 must lie in \[0, 1\]"),
         *[
@@ -444,6 +447,17 @@ def test_alignment_weight_follows_beta_schedule_over_stage1(tmp_path, schedule, 
     trainer.train()
     betas = [log["beta"] for log in trainer.state.log_history if "beta" in log]
     assert betas == pytest.approx(expected)
+
+
+def test_default_alignment_weight_is_balanced_against_the_label_and_kd_terms(tmp_path):
+    trainer = make_trainer(tmp_path)  # beta_schedule="balanced", align_ratio=0.5, beta=1: one log per step
+    trainer.train()
+    logs = [log for log in trainer.state.log_history if "beta" in log]
+    assert len(logs) == 4
+    for log in logs:
+        task = 0.5 * log["loss_ce"] + 0.5 * log["loss_kd"]
+        assert log["beta"] == pytest.approx(min(1.0, 0.5 * task / log["loss_align"]), rel=1e-4)
+        assert log["loss"] == pytest.approx(task + log["beta"] * log["loss_align"], rel=1e-4)
 
 
 def test_resume_true_takes_the_last_complete_checkpoint(tmp_path, caplog):

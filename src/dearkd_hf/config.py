@@ -44,9 +44,15 @@ class DearKDConfig(TrainingArguments):
             Pairs `"STUDENT_BLOCK:TEACHER_LAYER"`: a 1-based student block index and a teacher module name, e.g.
             `["3:layer1", "6:layer2"]`. `None` takes the student's blocks at 1/4 and 1/2 of its depth against the
             teacher's first two stages.
-        beta_schedule (`str`, *optional*, defaults to `"constant"`):
+        beta_schedule (`str`, *optional*, defaults to `"balanced"`):
             How the alignment weight moves during stage 1: `"constant"` keeps `beta`; `"linear"` decays it from
-            `beta` at step 0 to 0 at `distillation_stop_epoch`, so stage 1 hands over to the labels gradually.
+            `beta` at step 0 to 0 at `distillation_stop_epoch`, so stage 1 hands over to the labels gradually;
+            `"balanced"` caps it each step at `align_ratio` times the ratio of the label + logit-KD loss to the
+            alignment loss (detached), so the alignment term never outweighs `align_ratio` times the rest.
+        align_ratio (`float`, *optional*, defaults to `0.5`):
+            With `beta_schedule="balanced"`: the largest share of the label + logit-KD term the alignment term may
+            reach, `beta_step = min(beta, align_ratio * (label + KD loss) / alignment loss)`, computed per micro-batch
+            (with gradient accumulation, from each micro-batch's own losses). Positive.
         label_loss_heads (`str`, *optional*, defaults to `"averaged_logits"`):
             The label loss of a student with a distillation token in stage 2 (and in stage 1 with
             `distillation_type="none"`): `"averaged_logits"` is the cross-entropy of `(s_cls + s_dist) / 2`, the
@@ -98,11 +104,16 @@ class DearKDConfig(TrainingArguments):
         metadata={"help": "Pairs 'STUDENT_BLOCK:TEACHER_LAYER' (1-based block), e.g. 3:layer1 6:layer2."},
     )
     beta_schedule: str = field(
-        default="constant",
+        default="balanced",
         metadata={
-            "help": "Alignment weight over stage 1: constant, or linear decay to 0 at the stop.",
+            "help": "Alignment weight over stage 1: balanced (capped at align_ratio x the label+KD term each step), "
+            "constant (fixed beta), or linear decay to 0 at the stop.",
             "choices": list(BETA_SCHEDULES),
         },
+    )
+    align_ratio: float = field(
+        default=0.5,
+        metadata={"help": "beta_schedule=balanced: the alignment term is at most this times the label + KD term."},
     )
     label_loss_heads: str = field(
         default="averaged_logits",
@@ -177,6 +188,8 @@ class DearKDConfig(TrainingArguments):
             )
         if self.beta < 0:
             raise ValueError(f"beta={self.beta} must be >= 0 (alignment weight; 0 disables alignment).")
+        if self.align_ratio <= 0:
+            raise ValueError(f"align_ratio={self.align_ratio} must be > 0 (alignment's largest share); e.g. 0.5.")
         if self.tau <= 0:
             raise ValueError(f"tau={self.tau} must be > 0 (distillation temperature); e.g. 1.0.")
         if self.alignment_pairs is not None:

@@ -9,7 +9,7 @@ import torch.nn.functional as F
 
 DISTILLATION_TYPES = ("hard", "soft", "none")
 LABEL_LOSS_HEADS = ("averaged_logits", "each_head")
-BETA_SCHEDULES = ("constant", "linear")
+BETA_SCHEDULES = ("balanced", "constant", "linear")
 
 
 def classification_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -85,12 +85,23 @@ def stage2_loss(
 
 
 def scheduled_beta(beta: float, schedule: str, epoch: float, stop_epoch: float) -> float:
-    """The alignment weight at ``epoch``: ``constant`` keeps ``beta``; ``linear`` decays it to 0 at ``stop_epoch``."""
-    if schedule == "constant":
+    """The alignment weight at ``epoch``: ``constant`` keeps ``beta``; ``linear`` decays it to 0 at ``stop_epoch``;
+    ``balanced`` keeps ``beta`` as the ceiling that :func:`balanced_beta` lowers step by step."""
+    if schedule in ("constant", "balanced"):
         return beta
     if schedule == "linear":
         return beta * max(0.0, 1.0 - epoch / stop_epoch) if stop_epoch > 0 else 0.0
     raise ValueError(f"beta_schedule must be one of {BETA_SCHEDULES}, got {schedule!r}.")
+
+
+def balanced_beta(beta: float, ratio: float, task_loss: torch.Tensor, align_loss: torch.Tensor) -> torch.Tensor:
+    """``min(beta, ratio * task_loss / align_loss)`` on detached values: the alignment term ``beta * align_loss``
+    is capped at ``ratio`` times the label + logit-KD term (a loss-ratio balancer, as NVIDIA ModelOpt's dynamic
+    distillation-loss scale), so it shrinks as the label loss falls on a task the student learns quickly and stays
+    near ``beta`` while the label loss is high. ``beta`` when the alignment loss is 0."""
+    task, align = task_loss.detach().float(), align_loss.detach().float()
+    cap = torch.where(align > 0, ratio * task / align.clamp_min(torch.finfo(torch.float32).tiny), beta)
+    return cap.clamp(max=beta)
 
 
 def stage1_loss(
@@ -106,20 +117,26 @@ def stage1_loss(
     beta: float,
     tau: float,
     label_loss_heads: str = "averaged_logits",
+    align_ratio: float | None = None,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """``(1 - alpha) CE(s_cls, y) + alpha KD(s_dist, t) + beta sum_k L_align_k``, and its components for logging.
+    """``(1 - alpha) CE(s_cls, y) + alpha KD(s_dist, t) + beta sum_k L_align_k``, and its components for logging
+    (``beta``: the weight the alignment got).
 
     Without a distillation token KD applies to ``s_cls``. With ``distillation_type="none"`` (ours) the logit term
-    is dropped and the heads train on labels as in stage 2 (``label_loss_heads``), plus the alignment.
+    is dropped and the heads train on labels as in stage 2 (``label_loss_heads``), plus the alignment. With
+    ``align_ratio``, the weight is :func:`balanced_beta` of the step's (label + KD) and alignment losses.
     """
     align = alignment_loss(aligned, targets) if aligned else cls_logits.new_zeros(())
     if distillation_type == "none":
         ce = stage2_loss(cls_logits, dist_logits, labels, label_loss_heads)
         kd = cls_logits.new_zeros(())
-        loss = ce + beta * align
+        task = ce
     else:
         ce = classification_loss(cls_logits, labels)
         kd_logits = dist_logits if dist_logits is not None else cls_logits
         kd = logit_kd(kd_logits, teacher_logits, distillation_type, tau)
-        loss = (1 - alpha) * ce + alpha * kd + beta * align
-    return loss, {"loss_ce": ce.detach(), "loss_kd": kd.detach(), "loss_align": align.detach()}
+        task = (1 - alpha) * ce + alpha * kd
+    weight = torch.tensor(float(beta)) if align_ratio is None else balanced_beta(beta, align_ratio, task, align)
+    loss = task + weight.to(align.device) * align
+    parts = {"loss_ce": ce.detach(), "loss_kd": kd.detach(), "loss_align": align.detach(), "beta": weight.detach()}
+    return loss, parts

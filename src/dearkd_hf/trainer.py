@@ -301,8 +301,8 @@ class DearKDTrainer(RunFolderMixin, ExactResumeMixin, EvaluationCollatorMixin, T
                 beta=beta,
                 tau=self.args.tau,
                 label_loss_heads=self.args.label_loss_heads,
+                align_ratio=self.args.align_ratio if self.args.beta_schedule == "balanced" else None,
             )
-            components["beta"] = torch.tensor(beta)
         else:
             loss = stage2_loss(student.cls_logits, student.distillation_logits, labels, self.args.label_loss_heads)
             components = {"loss_ce": loss.detach()}
