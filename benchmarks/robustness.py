@@ -201,8 +201,9 @@ def task_dataset(source: str, task: str, out: Path) -> str:
         features = data["train"].features.copy()
         features["label"] = ClassLabel(names=[names[c] for c in classes])
         index = {c: i for i, c in enumerate(classes)}
-        data = data.filter(lambda y: y in index, input_columns="label")
-        data = data.map(lambda y: {"label": index[y]}, input_columns="label", features=features)
+        # In memory: no cache file is written beside the source (the embedded subset lives in the repository).
+        data = data.filter(lambda y: y in index, input_columns="label", keep_in_memory=True)
+        data = data.map(lambda y: {"label": index[y]}, input_columns="label", features=features, keep_in_memory=True)
         tmp = out / f"task-{task}.tmp{os.getpid()}"  # then renamed: a reader never sees a half-written folder
         data.save_to_disk(str(tmp))
         shutil.rmtree(folder, ignore_errors=True)

@@ -376,6 +376,7 @@ def test_robustness_quick_writes_grid_rows_with_variants_and_skips_done_rows(tmp
     task = datasets.load_from_disk(str(tmp_path / "work" / "task-easy4"))  # four classes, relabelled 0..3
     assert task["train"].features["label"].names == ["T-shirt/top", "Trouser", "Sneaker", "Bag"]
     assert set(task["test"]["label"]) == {0, 1, 2, 3}
+    assert not list((ROOT / "examples" / "data" / "fashion_mnist_small").glob("*/cache-*.arrow"))  # nothing written
 
     rerun = run_script("robustness", *args)
     assert "seed=0" not in rerun.stdout
