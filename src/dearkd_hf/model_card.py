@@ -21,13 +21,13 @@ import transformers
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
 from .sources import looks_like_local_path
+from .teachers import TIMM_HUB_PREFIX, TIMM_LOCAL_PREFIX
 
 HUB_ID = re.compile(r"[\w.-]+(/[\w.-]+)?")
 PAPER_URL = "https://arxiv.org/abs/2204.12997"
 # Keys of Trainer.evaluate() results that are bookkeeping, not quality metrics.
 NON_METRICS = {"loss", "epoch", "runtime", "samples_per_second", "steps_per_second"}
 CARD_TAGS = ["image-classification", "dearkd", "knowledge-distillation", "vision-transformer"]
-_TIMM_PREFIXES = ("local-dir:", "hf-hub:")
 
 
 @dataclass
@@ -85,17 +85,17 @@ def public_name(name: str | None) -> str | None:
     """A Hub id or timm name as it is; a local folder as ``local folder `NAME` `` (its last component only)."""
     if name is None:
         return None
-    bare = name.removeprefix(_TIMM_PREFIXES[0]) if name.startswith(_TIMM_PREFIXES[0]) else name
-    if name.startswith(_TIMM_PREFIXES[0]) or looks_like_local_path(bare):
+    bare = name.removeprefix(TIMM_LOCAL_PREFIX)
+    if name.startswith(TIMM_LOCAL_PREFIX) or looks_like_local_path(bare):
         return f"local folder `{os.path.basename(os.path.normpath(bare))}`"
-    return f"`{name.removeprefix(_TIMM_PREFIXES[1])}`"
+    return f"`{name.removeprefix(TIMM_HUB_PREFIX)}`"
 
 
 def _hub_id(name: str | None) -> str | None:
     """``name`` when it is a Hub id (``name`` or ``owner/name``) and not a local path, else None."""
     if name is None:
         return None
-    name = name.removeprefix(_TIMM_PREFIXES[1])
+    name = name.removeprefix(TIMM_HUB_PREFIX)
     return name if HUB_ID.fullmatch(name) and not looks_like_local_path(name) else None
 
 

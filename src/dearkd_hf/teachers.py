@@ -22,7 +22,9 @@ from .transforms import fit_channels
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
-_TIMM_PREFIXES = ("hf-hub:", "local-dir:", "timm/")
+# timm's prefixes of a Hub id and of a local folder (model_card.py reads them too).
+TIMM_HUB_PREFIX, TIMM_LOCAL_PREFIX = "hf-hub:", "local-dir:"
+_TIMM_PREFIXES = (TIMM_HUB_PREFIX, TIMM_LOCAL_PREFIX, "timm/")
 _TRANSFORMERS_STAGE = re.compile(r"(^|\.)encoder\.stages\.\d+$")
 
 
@@ -190,9 +192,9 @@ def timm_model_name(name: str) -> str:
     """The name ``timm.create_model`` takes for a model that :func:`is_timm_model` accepts (``local-dir:`` for a
     folder, ``hf-hub:`` for a ``timm/`` Hub id)."""
     if os.path.isdir(name):
-        return f"local-dir:{name}"
+        return f"{TIMM_LOCAL_PREFIX}{name}"
     if name.startswith("timm/"):
-        return f"hf-hub:{name}"
+        return f"{TIMM_HUB_PREFIX}{name}"
     return name
 
 
