@@ -27,6 +27,8 @@ METHODS = {
     "scratch_mhca",
     "deit",
     "dearkd",
+    "dearkd_fixed_beta",
+    "dearkd_ratio1",
     "dearkd_no_mhca",
     "dearkd_no_align",
     "dearkd_no_stop",
@@ -582,6 +584,24 @@ def test_runner_reuses_a_finished_student_only_with_the_same_flags(tmp_path):
     assert runner.student_row("dearkd", 1.0, 0, reuse=True, **row) == 0.53
     assert runner.student_row("dearkd", 1.0, 0, reuse=True, **row) == 0.53 and len(calls) == 3
     assert calls[-1][-1] == "--eval_strategy=epoch"
+
+
+def test_a_methods_own_run_flags_reach_run_py(tmp_path):
+    """A row such as dearkd_fixed_beta trains with its method's flags on top of the defaults; dearkd without them."""
+    bench = load_data_efficiency()
+    runner = bench.Runner(bench.parse_args(["--quick", f"--work_dir={tmp_path}"]))
+    calls = []
+
+    def fake_main(argv):
+        calls.append(argv)
+        Path(next(a for a in argv if a.startswith("--output_dir="))[13:]).mkdir(parents=True, exist_ok=True)
+        return {"eval_accuracy": 0.5}
+
+    runner.run = type("RunModule", (), {"main": staticmethod(fake_main)})
+    runner.ensure_teacher = lambda fraction, seed: str(tmp_path / "teacher")
+    runner.row("dearkd_fixed_beta", 1.0, 0)
+    runner.row("dearkd", 1.0, 0)
+    assert "--beta_schedule=constant" in calls[0] and not any("beta_schedule" in a for a in calls[1])
 
 
 def test_datafree_set_statistics_by_hand(tmp_path):

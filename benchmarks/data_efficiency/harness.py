@@ -260,12 +260,14 @@ class Runner:
         dataset: str | None = None,
         teacher: str | None = None,
         reuse: bool = False,
+        flags: tuple[str, ...] = (),
     ) -> float:
         """examples/run.py on the real data (or a generated set, evaluated on the real test set).
 
         The teacher is the (fraction, seed) teacher of the work dir unless ``teacher`` names another folder. With
         ``reuse``, a finished run in the row's folder with the very same flags is not trained again (its accuracy is
         read back); only for rows whose inputs those flags pin down (not a generated set that may have grown).
+        ``flags``: more examples/run.py flags (the method's own).
         """
         a = self.args
         teacher = teacher or self.ensure_teacher(fraction, seed)
@@ -287,7 +289,7 @@ class Runner:
                 f"--eval_dataset_name={a.dataset_dir}",
                 f"--distillation_type={a.datafree_distillation_type}",
             ]
-        argv += self.student_flags
+        argv += [*self.student_flags, *flags]
         done = output_dir / "DONE"
         finished = json.loads(done.read_text()) if reuse and done.is_file() else {}
         if finished.get("argv") == argv:
@@ -351,6 +353,7 @@ class Runner:
             stop_epoch=method.stop_epoch(epochs),
             mhca=method.mhca,
             epochs=epochs,
+            flags=method.flags,
         )
         if method.kind == "student":
             return train(), {}

@@ -24,6 +24,7 @@ class Method:
         stop: When distillation stops: ``"start"`` (labels alone from step 0), ``"default"`` (DearKD's default
             share of the epochs) or ``"never"`` (at the last epoch).
         bpid: The generator's BPID term (``datafree`` rows only).
+        flags: More examples/run.py flags for a student row (e.g. another alignment-weight rule).
     """
 
     name: str
@@ -33,6 +34,7 @@ class Method:
     mhca: bool = True
     stop: Literal["start", "default", "never"] = "default"
     bpid: bool = False
+    flags: tuple[str, ...] = ()
 
     def stop_epoch(self, epochs: float) -> float:
         """The ``--distillation_stop_epoch`` of a row trained ``epochs`` epochs."""
@@ -66,7 +68,16 @@ METHODS = (
         mhca=False,
         stop="never",
     ),
-    Method("dearkd", "DearKD: alignment (beta=1) + MHCA in every block + stop at 80% of the epochs"),
+    Method(
+        "dearkd",
+        "DearKD (library defaults): balanced alignment (beta<=1) + MHCA in every block + stop at 80% of the epochs",
+    ),
+    Method(
+        "dearkd_fixed_beta",
+        "DearKD with a fixed alignment weight (beta_schedule=constant, the default before the balanced rule)",
+        flags=("--beta_schedule=constant",),
+    ),
+    Method("dearkd_ratio1", "DearKD with the balanced weight at align_ratio=1.0", flags=("--align_ratio=1.0",)),
     Method("dearkd_no_mhca", "DearKD with mhca_layers=[]", mhca=False),
     Method("dearkd_no_align", "DearKD with beta=0", beta=0.0),
     Method("dearkd_no_stop", "DearKD with distillation_stop_epoch = num_train_epochs", stop="never"),
