@@ -21,7 +21,6 @@ import torch
 from accelerate import PartialState
 from accelerate.utils import parse_flag_from_env
 from datasets import Dataset
-from huggingface_hub import create_repo
 from torchvision.transforms.functional import pil_to_tensor
 from torchvision.utils import make_grid, save_image
 from transformers import HfArgumentParser
@@ -36,7 +35,7 @@ from dearkd_hf.inversion import (
 )
 from dearkd_hf.inversion.writer import GENERATION_CONFIG_FILE
 from dearkd_hf.output_folder import check_writable_folder, output_folder_lock
-from dearkd_hf.sources import check_local_folder
+from dearkd_hf.sources import check_hub_dataset_repository, check_local_folder
 from dearkd_hf.teachers import load_teacher
 
 MAX_GRID_CLASSES = 32  # rows of samples.png; beyond this the grid would be unreadable anyway
@@ -73,7 +72,7 @@ def main(argv: list[str] | None = None) -> None:
     # Without cpu=True, processes started on a machine without GPUs would each believe they are alone.
     state = PartialState(cpu=not torch.cuda.is_available() or parse_flag_from_env("ACCELERATE_USE_CPU"))
     if script_args.push_to_hub and state.is_main_process:
-        check_hub_repository(hub_repository(script_args))
+        check_hub_dataset_repository(hub_repository(script_args), nothing_done="nothing was generated")
     # One run per output folder, from before anything is written there until the last file is.
     with output_folder_lock(script_args.output_dir, enabled=state.is_main_process):
         generate(script_args, config, state)
@@ -100,18 +99,6 @@ def generate(script_args: ScriptArguments, config: InversionConfig, state: Parti
         save_generation_config(generator, script_args, state.num_processes)
         if script_args.push_to_hub:
             dataset.push_to_hub(hub_repository(script_args))
-
-
-def check_hub_repository(repo_id: str) -> None:
-    """--push_to_hub: create (or find) the dataset repository now, so that a missing login, a wrong id or no
-    connection fails in one line before any image is generated, not after."""
-    try:
-        create_repo(repo_id, repo_type="dataset", exist_ok=True)
-    except Exception as error:  # huggingface_hub raises its own HTTP, auth and offline-mode errors
-        raise OSError(
-            f"--push_to_hub: the dataset repository {repo_id} cannot be created or reached ({type(error).__name__}: "
-            f"{error}). Log in (`hf auth login`), check --hub_model_id, or drop --push_to_hub; nothing was generated."
-        ) from None
 
 
 def save_samples(dataset: Dataset, path: str, per_class: int) -> None:

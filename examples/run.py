@@ -16,103 +16,55 @@ from __future__ import annotations
 import logging
 import os
 import sys
-from dataclasses import dataclass, field
 from typing import Any
 
 import transformers
-from transformers import (
-    AutoConfig,
-    AutoImageProcessor,
-    AutoModelForImageClassification,
-    HfArgumentParser,
-    PreTrainedModel,
-    ViTImageProcessor,
-    set_seed,
-)
+from transformers import HfArgumentParser, set_seed
 
-from dearkd_hf import (
-    AttentionDistanceCallback,
-    DearKDConfig,
-    DearKDTrainer,
-    DearKDViTForImageClassification,
-    Teacher,
-    load_teacher,
-)
+from dearkd_hf import AttentionDistanceCallback, DearKDConfig, DearKDTrainer, load_teacher
 from dearkd_hf.checkpoints import check_checkpoint_slots
 from dearkd_hf.cli import (
-    check_config_overrides,
     explicit_argument_names,
-    parse_config_overrides,
     parse_script_args,
     resume_checkpoint,
     run_main,
     with_loader_defaults,
 )
-from dearkd_hf.data import (
-    DataTrainingArguments,
-    label_kwargs,
-    label_names,
-    load_image_datasets,
-    train_collator,
-)
+from dearkd_hf.data import DataTrainingArguments, label_names, load_image_datasets, train_collator
 from dearkd_hf.evaluation import compute_accuracy_metrics
 from dearkd_hf.inversion.writer import GENERATION_CONFIG_FILE
+from dearkd_hf.model_arguments import ModelArguments, build_image_processor, build_student, processor_at_size
 from dearkd_hf.output_folder import check_writable_folder, output_folder_lock
 from dearkd_hf.recipes import apply_recipe
-from dearkd_hf.sources import check_local_folder, hub_lookup
+from dearkd_hf.sources import check_local_folder
+from dearkd_hf.teacher_cache import TeacherCache
 from dearkd_hf.transforms import with_transforms
 
 logger = logging.getLogger(__name__)
 EMBEDDED_DATASET_NAME = "fashion_mnist (the 5k/1k subset embedded in dearkd_hf)"
 
 
-@dataclass
-class ModelArguments:
-    """The ViT student: from the Hub or a folder, from a ViT checkpoint (`--init_from_vit`), or from scratch."""
-
-    model_name_or_path: str | None = field(
-        default=None,
-        metadata={
-            "help": "Student checkpoint (Hub name or folder): a ViT, DeiT, DINOv2, BEiT or Data2Vec-vision "
-            "classifier, a timm ViT/DeiT/DINOv2 (timm/...), or a saved DearKD ViT."
-        },
-    )
-    model_type: str = field(
-        default="dearkd_vit",
-        metadata={"help": "Model type to build from scratch when no --model_name_or_path/--init_from_vit is given."},
-    )
-    config_overrides: str | None = field(
-        default=None,
-        metadata={"help": 'Config values for a from-scratch student, e.g. "hidden_size=192,num_hidden_layers=12".'},
-    )
-    init_from_vit: str | None = field(
-        default=None,
-        metadata={"help": "Build a DearKD ViT student from this transformers ViT/DeiT checkpoint (Hub or folder)."},
-    )
-    image_processor_name: str | None = field(default=None, metadata={"help": "Image processor name or path."})
-    ignore_mismatched_sizes: bool = field(
-        default=True, metadata={"help": "Re-initialise a pretrained head whose label count differs from the data's."}
-    )
-    trust_remote_code: bool = field(default=False, metadata={"help": "Allow custom modeling code from the Hub."})
-    log_attention_distance: bool = field(
-        default=False, metadata={"help": "Log each layer's mean attention distance (AttentionDistanceCallback)."}
-    )
-    license: str | None = field(
-        default=None, metadata={"help": "The license in the model card's metadata, e.g. apache-2.0 (default: none)."}
-    )
-
-
 def parse_args(argv: list[str]) -> tuple[ModelArguments, DataTrainingArguments, DearKDConfig]:
     return parse_script_args(HfArgumentParser((ModelArguments, DataTrainingArguments, DearKDConfig)), argv)
 
 
-def check_arguments(model_args: ModelArguments, training_args: DearKDConfig) -> None:
+def check_arguments(model_args: ModelArguments, data_args: DataTrainingArguments, training_args: DearKDConfig) -> None:
     """Fail on inconsistent flags before any data or model is loaded."""
-    if training_args.teacher_model_name_or_path is None:
+    if training_args.teacher_model_name_or_path is None and training_args.teacher_cache is None:
         raise ValueError(
             "--teacher_model_name_or_path is required: a timm name, a transformers CNN classifier, or a folder "
-            "written by examples/train_teacher.py."
+            "written by examples/train_teacher.py (or --teacher_cache, a cache written by examples/cache_teacher.py)."
         )
+    if training_args.teacher_cache is not None:
+        live = {"--rand_augment": data_args.rand_augment, "--recipe": data_args.recipe is not None}
+        live.update({"--mixup": data_args.mixup > 0, "--cutmix": data_args.cutmix > 0})
+        unsupported = [flag for flag, given in live.items() if given]
+        if unsupported:
+            raise ValueError(
+                f"--teacher_cache with {', '.join(unsupported)}: the cache holds the teacher's outputs on the default "
+                "training views (random resized crop and flip) only; drop these flags, or train with the teacher."
+            )
+        check_local_folder(training_args.teacher_cache, "--teacher_cache")
     if model_args.model_name_or_path and model_args.init_from_vit:
         raise ValueError("--model_name_or_path and --init_from_vit are exclusive: give the student one way.")
     if model_args.config_overrides and model_args.model_name_or_path:
@@ -124,99 +76,12 @@ def check_arguments(model_args: ModelArguments, training_args: DearKDConfig) -> 
     check_checkpoint_slots(training_args.output_dir)
 
 
-def build_student(
-    model_args: ModelArguments,
-    labels: list[str],
-    teacher: Teacher,
-    image_size: int | None,
-    recipe_config: dict[str, Any] | None = None,
-) -> PreTrainedModel:
-    """The student with the dataset's labels and the teacher's input channels.
-
-    `recipe_config` (a recipe's student values, e.g. drop path) applies to a DearKD ViT built here; --config_overrides
-    win over it.
-    """
-    if model_args.model_name_or_path:
-        if recipe_config:
-            logger.warning(f"The recipe's student settings {recipe_config} apply to a student built here, not to "
-                           f"{model_args.model_name_or_path}.")  # fmt: skip
-        with hub_lookup(model_args.model_name_or_path, "--model_name_or_path"):
-            return AutoModelForImageClassification.from_pretrained(
-                model_args.model_name_or_path,
-                ignore_mismatched_sizes=model_args.ignore_mismatched_sizes,
-                trust_remote_code=model_args.trust_remote_code,
-                **label_kwargs(labels),
-            )
-    overrides = parse_config_overrides(model_args.config_overrides)
-    if model_args.init_from_vit:
-        check_config_overrides(DearKDViTForImageClassification.config_class(), overrides)
-        overrides = {**supported(recipe_config, DearKDViTForImageClassification.config_class()), **overrides}
-        with hub_lookup(model_args.init_from_vit, "--init_from_vit"):
-            return DearKDViTForImageClassification.from_vit(
-                model_args.init_from_vit, **label_kwargs(labels), **overrides
-            )
-    base = AutoConfig.for_model(model_args.model_type)
-    check_config_overrides(base, overrides)
-    overrides = {**supported(recipe_config, base), **overrides}
-    overrides.setdefault("num_channels", teacher.num_channels)
-    overrides.setdefault("image_size", image_size or teacher.input_size or 224)
-    config = AutoConfig.for_model(model_args.model_type, **overrides, **label_kwargs(labels))
-    return AutoModelForImageClassification.from_config(config)
-
-
-def supported(values: dict[str, Any] | None, config: Any) -> dict[str, Any]:
-    """The recipe's student values that ``config`` has a field for (a plain ViT has no drop path)."""
-    return {key: value for key, value in (values or {}).items() if hasattr(config, key)}
-
-
-def build_image_processor(model_args: ModelArguments, teacher: Teacher) -> Any:
-    """The student's processor if it has one; from scratch, the teacher's statistics so no re-normalisation runs.
-    Its size is the student's training size, set by :func:`processor_at_size`."""
-    name = model_args.image_processor_name or model_args.model_name_or_path or model_args.init_from_vit
-    if name is not None:
-        try:
-            return AutoImageProcessor.from_pretrained(name)
-        except (OSError, ValueError):
-            logger.warning(f"No image processor found for {name}; using the teacher's normalisation.")
-    return ViTImageProcessor(image_mean=list(teacher.mean), image_std=list(teacher.std))
-
-
-def processor_at_size(processor: Any, image_size: int) -> None:
-    """Make a transformers image processor output ``image_size`` images (the size the student trains at), so the saved
-    processor feeds the saved student what it learned on; a resize-then-crop keeps its ratio. (A timm student's
-    processor is read from its config, which ``prepare_student`` updates.)"""
-    size, crop = getattr(processor, "size", None), getattr(processor, "crop_size", None)
-    if size is None:
-        return
-    square = {"height": image_size, "width": image_size}
-    crop_side = _size_value(crop, "height") if getattr(processor, "do_center_crop", False) else None
-    if crop_side:
-        scale = image_size / crop_side
-        if _size_value(size, "shortest_edge"):
-            processor.size = {"shortest_edge": round(_size_value(size, "shortest_edge") * scale)}
-        elif _size_value(size, "height"):
-            processor.size = {
-                "height": round(_size_value(size, "height") * scale),
-                "width": round(_size_value(size, "width") * scale),
-            }
-        processor.crop_size = square
-    elif _size_value(size, "height"):
-        processor.size = square
-    elif _size_value(size, "shortest_edge"):
-        processor.size = {"shortest_edge": image_size}
-
-
-def _size_value(size: Any, key: str) -> int | None:
-    """One entry of a processor's size (a transformers ``SizeDict`` or a plain dict)."""
-    return size.get(key) if isinstance(size, dict) else getattr(size, key, None)
-
-
 def main(argv: list[str] | None = None) -> dict[str, float]:
     argv = sys.argv[1:] if argv is None else argv
     model_args, data_args, training_args = parse_args(argv)
     logging.basicConfig(format="%(asctime)s - %(levelname)s - %(name)s - %(message)s", level=logging.INFO)
     transformers.utils.logging.set_verbosity(training_args.get_process_log_level())
-    check_arguments(model_args, training_args)
+    check_arguments(model_args, data_args, training_args)
     explicit = explicit_argument_names(argv)  # flags given explicitly win over the defaults below
     training_args = with_loader_defaults(training_args, explicit)
     recipe_config = {}
@@ -238,12 +103,18 @@ def train_and_save(
 
     dataset = load_image_datasets(data_args, seed=training_args.seed)
     labels = label_names(dataset["train"])
-    teacher = load_teacher(training_args.teacher_model_name_or_path)
+    cache = None
+    if training_args.teacher_cache is not None:  # stage 1 reads the teacher's outputs; the teacher is not loaded
+        cache = TeacherCache.load(training_args.teacher_cache, num_views=training_args.teacher_cache_views)
+        teacher = cache.teacher
+    else:
+        teacher = load_teacher(training_args.teacher_model_name_or_path)
     student = build_student(model_args, labels, teacher, data_args.image_size, recipe_config)
     processor = build_image_processor(model_args, teacher)
     trainer = DearKDTrainer(
         model=student,
-        teacher_model=teacher,
+        teacher_model=teacher if cache is None else None,
+        teacher_cache=cache,
         args=training_args,
         train_dataset=dataset["train"],  # transformed below, once the trainer has resolved the student's geometry
         eval_dataset=dataset["validation"],

@@ -11,6 +11,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import huggingface_hub
 import PIL.Image
 import pytest
 import timm
@@ -135,7 +136,9 @@ def test_push_to_hub_uploads_the_finished_dataset(teacher_dir, tmp_path, monkeyp
     spec.loader.exec_module(script)
     pushed, created = [], []
     monkeypatch.setattr(Dataset, "push_to_hub", lambda self, repo_id, **kw: pushed.append((repo_id, len(self))))
-    monkeypatch.setattr(script, "create_repo", lambda repo_id, **kw: created.append((repo_id, kw["repo_type"])))
+    monkeypatch.setattr(
+        huggingface_hub, "create_repo", lambda repo_id, **kw: created.append((repo_id, kw["repo_type"]))
+    )
     output_dir = tmp_path / "synthetic"
     script.main(
         [

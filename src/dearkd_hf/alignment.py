@@ -19,7 +19,7 @@ import dataclasses
 import functools
 import os
 from collections.abc import Iterator, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import safetensors.torch
 import torch
@@ -27,6 +27,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from .alignment_pairs import AlignmentPair
+
+if TYPE_CHECKING:
+    from .teachers import Teacher
 
 ALIGNERS_ATTRIBUTE = "dearkd_aligners"
 ALIGNED_FEATURES_KEY = "aligned_features"
@@ -66,6 +69,44 @@ def teacher_target(feature_map: torch.Tensor, grid: tuple[int, int]) -> torch.Te
         else:
             feature_map = F.adaptive_avg_pool2d(feature_map, grid)
     return normalize_channels(feature_map.flatten(2).transpose(1, 2))
+
+
+def teacher_outputs(
+    teacher: Teacher,
+    pixel_values: torch.Tensor,
+    normalization: tuple[Sequence[float] | None, Sequence[float] | None],
+    layers: Sequence[str],
+    grid: tuple[int, int],
+) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    """The teacher on a student batch (given in ``normalization``, re-normalised for the teacher), without gradients:
+    its logits, in its own class order, and the alignment targets of ``layers`` (:func:`teacher_target`). What stage 1
+    computes live each step and what a teacher cache stores."""
+    teacher_inputs = teacher.normalize_from(pixel_values, *normalization)
+    with torch.no_grad():
+        output = teacher.forward_with_features(teacher_inputs, layers)
+        targets = [teacher_target(output.features[layer], grid) for layer in layers]
+    return output.logits, targets
+
+
+def teacher_feature_channels(teacher: Teacher, layers: Sequence[str], image_size: int) -> list[int]:
+    """The channels of each teacher layer's ``(B, C, H, W)`` map, from one dummy forward at ``image_size``; a layer
+    whose output is not such a map is refused."""
+    if not layers:
+        return []
+    parameter = next(teacher.module.parameters(), None)
+    device = parameter.device if parameter is not None else "cpu"
+    dummy = torch.zeros(1, teacher.num_channels, image_size, image_size, device=device)
+    with torch.no_grad():
+        features = teacher.forward_with_features(dummy, layers).features
+    channels = []
+    for layer in layers:
+        if not isinstance(features.get(layer), torch.Tensor) or features[layer].dim() != 4:
+            raise ValueError(
+                f"alignment_pairs: teacher layer {layer!r} does not output a (B, C, H, W) feature map; "
+                f"choose a convolutional stage, e.g. one of {teacher.stage_names}."
+            )
+        channels.append(features[layer].shape[1])
+    return channels
 
 
 class Aligner(nn.Module):

@@ -25,6 +25,13 @@ class DearKDConfig(TrainingArguments):
             The CNN teacher: a timm name (`"resnet18"`, `"hf-hub:timm/regnety_160.deit_in1k"`), a transformers image
             classifier (Hub name or folder), or a folder saved by either. Used when the trainer is not given a
             `teacher_model` directly.
+        teacher_cache (`str` or `None`, *optional*, defaults to `None`):
+            A teacher cache (a folder written by `examples/cache_teacher.py`, or a Hub dataset repository): stage 1
+            reads the teacher's logits and alignment targets on stored views of each training image instead of
+            running the teacher, which is then never loaded (METHOD.md section 6). A cache made for another teacher,
+            image size, normalisation, student grid, alignment pairs or training set is refused.
+        teacher_cache_views (`int` or `None`, *optional*, defaults to `None`):
+            Use the cache's first this many views per image (a 16-view cache serves 1, 4 or 16). `None`: all.
         distillation_type (`str`, *optional*, defaults to `"hard"`):
             Logit distillation in stage 1: `"hard"` (CE to the teacher's argmax, DeiT/DearKD default), `"soft"`
             (temperature-scaled KL) or `"none"` (feature alignment only; the only mode allowed when the teacher's
@@ -87,6 +94,16 @@ class DearKDConfig(TrainingArguments):
     teacher_model_name_or_path: str | None = field(
         default=None,
         metadata={"help": "CNN teacher: timm name, transformers classifier (Hub or folder), or a saved folder."},
+    )
+    teacher_cache: str | None = field(
+        default=None,
+        metadata={
+            "help": "A teacher cache (examples/cache_teacher.py; folder or Hub dataset): stage 1 reads the teacher's "
+            "outputs on stored views instead of running the teacher."
+        },
+    )
+    teacher_cache_views: int | None = field(
+        default=None, metadata={"help": "Use the teacher cache's first this many views per image (default: all)."}
     )
     distillation_type: str = field(
         default="hard",
@@ -198,6 +215,15 @@ class DearKDConfig(TrainingArguments):
             raise ValueError(
                 f"distillation_stop_fraction={self.distillation_stop_fraction} must lie in [0, 1] (stage 1's share "
                 "of the epochs); e.g. 0.8."
+            )
+        if self.teacher_cache_views is not None and self.teacher_cache_views < 1:
+            raise ValueError(
+                f"teacher_cache_views={self.teacher_cache_views} must be >= 1 (leave it unset to use every view)."
+            )
+        if self.teacher_cache is not None and self.repeated_augmentations > 1:
+            raise ValueError(
+                "repeated_augmentations > 1 needs a fresh augmentation of each repeat, which a teacher cache's stored "
+                "views do not give; set repeated_augmentations=1 or train without teacher_cache."
             )
         if self.repeated_augmentations < 1:
             raise ValueError(f"repeated_augmentations={self.repeated_augmentations} must be >= 1 (1 = off; DeiT: 3).")

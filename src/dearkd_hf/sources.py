@@ -95,3 +95,17 @@ def read_json_config(path: str) -> dict[str, Any]:
     if not isinstance(config, dict):
         raise ValueError(f"{path} holds {type(config).__name__}, not a JSON object of config values.")
     return config
+
+
+def check_hub_dataset_repository(repo_id: str, nothing_done: str) -> None:
+    """--push_to_hub of a dataset: create (or find) the repository now, so that a missing login, a wrong id or no
+    connection fails in one line before any work, not after. ``nothing_done``: what the message says was not done."""
+    from huggingface_hub import create_repo
+
+    try:
+        create_repo(repo_id, repo_type="dataset", exist_ok=True)
+    except Exception as error:  # huggingface_hub raises its own HTTP, auth and offline-mode errors
+        raise OSError(
+            f"--push_to_hub: the dataset repository {repo_id} cannot be created or reached ({type(error).__name__}: "
+            f"{error}). Log in (`hf auth login`), check --hub_model_id, or drop --push_to_hub; {nothing_done}."
+        ) from None

@@ -24,11 +24,11 @@ from transformers.modelcard import extract_hyperparameters_from_trainer
 from transformers.trainer_utils import enable_full_determinism, set_seed
 from transformers.utils import SAFE_WEIGHTS_NAME, logging
 
-from .alignment import ALIGNERS_FILE, AlignmentHead, StudentAligners, teacher_target
+from .alignment import ALIGNERS_FILE, AlignmentHead, StudentAligners, teacher_feature_channels, teacher_outputs
 from .alignment_pairs import AlignmentPair, default_alignment_pairs, parse_alignment_pairs, validate_alignment_pairs
 from .callbacks import DistillationStopCallback
 from .checkpoints import ExactResumeMixin
-from .collators import Collator, EvaluationCollatorMixin
+from .collators import Collator, EvaluationCollatorMixin, MixupCollator
 from .config import DearKDConfig
 from .finite import check_finite_loss
 from .hub_upload import student_files_only
@@ -43,6 +43,7 @@ from .students import (
     student_geometry,
     student_outputs,
 )
+from .teacher_cache import CachedTeacher, CachedViews, TeacherCache, data_digest
 from .teachers import Teacher, load_teacher
 
 if TYPE_CHECKING:
@@ -59,7 +60,8 @@ class DearKDTrainer(RunFolderMixin, ExactResumeMixin, EvaluationCollatorMixin, T
     A [`~transformers.Trainer`] that trains a ViT student with DearKD: stage 1 distils from a CNN teacher's logits and
     early layers, stage 2 (from `args.distillation_stop_epoch`) trains on labels alone with the teacher released.
 
-    The teacher is never wrapped, saved, or run outside stage-1 training steps. The aligners
+    The teacher is never wrapped, saved, or run outside stage-1 training steps; with a teacher cache it is not even
+    loaded: stage 1 reads its outputs on stored views (METHOD.md section 6). The aligners
     ([`~dearkd_hf.alignment.StudentAligners`]) are trained and checkpointed with the student but never part of
     `save_model()`/`push_to_hub()` output. The Trainer's `model_init` and `compute_loss_func` are not taken: the
     student is built once (the aligners attach to it) and the loss is DearKD's.
@@ -103,6 +105,10 @@ class DearKDTrainer(RunFolderMixin, ExactResumeMixin, EvaluationCollatorMixin, T
             The side of the square images the student trains on, when it differs from the student's own (e.g. 112
             for a 224-pixel checkpoint). The student must be able to interpolate its position embeddings to it.
             Defaults to the student's own size.
+        teacher_cache ([`~dearkd_hf.teacher_cache.TeacherCache`] or `str`, *optional*):
+            A teacher cache (or its folder or Hub dataset id) that stage 1 reads instead of running the teacher; the
+            teacher is then not needed (`teacher_model`, if given, must name the cache's teacher). The training
+            dataset must be the `datasets.Dataset` the cache was written from. Defaults to `args.teacher_cache`.
     """
 
     def __init__(
@@ -122,6 +128,7 @@ class DearKDTrainer(RunFolderMixin, ExactResumeMixin, EvaluationCollatorMixin, T
         preprocess_logits_for_metrics: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
         eval_data_collator: Collator | None = None,
         image_size: int | None = None,
+        teacher_cache: TeacherCache | str | None = None,
     ):
         if model is None:
             raise ValueError("model: DearKDTrainer needs the ViT student (see dearkd_hf.students.STUDENT_FAMILIES).")
@@ -130,6 +137,7 @@ class DearKDTrainer(RunFolderMixin, ExactResumeMixin, EvaluationCollatorMixin, T
         if not isinstance(args, DearKDConfig):
             raise TypeError(f"args must be a DearKDConfig (got {type(args).__name__}); it carries the DearKD knobs.")
         self.geometry = student_geometry(model, image_size)
+        self.teacher_cache = _load_cache(teacher_cache if teacher_cache is not None else args.teacher_cache, args)
         self.teacher = self._load_and_check_teacher(teacher_model, args)
         self.teacher_source = self.teacher.source
         self.teacher_weights_sha256 = self.teacher.weights_sha256()  # the teacher's identity in the run fingerprint
@@ -169,6 +177,7 @@ class DearKDTrainer(RunFolderMixin, ExactResumeMixin, EvaluationCollatorMixin, T
         # apply (examples/run.py reads both this and ``geometry`` from here), and what the teacher's inputs are
         # re-normalised from.
         self.student_normalization = processor_normalization(self.processing_class, self.geometry.num_channels)
+        self._check_cache(data_collator)
         self.distillation_stop = DistillationStopCallback(on_stop=self._release_teacher)
         self.add_callback(self.distillation_stop)
         self._metrics: dict[str, list[torch.Tensor]] = defaultdict(list)
@@ -176,14 +185,23 @@ class DearKDTrainer(RunFolderMixin, ExactResumeMixin, EvaluationCollatorMixin, T
 
     # ---- set-up and validation (all before any training step) ----
 
-    def _load_and_check_teacher(self, teacher_model: Any, args: DearKDConfig) -> Teacher:
+    def _load_and_check_teacher(self, teacher_model: Any, args: DearKDConfig) -> Teacher | CachedTeacher:
         source = teacher_model if teacher_model is not None else args.teacher_model_name_or_path
+        if self.teacher_cache is not None:
+            teacher = self.teacher_cache.teacher
+            if source is not None and not _same_source(source, teacher.source):
+                named = source if isinstance(source, str) else type(source).__name__
+                raise ValueError(
+                    f"teacher_model: {named!r} is not the teacher the cache was written with ({teacher.source!r}); "
+                    "with teacher_cache the teacher is not needed: leave teacher_model unset, or name that teacher."
+                )
+            source = teacher
         if source is None:
             raise ValueError(
                 "teacher_model: no teacher given; pass teacher_model=... to DearKDTrainer or set "
                 "teacher_model_name_or_path in DearKDConfig."
             )
-        teacher = load_teacher(source)
+        teacher = source if isinstance(source, CachedTeacher) else load_teacher(source)
         if teacher.num_channels != self.geometry.num_channels:
             raise ValueError(
                 f"teacher_model: the teacher takes {teacher.num_channels} input channels but the student takes "
@@ -214,27 +232,40 @@ class DearKDTrainer(RunFolderMixin, ExactResumeMixin, EvaluationCollatorMixin, T
         return pairs
 
     def _build_alignment_head(self) -> AlignmentHead:
-        """Aligners sized by one dummy teacher forward at the student's resolution."""
+        """Aligners sized by one dummy teacher forward at the student's resolution (or by the cache's targets)."""
         layers = [pair.teacher_layer for pair in self.alignment_pairs]
-        channels = []
-        if layers:
-            parameter = next(self.teacher.module.parameters(), None)
-            device = parameter.device if parameter is not None else "cpu"
-            size = self.geometry.image_size
-            dummy = torch.zeros(1, self.geometry.num_channels, size, size, device=device)
-            with torch.no_grad():
-                features = self.teacher.forward_with_features(dummy, layers).features
-            for layer in layers:
-                if not isinstance(features.get(layer), torch.Tensor) or features[layer].dim() != 4:
-                    raise ValueError(
-                        f"alignment_pairs: teacher layer {layer!r} does not output a (B, C, H, W) feature map; "
-                        f"choose a convolutional stage, e.g. one of {self.teacher.stage_names}."
-                    )
-                channels.append(features[layer].shape[1])
+        if self.teacher_cache is not None:
+            channels = self.teacher_cache.config["student"]["target_channels"] if layers else []
+        else:
+            channels = teacher_feature_channels(self.teacher, layers, self.geometry.image_size)
         geometry = self.geometry
         return AlignmentHead(
             self.alignment_pairs, geometry.hidden_size, channels, geometry.grid, geometry.first_block_state
         )
+
+    def _check_cache(self, data_collator: Collator | None) -> None:
+        """Refuse a cache made for another run (image size, grid, channels, normalisation, pairs), and training
+        settings that need the teacher on every batch, before any data is read."""
+        cache = self.teacher_cache
+        if cache is None:
+            return
+        problem = cache.mismatch(
+            image_size=self.geometry.image_size,
+            grid=self.geometry.grid,
+            num_channels=self.geometry.num_channels,
+            normalization=self.student_normalization,
+            pairs=self.alignment_pairs,
+        )
+        if problem is not None:
+            raise ValueError(
+                f"teacher_cache={cache.folder!r} cannot serve this run: {problem}. Write a cache for this run with "
+                "examples/cache_teacher.py (the same student and data flags), or train with the teacher."
+            )
+        if isinstance(data_collator, MixupCollator) and data_collator.mixup_fn.mix_prob > 0:
+            raise ValueError(
+                "teacher_cache: mixup/CutMix mix each batch afresh, and the teacher's outputs on a mixed image are "
+                "not in the cache; train with mixup=0 and cutmix=0, or without teacher_cache."
+            )
 
     def run_fingerprint(self) -> dict[str, Any]:
         """RunFolderMixin's (student config, schedule, data) plus the teacher's weights and DearKD's knobs."""
@@ -257,6 +288,8 @@ class DearKDTrainer(RunFolderMixin, ExactResumeMixin, EvaluationCollatorMixin, T
         distillation["alignment_pairs"] = [str(pair) for pair in self.alignment_pairs]
         distillation["image_size"] = self.geometry.image_size
         teacher = {"weights_sha256": self.teacher_weights_sha256}
+        if self.teacher_cache is not None:
+            teacher["cache"] = self.teacher_cache.fingerprint
         return {**super().run_fingerprint(), "teacher": teacher, "distillation": as_json(distillation)}
 
     # ---- the loss ----
@@ -280,7 +313,7 @@ class DearKDTrainer(RunFolderMixin, ExactResumeMixin, EvaluationCollatorMixin, T
         if distilling:
             # The teacher first: its activations and full-size feature maps are freed (only its logits and the
             # pooled targets stay) before the student's forward stores its own for the backward pass.
-            teacher_logits, targets = self._teacher_targets(pixel_values)
+            teacher_logits, targets = self._teacher_targets(pixel_values, inputs)
             if self.args.teacher_labels:  # the teacher labels every view (generated images: METHOD.md section 5)
                 labels = teacher_logits.float().softmax(dim=-1)
         with self.aligners.running(aligning):
@@ -331,22 +364,33 @@ class DearKDTrainer(RunFolderMixin, ExactResumeMixin, EvaluationCollatorMixin, T
         stop = self.distillation_stop.stop_epoch
         return scheduled_beta(self.args.beta, self.args.beta_schedule, self.state.epoch or 0.0, stop)
 
-    def _teacher_targets(self, pixel_values: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
-        """The teacher on the student's batch (re-normalised, no grad, same autocast as the student): its logits and
-        the alignment targets, its feature maps pooled to the student's grid and normalised."""
-        teacher_inputs = self.teacher.normalize_from(pixel_values, *self.student_normalization)
-        layers = [pair.teacher_layer for pair in self.alignment_pairs]
-        with torch.no_grad(), self.accelerator.autocast():
-            output = self.teacher.forward_with_features(teacher_inputs, layers)
-            targets = [teacher_target(output.features[layer], self.geometry.grid) for layer in layers]
+    def _teacher_targets(
+        self, pixel_values: torch.Tensor, inputs: dict[str, Any]
+    ) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """The teacher's logits and alignment targets on the student's batch: read from the batch when it comes from
+        a teacher cache, else the teacher run on it (re-normalised, no grad, same autocast as the student)."""
+        if self.teacher_cache is not None:
+            if "teacher_logits" not in inputs:
+                raise RuntimeError(
+                    "teacher_cache: a stage-1 batch came without the cached teacher outputs; the training dataloader "
+                    "must be the trainer's own (get_train_dataloader), which reads them from the cache."
+                )
+            logits, targets = inputs["teacher_logits"], list(inputs["teacher_targets"])
+        else:
+            layers = [pair.teacher_layer for pair in self.alignment_pairs]
+            with self.accelerator.autocast():
+                logits, targets = teacher_outputs(
+                    self.teacher, pixel_values, self.student_normalization, layers, self.geometry.grid
+                )
         if self._teacher_order is not None:  # the teacher's classes, put in the student's order
-            output.logits = output.logits[:, self._teacher_order.to(output.logits.device)]
-        return output.logits, targets
+            logits = logits[:, self._teacher_order.to(logits.device)]
+        return logits, targets
 
     def _release_teacher(self, epoch: float) -> None:
         """Stage 2 begins: drop the teacher and return its device memory."""
         if self.teacher is not None:
-            self.teacher.module.to("cpu")
+            if self.teacher.module is not None:  # a cache's teacher has no weights to move
+                self.teacher.module.to("cpu")
             self.teacher = None
         gc.collect()
         if torch.cuda.is_available():
@@ -385,6 +429,45 @@ class DearKDTrainer(RunFolderMixin, ExactResumeMixin, EvaluationCollatorMixin, T
         super().log(logs, start_time)
 
     # ---- training data ----
+
+    def get_train_dataloader(self):
+        """The Trainer's (seeded batches, see ExactResumeMixin); with a teacher cache, over :class:`CachedViews` of the
+        training split, whose stage-1 items carry the teacher's cached outputs (a split the cache was not written
+        from is refused here, before the first step)."""
+        cache = self.teacher_cache
+        if cache is None:
+            return super().get_train_dataloader()
+        dataset, collator = self.train_dataset, self.data_collator
+        if not hasattr(dataset, "with_format"):
+            raise TypeError(
+                "teacher_cache: train_dataset must be the datasets.Dataset (columns image, label) the cache was "
+                f"written from, got {type(dataset).__name__}."
+            )
+        problem = cache.mismatch(
+            image_size=cache.view.image_size,
+            grid=cache.grid,
+            num_channels=cache.view.num_channels,
+            normalization=(None, None),
+            pairs=cache.pairs,
+            num_images=len(dataset),
+            digest=data_digest(dataset),
+        )
+        if problem is not None:
+            raise ValueError(
+                f"teacher_cache={cache.folder!r} cannot serve this training set: {problem}. Write the cache from the "
+                "same data flags (--dataset_name, --train_fraction, --max_train_samples, --seed) as this run."
+            )
+        views = CachedViews(cache, dataset, self.args.seed)
+        clock = next((c for c in self.callback_handler.callbacks if isinstance(c, _CacheClock)), None)
+        if clock is None:
+            clock = _CacheClock()
+            self.add_callback(clock)
+        clock.views = views
+        self.train_dataset, self.data_collator = views, views.collator(collator)
+        try:
+            return super().get_train_dataloader()
+        finally:
+            self.train_dataset, self.data_collator = dataset, collator
 
     def _get_train_sampler(self, train_dataset: Any = None) -> torch.utils.data.Sampler | None:
         """timm's repeated-augmentation sampler when ``repeated_augmentations > 1``.
@@ -593,6 +676,38 @@ PRIVATE_TRAINER_METHODS = {
 }
 
 __all__ = ["DearKDTrainer"]
+
+
+class _CacheClock(TrainerCallback):
+    """Tells :class:`CachedViews` the run's stop epoch when training begins and each epoch as it begins, before that
+    epoch's batches are requested."""
+
+    views: CachedViews | None = None
+
+    def on_train_begin(self, args: DearKDConfig, state: Any, control: Any, **kwargs: Any) -> None:
+        if self.views is not None:
+            self.views.set_stop_epoch(args.resolved_stop_epoch(state.num_train_epochs))
+            self.views.set_epoch(state.epoch)
+
+    def on_epoch_begin(self, args: DearKDConfig, state: Any, control: Any, **kwargs: Any) -> None:
+        if self.views is not None:
+            self.views.set_epoch(state.epoch)
+
+
+def _same_source(given: Any, cached: str) -> bool:
+    """Whether a teacher argument names the cache's teacher (the same string, or the same local folder)."""
+    if not isinstance(given, str):
+        return False
+    if given == cached:
+        return True
+    both_local = os.path.isdir(given) and os.path.isdir(cached)
+    return both_local and os.path.realpath(given) == os.path.realpath(cached)
+
+
+def _load_cache(cache: TeacherCache | str | None, args: DearKDConfig) -> TeacherCache | None:
+    if cache is None or isinstance(cache, TeacherCache):
+        return cache
+    return TeacherCache.load(cache, num_views=args.teacher_cache_views)
 
 
 def _check_process_group(args: DearKDConfig) -> None:

@@ -1,15 +1,20 @@
 """Image transforms for `Dataset.with_transform`: random crop/flip (and RandAugment) for training, resize and centre
-crop for evaluation, then normalisation; images are converted to the model's channel count first."""
+crop for evaluation, then normalisation; images are converted to the model's channel count first. The default
+training crop and flip can also be drawn as parameters and replayed (:class:`ReplayableView`), which is how a teacher
+cache stores a view of an image (METHOD.md section 6)."""
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from functools import partial
 from typing import Any
 
 import torch
 from datasets import Dataset, DatasetDict, Image
 from torchvision.transforms import v2
+from torchvision.transforms.v2 import functional as TF
 
 from .recipes import Recipe, get_recipe
 
@@ -47,18 +52,89 @@ def normalization_for(image_processor: Any | None, num_channels: int) -> tuple[t
     return fit_channels(mean, num_channels), fit_channels(std, num_channels)
 
 
+# The default training crop: an area share of the image in this range, at an aspect ratio in torchvision's default
+# (3/4, 4/3), resized to the training size; then a horizontal flip with probability 1/2.
+TRAIN_CROP_SCALE = (0.8, 1.0)
+TRAIN_CROP_RATIO = (3 / 4, 4 / 3)
+
+
+def _to_normalized_tensor(mean: Sequence[float], std: Sequence[float]) -> list:
+    return [v2.ToImage(), v2.ToDtype(torch.float32, scale=True), v2.Normalize(mean=list(mean), std=list(std))]
+
+
+@dataclass(frozen=True)
+class ReplayableView:
+    """The default training transform (random resized crop, horizontal flip, normalisation) with its random draws
+    made explicit: :meth:`draw` gives a view's parameters from ``(seed, example index, view index)`` alone, and
+    :meth:`apply` rebuilds the view from them, bit for bit, in any process and at any time.
+
+    The draws follow the live transform's distribution (``RandomResizedCrop(scale=TRAIN_CROP_SCALE)``, a flip with
+    probability 1/2), so training on stored views differs from live augmentation only in how many distinct views
+    each image has.
+
+    Args:
+        image_size: The side of the square view.
+        mean: Per-channel mean the view is normalised with.
+        std: Per-channel std the view is normalised with.
+        num_channels: 1 (grayscale) or 3 (RGB); images are converted first.
+    """
+
+    image_size: int
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    num_channels: int
+
+    def to_dict(self) -> dict[str, Any]:
+        """The settings a cache records (what must match for its views to be the training views)."""
+        return {
+            "image_size": self.image_size,
+            "mean": [float(v) for v in self.mean],
+            "std": [float(v) for v in self.std],
+            "num_channels": self.num_channels,
+            "crop_scale": list(TRAIN_CROP_SCALE),
+            "crop_ratio": [float(v) for v in TRAIN_CROP_RATIO],
+            "flip": True,
+        }
+
+    @staticmethod
+    def draw(seed: int, index: int, view: int, width: int, height: int) -> tuple[tuple[int, int, int, int], bool]:
+        """The crop box ``(top, left, height, width)`` and flip of view ``view`` of example ``index``."""
+        digest = hashlib.sha256(repr(("view", seed, index, view)).encode()).digest()
+        generator = torch.Generator().manual_seed(int.from_bytes(digest[:8], "little"))
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(int(torch.randint(2**62, (1,), generator=generator)))
+            shape_only = torch.zeros((1, 1, 1), dtype=torch.uint8).expand(1, height, width)  # no allocation
+            top, left, crop_height, crop_width = v2.RandomResizedCrop.get_params(
+                shape_only, list(TRAIN_CROP_SCALE), list(TRAIN_CROP_RATIO)
+            )
+            flip = bool(torch.rand(1) < 0.5)
+        return (int(top), int(left), int(crop_height), int(crop_width)), flip
+
+    def apply(self, image: Any, crop: Sequence[int], flip: bool) -> torch.Tensor:
+        """The normalised ``(C, H, W)`` view of ``image`` (a PIL image or an undecoded record) for these draws."""
+        image = open_image(image).convert("L" if self.num_channels == 1 else "RGB")
+        top, left, height, width = (int(v) for v in crop)
+        size = [self.image_size, self.image_size]
+        view = TF.resized_crop(image, top, left, height, width, size, antialias=True)
+        if flip:
+            view = TF.horizontal_flip(view)
+        return v2.Compose(_to_normalized_tensor(self.mean, self.std))(view)
+
+
 def _image_pipeline(
     image_size: int, mean: Sequence[float], std: Sequence[float], train: bool, rand_augment: bool
 ) -> v2.Compose:
     """torchvision v2 ops: random crop/flip (and RandAugment) for training, resize + centre crop for evaluation."""
     if train:
-        ops = [v2.RandomResizedCrop(image_size, scale=(0.8, 1.0), antialias=True), v2.RandomHorizontalFlip()]
+        ops = [
+            v2.RandomResizedCrop(image_size, scale=TRAIN_CROP_SCALE, ratio=TRAIN_CROP_RATIO, antialias=True),
+            v2.RandomHorizontalFlip(),
+        ]
         if rand_augment:
             ops.append(v2.RandAugment())
     else:
         ops = [v2.Resize(image_size, antialias=True), v2.CenterCrop(image_size)]
-    ops += [v2.ToImage(), v2.ToDtype(torch.float32, scale=True), v2.Normalize(mean=list(mean), std=list(std))]
-    return v2.Compose(ops)
+    return v2.Compose(ops + _to_normalized_tensor(mean, std))
 
 
 def _transform_batch(batch: dict[str, list], pipeline: v2.Compose, mode: str) -> dict[str, list]:

@@ -19,130 +19,25 @@ import json
 import logging
 import math
 import os
-import shutil
-import uuid
-from collections.abc import Iterator
-from contextlib import contextmanager
 from typing import Any
 
 from accelerate import PartialState
-from datasets import ClassLabel, Dataset, Features, Image, concatenate_datasets, load_from_disk
-from datasets.utils import are_progress_bars_disabled, disable_progress_bars, enable_progress_bars
+from datasets import ClassLabel, Dataset, Features, Image, load_from_disk
 from tqdm.auto import tqdm
 
 from ..finite import non_finite_error
-from ..output_folder import LOCK_FILE
-from .deepinversion import DeepInversionGenerator, InversionBatch
+from ..shards import SHARDS_DIR, ShardWriter, shard_name
+from .deepinversion import DeepInversionGenerator
 
 logger = logging.getLogger(__name__)
 
-SHARDS_DIR = "shards"
-FINGERPRINT_FILE = "fingerprint.json"
 LOSS_TERMS_FILE = "loss_terms.json"
 # Beside a generated dataset (examples/generate.py): its configuration; run.py reads its presence as "synthetic".
 GENERATION_CONFIG_FILE = "generation_config.json"
-_TMP_PREFIX = ".tmp-"
-# The merged dataset's files as Dataset.save_to_disk writes them; state.json is moved in last.
-_STATE_FILE = "state.json"
 
 
 def inversion_features(id2label: dict[int, str]) -> Features:
     return Features({"image": Image(), "label": ClassLabel(names=[id2label[i] for i in range(len(id2label))])})
-
-
-class ShardWriter:
-    """Owns ``output_dir``: refuses one made with another configuration, writes shards, merges them."""
-
-    def __init__(self, output_dir: str, fingerprint: dict[str, Any], features: Features) -> None:
-        self.output_dir = output_dir
-        self.shards_dir = os.path.join(output_dir, SHARDS_DIR)
-        self.fingerprint = json.loads(json.dumps(fingerprint))  # as it will read back from JSON
-        self.features = features
-
-    def check_fingerprint(self) -> None:
-        """Fail if ``output_dir`` holds images made with another teacher or configuration."""
-        path = os.path.join(self.shards_dir, FINGERPRINT_FILE)
-        if not os.path.isfile(path):
-            present = set(os.listdir(self.output_dir)) if os.path.isdir(self.output_dir) else set()
-            foreign = present - {SHARDS_DIR, LOCK_FILE}
-            if foreign:
-                raise ValueError(
-                    f"output_dir={self.output_dir!r} is not empty and holds no generation run; use another folder."
-                )
-            return
-        with open(path, encoding="utf-8") as f:
-            saved = json.load(f)
-        saved.setdefault("method", "deepinversion")  # folders written before there was a choice of method
-        if "teacher_weights_sha256" not in saved:  # folders written before the teacher's weights were recorded
-            logger.warning(f"{path} does not record the teacher's weights: a teacher changed in place goes unseen.")
-            saved["teacher_weights_sha256"] = self.fingerprint.get("teacher_weights_sha256")
-        differences = {
-            key: (saved.get(key), self.fingerprint.get(key))
-            for key in sorted(saved.keys() | self.fingerprint.keys())
-            if saved.get(key) != self.fingerprint.get(key)
-        }
-        if differences:
-            details = ", ".join(f"{key}: {old!r} there, {new!r} now" for key, (old, new) in differences.items())
-            raise ValueError(
-                f"output_dir={self.output_dir!r} holds images generated with a different configuration ({details}). "
-                "Use another output_dir, or the same arguments to resume or extend that run."
-            )
-
-    def prepare(self) -> None:
-        """Record the fingerprint and drop half-written shards of a killed run (main process, before generating)."""
-        os.makedirs(self.shards_dir, exist_ok=True)
-        for folder in (self.shards_dir, self.output_dir):
-            for name in os.listdir(folder):
-                if name.startswith(_TMP_PREFIX):
-                    shutil.rmtree(os.path.join(folder, name), ignore_errors=True)
-        path = os.path.join(self.shards_dir, FINGERPRINT_FILE)
-        if not os.path.isfile(path):
-            _write_json_atomic(path, self.fingerprint)
-
-    def shard_path(self, index: int) -> str:
-        return os.path.join(self.shards_dir, _shard_name(index))
-
-    def is_written(self, index: int) -> bool:
-        return os.path.isdir(self.shard_path(index))
-
-    def write(self, index: int, batch: InversionBatch) -> None:
-        tmp = os.path.join(self.shards_dir, f"{_TMP_PREFIX}{index:06d}-{uuid.uuid4().hex}")
-        dataset = Dataset.from_dict({"image": batch.images, "label": batch.labels}, features=self.features)
-        with _quiet_datasets():  # one "Saving the dataset" bar per shard would bury the generation bar
-            dataset.save_to_disk(tmp)
-        with open(os.path.join(tmp, LOSS_TERMS_FILE), "w", encoding="utf-8") as f:
-            json.dump(batch.loss_terms, f)
-        try:
-            os.rename(tmp, self.shard_path(index))
-        except OSError:
-            if not self.is_written(index):
-                raise
-            shutil.rmtree(tmp)  # another process wrote this (deterministic) batch first: keep one copy
-
-    def merge(self, num_images: int, num_batches: int) -> Dataset:
-        """Save the first ``num_images`` images of shards ``0..num_batches-1`` as the dataset in ``output_dir``."""
-        missing = [index for index in range(num_batches) if not self.is_written(index)]
-        if missing:
-            raise RuntimeError(
-                f"{len(missing)} shard(s) missing in {self.shards_dir!r} (first: {missing[0]}); re-run with the same "
-                "arguments to generate them."
-            )
-        shards = [load_from_disk(self.shard_path(index)) for index in range(num_batches)]
-        merged = concatenate_datasets(shards).select(range(num_images))
-        self._save_merged(merged)
-        return load_from_disk(self.output_dir)
-
-    def _save_merged(self, dataset: Dataset) -> None:
-        """Replace the merged dataset so that it is loadable only once complete (state.json is moved in last)."""
-        tmp = os.path.join(self.output_dir, f"{_TMP_PREFIX}merged-{uuid.uuid4().hex}")
-        dataset.save_to_disk(tmp)
-        for name in [_STATE_FILE, *_saved_dataset_files(self.output_dir)]:
-            path = os.path.join(self.output_dir, name)
-            if os.path.isfile(path):
-                os.remove(path)
-        for name in sorted(os.listdir(tmp), key=lambda name: name == _STATE_FILE):
-            os.replace(os.path.join(tmp, name), os.path.join(self.output_dir, name))
-        os.rmdir(tmp)
 
 
 def generation_fingerprint(generator: DeepInversionGenerator) -> dict[str, Any]:
@@ -176,7 +71,8 @@ def write_dataset(
     if num_images <= 0:
         raise ValueError(f"num_images={num_images} must be > 0.")
     state = state or PartialState()
-    writer = ShardWriter(output_dir, generation_fingerprint(generator), inversion_features(generator.teacher.id2label))
+    writer = ShardWriter(output_dir, generation_fingerprint(generator))
+    features = inversion_features(generator.teacher.id2label)
     writer.check_fingerprint()
     state.wait_for_everyone()  # every process has read output_dir before the main one writes to it
     if state.is_main_process:
@@ -198,7 +94,7 @@ def write_dataset(
     ]
     if max_batches is not None:
         todo = todo[:max_batches]
-    _generate_shards(generator, writer, todo, progress and state.is_local_main_process)
+    _generate_shards(generator, writer, features, todo, progress and state.is_local_main_process)
     state.wait_for_everyone()
     if max_batches is not None:
         return None
@@ -208,7 +104,7 @@ def write_dataset(
 
 
 def _generate_shards(
-    generator: DeepInversionGenerator, writer: ShardWriter, indices: list[int], progress: bool
+    generator: DeepInversionGenerator, writer: ShardWriter, features: Features, indices: list[int], progress: bool
 ) -> None:
     """Each batch of ``indices``, generated and written; the bar moves at every optimisation step."""
     total = len(indices) * generator.steps_per_batch
@@ -217,7 +113,8 @@ def _generate_shards(
             labels, seed = generator.batch_labels(index), generator.batch_seed(index)
             batch = generator.generate_batch(labels, seed, callback=_advance(bar, f"batch {index}"))
             _check_finite(index, batch.loss_terms)
-            writer.write(index, batch)
+            dataset = Dataset.from_dict({"image": batch.images, "label": batch.labels}, features=features)
+            writer.write(index, dataset, {LOSS_TERMS_FILE: batch.loss_terms})
 
 
 def _check_finite(index: int, loss_terms: dict[str, float]) -> None:
@@ -247,35 +144,8 @@ def mean_loss_terms(output_dir: str, num_batches: int) -> dict[str, float]:
     """The final loss terms of shards ``0..num_batches-1`` of ``output_dir``, averaged over the batches."""
     totals: dict[str, float] = {}
     for index in range(num_batches):
-        path = os.path.join(output_dir, SHARDS_DIR, _shard_name(index), LOSS_TERMS_FILE)
+        path = os.path.join(output_dir, SHARDS_DIR, shard_name(index), LOSS_TERMS_FILE)
         with open(path, encoding="utf-8") as f:
             for name, value in json.load(f).items():
                 totals[name] = totals.get(name, 0.0) + value
     return {name: value / num_batches for name, value in totals.items()}
-
-
-@contextmanager
-def _quiet_datasets() -> Iterator[None]:
-    if are_progress_bars_disabled():
-        yield
-        return
-    disable_progress_bars()
-    try:
-        yield
-    finally:
-        enable_progress_bars()
-
-
-def _shard_name(index: int) -> str:
-    return f"batch-{index:06d}"
-
-
-def _saved_dataset_files(folder: str) -> list[str]:
-    return [name for name in os.listdir(folder) if name == "dataset_info.json" or name.endswith(".arrow")]
-
-
-def _write_json_atomic(path: str, payload: dict[str, Any]) -> None:
-    tmp = f"{path}.{uuid.uuid4().hex}.tmp"
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(payload, f, indent=2)
-    os.replace(tmp, path)

@@ -1,0 +1,257 @@
+"""The teacher cache (METHOD.md section 6): views replayed exactly, outputs equal to the teacher's, resumable and
+extendable writing, training with no teacher loaded, and stale caches refused."""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import json
+import shutil
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from datasets import load_from_disk
+from torchvision.transforms import v2
+from torchvision.transforms.v2 import functional as TF
+
+from dearkd_hf import DearKDConfig, DearKDTrainer
+from dearkd_hf import teacher_cache as teacher_cache_module
+from dearkd_hf.alignment import teacher_outputs
+from dearkd_hf.teacher_cache import CACHE_FILE, TOP_K_FILL_MARGIN, TeacherCache
+from dearkd_hf.teachers import load_teacher
+from dearkd_hf.transforms import TRAIN_CROP_SCALE, ReplayableView, open_image
+
+ROOT = Path(__file__).resolve().parents[1]
+EMBEDDED = ROOT / "examples" / "data" / "fashion_mnist_small"
+STUDENT = "hidden_size=32,num_hidden_layers=4,num_attention_heads=2,intermediate_size=64,patch_size=4"
+
+
+def load_example(name: str):
+    path = ROOT / "examples" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(f"dearkd_{name}_script_cache_tests", path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses resolve string annotations through the module
+    spec.loader.exec_module(module)
+    return module
+
+
+cache_script = load_example("cache_teacher")
+run_script = load_example("run")
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def write_teacher(folder: Path, seed: int = 0) -> str:
+    from transformers import ResNetConfig, ResNetForImageClassification
+
+    names = load_from_disk(str(EMBEDDED))["train"].features["label"].names
+    torch.manual_seed(seed)
+    config = ResNetConfig(
+        num_channels=1,
+        embedding_size=8,
+        hidden_sizes=[8, 16],
+        depths=[1, 1],
+        layer_type="basic",
+        num_labels=10,
+        id2label=dict(enumerate(names)),
+        label2id={name: i for i, name in enumerate(names)},
+    )
+    ResNetForImageClassification(config).save_pretrained(folder)
+    return str(folder)
+
+
+@pytest.fixture(scope="module")
+def teacher_dir(tmp_path_factory) -> str:
+    return write_teacher(tmp_path_factory.mktemp("teacher"))
+
+
+def data_flags(samples: int = 48) -> list[str]:
+    return ["--config_overrides", STUDENT, "--image_size", "28", "--max_train_samples", str(samples)]
+
+
+def make_cache(teacher: str, output_dir: Path, *extra: str, samples: int = 48) -> Path:
+    cache_script.main(
+        ["--teacher_model_name_or_path", teacher, "--output_dir", str(output_dir), "--batch_size", "16"]
+        + data_flags(samples)
+        + list(extra)
+    )
+    return output_dir
+
+
+def shard_bytes(folder: Path) -> dict[str, str]:
+    """A digest of each shard's Arrow data, by shard name."""
+    return {
+        shard.name: hashlib.sha256(b"".join(p.read_bytes() for p in sorted(shard.glob("*.arrow")))).hexdigest()
+        for shard in sorted((folder / "shards").glob("batch-*"))
+    }
+
+
+def test_a_view_is_drawn_from_its_indices_alone_and_replayed_exactly():
+    """draw: the same (seed, index, view) gives the same crop and flip, other indices others, within the live crop's
+    scale; apply: exactly the crop, resize, flip and normalisation done by hand."""
+    first = ReplayableView.draw(0, 5, 0, 40, 30)
+    assert first == ReplayableView.draw(0, 5, 0, 40, 30)
+    draws = {ReplayableView.draw(seed, index, view, 40, 30) for seed in (0, 1) for index in (5, 6) for view in (0, 1)}
+    assert len(draws) == 8
+    for (top, left, height, width), _ in draws:
+        assert 0 <= top <= 30 - height and 0 <= left <= 40 - width
+        assert TRAIN_CROP_SCALE[0] - 0.05 <= height * width / 1200 <= TRAIN_CROP_SCALE[1]
+    assert {flip for _, flip in (ReplayableView.draw(0, i, 0, 40, 30) for i in range(40))} == {True, False}
+
+    image = open_image(load_from_disk(str(EMBEDDED))["train"][0]["image"])
+    view = ReplayableView(28, (0.3,), (0.2,), 1)
+    crop, flip = (2, 3, 20, 24), True
+    by_hand = TF.horizontal_flip(TF.resized_crop(image.convert("L"), 2, 3, 20, 24, [28, 28], antialias=True))
+    expected = (v2.functional.to_dtype(TF.pil_to_tensor(by_hand), torch.float32, scale=True) - 0.3) / 0.2
+    torch.testing.assert_close(view.apply(image, crop, flip), expected)
+
+
+def test_cached_outputs_are_the_teachers_outputs_on_the_replayed_views(teacher_dir, tmp_path):
+    folder = make_cache(teacher_dir, tmp_path / "cache", "--num_views", "2")
+    cache = TeacherCache.load(str(folder))
+    assert cache.num_views == 2 and cache.num_images == 48 and cache.grid == (7, 7)
+    teacher = load_teacher(teacher_dir)
+    train = run_script.load_image_datasets(run_script.DataTrainingArguments(max_train_samples=48), seed=42)["train"]
+    indices, views = [0, 17, 47, 3], [0, 1, 1, 0]
+    rows = cache.rows(indices, views)
+    pixels = torch.stack(
+        [cache.view.apply(train[i]["image"], rows["crop"][j], bool(rows["flip"][j])) for j, i in enumerate(indices)]
+    )
+    layers = [pair.teacher_layer for pair in cache.pairs]
+    logits, targets = teacher_outputs(teacher, pixels, (cache.view.mean, cache.view.std), layers, cache.grid)
+    torch.testing.assert_close(torch.from_numpy(rows["logits"]), logits, atol=2e-3, rtol=2e-3)  # stored in fp16
+    assert len(targets) == len(rows["targets"]) == 2
+    for stored, live in zip(rows["targets"], targets):
+        torch.testing.assert_close(torch.from_numpy(stored).float(), live, atol=1e-2, rtol=1e-2)
+    # Two views of an image differ; the first view of a 1-view read is view 0.
+    assert not np.array_equal(cache.rows([5], [0])["crop"], cache.rows([5], [1])["crop"])
+    assert TeacherCache.load(str(folder), num_views=1).view_of(range(48), epoch=3, seed=0) == [0] * 48
+
+
+def test_a_killed_cache_resumes_and_an_extended_one_keeps_its_views_bit_for_bit(teacher_dir, tmp_path):
+    whole = shard_bytes(make_cache(teacher_dir, tmp_path / "whole", "--num_views", "2"))
+    killed = tmp_path / "killed"
+    make_cache(teacher_dir, killed, "--num_views", "2", "--max_shards", "2")
+    assert not (killed / CACHE_FILE).exists() and len(list((killed / "shards").glob("batch-*"))) == 2
+    with pytest.raises(ValueError, match="no finished teacher cache"):
+        TeacherCache.load(str(killed))
+    assert shard_bytes(make_cache(teacher_dir, killed, "--num_views", "2")) == whole
+
+    extended = shard_bytes(make_cache(teacher_dir, killed, "--num_views", "3"))
+    assert len(extended) == 9 and {name: extended[name] for name in whole} == whole
+    assert json.loads((killed / CACHE_FILE).read_text())["num_views"] == 3
+    make_cache(teacher_dir, killed, "--num_views", "1")  # fewer views: nothing to write, the cache keeps its 3
+    assert TeacherCache.load(str(killed)).num_views == 3
+
+
+def test_a_top_k_cache_keeps_the_top_logits_and_fills_the_rest_below_them(teacher_dir, tmp_path):
+    full = TeacherCache.load(str(make_cache(teacher_dir, tmp_path / "full", "--num_views", "1")))
+    top3 = make_cache(teacher_dir, tmp_path / "top3", "--num_views", "1", "--logits_top_k", "3")
+    top3 = TeacherCache.load(str(top3))
+    a, b = full.rows(range(48), [0] * 48)["logits"], top3.rows(range(48), [0] * 48)["logits"]
+    np.testing.assert_array_equal(a.argmax(1), b.argmax(1))
+    kept = np.argsort(-a, axis=1)[:, :3]
+    np.testing.assert_array_equal(np.take_along_axis(a, kept, 1), np.take_along_axis(b, kept, 1))
+    rest = b.copy()
+    np.put_along_axis(rest, kept, np.nan, axis=1)
+    expected = np.take_along_axis(a, kept, 1).min(1, keepdims=True) - TOP_K_FILL_MARGIN
+    np.testing.assert_allclose(np.nanmax(rest, 1, keepdims=True), expected)
+    with pytest.raises(ValueError, match=r"logits_top_k=11 must lie in \[0, 10\]"):
+        make_cache(teacher_dir, tmp_path / "bad", "--logits_top_k", "11")
+
+
+def test_a_cache_that_does_not_fit_on_the_disk_is_refused_before_any_shard(teacher_dir, tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(teacher_cache_module.shutil, "disk_usage", lambda path: shutil._ntuple_diskusage(1, 1, 1000))
+    with pytest.raises(ValueError, match=r"needs .* more but the disk has 1\.0 KB free.*--num_views"):
+        make_cache(teacher_dir, tmp_path / "cache", "--num_views", "4")
+    assert "48 images x 4 views, 2,401 bytes per view" in capsys.readouterr().out
+    assert not list((tmp_path / "cache").glob("shards/batch-*"))
+
+
+def test_a_folder_with_another_cache_is_refused(teacher_dir, tmp_path):
+    folder = make_cache(teacher_dir, tmp_path / "cache", "--num_views", "1")
+    other = write_teacher(tmp_path / "other_teacher", seed=1)
+    with pytest.raises(ValueError, match="teacher-cache run with a different configuration .*teacher"):
+        make_cache(other, folder, "--num_views", "1")
+    with pytest.raises(ValueError, match="--rand_augment: a teacher cache stores the default training views"):
+        make_cache(teacher_dir, tmp_path / "augmented", "--rand_augment")
+
+
+def test_stage_1_trains_from_the_cache_with_the_teacher_folder_removed(teacher_dir, tmp_path):
+    teacher = tmp_path / "teacher"
+    shutil.copytree(teacher_dir, teacher)
+    cache = make_cache(str(teacher), tmp_path / "cache", "--num_views", "2")
+    shutil.rmtree(teacher)
+    output_dir = tmp_path / "run"
+    metrics = run_script.main(
+        ["--teacher_cache", str(cache), "--output_dir", str(output_dir), "--num_train_epochs", "2"]
+        + data_flags()
+        + ["--max_eval_samples", "16", "--per_device_train_batch_size", "16", "--report_to", "none"]
+        + ["--logging_steps", "1"]
+    )
+    assert 0.0 <= metrics["eval_accuracy"] <= 1.0
+    logs = json.loads((output_dir / "trainer_state.json").read_text())["log_history"]
+    stage1 = [log for log in logs if log.get("stage") == 1.0 and "loss_align" in log]
+    assert stage1 and all(log["loss_align"] > 0 and log["loss_kd"] > 0 for log in stage1)
+    assert any(log.get("stage") == 2.0 for log in logs)
+    run = json.loads((output_dir / "dearkd_run.json").read_text())
+    assert run["teacher"]["cache"] == TeacherCache.load(str(cache)).fingerprint
+    assert (output_dir / "model.safetensors").is_file()
+
+
+def cached_trainer(cache: Path, output_dir: Path, **config) -> DearKDTrainer:
+    """A DearKDTrainer on the embedded subset the cache was written from (the Trainer API, no teacher)."""
+    model_args = run_script.ModelArguments(config_overrides=STUDENT)
+    data_args = run_script.DataTrainingArguments(max_train_samples=48, image_size=28)
+    dataset = run_script.load_image_datasets(data_args, seed=42)
+    loaded = TeacherCache.load(str(cache))
+    student = run_script.build_student(model_args, run_script.label_names(dataset["train"]), loaded.teacher, 28)
+    processor = run_script.build_image_processor(model_args, loaded.teacher)
+    args = DearKDConfig(output_dir=str(output_dir), per_device_train_batch_size=8, report_to="none", **config)
+    trainer = DearKDTrainer(model=student, args=args, teacher_cache=str(cache), processing_class=processor)
+    mean, std = trainer.student_normalization
+    transformed = run_script.with_transforms(dataset, 28, mean, std, 1)
+    trainer.train_dataset = transformed["train"]
+    return trainer
+
+
+def test_a_cached_batch_carries_the_teachers_outputs_on_its_own_pixels(teacher_dir, tmp_path):
+    """The Trainer API: each stage-1 batch's pixel values are the views the cached outputs were computed on."""
+    cache = make_cache(teacher_dir, tmp_path / "cache", "--num_views", "2")
+    trainer = cached_trainer(cache, tmp_path / "run")
+    assert trainer.teacher.module is None  # nothing loaded
+    batch = next(iter(trainer.get_train_dataloader()))
+    teacher = load_teacher(teacher_dir)
+    layers = [pair.teacher_layer for pair in trainer.alignment_pairs]
+    logits, targets = teacher_outputs(teacher, batch["pixel_values"], trainer.student_normalization, layers, (7, 7))
+    torch.testing.assert_close(batch["teacher_logits"], logits, atol=2e-3, rtol=2e-3)
+    for cached, live in zip(batch["teacher_targets"], targets):
+        torch.testing.assert_close(cached.float(), live, atol=1e-2, rtol=1e-2)
+
+
+def test_a_stale_cache_is_refused_in_one_line(teacher_dir, tmp_path):
+    cache = make_cache(teacher_dir, tmp_path / "cache", "--num_views", "1")
+    base = ["--teacher_cache", str(cache), "--num_train_epochs", "1", "--report_to", "none"]
+    cases = {
+        "image size 28, this run has 32": data_flags()[:3] + ["32", "--max_train_samples", "48"],
+        "alignment pairs": data_flags() + ["--alignment_pairs", "1:resnet.encoder.stages.0"],
+        "training images 48, this run has 40": data_flags(40),
+        r"training data \(digest": data_flags() + ["--seed", "7"],
+        "is not the teacher the cache was written with": data_flags() + ["--teacher_model_name_or_path", "resnet18"],
+        "--teacher_cache with --mixup": data_flags() + ["--mixup", "0.8"],
+    }
+    for index, (message, flags) in enumerate(cases.items()):
+        with pytest.raises(ValueError, match=message) as error:
+            run_script.main(base + flags + ["--output_dir", str(tmp_path / f"run{index}")])
+        assert "\n" not in str(error.value)
+    with pytest.raises(ValueError, match="teacher_cache_views=3: .* holds 1 views per image"):
+        run_script.main(base + data_flags() + ["--teacher_cache_views", "3", "--output_dir", str(tmp_path / "r")])
