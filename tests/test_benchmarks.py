@@ -626,3 +626,59 @@ def test_datafree_set_statistics_by_hand(tmp_path):
     )
     intra = [bpid_intra(pre_logits[:4], labels[:4]).item(), bpid_intra(pre_logits[4:], labels[4:]).item()]
     assert stats["same_class_cosine"] == pytest.approx(sum(intra) / 2, rel=1e-5)
+
+
+@pytest.mark.slow
+def test_teacher_cache_quick_pairs_cached_rows_with_the_live_teacher_and_skips_done_rows(tmp_path):
+    args = ["--quick", f"--results_dir={tmp_path / 'results'}", f"--work_dir={tmp_path / 'work'}"]
+    first = run_script("teacher_cache", *args, "--workers=2")  # one worker per (setting, seed), merged
+    assert first.stdout.count("worker units-") == 2
+    path = tmp_path / "results" / "teacher_cache_quick.json"
+    data = json.loads(path.read_text())
+    rows, live, caches = data["rows"], data["live"], data["caches"]
+    assert sorted((r["setting"], r["K"]) for r in rows) == [
+        (s, k) for s in ("fmnist_10pct", "grid_cell") for k in (1, 2)
+    ]
+    assert sorted(c["setting"] for c in caches) == ["fmnist_10pct", "grid_cell"]
+    for row in rows:
+        assert {"setting", "K", "seed", "accuracy", "live_accuracy", "bytes_per_view", "stage1_vs_plain"} <= set(row)
+        assert row["seed"] == 0 and 0.0 <= row["accuracy"] <= 1.0 and row["cache_build_s"] > 0
+        own_live = next(r for r in live if r["setting"] == row["setting"])
+        cache = next(c for c in caches if c["setting"] == row["setting"])
+        assert row["live_accuracy"] == own_live["accuracy"] and row["bytes_per_view"] == cache["bytes_per_view"] > 0
+        assert row["flags"][-2:] == [f"--teacher_cache={row['flags'][-2][16:]}", f"--teacher_cache_views={row['K']}"]
+    for cache in caches:  # one cache of the largest K per (setting, seed); 40 images
+        assert cache["num_views"] == 2 and cache["num_images"] == 40
+        assert cache["payload_bytes"] == 2 * 40 * cache["bytes_per_view"] <= cache["disk_bytes"]
+    # The cached rows train with the live row's run.py flags, plus the cache's two.
+    work = tmp_path / "work" / "fmnist_10pct"
+    live_argv = json.loads((work / "dearkd-f0.1-s0" / "DONE").read_text())["argv"]
+    cached_argv = json.loads((work / "dearkd_cache_k1-f0.1-s0" / "DONE").read_text())["argv"]
+    same = [a.replace("dearkd_cache_k1-", "dearkd-") for a in cached_argv[:-2]]
+    assert same == live_argv and cached_argv[-1] == "--teacher_cache_views=1"
+    table = (tmp_path / "results" / "teacher_cache_quick.md").read_text()
+    assert "| fmnist_10pct | 2 | 1 |" in table and "| grid_cell | 1 | 1 |" in table and "K=2 - live" in table
+
+    rerun = run_script("teacher_cache", *args)  # everything done: nothing trained, no workers started
+    assert "live teacher" not in rerun.stdout and "worker" not in rerun.stdout
+    assert json.loads(path.read_text()) == data
+
+
+def test_teacher_cache_script_gets_the_runs_data_and_student_flags_only():
+    bench = load_script("teacher_cache")
+    run_flags = ["--train_fraction=0.1", "--seed=3", "--image_size=28", "--learning_rate=1e-3", "--use_cpu=True"]
+    run_flags += ["--dataset_name=data", "--model_type=dearkd_vit", "--config_overrides=hidden_size=8"]
+    argv = bench.cache_argv(run_flags, "teacher", 3, 16, Path("cache"))
+    assert argv == [
+        "--teacher_model_name_or_path=teacher",
+        "--train_fraction=0.1",
+        "--image_size=28",
+        "--dataset_name=data",
+        "--model_type=dearkd_vit",
+        "--config_overrides=hidden_size=8",
+        "--seed=3",
+        "--num_views=16",
+        "--output_dir=cache",
+    ]
+    assert bench.ratio_for(1.02, 4) == 1.02 and bench.ratio_for({"4": 1.1, "16": 1.2}, 16) == 1.2
+    assert bench.ratio_for(None, 1) is None
