@@ -44,6 +44,7 @@ from typing import Any
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+os.environ.setdefault("TQDM_DISABLE", "1")  # the cache script's per-shard bar would fill the workers' logs
 
 import torch  # noqa: E402
 
@@ -579,7 +580,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         if args.units:
             units = [(unit.partition(":")[0], int(unit.partition(":")[2])) for unit in args.units]
         else:
-            units = [(name, seed) for seed in args.seeds for name in args.settings]
+            # Snake order: dealt round-robin to the workers, each gets a mix of the settings (they differ in cost).
+            units = [(name, seed) for i, seed in enumerate(args.seeds) for name in args.settings[:: (-1) ** i]]
         units = [unit for unit in units if not unit_done(args, results, *unit)]
         if args.workers > 1 and len(units) > 1:
             run_workers(args, argv, results, units)
