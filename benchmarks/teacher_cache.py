@@ -59,6 +59,8 @@ TARGET_POINTS = 0.5  # K = max(views): its mean within this many points of the l
 # The flags of examples/cache_teacher.py that a run's argv shares with it (data and student), besides --seed.
 CACHE_SCRIPT_FLAGS = {f.name for f in fields(DataTrainingArguments)} | {f.name for f in fields(ModelArguments)}
 SPEED_PATTERNS = ("*cache*speed*.json", "*speed*cache*.json")
+# The ratio's names in that file, first found wins: a stage-1 step from the cache over a plain labels-only step.
+SPEED_KEYS = ("stage1_vs_plain", "cached_vs_plain")
 
 SIZES = {
     "full": dict(views=[16, 4, 1], fraction=0.1, grid_task="fmnist10", grid_images=450, grid_steps=250),
@@ -329,9 +331,11 @@ def speed_ratio(args: argparse.Namespace) -> tuple[Any, str | None]:
     for path in candidates:
         if not path.is_file():
             continue
-        value = _find_key(json.loads(path.read_text()), "stage1_vs_plain")
-        if value is not None:
-            return value, stored_path(str(path))
+        data = json.loads(path.read_text())
+        for key in SPEED_KEYS:
+            value = _find_key(data, key)
+            if value is not None:
+                return value, f"`{stored_path(str(path))}` (key `{key}`)"
     return None, None
 
 
@@ -544,7 +548,7 @@ def write_table(path: Path, results: Results, args: argparse.Namespace) -> None:
         "",
         "`stage1_vs_plain`: "
         + (
-            f"read from `{speed_file}`."
+            f"read from {speed_file}."
             if speed_file
             else "null: no speed results for the teacher cache (`benchmarks/results/*cache*speed*.json`) were found."
         ),
