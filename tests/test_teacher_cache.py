@@ -6,13 +6,18 @@ from __future__ import annotations
 import hashlib
 import importlib.util
 import json
+import os
 import shutil
+import socket
+import subprocess
 import sys
 from pathlib import Path
 
+import huggingface_hub
 import numpy as np
 import pytest
 import torch
+from accelerate.state import AcceleratorState
 from datasets import load_from_disk
 from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as TF
@@ -78,12 +83,16 @@ def data_flags(samples: int = 48) -> list[str]:
     return ["--config_overrides", STUDENT, "--image_size", "28", "--max_train_samples", str(samples)]
 
 
+def cache_args(teacher: str, output_dir: Path, *extra: str, samples: int = 48) -> list[str]:
+    base = ["--teacher_model_name_or_path", teacher, "--output_dir", str(output_dir), "--batch_size", "16"]
+    return base + data_flags(samples) + list(extra)
+
+
 def make_cache(teacher: str, output_dir: Path, *extra: str, samples: int = 48) -> Path:
-    cache_script.main(
-        ["--teacher_model_name_or_path", teacher, "--output_dir", str(output_dir), "--batch_size", "16"]
-        + data_flags(samples)
-        + list(extra)
-    )
+    try:
+        cache_script.main(cache_args(teacher, output_dir, *extra, samples=samples))
+    finally:
+        AcceleratorState._reset_state(reset_partial_state=True)  # the script's PartialState must not leak
     return output_dir
 
 
@@ -255,3 +264,52 @@ def test_a_stale_cache_is_refused_in_one_line(teacher_dir, tmp_path):
         assert "\n" not in str(error.value)
     with pytest.raises(ValueError, match="teacher_cache_views=3: .* holds 1 views per image"):
         run_script.main(base + data_flags() + ["--teacher_cache_views", "3", "--output_dir", str(tmp_path / "r")])
+
+
+def test_accelerate_launch_two_processes_writes_the_cache_of_one_process(teacher_dir, tmp_path):
+    single = shard_bytes(make_cache(teacher_dir, tmp_path / "single", "--num_views", "2"))
+    env = {
+        **os.environ,
+        "PYTHONPATH": str(ROOT / "src"),
+        "HF_HUB_OFFLINE": "1",
+        "CUDA_VISIBLE_DEVICES": "",
+        "OMP_NUM_THREADS": "1",
+        "HF_HOME": str(tmp_path / "hf_home"),  # no saved accelerate config changes the launch
+    }
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    launcher = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2"]
+    launcher += ["--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no"]
+    launcher += ["--main_process_port", str(port), str(ROOT / "examples" / "cache_teacher.py")]
+    result = subprocess.run(
+        [*launcher, *cache_args(teacher_dir, tmp_path / "double", "--num_views", "2")],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=ROOT,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert shard_bytes(tmp_path / "double") == single  # shards depend on (seed, image, view) only
+    assert result.stdout.count("bytes per view") == 1  # the storage line once, from the main process
+
+
+def test_push_to_hub_uploads_the_finished_cache_and_reads_it_back(teacher_dir, tmp_path, monkeypatch):
+    created, uploaded = [], []
+    monkeypatch.setattr(huggingface_hub, "create_repo", lambda repo_id, **kw: created.append((repo_id, kw)))
+    upload = lambda repo_id, folder_path, repo_type: uploaded.append((repo_id, folder_path, repo_type))  # noqa: E731
+    monkeypatch.setattr(cache_script, "upload_folder", upload)
+    folder = make_cache(teacher_dir, tmp_path / "cache", "--num_views", "1", "--push_to_hub", "--hub_model_id", "me/c")
+    assert created == [("me/c", {"repo_type": "dataset", "exist_ok": True})]
+    assert uploaded == [("me/c", str(folder), "dataset")]
+    downloads = []
+    fake_download = lambda repo_id, repo_type: downloads.append((repo_id, repo_type)) or str(folder)  # noqa: E731
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", fake_download)
+    assert TeacherCache.load("me/c").num_images == 48 and downloads == [("me/c", "dataset")]
+
+
+def test_push_to_hub_that_cannot_reach_the_hub_fails_before_caching(teacher_dir, tmp_path):
+    with pytest.raises(OSError, match=r"--push_to_hub: the dataset repository me/c cannot be created.*nothing was"):
+        make_cache(teacher_dir, tmp_path / "cache", "--push_to_hub", "--hub_model_id", "me/c")
+    assert not (tmp_path / "cache" / "shards").exists()

@@ -450,13 +450,14 @@ def test_alignment_weight_follows_beta_schedule_over_stage1(tmp_path, schedule, 
 
 
 def test_default_alignment_weight_is_balanced_against_the_label_and_kd_terms(tmp_path):
-    trainer = make_trainer(tmp_path)  # beta_schedule="balanced", align_ratio=0.5, beta=1: one log per step
+    trainer = make_trainer(tmp_path)  # the defaults: beta_schedule="balanced", align_ratio=1, beta=1; a log per step
+    assert (trainer.args.beta_schedule, trainer.args.align_ratio) == ("balanced", 1.0)
     trainer.train()
     logs = [log for log in trainer.state.log_history if "beta" in log]
     assert len(logs) == 4
     for log in logs:
         task = 0.5 * log["loss_ce"] + 0.5 * log["loss_kd"]
-        assert log["beta"] == pytest.approx(min(1.0, 0.5 * task / log["loss_align"]), rel=1e-4)
+        assert log["beta"] == pytest.approx(min(1.0, 1.0 * task / log["loss_align"]), rel=1e-4)
         assert log["loss"] == pytest.approx(task + log["beta"] * log["loss_align"], rel=1e-4)
 
 

@@ -56,7 +56,7 @@ class DearKDConfig(TrainingArguments):
             `beta` at step 0 to 0 at `distillation_stop_epoch`, so stage 1 hands over to the labels gradually;
             `"balanced"` caps it each step at `align_ratio` times the ratio of the label + logit-KD loss to the
             alignment loss (detached), so the alignment term never outweighs `align_ratio` times the rest.
-        align_ratio (`float`, *optional*, defaults to `0.5`):
+        align_ratio (`float`, *optional*, defaults to `1.0`):
             With `beta_schedule="balanced"`: the largest share of the label + logit-KD term the alignment term may
             reach, `beta_step = min(beta, align_ratio * (label + KD loss) / alignment loss)`, computed per micro-batch
             (with gradient accumulation, from each micro-batch's own losses). Positive.
@@ -129,7 +129,7 @@ class DearKDConfig(TrainingArguments):
         },
     )
     align_ratio: float = field(
-        default=0.5,
+        default=1.0,
         metadata={"help": "beta_schedule=balanced: the alignment term is at most this times the label + KD term."},
     )
     label_loss_heads: str = field(
@@ -206,7 +206,7 @@ class DearKDConfig(TrainingArguments):
         if self.beta < 0:
             raise ValueError(f"beta={self.beta} must be >= 0 (alignment weight; 0 disables alignment).")
         if self.align_ratio <= 0:
-            raise ValueError(f"align_ratio={self.align_ratio} must be > 0 (alignment's largest share); e.g. 0.5.")
+            raise ValueError(f"align_ratio={self.align_ratio} must be > 0 (alignment's largest share); e.g. 1.0.")
         if self.tau <= 0:
             raise ValueError(f"tau={self.tau} must be > 0 (distillation temperature); e.g. 1.0.")
         if self.alignment_pairs is not None:
