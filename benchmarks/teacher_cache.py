@@ -273,7 +273,8 @@ def cache_info(folder: Path) -> dict[str, Any]:
 
 def run_config(args: argparse.Namespace, settings: dict[str, Any]) -> dict[str, Any]:
     return {
-        "dataset": "embedded subset" if args.quick else stored_path(args.dataset_dir),
+        # As robustness names it: the folder's name, so that committed results hold no machine paths.
+        "dataset": "embedded subset" if args.quick else Path(args.dataset_dir).name,
         "cache_views": args.cache_views,
         "settings": {name: setting.config() for name, setting in settings.items()},
     }
