@@ -438,10 +438,14 @@ def run_workers(args: argparse.Namespace, argv: list[str], results: Results, uni
     running = []
     for group in groups:
         name = "units-" + "-".join(f"{s}{seed}" for s, seed in group)
-        own = Results(workers_dir / name / f"{args.prefix}.json", results.config, overwrite=True)
-        for kind in Results.KEYS:  # what this group already has is not run again
+        path = workers_dir / name / f"{args.prefix}.json"
+        if args.overwrite:
+            path.unlink(missing_ok=True)
+        own = Results(path, results.config, overwrite=False)  # resumes what a killed worker of this group finished
+        for kind, keys in Results.KEYS.items():  # and what this file already has is not run again
             for record in results.data[kind]:
-                if (record["setting"], record["seed"]) in group:
+                key = {k: record[k] for k in keys}
+                if (record["setting"], record["seed"]) in group and own.get(kind, **key) is None:
                     own.data[kind].append(record)
         own.save()
         command = [sys.executable, "-m", "benchmarks.teacher_cache", *passed, "--workers=1"]

@@ -27,6 +27,7 @@ from dearkd_hf import teacher_cache as teacher_cache_module
 from dearkd_hf.alignment import teacher_outputs
 from dearkd_hf.teacher_cache import CACHE_FILE, TOP_K_FILL_MARGIN, TeacherCache
 from dearkd_hf.teachers import load_teacher
+from dearkd_hf.trainer import _same_source
 from dearkd_hf.transforms import TRAIN_CROP_SCALE, ReplayableView, open_image
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -313,3 +314,18 @@ def test_push_to_hub_that_cannot_reach_the_hub_fails_before_caching(teacher_dir,
     with pytest.raises(OSError, match=r"--push_to_hub: the dataset repository me/c cannot be created.*nothing was"):
         make_cache(teacher_dir, tmp_path / "cache", "--push_to_hub", "--hub_model_id", "me/c")
     assert not (tmp_path / "cache" / "shards").exists()
+
+
+def test_a_timm_teachers_folder_names_the_cache_written_from_it(tmp_path, monkeypatch):
+    """A timm teacher is recorded under timm's name for it (local-dir:<folder>, hf-hub:timm/<name>); the run's
+    --teacher_model_name_or_path, the folder as given (or another path to it), names that teacher."""
+    folder = tmp_path / "timm_teacher"
+    folder.mkdir()
+    monkeypatch.chdir(tmp_path)
+    assert _same_source(str(folder), f"local-dir:{folder}")
+    assert _same_source("timm_teacher", f"local-dir:{folder}")  # relative, the same folder
+    assert _same_source("timm/resnet18.a1_in1k", "hf-hub:timm/resnet18.a1_in1k")
+    assert _same_source(str(folder), str(folder))  # a transformers folder: recorded as given
+    (tmp_path / "other").mkdir()
+    assert not _same_source(str(tmp_path / "other"), f"local-dir:{folder}")
+    assert not _same_source("resnet18", f"local-dir:{folder}")

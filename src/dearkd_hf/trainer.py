@@ -44,7 +44,7 @@ from .students import (
     student_outputs,
 )
 from .teacher_cache import CachedTeacher, CachedViews, TeacherCache, data_digest
-from .teachers import Teacher, load_teacher
+from .teachers import TIMM_LOCAL_PREFIX, Teacher, load_teacher, timm_model_name
 
 if TYPE_CHECKING:
     import datasets
@@ -698,10 +698,12 @@ def _same_source(given: Any, cached: str) -> bool:
     """Whether a teacher argument names the cache's teacher (the same string, or the same local folder)."""
     if not isinstance(given, str):
         return False
-    if given == cached:
+    # A timm teacher is recorded under the name timm.create_model took: "local-dir:<folder>", "hf-hub:timm/<name>".
+    if cached in (given, timm_model_name(given)):
         return True
-    both_local = os.path.isdir(given) and os.path.isdir(cached)
-    return both_local and os.path.realpath(given) == os.path.realpath(cached)
+    cached_folder = cached.removeprefix(TIMM_LOCAL_PREFIX)
+    both_local = os.path.isdir(given) and os.path.isdir(cached_folder)
+    return both_local and os.path.realpath(given) == os.path.realpath(cached_folder)
 
 
 def _load_cache(cache: TeacherCache | str | None, args: DearKDConfig) -> TeacherCache | None:
