@@ -370,8 +370,25 @@ def ratio_for(value: Any, k: int) -> float | None:
 # ---- the runs ----
 
 
-def run_unit(args: argparse.Namespace, setting: Any, seed: int, results: Results) -> None:
-    """One (setting, seed): the live row, the cache, then the cache rows from the most views down."""
+def run_units(
+    args: argparse.Namespace, settings: dict[str, Any], units: list[tuple[str, int]], results: Results
+) -> None:
+    """The units' rows by priority: every unit's live row, cache and largest-K row (the target's pair) first, then
+    the next K of every unit, and so on; a run stopped early leaves the target's rows complete over the seeds."""
+    for k in sorted(args.views, reverse=True):
+        for name, seed in units:
+            run_unit(args, settings[name], seed, results, views=[k])
+
+
+def run_unit(
+    args: argparse.Namespace,
+    setting: Any,
+    seed: int,
+    results: Results,
+    views: list[int] | None = None,
+) -> None:
+    """One (setting, seed): the live row and the cache unless done, then the cache rows of ``views`` (default: all
+    of ``--views``), from the most views down."""
     name = setting.name
     if results.get("live", setting=name, seed=seed) is None:
         print(f"[{name} seed={seed}] live teacher", flush=True)
@@ -394,7 +411,7 @@ def run_unit(args: argparse.Namespace, setting: Any, seed: int, results: Results
         print(f"    {cache['disk_bytes'] / 1e6:.1f} MB on disk in {build_s:.0f} s", flush=True)
 
     ratio, _ = speed_ratio(args)
-    for k in sorted(args.views, reverse=True):
+    for k in sorted(args.views if views is None else views, reverse=True):
         if results.get("rows", setting=name, K=k, seed=seed) is not None:
             continue
         print(f"[{name} seed={seed}] cache K={k}", flush=True)
@@ -431,9 +448,9 @@ def _portable(flag: str, folder: Path) -> str:
 def run_workers(args: argparse.Namespace, argv: list[str], results: Results, units: list[tuple[str, int]]) -> None:
     """This script once per group of (setting, seed) units, in parallel, each with its own results file and log under
     ``<work_dir>/workers/``; then fold their records in."""
-    groups = [units[i :: args.workers] for i in range(min(args.workers, len(units)))]
     workers_dir = Path(args.work_dir) / "workers"
     workers_dir.mkdir(parents=True, exist_ok=True)
+    groups = [units[i :: args.workers] for i in range(min(args.workers, len(units)))]
     passed = [a for a in argv if a != "--overwrite"]  # later flags win: --workers=1, --results_dir
     running = []
     for group in groups:
@@ -591,12 +608,16 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         else:
             # Snake order: dealt round-robin to the workers, each gets a mix of the settings (they differ in cost).
             units = [(name, seed) for i, seed in enumerate(args.seeds) for name in args.settings[:: (-1) ** i]]
+        # What the workers of an earlier, killed run finished (in another grouping) is kept.
+        if not args.overwrite and not args.units:
+            for path in sorted((Path(args.work_dir) / "workers").glob(f"*/{args.prefix}.json")):
+                if json.loads(path.read_text()).get("config") == results.config:
+                    results.merge(path)
         units = [unit for unit in units if not unit_done(args, results, *unit)]
         if args.workers > 1 and len(units) > 1:
             run_workers(args, argv, results, units)
         else:
-            for name, seed in units:
-                run_unit(args, settings[name], seed, results)
+            run_units(args, settings, units, results)
     if results.data["rows"]:
         refresh_speed(results, args)
         if not args.units:
