@@ -97,7 +97,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--units", nargs="+", default=None, help=argparse.SUPPRESS)  # a worker's SETTING:SEED units
     parser.add_argument("--overwrite", action="store_true", help="Discard rows made with another configuration.")
-    parser.add_argument("--report_only", action="store_true", help="Rewrite the table; train nothing.")
+    parser.add_argument(
+        "--report_only",
+        action="store_true",
+        help="Fold in the workers' finished rows, rewrite the table; train nothing.",
+    )
     args = parser.parse_args(argv)
     for name, value in SIZES["quick" if args.quick else "full"].items():
         if getattr(args, name, None) is None:
@@ -570,7 +574,8 @@ def write_table(path: Path, results: Results, args: argparse.Namespace) -> None:
         "",
         "`stage1_vs_plain`: "
         + (
-            f"read from {speed_file}."
+            f"read from {speed_file}: the speed benchmark's own setup (its student, teacher and batch, see that "
+            "file), one number for every row, not a timing of these settings' runs."
             if speed_file
             else "null: no speed results for the teacher cache (`benchmarks/results/*cache*speed*.json`) were found."
         ),
@@ -602,17 +607,17 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     settings = {name: SETTING_CLASSES[name](args) for name in args.settings}
     results_dir = Path(args.results_dir)
     results = Results(results_dir / f"{args.prefix}.json", run_config(args, settings), args.overwrite)
+    # What the workers of an earlier, killed run finished (in another grouping) is kept (also by --report_only).
+    if not args.overwrite and not args.units:
+        for path in sorted((Path(args.work_dir) / "workers").glob(f"*/{args.prefix}.json")):
+            if json.loads(path.read_text()).get("config") == results.config:
+                results.merge(path)
     if not args.report_only:
         if args.units:
             units = [(unit.partition(":")[0], int(unit.partition(":")[2])) for unit in args.units]
         else:
             # Snake order: dealt round-robin to the workers, each gets a mix of the settings (they differ in cost).
             units = [(name, seed) for i, seed in enumerate(args.seeds) for name in args.settings[:: (-1) ** i]]
-        # What the workers of an earlier, killed run finished (in another grouping) is kept.
-        if not args.overwrite and not args.units:
-            for path in sorted((Path(args.work_dir) / "workers").glob(f"*/{args.prefix}.json")):
-                if json.loads(path.read_text()).get("config") == results.config:
-                    results.merge(path)
         units = [unit for unit in units if not unit_done(args, results, *unit)]
         if args.workers > 1 and len(units) > 1:
             run_workers(args, argv, results, units)
