@@ -31,6 +31,21 @@ def test_timm_folder_keeps_label_names(tmp_path):
     assert torch.allclose(teacher.logits(x), model.eval()(x), atol=1e-6)
 
 
+def test_loading_a_teacher_leaves_the_seeded_rng_as_it_was(tmp_path):
+    """A run's student and aligners are initialised after the teacher is loaded, or from the same seed with no teacher
+    loaded at all (a teacher cache): loading one must not draw from the seeded stream (timm initialises first)."""
+    timm.models.save_for_hf(
+        timm.create_model("test_resnet", pretrained=False, num_classes=3, in_chans=1), tmp_path / "timm"
+    )
+    make_resnet_teacher().save_pretrained(tmp_path / "transformers")
+    torch.manual_seed(0)
+    expected = torch.rand(4)
+    for folder in ("timm", "transformers"):
+        torch.manual_seed(0)
+        load_teacher(str(tmp_path / folder))
+        assert torch.equal(torch.rand(4), expected), folder
+
+
 def test_transformers_folder_reads_its_image_processor(tmp_path):
     model = make_resnet_teacher()
     model.save_pretrained(tmp_path)

@@ -155,7 +155,9 @@ def load_teacher(name_or_path: str | nn.Module | Teacher, **kwargs) -> Teacher:
         teacher = _from_module(name_or_path)
     else:
         check_local_folder(name_or_path, "teacher_model_name_or_path")
-        with hub_lookup(name_or_path, "teacher_model_name_or_path"):
+        # timm draws a random initialisation before loading the weights: on a forked RNG, so that loading a teacher
+        # (or not, with a teacher cache) leaves the seeded stream that initialises the student and aligners as it was.
+        with hub_lookup(name_or_path, "teacher_model_name_or_path"), torch.random.fork_rng(devices=[]):
             if is_timm_model(name_or_path):
                 teacher = _from_timm(name_or_path, **kwargs)
             else:
