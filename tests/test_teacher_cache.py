@@ -84,7 +84,8 @@ def data_flags(samples: int = 48) -> list[str]:
 
 
 def cache_args(teacher: str, output_dir: Path, *extra: str, samples: int = 48) -> list[str]:
-    base = ["--teacher_model_name_or_path", teacher, "--output_dir", str(output_dir), "--batch_size", "16"]
+    base = ["--teacher_model_name_or_path", teacher, "--output_dir", str(output_dir), "--batch_size", "8"]
+    base += ["--shard_size", "16"]  # 3 shards per view, each from 2 teacher batches
     return base + data_flags(samples) + list(extra)
 
 
