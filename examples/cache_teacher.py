@@ -65,7 +65,8 @@ class CacheArguments:
     seed: int = field(
         default=42, metadata={"help": "As run.py's --seed: it picks the --train_fraction subset and the views."}
     )
-    batch_size: int = field(default=256, metadata={"help": "Images per teacher forward and per shard."})
+    batch_size: int = field(default=256, metadata={"help": "Images per teacher forward."})
+    shard_size: int = field(default=4096, metadata={"help": "Images per shard on disk (one view each)."})
     push_to_hub: bool = field(default=False, metadata={"help": "Upload the finished cache as a Hub dataset repo."})
     hub_model_id: str | None = field(
         default=None, metadata={"help": "Dataset repository for --push_to_hub; default: output_dir's name."}
@@ -84,21 +85,16 @@ def check_arguments(args: CacheArguments, model_args: ModelArguments, data_args:
     """Fail on flags the cache cannot honour, before anything is loaded."""
     if args.num_views < 1:
         raise ValueError(f"--num_views={args.num_views} must be >= 1 (views stored per image; e.g. 4 or 16).")
-    if args.batch_size < 1:
-        raise ValueError(f"--batch_size={args.batch_size} must be >= 1.")
-    replayed = {"--rand_augment": data_args.rand_augment, "--recipe": data_args.recipe is not None}
-    replayed.update({"--mixup": data_args.mixup > 0, "--cutmix": data_args.cutmix > 0})
-    unsupported = [flag for flag, given in replayed.items() if given]
+    if args.batch_size < 1 or args.shard_size < 1:
+        raise ValueError(f"--batch_size={args.batch_size} and --shard_size={args.shard_size} must be >= 1.")
+    unsupported = data_args.live_augmentation_flags()
     if unsupported:
         raise ValueError(
             f"{', '.join(unsupported)}: a teacher cache stores the default training views (random resized crop and "
             "flip) only; drop these flags here and in run.py --teacher_cache, or train with the live teacher."
         )
-    if model_args.model_name_or_path and model_args.init_from_vit:
-        raise ValueError("--model_name_or_path and --init_from_vit are exclusive: give the student one way.")
+    model_args.check()
     check_local_folder(args.teacher_model_name_or_path, "--teacher_model_name_or_path")
-    for flag in ("model_name_or_path", "init_from_vit", "image_processor_name"):
-        check_local_folder(getattr(model_args, flag), f"--{flag}")
     check_writable_folder(args.output_dir)
 
 
@@ -152,6 +148,7 @@ def cache(args: CacheArguments, model_args: ModelArguments, data_args: DataTrain
         seed=args.seed,
         top_k=args.logits_top_k,
         batch_size=args.batch_size,
+        shard_size=args.shard_size,
         state=state,
         max_shards=args.max_shards,
         report=print if state.is_main_process else (lambda *_: None),

@@ -56,22 +56,15 @@ def check_arguments(model_args: ModelArguments, data_args: DataTrainingArguments
             "written by examples/train_teacher.py (or --teacher_cache, a cache written by examples/cache_teacher.py)."
         )
     if training_args.teacher_cache is not None:
-        live = {"--rand_augment": data_args.rand_augment, "--recipe": data_args.recipe is not None}
-        live.update({"--mixup": data_args.mixup > 0, "--cutmix": data_args.cutmix > 0})
-        unsupported = [flag for flag, given in live.items() if given]
+        unsupported = data_args.live_augmentation_flags()
         if unsupported:
             raise ValueError(
                 f"--teacher_cache with {', '.join(unsupported)}: the cache holds the teacher's outputs on the default "
                 "training views (random resized crop and flip) only; drop these flags, or train with the teacher."
             )
         check_local_folder(training_args.teacher_cache, "--teacher_cache")
-    if model_args.model_name_or_path and model_args.init_from_vit:
-        raise ValueError("--model_name_or_path and --init_from_vit are exclusive: give the student one way.")
-    if model_args.config_overrides and model_args.model_name_or_path:
-        raise ValueError("--config_overrides applies to a student built from scratch, not to --model_name_or_path.")
+    model_args.check()
     check_local_folder(training_args.teacher_model_name_or_path, "--teacher_model_name_or_path")
-    for flag in ("model_name_or_path", "init_from_vit", "image_processor_name"):
-        check_local_folder(getattr(model_args, flag), f"--{flag}")
     check_writable_folder(training_args.output_dir)
     check_checkpoint_slots(training_args.output_dir)
 

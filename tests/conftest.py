@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -82,3 +86,24 @@ def teacher():
 @pytest.fixture
 def dataset():
     return make_dataset()
+
+
+def launch_two_processes(script: Path, args: list[str], tmp_path: Path, timeout: int = 300):
+    """``accelerate launch`` of ``script`` as 2 CPU processes on a free port, offline, one thread each; with a fresh
+    HF_HOME so that no saved accelerate config changes the launch. Returns the CompletedProcess."""
+    root = Path(__file__).resolve().parents[1]
+    env = {
+        **os.environ,
+        "PYTHONPATH": str(root / "src"),
+        "HF_HUB_OFFLINE": "1",
+        "CUDA_VISIBLE_DEVICES": "",
+        "OMP_NUM_THREADS": "1",
+        "HF_HOME": str(tmp_path / "hf_home"),
+    }
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    launcher = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2"]
+    launcher += ["--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no"]
+    launcher += ["--main_process_port", str(port), str(script)]
+    return subprocess.run([*launcher, *args], capture_output=True, text=True, env=env, cwd=root, timeout=timeout)

@@ -70,6 +70,42 @@ def test_speed_quick_writes_ratios_and_timings(tmp_path):
 
 
 @pytest.mark.slow
+def test_speed_teacher_cache_quick_times_stage1_from_a_real_cache(tmp_path):
+    output = tmp_path / "speed_teacher_cache.json"
+    run_script("speed.teacher_cache", "--quick", "--num_views=2", f"--output={output}")
+    result = json.loads(output.read_text())
+    configs = {"plain", "dearkd_s1", "dearkd_cached", "teacher_fwd"}
+    assert set(result["timings"]) == set(result["peak_memory_bytes"]) == configs
+    assert all(len(result["raw_times_s"][name]) == 2 for name in configs)
+    for key in ("cached_vs_plain", "cached_vs_live", "live_vs_plain"):
+        assert isinstance(result[key], float) and result[key] > 0, key
+    assert result["target"]["cached_vs_plain_at_most"] == 1.05
+    assert result["target"]["met"] == (result["cached_vs_plain"] <= 1.05)
+    loader = result["loader"]
+    assert set(loader["seconds_per_batch"]) == {"live", "cached"} and loader["cached_vs_live_paired"] > 0
+    build = result["build"]
+    assert build["images"] == 4 * 8 and build["views"] == 2 and build["wall_s"] > 0
+    assert build["seconds_per_image_view"] == pytest.approx(build["wall_s"] / 64)
+    assert build["live_teacher_forward_seconds_per_image"] > 0
+    # The timed batches carry the cache's outputs, which are the teacher's on those images (fp16 storage).
+    assert result["cache_fidelity"]["logits_max_relative_error"] < 1e-2
+    assert result["cache_fidelity"]["targets_max_relative_error"] < 1e-2
+    table = output.with_suffix(".md").read_text()
+    assert "| dearkd_cached |" in table and "dearkd_cached / plain (target <= 1.05" in table
+    assert str(tmp_path) not in table  # the command is recorded without machine paths
+
+
+def test_speed_teacher_cache_takes_the_speed_flags_and_names_its_own_results():
+    from benchmarks.speed import teacher_cache
+
+    args = teacher_cache.parse_args(["--preset", "deit_tiny_224", "--device", "cpu"])
+    assert (args.teacher, args.image_size, args.batch_size, args.num_views) == ("resnet50", 224, 16, 2)
+    assert Path(args.output).name == "speed_teacher_cache_224.json"
+    assert Path(teacher_cache.parse_args(["--quick"]).output).name == "speed_teacher_cache_quick.json"
+    assert Path(teacher_cache.parse_args(["--device", "cpu"]).output).name == "speed_teacher_cache.json"
+
+
+@pytest.mark.slow
 def test_data_efficiency_quick_writes_rows_table_plot_and_skips_done_rows(tmp_path):
     args = [
         "--quick",

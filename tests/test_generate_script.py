@@ -6,7 +6,6 @@ import hashlib
 import importlib.util
 import json
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -16,6 +15,7 @@ import PIL.Image
 import pytest
 import timm
 from accelerate.state import AcceleratorState
+from conftest import launch_two_processes
 from datasets import ClassLabel, Dataset, Image, load_from_disk
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -99,27 +99,8 @@ def test_accelerate_launch_two_processes_writes_one_dataset_equal_to_one_process
         "--batch_size=8",
     ]
     generate(*common, "--num_images=24", f"--output_dir={tmp_path / 'single'}")
-    env = {
-        **os.environ,
-        "PYTHONPATH": str(ROOT / "src"),
-        "HF_HUB_OFFLINE": "1",
-        "CUDA_VISIBLE_DEVICES": "",
-        "OMP_NUM_THREADS": "1",
-        "HF_HOME": str(tmp_path / "hf_home"),  # no saved accelerate config changes the launch
-    }
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    launcher = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2"]
-    launcher += ["--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no"]
-    launcher += ["--main_process_port", str(port), str(SCRIPT)]
-    result = subprocess.run(
-        [*launcher, *common, "--num_images=24", f"--output_dir={tmp_path / 'double'}"],
-        capture_output=True,
-        text=True,
-        env=env,
-        cwd=ROOT,
-        timeout=300,
+    result = launch_two_processes(
+        SCRIPT, [*common, "--num_images=24", f"--output_dir={tmp_path / 'double'}"], tmp_path
     )
     assert result.returncode == 0, result.stderr[-3000:]
     config = json.loads((tmp_path / "double" / "generation_config.json").read_text())

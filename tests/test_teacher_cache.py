@@ -6,10 +6,7 @@ from __future__ import annotations
 import hashlib
 import importlib.util
 import json
-import os
 import shutil
-import socket
-import subprocess
 import sys
 from pathlib import Path
 
@@ -18,7 +15,9 @@ import numpy as np
 import pytest
 import torch
 from accelerate.state import AcceleratorState
+from conftest import launch_two_processes
 from datasets import load_from_disk
+from test_run_script import EMBEDDED, STUDENT, one_thread, run_script, write_teacher  # noqa: F401 (one_thread: autouse)
 from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as TF
 
@@ -31,53 +30,17 @@ from dearkd_hf.trainer import _same_source
 from dearkd_hf.transforms import TRAIN_CROP_SCALE, ReplayableView, open_image
 
 ROOT = Path(__file__).resolve().parents[1]
-EMBEDDED = ROOT / "examples" / "data" / "fashion_mnist_small"
-STUDENT = "hidden_size=32,num_hidden_layers=4,num_attention_heads=2,intermediate_size=64,patch_size=4"
 
 
-def load_example(name: str):
-    path = ROOT / "examples" / f"{name}.py"
-    spec = importlib.util.spec_from_file_location(f"dearkd_{name}_script_cache_tests", path)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses resolve string annotations through the module
-    spec.loader.exec_module(module)
-    return module
-
-
-cache_script = load_example("cache_teacher")
-run_script = load_example("run")
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-def write_teacher(folder: Path, seed: int = 0) -> str:
-    from transformers import ResNetConfig, ResNetForImageClassification
-
-    names = load_from_disk(str(EMBEDDED))["train"].features["label"].names
-    torch.manual_seed(seed)
-    config = ResNetConfig(
-        num_channels=1,
-        embedding_size=8,
-        hidden_sizes=[8, 16],
-        depths=[1, 1],
-        layer_type="basic",
-        num_labels=10,
-        id2label=dict(enumerate(names)),
-        label2id={name: i for i, name in enumerate(names)},
-    )
-    ResNetForImageClassification(config).save_pretrained(folder)
-    return str(folder)
+spec = importlib.util.spec_from_file_location("dearkd_cache_teacher_script", ROOT / "examples" / "cache_teacher.py")
+cache_script = importlib.util.module_from_spec(spec)
+sys.modules[spec.name] = cache_script  # dataclasses resolve string annotations through the module
+spec.loader.exec_module(cache_script)
 
 
 @pytest.fixture(scope="module")
 def teacher_dir(tmp_path_factory) -> str:
-    return write_teacher(tmp_path_factory.mktemp("teacher"))
+    return write_teacher(tmp_path_factory.mktemp("teacher"), num_labels=10)
 
 
 def data_flags(samples: int = 48) -> list[str]:
@@ -85,7 +48,8 @@ def data_flags(samples: int = 48) -> list[str]:
 
 
 def cache_args(teacher: str, output_dir: Path, *extra: str, samples: int = 48) -> list[str]:
-    base = ["--teacher_model_name_or_path", teacher, "--output_dir", str(output_dir), "--batch_size", "16"]
+    base = ["--teacher_model_name_or_path", teacher, "--output_dir", str(output_dir), "--batch_size", "8"]
+    base += ["--shard_size", "16"]  # 3 shards per view, each from 2 teacher batches
     return base + data_flags(samples) + list(extra)
 
 
@@ -189,7 +153,8 @@ def test_a_cache_that_does_not_fit_on_the_disk_is_refused_before_any_shard(teach
 
 def test_a_folder_with_another_cache_is_refused(teacher_dir, tmp_path):
     folder = make_cache(teacher_dir, tmp_path / "cache", "--num_views", "1")
-    other = write_teacher(tmp_path / "other_teacher", seed=1)
+    names = load_from_disk(str(EMBEDDED))["train"].features["label"].names
+    other = write_teacher(tmp_path / "other_teacher", 10, names=names[::-1])  # the same weights, other labels
     with pytest.raises(ValueError, match="teacher-cache run with a different configuration .*teacher"):
         make_cache(other, folder, "--num_views", "1")
     with pytest.raises(ValueError, match="--rand_augment: a teacher cache stores the default training views"):
@@ -269,28 +234,8 @@ def test_a_stale_cache_is_refused_in_one_line(teacher_dir, tmp_path):
 
 def test_accelerate_launch_two_processes_writes_the_cache_of_one_process(teacher_dir, tmp_path):
     single = shard_bytes(make_cache(teacher_dir, tmp_path / "single", "--num_views", "2"))
-    env = {
-        **os.environ,
-        "PYTHONPATH": str(ROOT / "src"),
-        "HF_HUB_OFFLINE": "1",
-        "CUDA_VISIBLE_DEVICES": "",
-        "OMP_NUM_THREADS": "1",
-        "HF_HOME": str(tmp_path / "hf_home"),  # no saved accelerate config changes the launch
-    }
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    launcher = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2"]
-    launcher += ["--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no"]
-    launcher += ["--main_process_port", str(port), str(ROOT / "examples" / "cache_teacher.py")]
-    result = subprocess.run(
-        [*launcher, *cache_args(teacher_dir, tmp_path / "double", "--num_views", "2")],
-        capture_output=True,
-        text=True,
-        env=env,
-        cwd=ROOT,
-        timeout=300,
-    )
+    script = ROOT / "examples" / "cache_teacher.py"
+    result = launch_two_processes(script, cache_args(teacher_dir, tmp_path / "double", "--num_views", "2"), tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     assert shard_bytes(tmp_path / "double") == single  # shards depend on (seed, image, view) only
     assert result.stdout.count("bytes per view") == 1  # the storage line once, from the main process

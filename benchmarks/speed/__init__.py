@@ -105,8 +105,11 @@ PRESET_TARGETS = {
 NUM_BATCHES = 4  # distinct batches cycled through; every configuration sees the same one at each repeat
 
 
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+def build_parser(description: str, results_name: str = "speed") -> argparse.ArgumentParser:
+    """The flags of a speed measurement (device, preset, sizes, teacher, repeats, threads, output), shared by
+    ``benchmarks.speed`` and the benchmarks built on it (``benchmarks.speed.teacher_cache``, whose results file is
+    ``results_name``)."""
+    parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (cuda when available).")
     parser.add_argument("--preset", default=None, choices=sorted(PRESETS), help="A named setting (see PRESETS).")
     parser.add_argument("--batch_size", type=int, default=None, help="Training batch size (default 64; quick 8).")
@@ -140,9 +143,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="torch intra-op threads (CPU default 1: on a shared machine 2 OpenMP threads slow steps down up to 50x).",
     )
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--output", default=None, help="JSON path (default benchmarks/results/speed[_quick].json).")
+    parser.add_argument(
+        "--output", default=None, help=f"JSON path (default benchmarks/results/{results_name}[_quick].json)."
+    )
     parser.add_argument("--dry_run", action="store_true", help="Print the resolved settings as JSON and stop.")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def resolve_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> argparse.Namespace:
+    """Fill what was not given from the preset, then from the defaults (quick or full); refuse inconsistent flags.
+    ``args.output`` stays None when not given: each benchmark names its own results file."""
     if args.device == "auto":
         args.device = "cuda" if torch.cuda.is_available() else "cpu"
     if args.preset is not None and args.quick:
@@ -174,11 +184,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         parser.error(f"--num_channels {args.num_channels}: use 1 (grayscale) or 3 (RGB).")
     if args.bf16 and device_type != "cuda":
         parser.error("--bf16 needs --device cuda (CPU steps are timed in fp32).")
+    if args.threads is None and args.device == "cpu":
+        args.threads = 1
+    return args
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = build_parser(__doc__.split("\n\n")[0])
+    args = resolve_args(parser, parser.parse_args(argv))
     if args.output is None:
         name = PRESETS[args.preset]["output"] if args.preset else "speed_quick.json" if args.quick else "speed.json"
         args.output = str(RESULTS_DIR / name)
-    if args.threads is None and args.device == "cpu":
-        args.threads = 1
     return args
 
 

@@ -133,3 +133,15 @@ def paired_ratios(times: dict[str, list[float]]) -> dict[str, float]:
 def summarise(times: list[float]) -> dict[str, float]:
     q = statistics.quantiles(times, n=4) if len(times) >= 2 else [times[0]] * 3
     return {"median_s": statistics.median(times), "q1_s": q[0], "q3_s": q[2], "min_s": min(times), "n": len(times)}
+
+
+def paired_ratio(numerator: list[float], denominator: list[float]) -> float:
+    """Median over repeats of one configuration's time over another's in the same repeat (load cancels)."""
+    return statistics.median(a / b for a, b in zip(numerator, denominator, strict=True))
+
+
+def paired_ratio_quartiles(numerator: list[float], denominator: list[float]) -> list[float]:
+    """The first and third quartiles of the per-repeat ratios of :func:`paired_ratio`: their spread."""
+    ratios = [a / b for a, b in zip(numerator, denominator, strict=True)]
+    q = statistics.quantiles(ratios, n=4) if len(ratios) >= 2 else [ratios[0]] * 3
+    return [q[0], q[2]]

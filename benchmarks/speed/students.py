@@ -50,6 +50,8 @@ from transformers import DeiTConfig, DeiTForImageClassificationWithTeacher, ViTC
 
 from dearkd_hf import DearKDViTConfig, DearKDViTForImageClassification  # noqa: E402
 
+from .measure import paired_ratio  # noqa: E402
+
 RESULTS_DIR = Path(__file__).resolve().parents[1] / "results"
 REFERENCE = "hf_deit"
 ROWS = ("hf_deit", "hf_vit", "dearkd", "dearkd_eager", "dearkd_attn_drop", "dearkd_no_mhca")
@@ -181,10 +183,6 @@ def measure_memory(args: argparse.Namespace) -> dict[str, dict[str, float]]:
     return memory
 
 
-def _paired(values: list[float], reference: list[float]) -> float:
-    return statistics.median(v / r for v, r in zip(values, reference, strict=True))
-
-
 def summarise(times: dict, cpu_times: dict) -> dict[str, dict[str, dict[str, float]]]:
     summary: dict[str, dict[str, dict[str, float]]] = {}
     for mode, rows in times.items():
@@ -192,12 +190,12 @@ def summarise(times: dict, cpu_times: dict) -> dict[str, dict[str, dict[str, flo
         summary[mode] = {
             row: {
                 "median_s": statistics.median(values),
-                "paired_ratio": _paired(values, reference),
+                "paired_ratio": paired_ratio(values, reference),
                 "ratio_of_medians": statistics.median(values) / statistics.median(reference),
                 "min_s": min(values),
                 "ratio_of_minima": min(values) / min(reference),
                 "cpu_median_s": statistics.median(cpu[row]),
-                "cpu_paired_ratio": _paired(cpu[row], cpu[REFERENCE]),
+                "cpu_paired_ratio": paired_ratio(cpu[row], cpu[REFERENCE]),
             }
             for row, values in rows.items()
         }

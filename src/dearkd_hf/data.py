@@ -116,6 +116,13 @@ class DataTrainingArguments:
             raise ValueError(f"--label_smoothing must be in [0, 1), got {self.label_smoothing}.")
         get_recipe(self.recipe)  # an unknown name fails here, listing the known ones
 
+    def live_augmentation_flags(self) -> list[str]:
+        """The flags given that draw new augmentation every batch beyond the default crop and flip (RandAugment, a
+        recipe's transforms, mixup, CutMix): what a teacher cache cannot replay."""
+        given = {"--rand_augment": self.rand_augment, "--recipe": self.recipe is not None}
+        given.update({"--mixup": self.mixup > 0, "--cutmix": self.cutmix > 0})
+        return [flag for flag, on in given.items() if on]
+
     def training_fields(self) -> dict[str, Any]:
         """The flags that decide what a model trains on (a run fingerprint's data, see ``RunFolderMixin.run_data``);
         evaluation-only ones are left out, so that a re-run may evaluate differently."""

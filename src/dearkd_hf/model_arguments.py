@@ -20,7 +20,7 @@ from transformers import (
 from .cli import check_config_overrides, parse_config_overrides
 from .data import label_kwargs
 from .modeling import DearKDViTForImageClassification
-from .sources import hub_lookup
+from .sources import check_local_folder, hub_lookup
 from .teachers import Teacher
 
 logger = logging.getLogger(__name__)
@@ -60,6 +60,17 @@ class ModelArguments:
     license: str | None = field(
         default=None, metadata={"help": "The license in the model card's metadata, e.g. apache-2.0 (default: none)."}
     )
+
+    def check(self) -> None:
+        """Fail on inconsistent student flags, or a local folder that is not there, before anything is loaded."""
+        if self.model_name_or_path and self.init_from_vit:
+            raise ValueError("--model_name_or_path and --init_from_vit are exclusive: give the student one way.")
+        if self.config_overrides and self.model_name_or_path:
+            raise ValueError(
+                "--config_overrides applies to a student built from scratch, not to --model_name_or_path."
+            )
+        for flag in ("model_name_or_path", "init_from_vit", "image_processor_name"):
+            check_local_folder(getattr(self, flag), f"--{flag}")
 
 
 def build_student(

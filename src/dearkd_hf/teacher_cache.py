@@ -8,7 +8,7 @@ student's grid and normalised, in fp16. Layout of a cache folder::
     teacher_cache.json                  what the cache holds (teacher, transform, student grid, data, views); written
                                         last, so a folder without it is not a finished cache
     shards/fingerprint.json             the same settings less the view count, checked on resume and extension
-    shards/batch-000000/ ...            view v of images [k*B, (k+1)*B) is shard v * ceil(N / B) + k
+    shards/batch-000000/ ...            view v of images [k*S, (k+1)*S) is shard v * ceil(N / S) + k (S: shard_size)
 
 Views are drawn from ``(seed, image index, view index)`` alone, so a cache extended from 4 to 16 views keeps its first
 4 bit for bit, and ``num_views`` smaller than the cache's uses its first views. In training,
@@ -215,11 +215,12 @@ class TeacherCache:
                 f"teacher_cache_views={num_views}: {name_or_path!r} holds {available} views per image; use 1 to "
                 f"{available}, or extend the cache with examples/cache_teacher.py --num_views {num_views}."
             )
-        num_batches = math.ceil(config["data"]["num_images"] / config["batch_size"])
+        shard_size = config.get("shard_size", config["batch_size"])  # caches written before shards had their own size
+        per_view = math.ceil(config["data"]["num_images"] / shard_size)
         shards = [
-            load_from_disk(os.path.join(folder, SHARDS_DIR, shard_name(v * num_batches + k)))
+            load_from_disk(os.path.join(folder, SHARDS_DIR, shard_name(v * per_view + k)))
             for v in range(num_views)
-            for k in range(num_batches)
+            for k in range(per_view)
         ]
         return cls(folder, config, concatenate_datasets(shards), num_views)
 
@@ -376,6 +377,7 @@ def cache_settings(
     seed: int,
     top_k: int,
     batch_size: int,
+    shard_size: int,
 ) -> dict[str, Any]:
     """Everything that fixes a cache's rows except the number of views: the shards' fingerprint."""
     return {
@@ -392,6 +394,7 @@ def cache_settings(
         "targets": {"dtype": "float16", "normalised": "layer norm over channels, pooled to the student's grid"},
         "seed": seed,
         "batch_size": batch_size,
+        "shard_size": shard_size,
     }
 
 
@@ -408,6 +411,7 @@ def write_teacher_cache(
     seed: int = 0,
     top_k: int = 0,
     batch_size: int = 256,
+    shard_size: int = 4096,
     state: PartialState | None = None,
     progress: bool = True,
     max_shards: int | None = None,
@@ -417,12 +421,15 @@ def write_teacher_cache(
     ``output_dir``; resumes a killed run and extends a cache to more views. Returns the finished cache.
 
     Refuses, before any teacher forward: a folder holding another cache or anything else, ``top_k`` out of range,
-    and a cache that will not fit on the disk (``report`` prints the storage per view and in total first). Under
+    and a cache that will not fit on the disk (``report`` prints the storage per view and in total first). The
+    teacher runs on ``batch_size`` images at a time; a shard holds one view of ``shard_size`` images. Under
     ``accelerate launch`` process ``rank`` writes the shards with ``index % num_processes == rank``.
     ``max_shards`` (debugging) stops each process after that many new shards and returns None, as if killed.
     """
     if num_views < 1:
         raise ValueError(f"num_views={num_views} must be >= 1 (views stored per image; e.g. 4 or 16).")
+    if batch_size < 1 or shard_size < 1:
+        raise ValueError(f"batch_size={batch_size} and shard_size={shard_size} must be >= 1 (images).")
     if not 0 <= top_k <= teacher.num_labels:
         raise ValueError(
             f"logits_top_k={top_k} must lie in [0, {teacher.num_labels}] (0 keeps every logit of the teacher's "
@@ -440,17 +447,18 @@ def write_teacher_cache(
         seed=seed,
         top_k=top_k,
         batch_size=batch_size,
+        shard_size=shard_size,
     )
     writer = ShardWriter(output_dir, settings, kind="teacher-cache")
     writer.check_fingerprint()
     tokens = grid[0] * grid[1]
     shapes = [(tokens, channels) for channels in target_channels]
     num_images = len(dataset)
-    num_batches = math.ceil(num_images / batch_size)
+    num_shards = math.ceil(num_images / shard_size)  # per view
     per_view = bytes_per_view(teacher.num_labels, top_k, shapes)
-    todo = [index for index in range(num_views * num_batches) if not writer.is_written(index)]
+    todo = [index for index in range(num_views * num_shards) if not writer.is_written(index)]
     needed = per_view * num_images * num_views
-    to_write = sum(min(batch_size, num_images - (index % num_batches) * batch_size) for index in todo) * per_view
+    to_write = sum(min(shard_size, num_images - (index % num_shards) * shard_size) for index in todo) * per_view
     if state.is_main_process:
         report(
             f"Teacher cache: {num_images} images x {num_views} views, {per_view:,} bytes per view "
@@ -478,18 +486,23 @@ def write_teacher_cache(
     layers = [pair.teacher_layer for pair in pairs]
     device = next(teacher.module.parameters()).device
     show = progress and state.is_local_main_process
-    with tqdm(total=len(mine), desc="Caching the teacher's outputs", unit="shard", disable=not show) as bar:
+    total = sum(min(shard_size, num_images - (index % num_shards) * shard_size) for index in mine)
+    with tqdm(total=total, desc="Caching the teacher's outputs", unit="view", disable=not show) as bar:
         for index in mine:
-            view_index, batch = divmod(index, num_batches)
-            indices = list(range(batch * batch_size, min(num_images, (batch + 1) * batch_size)))
-            columns = _cache_rows(teacher, raw, indices, view_index, view, seed, layers, grid, top_k, device)
+            view_index, part = divmod(index, num_shards)
+            shard = range(part * shard_size, min(num_images, (part + 1) * shard_size))
+            chunks = []
+            for start in range(shard.start, shard.stop, batch_size):
+                indices = list(range(start, min(shard.stop, start + batch_size)))
+                chunks.append(_cache_rows(teacher, raw, indices, view_index, view, seed, layers, grid, top_k, device))
+                bar.update(len(indices))
+            columns = {key: np.concatenate([np.asarray(chunk[key]) for chunk in chunks]) for key in chunks[0]}
             writer.write(index, Dataset.from_dict(columns, features=features))
-            bar.update(1)
     state.wait_for_everyone()
     if max_shards is not None:
         return None
     if state.is_main_process:
-        missing = [index for index in range(num_views * num_batches) if not writer.is_written(index)]
+        missing = [index for index in range(num_views * num_shards) if not writer.is_written(index)]
         if missing:
             raise RuntimeError(f"{len(missing)} shard(s) of {output_dir!r} missing; re-run with the same arguments.")
         previous = _read_config(output_dir)

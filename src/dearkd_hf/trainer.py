@@ -365,12 +365,12 @@ class DearKDTrainer(RunFolderMixin, ExactResumeMixin, EvaluationCollatorMixin, T
         return scheduled_beta(self.args.beta, self.args.beta_schedule, self.state.epoch or 0.0, stop)
 
     def _teacher_targets(
-        self, pixel_values: torch.Tensor, inputs: dict[str, Any]
+        self, pixel_values: torch.Tensor, inputs: dict[str, Any] | None = None
     ) -> tuple[torch.Tensor, list[torch.Tensor]]:
         """The teacher's logits and alignment targets on the student's batch: read from the batch when it comes from
         a teacher cache, else the teacher run on it (re-normalised, no grad, same autocast as the student)."""
         if self.teacher_cache is not None:
-            if "teacher_logits" not in inputs:
+            if inputs is None or "teacher_logits" not in inputs:
                 raise RuntimeError(
                     "teacher_cache: a stage-1 batch came without the cached teacher outputs; the training dataloader "
                     "must be the trainer's own (get_train_dataloader), which reads them from the cache."

@@ -5,6 +5,7 @@ cache stores a view of an image (METHOD.md section 6)."""
 
 from __future__ import annotations
 
+import functools
 import hashlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -118,7 +119,11 @@ class ReplayableView:
         view = TF.resized_crop(image, top, left, height, width, size, antialias=True)
         if flip:
             view = TF.horizontal_flip(view)
-        return v2.Compose(_to_normalized_tensor(self.mean, self.std))(view)
+        return self._to_tensor(view)
+
+    @functools.cached_property
+    def _to_tensor(self) -> v2.Compose:
+        return v2.Compose(_to_normalized_tensor(self.mean, self.std))
 
 
 def _image_pipeline(
