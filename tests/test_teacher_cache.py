@@ -6,7 +6,9 @@ from __future__ import annotations
 import hashlib
 import importlib.util
 import json
+import os
 import shutil
+import subprocess
 import sys
 from pathlib import Path
 
@@ -274,3 +276,14 @@ def test_a_timm_teachers_folder_names_the_cache_written_from_it(tmp_path, monkey
     (tmp_path / "other").mkdir()
     assert not _same_source(str(tmp_path / "other"), f"local-dir:{folder}")
     assert not _same_source("resnet18", f"local-dir:{folder}")
+
+
+def test_the_progress_bar_obeys_tqdm_disable(teacher_dir, tmp_path):
+    """TQDM_DISABLE=1 (read by tqdm when it is imported) silences the bar, e.g. in a benchmark's log."""
+    script = ROOT / "examples" / "cache_teacher.py"
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "src"), "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    for name, extra in (("shown", {}), ("quiet", {"TQDM_DISABLE": "1"})):
+        command = [sys.executable, str(script), *cache_args(teacher_dir, tmp_path / name, "--num_views", "1")]
+        result = subprocess.run(command, env={**env, **extra}, capture_output=True, text=True, timeout=300)
+        assert result.returncode == 0, result.stderr[-2000:]
+        assert ("Caching the teacher's outputs" in result.stderr) == (name == "shown")

@@ -487,7 +487,8 @@ def write_teacher_cache(
     device = next(teacher.module.parameters()).device
     show = progress and state.is_local_main_process
     total = sum(min(shard_size, num_images - (index % num_shards) * shard_size) for index in mine)
-    with tqdm(total=total, desc="Caching the teacher's outputs", unit="view", disable=not show) as bar:
+    quiet = {} if show else {"disable": True}  # when shown, tqdm's own TQDM_DISABLE can still turn it off
+    with tqdm(total=total, desc="Caching the teacher's outputs", unit="view", **quiet) as bar:
         for index in mine:
             view_index, part = divmod(index, num_shards)
             shard = range(part * shard_size, min(num_images, (part + 1) * shard_size))
