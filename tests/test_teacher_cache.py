@@ -281,7 +281,8 @@ def test_a_timm_teachers_folder_names_the_cache_written_from_it(tmp_path, monkey
 def test_the_progress_bar_obeys_tqdm_disable(teacher_dir, tmp_path):
     """TQDM_DISABLE=1 (read by tqdm when it is imported) silences the bar, e.g. in a benchmark's log."""
     script = ROOT / "examples" / "cache_teacher.py"
-    env = {**os.environ, "PYTHONPATH": str(ROOT / "src"), "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    env = {k: v for k, v in os.environ.items() if k != "TQDM_DISABLE"}  # importing benchmarks.teacher_cache sets it
+    env.update(PYTHONPATH=str(ROOT / "src"), HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1")
     for name, extra in (("shown", {}), ("quiet", {"TQDM_DISABLE": "1"})):
         command = [sys.executable, str(script), *cache_args(teacher_dir, tmp_path / name, "--num_views", "1")]
         result = subprocess.run(command, env={**env, **extra}, capture_output=True, text=True, timeout=300)
