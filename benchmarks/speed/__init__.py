@@ -318,12 +318,17 @@ def portable_command(argv: list[str], script: str = "speed.py") -> list[str]:
     return [script, *(portable(arg) for arg in argv)]
 
 
+def dry_run_settings(args: argparse.Namespace) -> dict[str, Any]:
+    """--dry_run: the resolved settings (the output path made portable), printed as JSON and returned."""
+    settings = {**vars(args), "output": portable_command([args.output])[1]}
+    print(json.dumps(settings, indent=2))
+    return settings
+
+
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = parse_args(argv)
     if args.dry_run:
-        settings = {**vars(args), "output": portable_command([args.output])[1]}
-        print(json.dumps(settings, indent=2))
-        return settings
+        return dry_run_settings(args)
     hf_logging.set_verbosity_error()
     if args.threads is not None:
         torch.set_num_threads(args.threads)

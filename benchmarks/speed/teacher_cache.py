@@ -68,6 +68,7 @@ from . import (  # noqa: E402
     NUM_BATCHES,
     RESULTS_DIR,
     build_parser,
+    dry_run_settings,
     make_student,
     make_teacher,
     portable_command,
@@ -194,9 +195,7 @@ def loader_times(loaders: dict[str, Any], epochs: int) -> dict[str, list[float]]
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = parse_args(argv)
     if args.dry_run:
-        settings = {**vars(args), "output": portable_command([args.output])[1]}
-        print(json.dumps(settings, indent=2))
-        return settings
+        return dry_run_settings(args)
     started = time.perf_counter()
     hf_logging.set_verbosity_error()
     if args.threads is not None:
