@@ -252,35 +252,35 @@ class TeacherCache:
     def mismatch(
         self,
         *,
-        image_size: int,
-        grid: tuple[int, int],
-        num_channels: int,
-        normalization: tuple[Sequence[float] | None, Sequence[float] | None],
-        pairs: Sequence[AlignmentPair],
+        image_size: int | None = None,
+        grid: tuple[int, int] | None = None,
+        num_channels: int | None = None,
+        normalization: tuple[Sequence[float] | None, Sequence[float] | None] = (None, None),
+        pairs: Sequence[AlignmentPair] | None = None,
         num_images: int | None = None,
         digest: str | None = None,
     ) -> str | None:
-        """What differs between this cache and a run (one clause), or None when the cache serves it."""
+        """What differs between this cache and a run (one clause), or None when the cache serves it; only the
+        settings given are compared."""
         mean, std = normalization
         checks = [
             ("image size", self.view.image_size, image_size),
-            ("student patch grid", list(self.grid), list(grid)),
+            ("student patch grid", list(self.grid), None if grid is None else list(grid)),
             ("input channels", self.view.num_channels, num_channels),
-            ("alignment pairs", [str(p) for p in self.pairs], [str(p) for p in pairs]),
+            ("alignment pairs", [str(p) for p in self.pairs], None if pairs is None else [str(p) for p in pairs]),
+            ("normalisation (mean, std)", _rounded(self.view.mean, self.view.std), _rounded(mean, std)),
+            ("training images", self.num_images, num_images),
+            ("training data (digest of its labels and images)", self.config["data"]["sha256"], digest),
         ]
-        if mean is not None and std is not None:
-            checks.append(("normalisation (mean, std)", _rounded(self.view.mean, self.view.std), _rounded(mean, std)))
-        if num_images is not None:
-            checks.append(("training images", self.num_images, num_images))
-        if digest is not None:
-            checks.append(("training data (digest of its labels and images)", self.config["data"]["sha256"], digest))
         for what, cached, run in checks:
-            if cached != run:
+            if run is not None and cached != run:
                 return f"it was made for {what} {cached}, this run has {run}"
         return None
 
 
-def _rounded(mean: Sequence[float], std: Sequence[float]) -> list[list[float]]:
+def _rounded(mean: Sequence[float] | None, std: Sequence[float] | None) -> list[list[float]] | None:
+    if mean is None or std is None:
+        return None
     return [[round(float(v), 6) for v in mean], [round(float(v), 6) for v in std]]
 
 

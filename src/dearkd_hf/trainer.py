@@ -443,15 +443,7 @@ class DearKDTrainer(RunFolderMixin, ExactResumeMixin, EvaluationCollatorMixin, T
                 "teacher_cache: train_dataset must be the datasets.Dataset (columns image, label) the cache was "
                 f"written from, got {type(dataset).__name__}."
             )
-        problem = cache.mismatch(
-            image_size=cache.view.image_size,
-            grid=cache.grid,
-            num_channels=cache.view.num_channels,
-            normalization=(None, None),
-            pairs=cache.pairs,
-            num_images=len(dataset),
-            digest=data_digest(dataset),
-        )
+        problem = cache.mismatch(num_images=len(dataset), digest=data_digest(dataset))
         if problem is not None:
             raise ValueError(
                 f"teacher_cache={cache.folder!r} cannot serve this training set: {problem}. Write the cache from the "
