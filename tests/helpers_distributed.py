@@ -58,6 +58,9 @@ def main(output_dir: str) -> None:
     os.makedirs(output_dir, exist_ok=True)
     torch.save(result, os.path.join(output_dir, f"rank{accelerator.process_index}.pt"))
     accelerator.wait_for_everyone()
+    # Destroy the process group before the interpreter exits: left to teardown, gloo's threads were once aborted
+    # ("terminate called without an active exception") after everything had been written.
+    accelerator.end_training()
 
 
 if __name__ == "__main__":
