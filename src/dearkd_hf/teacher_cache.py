@@ -195,14 +195,12 @@ class TeacherCache:
             from huggingface_hub import snapshot_download
 
             folder = snapshot_download(name_or_path, repo_type="dataset")
-        path = os.path.join(folder, CACHE_FILE)
-        if not os.path.isfile(path):
+        config = _read_config(folder)
+        if config is None:
             raise ValueError(
                 f"teacher_cache={name_or_path!r} holds no finished teacher cache (no {CACHE_FILE}); write one with "
                 "examples/cache_teacher.py, or re-run that command to finish it."
             )
-        with open(path, encoding="utf-8") as f:
-            config = json.load(f)
         if config.get("format") != CACHE_FORMAT:
             raise ValueError(
                 f"teacher_cache={name_or_path!r} was written in cache format {config.get('format')}, this version "
@@ -529,7 +527,8 @@ def _cache_rows(
     images = raw[indices]["image"]
     crops, flips, pixels = [], [], []
     for index, image in zip(indices, images):
-        width, height = open_image(image).size
+        image = open_image(image)  # decoded once: its size for the draw, its pixels for the view
+        width, height = image.size
         crop, flip = view.draw(seed, index, view_index, width, height)
         crops.append(list(crop))
         flips.append(flip)
