@@ -131,9 +131,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     unknown = [m for m in args.methods if m not in BASE_METHODS and m not in args.variants]
     if unknown:
         parser.error(f"--methods {unknown}: not a base method {BASE_METHODS} nor a --variant name.")
+    return with_default_locations(args, "robustness")
+
+
+def with_default_locations(args: argparse.Namespace, name: str) -> argparse.Namespace:
+    """The data (the embedded subset with --quick, else full Fashion-MNIST), the results' file prefix (``name``,
+    ``name_quick``) and the work dir under outputs/benchmarks, where the flags leave them unset."""
     if args.dataset_dir is None:
         args.dataset_dir = str(EMBEDDED_DATASET if args.quick else ROOT / "outputs" / "fashion_mnist_full")
-    args.prefix = "robustness_quick" if args.quick else "robustness"
+    args.prefix = f"{name}_quick" if args.quick else name
     if args.work_dir is None:
         args.work_dir = str(ROOT / "outputs" / "benchmarks" / args.prefix)
     return args

@@ -50,7 +50,7 @@ import torch  # noqa: E402
 
 from benchmarks import data_efficiency, robustness  # noqa: E402
 from benchmarks.data_efficiency import RESULTS_DIR, ROOT, load_example, stored_path  # noqa: E402
-from dearkd_hf.data import EMBEDDED_DATASET, DataTrainingArguments  # noqa: E402
+from dearkd_hf.data import DataTrainingArguments  # noqa: E402
 from dearkd_hf.model_arguments import ModelArguments  # noqa: E402
 from dearkd_hf.teacher_cache import CACHE_FILE, bytes_per_view  # noqa: E402
 
@@ -111,12 +111,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args.cache_views = args.cache_views or max(args.views)
     if min(args.views) < 1 or max(args.views) > args.cache_views:
         parser.error(f"--views {args.views}: each K must lie in [1, --cache_views={args.cache_views}].")
-    if args.dataset_dir is None:
-        args.dataset_dir = str(EMBEDDED_DATASET if args.quick else ROOT / "outputs" / "fashion_mnist_full")
-    args.prefix = "teacher_cache_quick" if args.quick else "teacher_cache"
-    if args.work_dir is None:
-        args.work_dir = str(ROOT / "outputs" / "benchmarks" / args.prefix)
-    return args
+    return robustness.with_default_locations(args, "teacher_cache")
 
 
 # ---- the two settings, each through its own harness ----
