@@ -56,11 +56,12 @@ from dearkd_hf.data import (
 )
 from dearkd_hf.evaluation import compute_accuracy_metrics
 from dearkd_hf.finite import check_finite_loss, require_finite
+from dearkd_hf.grayscale import FOLDED_KEY, saved_as_rgb
 from dearkd_hf.output_folder import check_writable_folder, output_folder_lock
 from dearkd_hf.run_folder import RunFolderMixin
 from dearkd_hf.sources import check_local_folder, hub_lookup
 from dearkd_hf.teachers import is_timm_model, timm_model_name
-from dearkd_hf.transforms import normalization_for, with_transforms
+from dearkd_hf.transforms import fit_channels, normalization_for, with_transforms
 
 logger = logging.getLogger(__name__)
 
@@ -187,31 +188,39 @@ def save_teacher(
     A timm folder also opens with transformers (``AutoModelForImageClassification`` and ``AutoImageProcessor``, as
     ``TimmWrapper``, and so in ``pipeline("image-classification")``): its ``model_args`` leave ``num_classes`` to
     the top-level field, which transformers passes itself, and its evaluation transform is the one the teacher was
-    evaluated with here (resize and centre crop to ``image_size``, bilinear, no crop margin).
+    evaluated with here (resize and centre crop to ``image_size``, bilinear, no crop margin). A grayscale teacher is
+    saved taking RGB (:mod:`dearkd_hf.grayscale`), as ``pipeline()`` serves every image; ``load_teacher`` reads it back
+    as the 1-channel teacher it trained as.
     """
-    if isinstance(model, TimmClassifier):
+    module = model.model if isinstance(model, TimmClassifier) else model
+    with saved_as_rgb(module) as folded:
+        if not isinstance(model, TimmClassifier):
+            trainer.save_model(output_dir)
+            return
+        channels = 3 if folded else len(mean)
         timm.models.save_for_hf(
             model.model,
             output_dir,
             model_config={"label_names": labels},
+            model_args={"in_chans": channels},
             data_config={
-                "mean": mean,
-                "std": std,
-                "input_size": (len(mean), image_size, image_size),
+                "mean": fit_channels(mean, channels),
+                "std": fit_channels(std, channels),
+                "input_size": (channels, image_size, image_size),
                 "crop_pct": 1.0,
                 "crop_mode": "center",
                 "interpolation": "bilinear",
             },
             safe_serialization=True,
         )
-        config_path = os.path.join(output_dir, "config.json")
-        with open(config_path, encoding="utf-8") as f:
-            config = json.load(f)
-        config.get("model_args", {}).pop("num_classes", None)
-        with open(config_path, "w", encoding="utf-8") as f:
-            json.dump(config, f, indent=2)
-    else:
-        trainer.save_model(output_dir)
+    config_path = os.path.join(output_dir, "config.json")
+    with open(config_path, encoding="utf-8") as f:
+        config = json.load(f)
+    config.get("model_args", {}).pop("num_classes", None)
+    if folded:
+        config[FOLDED_KEY] = True
+    with open(config_path, "w", encoding="utf-8") as f:
+        json.dump(config, f, indent=2)
 
 
 def main(argv: list[str] | None = None) -> dict[str, float]:

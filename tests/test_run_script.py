@@ -382,6 +382,38 @@ def test_string_labels_distil_the_same_classes(tmp_path, string_label_dataset, t
         assert orders[-1] is None
 
 
+@pytest.mark.parametrize("model_type", ["vit", "deit"])
+def test_a_grayscale_student_of_another_family_is_saved_taking_rgb(tmp_path, teacher_dir, model_type):
+    """A from-scratch grayscale ViT/DeiT is saved with the luma weights folded into its patch embedding: it opens with
+    AutoModelForImageClassification as a 3-channel model and, in pipeline() on PIL images of either mode, predicts
+    what the trained 1-channel model (its last checkpoint, a resume state kept in the training channels) gives on the
+    evaluation transform's pixels."""
+    from transformers import AutoImageProcessor, pipeline
+
+    from dearkd_hf.grayscale import FOLDED_KEY
+    from dearkd_hf.transforms import build_transforms
+
+    out = tmp_path / "out"
+    args = [*tiny_args(teacher_dir, out), "--model_type", model_type, "--save_strategy", "epoch"]
+    run_cli(*args)
+    config = json.loads((out / "config.json").read_text())
+    assert config["num_channels"] == 3 and config[FOLDED_KEY] is True
+    trained = AutoModelForImageClassification.from_pretrained(out / "checkpoint-8").eval()
+    assert trained.config.num_channels == 1  # the checkpoint resumes as it trained
+    model = AutoModelForImageClassification.from_pretrained(out).eval()
+    processor = AutoImageProcessor.from_pretrained(out)
+    classify = pipeline("image-classification", model=model, image_processor=processor, top_k=10)
+    evaluate = build_transforms(28, processor.image_mean, processor.image_std, 1, train=False)
+    for image in load_from_disk(str(EMBEDDED))["test"]["image"][:3]:
+        pixels = evaluate({"image": [image], "label": [0]})["pixel_values"][0]
+        with torch.no_grad():
+            expected = trained(pixel_values=pixels[None]).logits.softmax(-1)[0]
+        for mode in ("L", "RGB"):
+            scores = {p["label"]: p["score"] for p in classify(image.convert(mode))}
+            got = torch.tensor([scores[model.config.id2label[i]] for i in range(10)])
+            assert torch.allclose(got, expected, atol=1e-4), mode
+
+
 def test_a_grayscale_student_runs_in_the_pipeline_as_evaluated(tmp_path, teacher_dir):
     """pipeline("image-classification") converts every image to RGB; the grayscale DearKD ViT reads RGB pixels as
     the grayscale image, so on PIL images of either mode it predicts what the trainer's evaluation transform gives."""

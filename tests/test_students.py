@@ -9,6 +9,7 @@ import shutil
 from pathlib import Path
 
 import datasets
+import numpy as np
 import pytest
 import timm
 import torch
@@ -38,10 +39,12 @@ from transformers import (
     ViTConfig,
     ViTForImageClassification,
     ViTImageProcessor,
+    pipeline,
 )
 
 from dearkd_hf import DearKDConfig, DearKDTrainer
 from dearkd_hf import trainer as dearkd_trainer
+from dearkd_hf.grayscale import FOLDED_KEY
 from dearkd_hf.students import STUDENT_FAMILIES, student_forward_kwargs, student_geometry, student_outputs
 
 NATIVE = 32  # every tiny student is built for 32-pixel images with 4-pixel patches (an 8x8 grid)
@@ -224,13 +227,22 @@ def test_family_trains_both_stages_saves_reloads_and_pushes(name, tmp_path, teac
     model, info = AutoModelForImageClassification.from_pretrained(out, output_loading_info=True)
     assert type(model).__name__ == type(build()).__name__
     assert not info["missing_keys"] and not info["unexpected_keys"]
+    assert getattr(model.config, FOLDED_KEY)  # trained on grayscale, saved taking RGB (dearkd_hf.grayscale)
     with torch.no_grad():
-        logits = model.eval()(pixel_values=torch.randn(2, 1, size, size), **_reload_kwargs(name)).logits
+        logits = model.eval()(pixel_values=torch.randn(2, 3, size, size), **_reload_kwargs(name)).logits
     assert logits.shape == (2, 10)
     processor = AutoImageProcessor.from_pretrained(out)  # the saved processor feeds the size the student learned on
     with torch.no_grad():
         pixels = processor(Image.new("RGB", (40, 40)), return_tensors="pt")["pixel_values"]
     assert pixels.shape[-2:] == (size, size)
+    if name in ("vit", "deit-distilled"):  # trained at half its config's size: saved at that size, as pipeline()
+        assert model.config.image_size == size  # runs it (without interpolate_pos_encoding)
+    if name in ("beit", "data2vec-vision"):
+        return  # relative position biases: not resampled at save, so pipeline() needs the native size (docs/hub.md)
+    classify = pipeline("image-classification", model=model.eval(), image_processor=processor, top_k=10)
+    gray = Image.fromarray(np.random.default_rng(0).integers(0, 256, (40, 40), dtype=np.uint8), mode="L")
+    scores = [{p["label"]: p["score"] for p in classify(image)} for image in (gray, gray.convert("RGB"))]
+    assert len(scores[0]) == 10 and scores[0] == pytest.approx(scores[1], abs=1e-5)
 
 
 def _reload_kwargs(name: str) -> dict:
@@ -347,3 +359,25 @@ def test_predict_on_unlabeled_images_at_the_trained_size(name):
         kwargs = student_forward_kwargs(trainer.geometry, output_hidden_states=False)
         expected = student_outputs(model(pixel_values=pixels, **kwargs)).logits
     assert torch.allclose(torch.as_tensor(logits), expected, atol=1e-5)
+
+
+@pytest.mark.parametrize("name", ["vit", "deit-distilled"])
+def test_a_student_trained_at_another_size_is_saved_at_that_size(name, tmp_path):
+    """saved_at_training_size: the saved model, reloaded, computes without interpolate_pos_encoding what the trained
+    one computed with it; the live model is left as it was."""
+    from dearkd_hf.students import saved_at_training_size
+
+    torch.manual_seed(0)
+    model = STUDENTS[name][0]().eval()
+    geometry = student_geometry(model, TRAINED)
+    table = model.base_model.embeddings.position_embeddings
+    with saved_at_training_size(model, geometry) as changed:
+        assert changed
+        model.save_pretrained(tmp_path)
+    assert model.config.image_size == NATIVE and model.base_model.embeddings.position_embeddings is table
+    reloaded = type(model).from_pretrained(tmp_path).eval()
+    assert reloaded.config.image_size == TRAINED
+    pixels = torch.randn(2, 1, TRAINED, TRAINED)
+    with torch.no_grad():
+        expected = model(pixel_values=pixels, interpolate_pos_encoding=True).logits
+        assert torch.allclose(reloaded(pixel_values=pixels).logits, expected, atol=1e-5)

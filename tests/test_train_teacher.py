@@ -55,8 +55,9 @@ def test_timm_teacher_saves_a_timm_folder_and_resumes(tmp_path):
     model = timm.create_model(f"local-dir:{out}", pretrained=True)
     assert model.num_classes == 10
     assert model.pretrained_cfg["label_names"] == FASHION_MNIST_LABELS
-    assert tuple(model.pretrained_cfg["input_size"]) == (1, 28, 28)
-    assert model(torch.zeros(2, 1, 28, 28)).shape == (2, 10)
+    # Trained on grayscale, saved taking RGB (dearkd_hf.grayscale; test_a_grayscale_teacher_is_saved_taking_rgb_...)
+    assert tuple(model.pretrained_cfg["input_size"]) == (3, 28, 28)
+    assert model(torch.zeros(2, 3, 28, 28)).shape == (2, 10)
 
     for path in out.iterdir():  # as if killed after the first epoch's checkpoint
         if path.name not in ("checkpoint-4", "dearkd_run.json"):
@@ -135,6 +136,46 @@ def test_garbage_config_json_in_a_model_folder_is_named(tmp_path):
     (tmp_path / "config.json").write_text('{"architecture": ')
     with pytest.raises(ValueError, match=rf"{tmp_path / 'config.json'} is not valid JSON"):
         train_teacher.is_timm_model(str(tmp_path))
+
+
+@pytest.mark.parametrize("family", ["timm", "transformers"])
+def test_a_grayscale_teacher_is_saved_taking_rgb_and_loads_back_as_trained(tmp_path, family):
+    """A teacher trained on grayscale images is saved with the luma weights folded into its first convolution: it
+    opens with transformers (AutoModelForImageClassification + AutoImageProcessor) and runs in pipeline() on PIL
+    images of either mode, predicting what the trained teacher does on the evaluation pixels; load_teacher gives the
+    1-channel teacher back, whose accuracy is the evaluation's."""
+    from transformers import pipeline
+
+    from dearkd_hf.grayscale import FOLDED_KEY
+    from dearkd_hf.teachers import load_teacher
+    from dearkd_hf.transforms import build_transforms
+
+    out = tmp_path / "teacher"
+    model = ["--model_name_or_path", "test_resnet"] if family == "timm" else TINY_RESNET
+    run_script(*model, "--num_channels", "1", "--output_dir", str(out), *tiny_run(), "--max_eval_samples", "64")
+    assert json.loads((out / "config.json").read_text())[FOLDED_KEY] is True
+    teacher = load_teacher(str(out))
+    assert teacher.num_channels == 1 and len(teacher.mean) == 1
+    hf_model = AutoModelForImageClassification.from_pretrained(out).eval()
+    classify = pipeline(
+        "image-classification", model=hf_model, image_processor=AutoImageProcessor.from_pretrained(out), top_k=10
+    )
+    evaluate = build_transforms(28, teacher.mean, teacher.std, 1, train=False)
+    test = load_from_disk(str(ROOT / "examples" / "data" / "fashion_mnist_small"))["test"]
+    for image in test["image"][:3]:
+        pixels = evaluate({"image": [image], "label": [0]})["pixel_values"][0]
+        with torch.no_grad():
+            expected = teacher.logits(pixels[None]).softmax(-1)[0]
+        for mode in ("L", "RGB"):
+            scores = {p["label"]: p["score"] for p in classify(image.convert(mode))}
+            got = torch.tensor([scores[hf_model.config.id2label[i]] for i in range(10)])
+            assert torch.allclose(got, expected, atol=1e-4), mode
+    evaluated = test.shuffle(seed=42).select(range(64))  # what --max_eval_samples 64 kept (the default seed)
+    batch = evaluate({"image": evaluated["image"], "label": evaluated["label"]})
+    with torch.no_grad():
+        predicted = teacher.logits(torch.stack(batch["pixel_values"])).argmax(-1)
+    accuracy = (predicted == torch.tensor(evaluated["label"])).float().mean().item()
+    assert accuracy == pytest.approx(eval_accuracy(out), abs=1e-6)
 
 
 @pytest.mark.slow

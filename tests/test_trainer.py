@@ -225,8 +225,9 @@ def test_save_model_holds_only_the_student_and_reloads(tmp_path):
     reloaded, info = AutoModelForImageClassification.from_pretrained(out, output_loading_info=True)
     assert not info["missing_keys"] and not info["unexpected_keys"]
     pixels = torch.randn(2, 1, 16, 16)
+    rgb = pixels.expand(-1, 3, -1, -1)  # a grayscale ViT is saved taking RGB (dearkd_hf.grayscale): the same output
     with torch.no_grad():
-        assert torch.allclose(reloaded.eval()(pixels).logits, student.eval()(pixels).logits, atol=1e-6)
+        assert torch.allclose(reloaded.eval()(rgb).logits, student.eval()(pixels).logits, atol=1e-5)
 
 
 def test_stage2_log_lines_carry_no_stage1_loss_components(tmp_path):

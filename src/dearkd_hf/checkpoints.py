@@ -36,6 +36,11 @@ _WEIGHTS = re.compile(
 )
 
 
+def is_checkpoint_folder(path: str) -> bool:
+    """Whether ``path`` is a Trainer checkpoint folder (``checkpoint-<step>``): a resume state, not the saved model."""
+    return _CHECKPOINT.match(os.path.basename(os.path.normpath(path))) is not None
+
+
 def checkpoint_problem(folder: str, required_files: Sequence[str] = ()) -> str | None:
     """Why ``folder`` cannot be resumed from (a short phrase), or None when it is a complete checkpoint.
 

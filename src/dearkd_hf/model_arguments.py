@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from transformers import (
+    MODEL_FOR_IMAGE_CLASSIFICATION_MAPPING,
     AutoConfig,
     AutoImageProcessor,
     AutoModelForImageClassification,
@@ -110,6 +111,9 @@ def build_student(
     overrides.setdefault("num_channels", teacher.num_channels)
     overrides.setdefault("image_size", image_size or teacher.input_size or 224)
     config = AutoConfig.for_model(model_args.model_type, **overrides, **label_kwargs(labels))
+    classes = MODEL_FOR_IMAGE_CLASSIFICATION_MAPPING[type(config)]
+    if isinstance(classes, (list, tuple)):  # e.g. DeiT's two heads: the Auto class picks by the architecture named
+        config.architectures = [classes[0].__name__]
     return AutoModelForImageClassification.from_config(config)
 
 

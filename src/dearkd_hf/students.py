@@ -7,7 +7,8 @@ the :class:`StudentGeometry` built here and call :func:`student_forward_kwargs` 
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -217,6 +218,38 @@ def prepare_student(model: nn.Module, geometry: StudentGeometry) -> None:
         model.config.pretrained_cfg = {**pretrained_cfg, "input_size": (channels, side, side)}
     if geometry.distillation_head:
         timm_model.set_distilled_training(True)
+
+
+@contextmanager
+def saved_at_training_size(model: nn.Module, geometry: StudentGeometry) -> Iterator[bool]:
+    """Within the block, a student of a ``"kwarg"`` family trained at another size than its config's (it ran with
+    ``interpolate_pos_encoding=True``, which ``pipeline()`` does not pass) has its config's ``image_size`` set to the
+    training size and its absolute position embeddings resampled there by its own ``interpolate_pos_encoding``, so
+    the saved model computes without the keyword what the trained one did with it; on leaving, the very table and
+    size are back. A family with relative position biases (BEiT's options) is left as it is. Yields whether it
+    changed the model."""
+    config = getattr(model, "config", None)
+    relative = getattr(config, "use_relative_position_bias", False) or getattr(
+        config, "use_shared_relative_position_bias", False
+    )
+    if not (geometry.resized and geometry.family.interpolation == "kwarg") or relative or config is None:
+        yield False
+        return
+    embeddings = getattr(getattr(model, model.base_model_prefix, model), "embeddings", None)
+    table = getattr(embeddings, "position_embeddings", None)
+    size, resized = config.image_size, None
+    if isinstance(table, nn.Parameter):
+        tokens = table.new_zeros(1, geometry.num_prefix_tokens + geometry.grid[0] * geometry.grid[1], table.shape[-1])
+        with torch.no_grad():
+            resized = embeddings.interpolate_pos_encoding(tokens, geometry.image_size, geometry.image_size)
+        embeddings.position_embeddings = nn.Parameter(resized.clone(), requires_grad=table.requires_grad)
+    config.image_size = geometry.image_size
+    try:
+        yield True
+    finally:
+        config.image_size = size
+        if resized is not None:
+            embeddings.position_embeddings = table
 
 
 def student_forward_kwargs(geometry: StudentGeometry, output_hidden_states: bool) -> dict[str, Any]:

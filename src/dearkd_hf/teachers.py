@@ -10,13 +10,14 @@ import hashlib
 import os
 import re
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import timm
 import torch
 from torch import nn
 from transformers import AutoImageProcessor, AutoModelForImageClassification, PreTrainedModel
 
+from .grayscale import FOLDED_KEY, as_grayscale, first_conv
 from .sources import check_local_folder, hub_lookup, read_json_config
 from .transforms import fit_channels
 
@@ -61,10 +62,10 @@ class Teacher:
 
     @property
     def num_channels(self) -> int:
-        first_conv = next((m for m in self.module.modules() if isinstance(m, nn.Conv2d)), None)
-        if first_conv is None:
+        found = first_conv(self.module)
+        if found is None:
             raise ValueError(f"Teacher {self.source!r} has no Conv2d layer: a CNN teacher is expected.")
-        return first_conv.in_channels
+        return found[1].in_channels
 
     def weights_sha256(self) -> str:
         """A digest of the teacher's weights and buffers (names, dtypes, shapes, bytes): its identity in a run's
@@ -162,10 +163,18 @@ def load_teacher(name_or_path: str | nn.Module | Teacher, **kwargs) -> Teacher:
                 teacher = _from_timm(name_or_path, **kwargs)
             else:
                 teacher = _from_transformers(_load_transformers(name_or_path, **kwargs), source=name_or_path)
+        if _saved_folded(name_or_path):  # a grayscale teacher saved pipeline-ready: back to the model it trained as
+            teacher = replace(teacher, module=as_grayscale(teacher.module))
     for key, value in overrides.items():
         setattr(teacher, key, {int(k): v for k, v in value.items()} if key == "id2label" else tuple(value))
     _require_cnn(teacher)
     return teacher
+
+
+def _saved_folded(name_or_path: str) -> bool:
+    """Whether ``name_or_path`` is a folder whose grayscale model was saved taking RGB (:mod:`dearkd_hf.grayscale`)."""
+    config_path = os.path.join(name_or_path, "config.json")
+    return os.path.isfile(config_path) and bool(read_json_config(config_path).get(FOLDED_KEY))
 
 
 def _require_cnn(teacher: Teacher) -> None:

@@ -13,6 +13,7 @@ import gc
 import os
 from collections import defaultdict
 from collections.abc import Callable
+from contextlib import ExitStack
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -27,10 +28,11 @@ from transformers.utils import SAFE_WEIGHTS_NAME, logging
 from .alignment import ALIGNERS_FILE, AlignmentHead, StudentAligners, teacher_feature_channels, teacher_outputs
 from .alignment_pairs import AlignmentPair, default_alignment_pairs, parse_alignment_pairs, validate_alignment_pairs
 from .callbacks import DistillationStopCallback
-from .checkpoints import ExactResumeMixin
+from .checkpoints import ExactResumeMixin, is_checkpoint_folder
 from .collators import Collator, EvaluationCollatorMixin, MixupCollator
 from .config import DearKDConfig
 from .finite import check_finite_loss
+from .grayscale import saved_as_rgb
 from .hub_upload import student_files_only
 from .losses import scheduled_beta, stage1_loss, stage2_loss
 from .model_card import ModelCardInfo, build_model_card
@@ -39,6 +41,7 @@ from .run_folder import RunFolderMixin
 from .students import (
     prepare_student,
     processor_normalization,
+    saved_at_training_size,
     student_forward_kwargs,
     student_geometry,
     student_outputs,
@@ -587,9 +590,19 @@ class DearKDTrainer(RunFolderMixin, ExactResumeMixin, EvaluationCollatorMixin, T
             self.aligners.detach()
 
     def _save(self, output_dir: str | None = None, state_dict: dict | None = None) -> None:
-        if state_dict is None:
-            state_dict = self.accelerator.unwrap_model(self.model).state_dict()
-        super()._save(output_dir, state_dict=self.aligners.strip(state_dict))
+        # The saved student is what pipeline() can run: a grayscale student of another family than the DearKD ViT
+        # taking RGB (dearkd_hf.grayscale), one trained at another size than its config's at that size. A
+        # checkpoint-N folder is a resume state and keeps the channels and size the model trains with.
+        folder = output_dir if output_dir is not None else self.args.output_dir
+        student = self.accelerator.unwrap_model(self.model)
+        fold = state_dict is None and not is_checkpoint_folder(folder)
+        with ExitStack() as saved_as:
+            if fold:
+                saved_as.enter_context(saved_as_rgb(student))
+                saved_as.enter_context(saved_at_training_size(student, self.geometry))
+            if state_dict is None:
+                state_dict = student.state_dict()
+            super()._save(output_dir, state_dict=self.aligners.strip(state_dict))
 
     def write_checkpoint_files(self, checkpoint_dir: str) -> None:
         # The aligners, before the Trainer's files: it writes trainer_state.json last, so a checkpoint it wrote has
