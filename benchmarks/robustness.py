@@ -455,6 +455,13 @@ def run_workers(args: argparse.Namespace, argv: list[str], results: Results) -> 
     groups = [args.seeds[i :: args.workers] for i in range(min(args.workers, len(args.seeds)))]
     workers_dir = Path(args.work_dir) / "workers"
     workers_dir.mkdir(parents=True, exist_ok=True)
+    # What the workers of an earlier, killed run finished (in any grouping) is kept before their files are re-seeded.
+    for path in sorted(workers_dir.glob(f"*/{args.prefix}.json")):
+        saved = json.loads(path.read_text())
+        if saved.get("config") == results.config:
+            for row in saved["rows"]:
+                if results.get(row_key(row)) is None:
+                    results.add(row)
     running = []
     for seeds in groups:
         name = "seeds-" + "-".join(map(str, seeds))

@@ -490,6 +490,25 @@ def test_robustness_teachers_are_an_axis_and_their_folders_are_keyed_by_teacher_
     assert cells == {(t, 450, s, m) for t in args.tasks for m in args.teachers for s in (0, 250)}
 
 
+def test_robustness_workers_keep_the_rows_a_killed_run_finished(tmp_path, monkeypatch):
+    """A re-run folds in what the workers of a killed run wrote (in any grouping) before it deals out the seeds; a
+    worker file of another configuration is left out."""
+    robustness = load_script("robustness")
+    args = robustness.parse_args(["--quick", "--workers", "2", "--seeds", "0", "1", "--work_dir", str(tmp_path)])
+    config = robustness.run_config(args)
+    done = {"method": "dearkd", "task": "fmnist10", "train_images": 450, "steps": 250, "seed": 1, "accuracy": 0.5}
+    robustness.Results(tmp_path / "workers" / "seeds-1" / f"{args.prefix}.json", config, overwrite=True).add(done)
+    other = {**done, "seed": 0, "accuracy": 0.9}
+    robustness.Results(tmp_path / "workers" / "old" / f"{args.prefix}.json", {"other": 1}, overwrite=True).add(other)
+    monkeypatch.setattr(robustness, "run_seed_workers", lambda *a, **kw: [])  # the workers were killed again at once
+    results = robustness.Results(tmp_path / "results.json", config, overwrite=True)
+    earlier = {**done, "method": "labels_only"}  # folded in by the run before: the worker's file is re-seeded
+    results.add(earlier)
+    robustness.run_workers(args, [], results)
+    assert results.get(robustness.row_key(done)) == done and results.get(robustness.row_key(earlier)) == earlier
+    assert results.get(robustness.row_key(other)) is None
+
+
 # ---- attention distance (issue 16) ----
 
 FIXTURES = ROOT / "tests" / "fixtures"

@@ -170,7 +170,7 @@ def test_a_grayscale_teacher_is_saved_taking_rgb_and_loads_back_as_trained(tmp_p
             scores = {p["label"]: p["score"] for p in classify(image.convert(mode))}
             got = torch.tensor([scores[hf_model.config.id2label[i]] for i in range(10)])
             assert torch.allclose(got, expected, atol=1e-4), mode
-    evaluated = test.shuffle(seed=42).select(range(64))  # what --max_eval_samples 64 kept (the default seed)
+    evaluated = test.shuffle(seed=42, keep_in_memory=True).select(range(64))  # --max_eval_samples 64, seed 42
     batch = evaluate({"image": evaluated["image"], "label": evaluated["label"]})
     with torch.no_grad():
         predicted = teacher.logits(torch.stack(batch["pixel_values"])).argmax(-1)
