@@ -509,6 +509,19 @@ def test_robustness_workers_keep_the_rows_a_killed_run_finished(tmp_path, monkey
     assert results.get(robustness.row_key(other)) is None
 
 
+def test_stored_path_is_relative_to_the_repository_through_a_symlinked_folder(tmp_path, monkeypatch):
+    harness = importlib.import_module("benchmarks.data_efficiency.harness")
+    repo, elsewhere = tmp_path / "repo", tmp_path / "disk"
+    (elsewhere / "caches").mkdir(parents=True)
+    repo.mkdir()
+    (repo / "outputs").symlink_to(elsewhere)
+    monkeypatch.setattr(harness, "ROOT", repo)
+    monkeypatch.chdir(repo)
+    assert harness.stored_path("outputs/caches") == "outputs/caches"
+    assert harness.stored_path(str(repo / "outputs" / "caches")) == "outputs/caches"
+    assert harness.stored_path(str(elsewhere / "caches")) == str(elsewhere / "caches")
+
+
 # ---- attention distance (issue 16) ----
 
 FIXTURES = ROOT / "tests" / "fixtures"

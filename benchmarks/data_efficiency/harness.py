@@ -53,9 +53,11 @@ def ensure_dataset(path: str) -> None:
 
 def stored_path(path: str) -> str:
     """A path as the results store it: relative to the repository when inside it (committed results hold no machine
-    paths), else absolute."""
-    absolute = Path(path).resolve()
-    return absolute.relative_to(ROOT).as_posix() if absolute.is_relative_to(ROOT) else str(absolute)
+    paths), else absolute. Inside it as written counts even when a symbolic link (e.g. ``outputs/``) leads out."""
+    for absolute in (Path(os.path.abspath(path)), Path(path).resolve()):
+        if absolute.is_relative_to(ROOT):
+            return absolute.relative_to(ROOT).as_posix()
+    return str(Path(path).resolve())
 
 
 def run_config(args: argparse.Namespace) -> dict[str, Any]:
