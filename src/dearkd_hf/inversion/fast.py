@@ -86,9 +86,7 @@ class FastInversionGenerator(DeepInversionGenerator):
 
     def preparation_steps(self, folder: str | None = None) -> int:
         """The meta-learning steps :meth:`prepare` will take: none once the initialisation exists (here or saved)."""
-        ready = self.initialisation is not None or (
-            folder is not None and os.path.isfile(os.path.join(folder, INIT_FILE))
-        )
+        ready = self.initialisation is not None or _saved_initialisation(folder) is not None
         return 0 if ready else self.config.fast_warmup * self.config.fast_steps
 
     def prepare(self, folder: str | None = None, callback: StepCallback | None = None) -> None:
@@ -97,14 +95,15 @@ class FastInversionGenerator(DeepInversionGenerator):
         either the whole file or none."""
         if self.initialisation is not None:
             return
-        path = os.path.join(folder, INIT_FILE) if folder is not None else None
-        if path is not None and os.path.isfile(path):
+        saved = _saved_initialisation(folder)
+        if saved is not None:
             network = self._new_network()
-            network.load_state_dict(safetensors.torch.load_file(path, device=str(self.device)))
+            network.load_state_dict(safetensors.torch.load_file(saved, device=str(self.device)))
             self.initialisation = network
             return
         self.initialisation = self.meta_learn(callback)
-        if path is not None:
+        if folder is not None:
+            path = os.path.join(folder, INIT_FILE)
             tmp = f"{path}.{uuid.uuid4().hex}.tmp"
             state = {
                 name: tensor.detach().cpu().contiguous() for name, tensor in self.initialisation.state_dict().items()
@@ -176,3 +175,9 @@ class FastInversionGenerator(DeepInversionGenerator):
         with torch.no_grad():
             pixels = (network(latents, labels) - mean) / std
         return network, pixels, {name: value.item() for name, value in terms.items()}
+
+
+def _saved_initialisation(folder: str | None) -> str | None:
+    """The path of the initialisation :meth:`FastInversionGenerator.prepare` saved in ``folder``, if it is there."""
+    path = os.path.join(folder, INIT_FILE) if folder is not None else None
+    return path if path is not None and os.path.isfile(path) else None
