@@ -30,7 +30,13 @@ from dearkd_hf.cli import (
     run_main,
     with_loader_defaults,
 )
-from dearkd_hf.data import DataTrainingArguments, label_names, load_image_datasets, train_collator
+from dearkd_hf.data import (
+    DataTrainingArguments,
+    infer_num_channels,
+    label_names,
+    load_image_datasets,
+    train_collator,
+)
 from dearkd_hf.evaluation import compute_accuracy_metrics
 from dearkd_hf.inversion.writer import GENERATION_CONFIG_FILE
 from dearkd_hf.model_arguments import ModelArguments, build_image_processor, build_student, processor_at_size
@@ -120,6 +126,12 @@ def train_and_save(
     )
     # The trainer owns the student's geometry and normalisation; the data is transformed to match them.
     geometry = trainer.geometry
+    if geometry.num_channels == 1 and infer_num_channels(dataset["train"]) == 3:
+        logger.warning(
+            "The teacher takes grayscale images, so the student does too: the RGB training images are converted to "
+            "grayscale and their colour is not used. To keep it, give an RGB teacher (examples/train_teacher.py "
+            "--num_channels 3)."
+        )
     processor_at_size(processor, geometry.image_size)
     mean, std = trainer.student_normalization
     dataset = with_transforms(

@@ -414,6 +414,29 @@ def test_a_grayscale_student_of_another_family_is_saved_taking_rgb(tmp_path, tea
             assert torch.allclose(got, expected, atol=1e-4), mode
 
 
+def test_a_grayscale_teacher_on_rgb_images_says_the_colour_is_dropped(tmp_path, teacher_dir):
+    """RGB training images with a grayscale teacher: the student is built grayscale (the teacher's channels), and the
+    run says so, with the way to keep colour; grayscale images with that teacher get no such line."""
+    from datasets import DatasetDict
+
+    small = load_from_disk(str(EMBEDDED))
+    rgb = DatasetDict(
+        {
+            split: small[split]
+            .select(range(64))
+            .map(lambda ex: {"image": ex["image"].convert("RGB")}, keep_in_memory=True)
+            for split in ("train", "test")
+        }
+    )
+    rgb.save_to_disk(str(tmp_path / "rgb"))
+    args = [*tiny_args(teacher_dir, tmp_path / "out", epochs=1), "--save_strategy", "no"]
+    result = run_cli(*args, "--dataset_name", str(tmp_path / "rgb"))
+    assert "RGB training images are converted to grayscale" in result.stderr
+    assert json.loads((tmp_path / "out" / "config.json").read_text())["num_channels"] == 1
+    result = run_cli(*[a if a != str(tmp_path / "out") else str(tmp_path / "gray") for a in args])
+    assert "converted to grayscale" not in result.stderr
+
+
 def test_a_grayscale_student_runs_in_the_pipeline_as_evaluated(tmp_path, teacher_dir):
     """pipeline("image-classification") converts every image to RGB; the grayscale DearKD ViT reads RGB pixels as
     the grayscale image, so on PIL images of either mode it predicts what the trainer's evaluation transform gives."""
