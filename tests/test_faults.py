@@ -245,6 +245,17 @@ def test_a_finished_run_is_reported_not_resumed(tmp_path, teacher_dir, uninterru
         run_script.main(run_args(teacher_dir, out))
 
 
+def test_a_finished_run_saved_taking_rgb_is_reported_not_refused(tmp_path, teacher_dir):
+    """A grayscale ViT is saved taking RGB (dearkd_hf.grayscale) at its only save: the run's record still describes
+    the model that trained, so running again into the folder says it is finished, not that it is another run."""
+    out = tmp_path / "out"
+    args = [*tiny_args(teacher_dir, out, epochs=1), "--model_type", "vit", "--save_strategy", "no"]
+    run_script.main(args)
+    assert json.loads((out / "config.json").read_text())["num_channels"] == 3
+    with pytest.raises(ValueError, match=r"holds a finished run"):
+        run_script.main(args)
+
+
 def test_weights_that_are_not_finite_are_never_saved(tmp_path, teacher_dir):
     """S2: a learning rate that sends the weights to inf at step 1 stops the run before checkpoint-1 is written."""
     out = tmp_path / "out"

@@ -83,6 +83,9 @@ class RunFolderMixin:
         ignore_keys_for_eval: list[str] | None = None,
     ):
         with output_folder_lock(self.args.output_dir, "output_dir", enabled=self.is_world_process_zero()):
+            # Taken now, from the model that trains: a save may present it otherwise (a grayscale model saved
+            # taking RGB, dearkd_hf.grayscale), and the record must describe the run, not the saved form.
+            self._fingerprint()
             self.check_output_folder()
             return super().train(resume_from_checkpoint, trial=trial, ignore_keys_for_eval=ignore_keys_for_eval)
 
