@@ -18,6 +18,7 @@ from contextlib import contextmanager
 import torch
 from torch import nn
 
+from .modeling.configuration_dearkd_vit import DearKDViTConfig
 from .modeling.modeling_dearkd_vit import RGB_TO_GRAY
 
 # The config key that marks a folder saved by :func:`saved_as_rgb` (a transformers config or timm's config.json).
@@ -86,7 +87,7 @@ def is_foldable(model: nn.Module) -> bool:
     """Whether ``model`` is a grayscale model :func:`saved_as_rgb` folds: its first convolution takes 1 channel and
     it does not read RGB itself (the DearKD ViT does)."""
     found = first_conv(model)
-    reads_rgb = getattr(getattr(model, "config", None), "model_type", None) == "dearkd_vit"
+    reads_rgb = getattr(getattr(model, "config", None), "model_type", None) == DearKDViTConfig.model_type
     return found is not None and found[1].in_channels == 1 and not reads_rgb
 
 
