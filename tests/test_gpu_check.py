@@ -38,7 +38,9 @@ def test_gpu_check_dry_run_records_each_part_and_holds_no_machine_paths(tmp_path
         "tests": 0,
         "speed": 0,
         "profile": 0,
+        "teacher_cache": 0,
     }
+    assert summary["teacher_cache_224"] is None and not (tmp_path / "teacher_cache_224.json").exists()
     expected = {
         "test_bf16_stage1_loss_matches_fp32_on_a_batch",
         "test_switch_returns_the_teachers_cuda_memory",
@@ -120,10 +122,27 @@ def test_gpu_summary_tabulates_tests_and_speed_targets(tmp_path):
             }
         )
     )
+    cache_setup = {"teacher": "regnety_160", "batch_size": 128}
+    (tmp_path / "teacher_cache_224.json").write_text(
+        json.dumps(
+            {
+                "cached_vs_plain": 1.02,
+                "cached_vs_live": 0.3,
+                "live_vs_plain": 3.4,
+                "target": {"cached_vs_plain_at_most": 1.05, "on": "paired", "met": True},
+                "timings": {"plain": {"median_s": 0.05}, "dearkd_cached": {"median_s": 0.051}},
+                "build": {"build_vs_live_forward_per_image": 1.2},
+                "setup": cache_setup,
+            }
+        )
+    )
     summary = summary_module.summarise(tmp_path, dry_run=False)
     assert summary["parts"]["speed"] == {"exit_status": 124, "seconds": 200, "timed_out": True}
+    assert summary["teacher_cache_224"]["ratios"]["cached_vs_plain"] == 1.02
+    assert summary["teacher_cache_224"]["median_step_ms"] == {"plain": 50.0, "dearkd_cached": 51.0}
     assert summary["tests"] == {"test_a": "passed", "test_b": "failed", "test_c": "skipped: needs two CUDA GPUs"}
     assert summary["speed_224"]["median_step_ms"] == {"plain": 50.0}
     table = (tmp_path / "gpu_check.md").read_text()
     assert "| stage1_vs_deit | 1.010 | <= 1.03 | True |" in table and "| plain | 50.0 | 1024 |" in table
+    assert "teacher `regnety_160`" in table and "| cached_vs_plain | 1.020 |" in table
     assert (tmp_path / "tests.log").read_text() == "File src/x.py, <site-packages>/torch/a.py\n"

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# GPU readiness check: tests/gpu, then the 224-px speed preset on CUDA and a profile of its stage-1 step
-# against DeiT KD's (profile.log), in at most about 5 minutes.
+# GPU readiness check: tests/gpu, then the 224-px speed preset on CUDA, a profile of its stage-1 step against DeiT
+# KD's (profile.log), and stage 1 from a teacher cache against the plain step with a RegNetY-16GF-sized teacher
+# (timm regnety_160, random weights; issue 26), in at most about 7 minutes.
 #
 #   bash tools/gpu_check.sh [--dry-run] [RESULTS_DIR]        # default RESULTS_DIR: benchmarks/results/gpu
 #
@@ -19,6 +20,7 @@ if [ "${1:-}" = "--dry-run" ]; then
   shift
 fi
 RESULTS=${1:-benchmarks/results/gpu}
+CACHE_TEACHER=regnety_160  # the paper's RegNetY-16GF teacher, the most expensive forward a cache saves
 mkdir -p "$RESULTS"
 rm -f "$RESULTS/parts.tsv"
 export HF_HUB_OFFLINE=1 PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false
@@ -42,9 +44,13 @@ if [ "$DRY_RUN" = 1 ]; then
   run_part speed 60 "$PYTHON" -m benchmarks.speed --preset deit_tiny_224 --device cuda --dry_run \
     --output "$RESULTS/speed_224.json"
   run_part profile 60 "$PYTHON" -m tools.profile_step --preset deit_tiny_224 --device cuda --dry_run
+  run_part teacher_cache 60 "$PYTHON" -m benchmarks.speed.teacher_cache --preset deit_tiny_224 --device cuda \
+    --teacher "$CACHE_TEACHER" --dry_run --output "$RESULTS/teacher_cache_224.json"
 else
   run_part speed 180 "$PYTHON" -m benchmarks.speed --preset deit_tiny_224 --device cuda \
     --output "$RESULTS/speed_224.json"
   run_part profile 90 "$PYTHON" -m tools.profile_step --preset deit_tiny_224 --device cuda
+  run_part teacher_cache 150 "$PYTHON" -m benchmarks.speed.teacher_cache --preset deit_tiny_224 --device cuda \
+    --teacher "$CACHE_TEACHER" --output "$RESULTS/teacher_cache_224.json"
 fi
 "$PYTHON" -m tools.gpu_summary "$RESULTS" $([ "$DRY_RUN" = 1 ] && echo --dry-run)

@@ -1,12 +1,13 @@
 #!/usr/bin/env python
-"""Summary of tools/gpu_check.sh: versions, each part's status, each GPU test's outcome, the 224-px ratios.
+"""Summary of tools/gpu_check.sh: versions, each part's status, each GPU test's outcome, the 224-px ratios (speed and
+the teacher cache).
 
     python -m tools.gpu_summary --versions          # one line of versions (the check's first output)
     python -m tools.gpu_summary RESULTS_DIR [--dry-run]
 
-Reads RESULTS_DIR/parts.tsv (name, exit status, seconds per part), tests.xml (pytest's JUnit XML) and
-speed_224.json; writes gpu_check.json and gpu_check.md there, and replaces machine paths in the logs and the XML by
-placeholders so the folder can be committed.
+Reads RESULTS_DIR/parts.tsv (name, exit status, seconds per part), tests.xml (pytest's JUnit XML),
+speed_224.json and teacher_cache_224.json; writes gpu_check.json and gpu_check.md there, and replaces machine paths
+in the logs and the XML by placeholders so the folder can be committed.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGES = ("torch", "transformers", "timm", "accelerate", "datasets", "safetensors", "huggingface_hub")
-TEXT_FILES = ("tests.log", "speed.log", "tests.xml", "profile.log")
+TEXT_FILES = ("tests.log", "speed.log", "tests.xml", "profile.log", "teacher_cache.log")
 
 
 def versions() -> dict[str, Any]:
@@ -95,6 +96,24 @@ def read_speed(results: Path) -> dict[str, Any] | None:
     }
 
 
+def read_teacher_cache(results: Path) -> dict[str, Any] | None:
+    """The teacher-cache speed result (benchmarks/speed/teacher_cache.py): its paired ratios, target and build."""
+    path = results / "teacher_cache_224.json"
+    if not path.is_file():
+        return None
+    cache = json.loads(path.read_text())
+    if "timings" not in cache:
+        return None
+    return {
+        "ratios": {name: cache[name] for name in ("cached_vs_plain", "cached_vs_live", "live_vs_plain")},
+        "target": cache["target"],
+        "median_step_ms": {name: t["median_s"] * 1e3 for name, t in cache["timings"].items()},
+        "build_vs_live_forward_per_image": cache["build"]["build_vs_live_forward_per_image"],
+        "teacher": cache["setup"]["teacher"],
+        "batch_size": cache["setup"]["batch_size"],
+    }
+
+
 def strip_machine_paths(text: str) -> str:
     """Site-packages and the repository become placeholders; other absolute paths under home/tmp lose their
     folders."""
@@ -114,6 +133,7 @@ def summarise(results: Path, dry_run: bool) -> dict[str, Any]:
         "parts": read_parts(results),
         "tests": read_tests(results),
         "speed_224": None if dry_run else read_speed(results),
+        "teacher_cache_224": None if dry_run else read_teacher_cache(results),
         "command": "bash tools/gpu_check.sh" + (" --dry-run" if dry_run else ""),
     }
     (results / "gpu_check.json").write_text(json.dumps(summary, indent=2) + "\n")
@@ -157,6 +177,19 @@ def markdown(summary: dict[str, Any]) -> str:
             lines += [f"| {w} | {rate:.0f} |" for w, rate in loader["loader_images_per_s"].items()]
             steps = ", ".join(f"{name} {rate:.0f}" for name, rate in loader["training_images_per_s"].items())
             lines += ["", f"Training steps, images/s: {steps}."]
+    cache = summary.get("teacher_cache_224")
+    if cache:
+        target = cache["target"]
+        lines += [
+            "",
+            f"Teacher cache, teacher `{cache['teacher']}`, batch {cache['batch_size']} (paired medians; target "
+            f"cached / plain <= {target['cached_vs_plain_at_most']}, met: {target['met']}):",
+            "",
+            "| ratio | paired median |",
+            "| --- | --- |",
+        ]
+        lines += [f"| {name} | {value:.3f} |" for name, value in cache["ratios"].items()]
+        lines += [f"| cache build / live forward, per image | {cache['build_vs_live_forward_per_image']:.2f} |"]
     return "\n".join(lines) + "\n"
 
 

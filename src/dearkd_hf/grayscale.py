@@ -4,8 +4,8 @@ luma weights folded into it (:data:`~dearkd_hf.modeling.modeling_dearkd_vit.RGB_
 
 Folded, the convolution computes on RGB pixels what it computed on their grayscale image, and on a grayscale image
 served as RGB (three equal channels) what it computed before, up to float rounding, since the luma weights sum to 1
-(a one-value mean/std normalisation commutes with them). Summing the folded kernel over its input channels gives the grayscale
-kernel back, which is how :func:`as_grayscale` reopens such a model for training (``load_teacher``).
+(a one-value mean/std normalisation commutes with them). Summing the folded kernel over its input channels gives the
+grayscale kernel back, which is how :func:`as_grayscale` reopens such a model for training (``load_teacher``).
 
 The DearKD ViT needs none of this: its patch embedding reads RGB pixels as grayscale itself. Users' view:
 docs/hub.md (Inference).
