@@ -455,8 +455,9 @@ def run_workers(args: argparse.Namespace, argv: list[str], results: Results) -> 
     groups = [args.seeds[i :: args.workers] for i in range(min(args.workers, len(args.seeds)))]
     workers_dir = Path(args.work_dir) / "workers"
     workers_dir.mkdir(parents=True, exist_ok=True)
-    # What the workers of an earlier, killed run finished (in any grouping) is kept before their files are re-seeded.
-    for path in sorted(workers_dir.glob(f"*/{args.prefix}.json")):
+    # What the workers of an earlier, killed run finished (in any grouping) is kept before their files are re-seeded,
+    # unless --overwrite asks for a fresh start.
+    for path in sorted(workers_dir.glob(f"*/{args.prefix}.json")) if not args.overwrite else []:
         saved = json.loads(path.read_text())
         if saved.get("config") == results.config:
             for row in saved["rows"]:
@@ -465,7 +466,10 @@ def run_workers(args: argparse.Namespace, argv: list[str], results: Results) -> 
     running = []
     for seeds in groups:
         name = "seeds-" + "-".join(map(str, seeds))
-        own = Results(workers_dir / name / f"{args.prefix}.json", results.config, overwrite=True)
+        path = workers_dir / name / f"{args.prefix}.json"
+        if args.overwrite:  # as the data-efficiency harness: a fresh start leaves no worker's old rows to fold in
+            path.unlink(missing_ok=True)
+        own = Results(path, results.config, overwrite=True)
         for row in results.rows:
             if row["seed"] in seeds:
                 own.add(row)

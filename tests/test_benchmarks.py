@@ -507,6 +507,10 @@ def test_robustness_workers_keep_the_rows_a_killed_run_finished(tmp_path, monkey
     robustness.run_workers(args, [], results)
     assert results.get(robustness.row_key(done)) == done and results.get(robustness.row_key(earlier)) == earlier
     assert results.get(robustness.row_key(other)) is None
+    args.overwrite = True  # a fresh start: the killed run's rows are not brought back
+    fresh = robustness.Results(tmp_path / "fresh.json", config, overwrite=True)
+    robustness.run_workers(args, [], fresh)
+    assert fresh.get(robustness.row_key(done)) is None
 
 
 def test_stored_path_is_relative_to_the_repository_through_a_symlinked_folder(tmp_path, monkeypatch):
