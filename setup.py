@@ -9,7 +9,7 @@ setup(
     license="Apache-2.0",
     package_dir={"": "src"},
     packages=find_packages("src"),
-    package_data={"dearkd_hf": ["metrics/*/*.py"]},
+    package_data={"dearkd_hf": ["data/metrics/*/*.py"]},
     python_requires=">=3.10",
     install_requires=[
         "torch>=2.4,<2.15",

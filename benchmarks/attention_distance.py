@@ -63,8 +63,8 @@ from benchmarks.data_efficiency.harness import (  # noqa: E402
     run_workers,
 )
 from dearkd_hf.attention_distance import attention_distances  # noqa: E402
-from dearkd_hf.data import load_named_dataset  # noqa: E402
-from dearkd_hf.transforms import build_transforms, normalization_for  # noqa: E402
+from dearkd_hf.data.loading import load_named_dataset  # noqa: E402
+from dearkd_hf.data.transforms import build_transforms, normalization_for  # noqa: E402
 
 MODULE = "benchmarks.attention_distance"
 FRACTION = 0.1

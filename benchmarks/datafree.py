@@ -55,7 +55,7 @@ from benchmarks.data_efficiency import (  # noqa: E402
 )
 from benchmarks.data_efficiency import parse_args as benchmark_args  # noqa: E402
 from dearkd_hf.inversion.losses import bpid_intra  # noqa: E402
-from dearkd_hf.teachers import load_teacher  # noqa: E402
+from dearkd_hf.models.teachers import load_teacher  # noqa: E402
 
 METHODS = {
     "deepinversion": ("deepinversion", False),

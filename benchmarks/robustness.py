@@ -46,7 +46,7 @@ import torch  # noqa: E402
 
 from benchmarks.data_efficiency import RESULTS_DIR, ROOT, ensure_dataset, load_example  # noqa: E402
 from benchmarks.data_efficiency.harness import run_seed_workers  # noqa: E402
-from dearkd_hf.data import EMBEDDED_DATASET  # noqa: E402
+from dearkd_hf.data.loading import EMBEDDED_DATASET  # noqa: E402
 
 BASE_METHODS = ("teacher", "labels_only", "deit", "dearkd")
 BASELINES = ("labels_only", "deit")

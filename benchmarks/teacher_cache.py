@@ -50,8 +50,8 @@ import torch  # noqa: E402
 
 from benchmarks import data_efficiency, robustness  # noqa: E402
 from benchmarks.data_efficiency import RESULTS_DIR, ROOT, load_example, stored_path  # noqa: E402
-from dearkd_hf.data import DataTrainingArguments  # noqa: E402
-from dearkd_hf.model_arguments import ModelArguments  # noqa: E402
+from dearkd_hf.data.loading import DataTrainingArguments  # noqa: E402
+from dearkd_hf.scripts.model_arguments import ModelArguments  # noqa: E402
 from dearkd_hf.teacher_cache import CACHE_FILE, bytes_per_view  # noqa: E402
 
 SETTINGS = ("fmnist_10pct", "grid_cell")

@@ -31,15 +31,15 @@ from transformers import HfArgumentParser
 
 from dearkd_hf.alignment import teacher_feature_channels
 from dearkd_hf.alignment_pairs import default_alignment_pairs, parse_alignment_pairs, validate_alignment_pairs
-from dearkd_hf.cli import run_main
-from dearkd_hf.data import DataTrainingArguments, label_names, load_image_datasets
-from dearkd_hf.model_arguments import ModelArguments, build_image_processor, build_student
-from dearkd_hf.output_folder import check_writable_folder, output_folder_lock
-from dearkd_hf.sources import check_hub_dataset_repository, check_local_folder
-from dearkd_hf.students import processor_normalization, student_geometry
+from dearkd_hf.data.loading import DataTrainingArguments, label_names, load_image_datasets
+from dearkd_hf.data.transforms import ReplayableView
+from dearkd_hf.hub.lookup import check_hub_dataset_repository, check_local_folder
+from dearkd_hf.models.students import processor_normalization, student_geometry
+from dearkd_hf.models.teachers import load_teacher
+from dearkd_hf.runs.lock import check_writable_folder, output_folder_lock
+from dearkd_hf.scripts.cli import run_main
+from dearkd_hf.scripts.model_arguments import ModelArguments, build_image_processor, build_student
 from dearkd_hf.teacher_cache import CACHE_FILE, write_teacher_cache
-from dearkd_hf.teachers import load_teacher
-from dearkd_hf.transforms import ReplayableView
 
 
 @dataclass

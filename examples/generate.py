@@ -25,7 +25,7 @@ from torchvision.transforms.functional import pil_to_tensor
 from torchvision.utils import make_grid, save_image
 from transformers import HfArgumentParser
 
-from dearkd_hf.cli import run_main
+from dearkd_hf.hub.lookup import check_hub_dataset_repository, check_local_folder
 from dearkd_hf.inversion import (
     DeepInversionGenerator,
     InversionConfig,
@@ -34,9 +34,9 @@ from dearkd_hf.inversion import (
     write_dataset,
 )
 from dearkd_hf.inversion.writer import GENERATION_CONFIG_FILE
-from dearkd_hf.output_folder import check_writable_folder, output_folder_lock
-from dearkd_hf.sources import check_hub_dataset_repository, check_local_folder
-from dearkd_hf.teachers import load_teacher
+from dearkd_hf.models.teachers import load_teacher
+from dearkd_hf.runs.lock import check_writable_folder, output_folder_lock
+from dearkd_hf.scripts.cli import run_main
 
 MAX_GRID_CLASSES = 32  # rows of samples.png; beyond this the grid would be unreadable anyway
 

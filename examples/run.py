@@ -22,29 +22,29 @@ import transformers
 from transformers import HfArgumentParser, set_seed
 
 from dearkd_hf import AttentionDistanceCallback, DearKDConfig, DearKDTrainer, load_teacher
-from dearkd_hf.checkpoints import check_checkpoint_slots
-from dearkd_hf.cli import (
-    explicit_argument_names,
-    parse_script_args,
-    resume_checkpoint,
-    run_main,
-    with_loader_defaults,
-)
-from dearkd_hf.data import (
+from dearkd_hf.data.evaluation import compute_accuracy_metrics
+from dearkd_hf.data.loading import (
     DataTrainingArguments,
     infer_num_channels,
     label_names,
     load_image_datasets,
     train_collator,
 )
-from dearkd_hf.evaluation import compute_accuracy_metrics
+from dearkd_hf.data.recipes import apply_recipe
+from dearkd_hf.data.transforms import with_transforms
+from dearkd_hf.hub.lookup import check_local_folder
 from dearkd_hf.inversion.writer import GENERATION_CONFIG_FILE
-from dearkd_hf.model_arguments import ModelArguments, build_image_processor, build_student, processor_at_size
-from dearkd_hf.output_folder import check_writable_folder, output_folder_lock
-from dearkd_hf.recipes import apply_recipe
-from dearkd_hf.sources import check_local_folder
+from dearkd_hf.runs.checkpoints import check_checkpoint_slots
+from dearkd_hf.runs.lock import check_writable_folder, output_folder_lock
+from dearkd_hf.scripts.cli import (
+    explicit_argument_names,
+    parse_script_args,
+    resume_checkpoint,
+    run_main,
+    with_loader_defaults,
+)
+from dearkd_hf.scripts.model_arguments import ModelArguments, build_image_processor, build_student, processor_at_size
 from dearkd_hf.teacher_cache import TeacherCache
-from dearkd_hf.transforms import with_transforms
 
 logger = logging.getLogger(__name__)
 EMBEDDED_DATASET_NAME = "fashion_mnist (the 5k/1k subset embedded in dearkd_hf)"

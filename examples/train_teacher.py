@@ -3,7 +3,7 @@
 
 The teacher is a timm model (`--model_name_or_path resnet18`) or a transformers ResNet/RegNet/ConvNeXt (a folder,
 a Hub name, or `--model_type resnet --config_overrides "hidden_sizes=[16,32],depths=[1,1]"` from scratch). The output
-folder loads with `dearkd_hf.teachers.load_teacher`: timm teachers are saved in timm's format (config.json with
+folder loads with `dearkd_hf.models.teachers.load_teacher`: timm teachers are saved in timm's format (config.json with
 "architecture", loadable by `timm.create_model("local-dir:" + output_dir)`), transformers teachers with
 `save_pretrained` plus an image processor.
 
@@ -36,17 +36,10 @@ from transformers import (
 )
 from transformers.modeling_outputs import ImageClassifierOutput
 
-from dearkd_hf.checkpoints import ExactResumeMixin, check_checkpoint_slots
-from dearkd_hf.cli import (
-    check_config_overrides,
-    parse_config_overrides,
-    parse_script_args,
-    resume_checkpoint,
-    run_main,
-)
-from dearkd_hf.collators import EvaluationCollatorMixin
+from dearkd_hf.base_trainer import BaseTrainer
 from dearkd_hf.config import check_training_arguments
-from dearkd_hf.data import (
+from dearkd_hf.data.evaluation import compute_accuracy_metrics
+from dearkd_hf.data.loading import (
     DataTrainingArguments,
     infer_num_channels,
     label_kwargs,
@@ -54,14 +47,20 @@ from dearkd_hf.data import (
     load_image_datasets,
     train_collator,
 )
-from dearkd_hf.evaluation import compute_accuracy_metrics
-from dearkd_hf.finite import check_finite_loss, require_finite
-from dearkd_hf.grayscale import FOLDED_KEY, saved_as_rgb
-from dearkd_hf.output_folder import check_writable_folder, output_folder_lock
-from dearkd_hf.run_folder import RunFolderMixin
-from dearkd_hf.sources import check_local_folder, hub_lookup
-from dearkd_hf.teachers import is_timm_model, timm_model_name
-from dearkd_hf.transforms import fit_channels, normalization_for, with_transforms
+from dearkd_hf.data.transforms import fit_channels, normalization_for, with_transforms
+from dearkd_hf.hub.lookup import check_local_folder, hub_lookup
+from dearkd_hf.models.grayscale import FOLDED_KEY, saved_as_rgb
+from dearkd_hf.models.teachers import is_timm_model, timm_model_name
+from dearkd_hf.runs.checkpoints import check_checkpoint_slots
+from dearkd_hf.runs.finite_checks import check_finite_loss, require_finite
+from dearkd_hf.runs.lock import check_writable_folder, output_folder_lock
+from dearkd_hf.scripts.cli import (
+    check_config_overrides,
+    parse_config_overrides,
+    parse_script_args,
+    resume_checkpoint,
+    run_main,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -110,13 +109,14 @@ class TimmClassifier(nn.Module):
         return ImageClassifierOutput(loss=loss, logits=logits)
 
 
-class TeacherTrainer(RunFolderMixin, ExactResumeMixin, EvaluationCollatorMixin, Trainer):
+class TeacherTrainer(BaseTrainer):
     """The Trainer with two changes the data pipeline needs, and dearkd_hf's exact resume, one run per output folder
     (lock, run fingerprint, finite saves) and non-finite loss stop.
 
     The loss is cross-entropy against hard labels or the soft (B, num_classes) targets of mixup/cutmix, which
     transformers' own loss would mistake for multi-label targets; and evaluation batches go through the training
-    collator's evaluation collator (`EvaluationCollatorMixin`), since mixup must never touch evaluation data.
+    collator's evaluation collator (`BaseTrainer`'s `eval_data_collator`), since mixup must never touch evaluation
+    data.
     """
 
     loss_is_scaled_for_ga = False  # compute_loss returns a per-batch mean
@@ -189,8 +189,8 @@ def save_teacher(
     ``TimmWrapper``, and so in ``pipeline("image-classification")``): its ``model_args`` leave ``num_classes`` to
     the top-level field, which transformers passes itself, and its evaluation transform is the one the teacher was
     evaluated with here (resize and centre crop to ``image_size``, bilinear, no crop margin). A grayscale teacher is
-    saved taking RGB (:mod:`dearkd_hf.grayscale`), as ``pipeline()`` serves every image; ``load_teacher`` reads it back
-    as the 1-channel teacher it trained as.
+    saved taking RGB (:mod:`dearkd_hf.models.grayscale`), as ``pipeline()`` serves every image;
+    ``load_teacher`` reads it back as the 1-channel teacher it trained as.
     """
     module = model.model if isinstance(model, TimmClassifier) else model
     with saved_as_rgb(module) as folded:

@@ -17,7 +17,7 @@ from conftest import make_resnet_teacher
 from torchvision.transforms.functional import to_pil_image
 
 from dearkd_hf.inversion.losses import bpid_intra
-from dearkd_hf.teachers import load_teacher
+from dearkd_hf.models.teachers import load_teacher
 
 ROOT = Path(__file__).resolve().parents[1]
 BENCHMARKS = ROOT / "benchmarks"

@@ -8,8 +8,8 @@ from safetensors.torch import save_file
 from transformers import HfArgumentParser, ViTConfig
 
 from dearkd_hf import DearKDConfig
-from dearkd_hf.checkpoints import checkpoint_problem
-from dearkd_hf.cli import (
+from dearkd_hf.runs.checkpoints import checkpoint_problem
+from dearkd_hf.scripts.cli import (
     check_config_overrides,
     parse_config_overrides,
     parse_script_args,
@@ -126,9 +126,9 @@ def test_short_help_puts_dearkd_first_and_help_all_lists_every_trainer_flag(caps
     """run.py --help: the script's and DearKD's flags, then the Trainer's common ones; --help-all: all of them."""
     from transformers import HfArgumentParser
 
-    from dearkd_hf.cli import parse_script_args
     from dearkd_hf.config import DearKDConfig
-    from dearkd_hf.data import DataTrainingArguments
+    from dearkd_hf.data.loading import DataTrainingArguments
+    from dearkd_hf.scripts.cli import parse_script_args
 
     parser = HfArgumentParser((DataTrainingArguments, DearKDConfig))
     with pytest.raises(SystemExit):

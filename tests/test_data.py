@@ -8,10 +8,15 @@ import torch
 from datasets import ClassLabel, Dataset, DatasetDict, Features, Image, Value
 from PIL import Image as PILImage
 
-from dearkd_hf import data
-from dearkd_hf.collators import MixupCollator, collate_fn
-from dearkd_hf.data import DataTrainingArguments, load_image_datasets, stratified_fraction, train_collator
-from dearkd_hf.transforms import build_transforms, normalization_for, with_transforms
+from dearkd_hf.data import loading as data
+from dearkd_hf.data.collators import MixupCollator, collate_fn
+from dearkd_hf.data.loading import (
+    DataTrainingArguments,
+    load_image_datasets,
+    stratified_fraction,
+    train_collator,
+)
+from dearkd_hf.data.transforms import build_transforms, normalization_for, with_transforms
 
 NAMES = ["a", "b", "c", "d"]
 
@@ -188,7 +193,7 @@ def test_bad_numbers_are_refused(kwargs, message):
 
 
 def test_label_kwargs_name_every_class_both_ways():
-    from dearkd_hf.data import label_kwargs
+    from dearkd_hf.data.loading import label_kwargs
 
     assert label_kwargs(["cat", "dog"]) == {
         "num_labels": 2,

@@ -92,7 +92,7 @@ def test_the_readme_trainer_snippet_runs_as_written(tmp_path, monkeypatch):
     teacher folder in place of outputs/demo/teacher, a scratch output folder, 1 epoch on 1% of the data."""
     import timm
 
-    from dearkd_hf.data import EMBEDDED_DATASET, label_names, load_named_dataset
+    from dearkd_hf.data.loading import EMBEDDED_DATASET, label_names, load_named_dataset
 
     code = re.search(r"```python\n(.*?)```", (ROOT / "README.md").read_text(), re.DOTALL).group(1)
     names = label_names(load_named_dataset(str(EMBEDDED_DATASET))["train"])

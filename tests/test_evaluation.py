@@ -4,7 +4,7 @@ import evaluate
 import numpy as np
 from transformers import EvalPrediction
 
-from dearkd_hf.evaluation import ACCURACY_MODULE, compute_accuracy_metrics, load_accuracy
+from dearkd_hf.data.evaluation import ACCURACY_MODULE, compute_accuracy_metrics, load_accuracy
 
 
 def test_load_accuracy_offline(monkeypatch):

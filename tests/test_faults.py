@@ -31,9 +31,11 @@ from test_inversion_deepinversion import tiny_teacher
 from test_run_script import EMBEDDED, STUDENT, run_script, tiny_args, write_teacher
 from transformers import TrainerCallback
 
-from dearkd_hf import DearKDConfig, seeded_batches
+from dearkd_hf import DearKDConfig
 from dearkd_hf.inversion import DeepInversionGenerator, write_dataset
-from dearkd_hf.output_folder import LOCK_FILE, RUN_FILE, OutputFolderLock
+from dearkd_hf.runs import seeded_batches
+from dearkd_hf.runs.lock import LOCK_FILE, OutputFolderLock
+from dearkd_hf.runs.record import RUN_FILE
 from dearkd_hf.trainer import DearKDTrainer
 
 SAVED = [
@@ -246,8 +248,9 @@ def test_a_finished_run_is_reported_not_resumed(tmp_path, teacher_dir, uninterru
 
 
 def test_a_finished_run_saved_taking_rgb_is_reported_not_refused(tmp_path, teacher_dir):
-    """A grayscale ViT is saved taking RGB (dearkd_hf.grayscale) at its only save: the run's record still describes
-    the model that trained, so running again into the folder says it is finished, not that it is another run."""
+    """A grayscale ViT is saved taking RGB (dearkd_hf.models.grayscale) at its only save: the run's record still
+    describes the model that trained, so running again into the folder says it is finished, not that it is another
+    run."""
     out = tmp_path / "out"
     args = [*tiny_args(teacher_dir, out, epochs=1), "--model_type", "vit", "--save_strategy", "no"]
     run_script.main(args)

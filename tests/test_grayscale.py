@@ -1,12 +1,12 @@
-"""dearkd_hf.grayscale: a grayscale model folded to take RGB, by hand on tiny models."""
+"""dearkd_hf.models.grayscale: a grayscale model folded to take RGB, by hand on tiny models."""
 
 import timm
 import torch
 from transformers import ResNetConfig, ResNetForImageClassification, ViTConfig, ViTForImageClassification
 
-from dearkd_hf.grayscale import FOLDED_KEY, as_grayscale, is_foldable, saved_as_rgb
 from dearkd_hf.modeling import DearKDViTConfig, DearKDViTForImageClassification
 from dearkd_hf.modeling.modeling_dearkd_vit import RGB_TO_GRAY
+from dearkd_hf.models.grayscale import FOLDED_KEY, as_grayscale, is_foldable, saved_as_rgb
 
 
 def tiny_vit(channels: int) -> ViTForImageClassification:

@@ -11,7 +11,7 @@ from datasets import ClassLabel, Image, load_from_disk
 from torch import nn
 
 from dearkd_hf.inversion import DeepInversionGenerator, InversionConfig, write_dataset
-from dearkd_hf.teachers import load_teacher
+from dearkd_hf.models.teachers import load_teacher
 
 NUM_LABELS = 3
 SIDE = 16

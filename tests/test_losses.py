@@ -5,14 +5,7 @@ import math
 import pytest
 import torch
 
-from dearkd_hf.losses import (
-    balanced_beta,
-    classification_loss,
-    logit_kd,
-    scheduled_beta,
-    stage1_loss,
-    stage2_loss,
-)
+from dearkd_hf.losses import balanced_beta, classification_loss, logit_kd, scheduled_beta, stage1_loss, stage2_loss
 
 S_CLS = torch.tensor([[2.0, 0.5, -1.0], [0.0, 1.0, 3.0]])
 S_DIST = torch.tensor([[0.3, 1.2, 0.1], [1.5, -0.5, 0.2]])

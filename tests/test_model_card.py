@@ -3,7 +3,7 @@
 import yaml
 from huggingface_hub import ModelCard
 
-from dearkd_hf.model_card import ModelCardInfo, build_model_card, public_name
+from dearkd_hf.hub.model_card import ModelCardInfo, build_model_card, public_name
 
 FACTS = dict(
     model_name="dearkd-vit-tiny-fashion-mnist",

@@ -289,7 +289,7 @@ def test_bad_config_raises_value_error_naming_argument(overrides, argument):
 def test_the_model_files_copy_of_square_side_agrees_with_the_core(size, expected):
     """modeling_dearkd_vit.py keeps its own copy (trust_remote_code); the core's students.square_side is the same."""
     from dearkd_hf.modeling import modeling_dearkd_vit
-    from dearkd_hf.students import square_side
+    from dearkd_hf.models.students import square_side
 
     assert square_side(size) == modeling_dearkd_vit.square_side(size) == expected
 

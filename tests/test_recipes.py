@@ -19,11 +19,11 @@ from timm.data.transforms import RandomResizedCropAndInterpolation
 from torchvision import transforms
 
 from dearkd_hf import DearKDConfig, DearKDTrainer
-from dearkd_hf.cli import default_num_workers, explicit_argument_names, with_loader_defaults
-from dearkd_hf.collators import MixupCollator
-from dearkd_hf.data import DataTrainingArguments, train_collator
-from dearkd_hf.recipes import RECIPES, apply_recipe, get_recipe
-from dearkd_hf.transforms import build_transforms
+from dearkd_hf.data.collators import MixupCollator
+from dearkd_hf.data.loading import DataTrainingArguments, train_collator
+from dearkd_hf.data.recipes import RECIPES, apply_recipe, get_recipe
+from dearkd_hf.data.transforms import build_transforms
+from dearkd_hf.scripts.cli import default_num_workers, explicit_argument_names, with_loader_defaults
 
 
 def config(tmp_path, **overrides) -> DearKDConfig:

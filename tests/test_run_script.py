@@ -390,8 +390,8 @@ def test_a_grayscale_student_of_another_family_is_saved_taking_rgb(tmp_path, tea
     evaluation transform's pixels."""
     from transformers import AutoImageProcessor, pipeline
 
-    from dearkd_hf.grayscale import FOLDED_KEY
-    from dearkd_hf.transforms import build_transforms
+    from dearkd_hf.data.transforms import build_transforms
+    from dearkd_hf.models.grayscale import FOLDED_KEY
 
     out = tmp_path / "out"
     args = [*tiny_args(teacher_dir, out), "--model_type", model_type, "--save_strategy", "epoch"]
@@ -442,7 +442,7 @@ def test_a_grayscale_student_runs_in_the_pipeline_as_evaluated(tmp_path, teacher
     the grayscale image, so on PIL images of either mode it predicts what the trainer's evaluation transform gives."""
     from transformers import AutoImageProcessor, pipeline
 
-    from dearkd_hf.transforms import build_transforms
+    from dearkd_hf.data.transforms import build_transforms
 
     out = tmp_path / "out"
     run_cli(*tiny_args(teacher_dir, out))

@@ -44,8 +44,8 @@ from transformers import (
 
 from dearkd_hf import DearKDConfig, DearKDTrainer
 from dearkd_hf import trainer as dearkd_trainer
-from dearkd_hf.grayscale import FOLDED_KEY
-from dearkd_hf.students import STUDENT_FAMILIES, student_forward_kwargs, student_geometry, student_outputs
+from dearkd_hf.models.grayscale import FOLDED_KEY
+from dearkd_hf.models.students import STUDENT_FAMILIES, student_forward_kwargs, student_geometry, student_outputs
 
 NATIVE = 32  # every tiny student is built for 32-pixel images with 4-pixel patches (an 8x8 grid)
 TRAINED = 16  # and trained at half that size, as 224 -> 112
@@ -150,7 +150,7 @@ def _blocks(student: torch.nn.Module) -> torch.nn.ModuleList:
 
 
 def _extra(trainer):
-    from dearkd_hf.students import student_forward_kwargs
+    from dearkd_hf.models.students import student_forward_kwargs
 
     kwargs = student_forward_kwargs(trainer.geometry, True)
     kwargs.pop("output_hidden_states")
@@ -227,7 +227,7 @@ def test_family_trains_both_stages_saves_reloads_and_pushes(name, tmp_path, teac
     model, info = AutoModelForImageClassification.from_pretrained(out, output_loading_info=True)
     assert type(model).__name__ == type(build()).__name__
     assert not info["missing_keys"] and not info["unexpected_keys"]
-    assert getattr(model.config, FOLDED_KEY)  # trained on grayscale, saved taking RGB (dearkd_hf.grayscale)
+    assert getattr(model.config, FOLDED_KEY)  # trained on grayscale, saved taking RGB (dearkd_hf.models.grayscale)
     with torch.no_grad():
         logits = model.eval()(pixel_values=torch.randn(2, 3, size, size), **_reload_kwargs(name)).logits
     assert logits.shape == (2, 10)
@@ -365,7 +365,7 @@ def test_predict_on_unlabeled_images_at_the_trained_size(name):
 def test_a_student_trained_at_another_size_is_saved_at_that_size(name, tmp_path):
     """saved_at_training_size: the saved model, reloaded, computes without interpolate_pos_encoding what the trained
     one computed with it; the live model is left as it was."""
-    from dearkd_hf.students import saved_at_training_size
+    from dearkd_hf.models.students import saved_at_training_size
 
     torch.manual_seed(0)
     model = STUDENTS[name][0]().eval()

@@ -26,10 +26,10 @@ from torchvision.transforms.v2 import functional as TF
 from dearkd_hf import DearKDConfig, DearKDTrainer
 from dearkd_hf import teacher_cache as teacher_cache_module
 from dearkd_hf.alignment import teacher_outputs
+from dearkd_hf.data.transforms import TRAIN_CROP_SCALE, ReplayableView, open_image
+from dearkd_hf.models.teachers import load_teacher
 from dearkd_hf.teacher_cache import CACHE_FILE, TOP_K_FILL_MARGIN, TeacherCache
-from dearkd_hf.teachers import load_teacher
 from dearkd_hf.trainer import _same_source
-from dearkd_hf.transforms import TRAIN_CROP_SCALE, ReplayableView, open_image
 
 ROOT = Path(__file__).resolve().parents[1]
 

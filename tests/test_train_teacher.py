@@ -55,7 +55,8 @@ def test_timm_teacher_saves_a_timm_folder_and_resumes(tmp_path):
     model = timm.create_model(f"local-dir:{out}", pretrained=True)
     assert model.num_classes == 10
     assert model.pretrained_cfg["label_names"] == FASHION_MNIST_LABELS
-    # Trained on grayscale, saved taking RGB (dearkd_hf.grayscale; test_a_grayscale_teacher_is_saved_taking_rgb_...)
+    # Trained on grayscale, saved taking RGB (dearkd_hf.models.grayscale;
+    # test_a_grayscale_teacher_is_saved_taking_rgb_...)
     assert tuple(model.pretrained_cfg["input_size"]) == (3, 28, 28)
     assert model(torch.zeros(2, 3, 28, 28)).shape == (2, 10)
 
@@ -146,9 +147,9 @@ def test_a_grayscale_teacher_is_saved_taking_rgb_and_loads_back_as_trained(tmp_p
     1-channel teacher back, whose accuracy is the evaluation's."""
     from transformers import pipeline
 
-    from dearkd_hf.grayscale import FOLDED_KEY
-    from dearkd_hf.teachers import load_teacher
-    from dearkd_hf.transforms import build_transforms
+    from dearkd_hf.data.transforms import build_transforms
+    from dearkd_hf.models.grayscale import FOLDED_KEY
+    from dearkd_hf.models.teachers import load_teacher
 
     out = tmp_path / "teacher"
     model = ["--model_name_or_path", "test_resnet"] if family == "timm" else TINY_RESNET
@@ -184,7 +185,7 @@ def test_an_rgb_timm_teacher_opens_with_transformers_and_in_a_pipeline(tmp_path)
     images of either mode what the model predicts on the evaluation transform's pixels."""
     from transformers import pipeline
 
-    from dearkd_hf.transforms import build_transforms
+    from dearkd_hf.data.transforms import build_transforms
 
     out = tmp_path / "timm_teacher"
     run_script("--model_name_or_path", "test_resnet", "--num_channels", "3", "--output_dir", str(out), *tiny_run())

@@ -18,7 +18,7 @@ from transformers import AutoModelForImageClassification, TrainerCallback, ViTIm
 
 from dearkd_hf import DearKDConfig, DearKDTrainer
 from dearkd_hf.alignment import ALIGNERS_FILE
-from dearkd_hf.collators import MixupCollator, collate_fn
+from dearkd_hf.data.collators import MixupCollator, collate_fn
 
 STAGES = ["resnet.encoder.stages.0", "resnet.encoder.stages.1"]
 
@@ -225,7 +225,9 @@ def test_save_model_holds_only_the_student_and_reloads(tmp_path):
     reloaded, info = AutoModelForImageClassification.from_pretrained(out, output_loading_info=True)
     assert not info["missing_keys"] and not info["unexpected_keys"]
     pixels = torch.randn(2, 1, 16, 16)
-    rgb = pixels.expand(-1, 3, -1, -1)  # a grayscale ViT is saved taking RGB (dearkd_hf.grayscale): the same output
+    rgb = pixels.expand(
+        -1, 3, -1, -1
+    )  # a grayscale ViT is saved taking RGB (dearkd_hf.models.grayscale): the same output
     with torch.no_grad():
         assert torch.allclose(reloaded.eval()(rgb).logits, student.eval()(pixels).logits, atol=1e-5)
 
@@ -509,8 +511,8 @@ def test_evaluation_and_prediction_batches_never_go_through_the_training_collato
 
 
 def test_the_trainer_imports_nothing_from_the_data_loading_module():
-    """The core stands alone: importing the trainer loads neither dearkd_hf.data nor the example helpers."""
-    code = "import sys, dearkd_hf.trainer; print(sorted(m for m in sys.modules if m == 'dearkd_hf.data'))"
+    """The core stands alone: importing the trainer loads neither dearkd_hf.data.loading nor the example helpers."""
+    code = "import sys, dearkd_hf.trainer; print(sorted(m for m in sys.modules if m == 'dearkd_hf.data.loading'))"
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert result.stdout.strip() == "[]"
 

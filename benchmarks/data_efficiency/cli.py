@@ -11,7 +11,7 @@ from typing import Any
 
 import torch
 
-from dearkd_hf.data import EMBEDDED_DATASET
+from dearkd_hf.data.loading import EMBEDDED_DATASET
 
 from .harness import (
     RESULTS_DIR,

@@ -53,10 +53,10 @@ from transformers import Trainer, TrainerState, TrainingArguments  # noqa: E402
 from transformers.utils import logging as hf_logging  # noqa: E402
 
 from dearkd_hf import DearKDConfig, DearKDTrainer, DearKDViTConfig, DearKDViTForImageClassification  # noqa: E402
-from dearkd_hf.collators import collate_fn  # noqa: E402
-from dearkd_hf.data import DataTrainingArguments, load_image_datasets  # noqa: E402
-from dearkd_hf.teachers import load_teacher  # noqa: E402
-from dearkd_hf.transforms import with_transforms  # noqa: E402
+from dearkd_hf.data.collators import collate_fn  # noqa: E402
+from dearkd_hf.data.loading import DataTrainingArguments, load_image_datasets  # noqa: E402
+from dearkd_hf.data.transforms import with_transforms  # noqa: E402
+from dearkd_hf.models.teachers import load_teacher  # noqa: E402
 
 from .measure import (  # noqa: E402
     _allocated,

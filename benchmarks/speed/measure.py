@@ -10,7 +10,7 @@ from typing import Any
 import torch
 from transformers import Trainer
 
-from dearkd_hf.teachers import Teacher
+from dearkd_hf.models.teachers import Teacher
 
 
 def _sync(device: torch.device) -> None:

@@ -58,11 +58,11 @@ from transformers.utils import logging as hf_logging  # noqa: E402
 
 from dearkd_hf import DearKDConfig, DearKDTrainer  # noqa: E402
 from dearkd_hf.alignment import teacher_feature_channels, teacher_outputs  # noqa: E402
-from dearkd_hf.collators import collate_fn  # noqa: E402
-from dearkd_hf.data import DataTrainingArguments, load_image_datasets  # noqa: E402
+from dearkd_hf.data.collators import collate_fn  # noqa: E402
+from dearkd_hf.data.loading import DataTrainingArguments, load_image_datasets  # noqa: E402
+from dearkd_hf.data.transforms import ReplayableView, with_transforms  # noqa: E402
+from dearkd_hf.models.teachers import load_teacher  # noqa: E402
 from dearkd_hf.teacher_cache import write_teacher_cache  # noqa: E402
-from dearkd_hf.teachers import load_teacher  # noqa: E402
-from dearkd_hf.transforms import ReplayableView, with_transforms  # noqa: E402
 
 from . import (  # noqa: E402
     NUM_BATCHES,

@@ -12,11 +12,11 @@ import torch
 from timm.data.distributed_sampler import RepeatAugSampler
 from torch import nn
 
-from dearkd_hf.collators import MixupCollator
-from dearkd_hf.data import DataTrainingArguments, load_image_datasets
+from dearkd_hf.data.collators import MixupCollator
+from dearkd_hf.data.loading import DataTrainingArguments, load_image_datasets
+from dearkd_hf.data.recipes import get_recipe
+from dearkd_hf.data.transforms import with_transforms
 from dearkd_hf.inversion import DeepInversionGenerator, InversionConfig
-from dearkd_hf.recipes import get_recipe
-from dearkd_hf.transforms import with_transforms
 
 from .measure import _sync
 

@@ -9,7 +9,7 @@ from .callbacks import DistillationStopCallback
 from .config import DearKDConfig
 from .inversion import DeepInversionGenerator, FastInversionGenerator, InversionConfig, create_generator
 from .modeling import DearKDViTConfig, DearKDViTForImageClassification
-from .teachers import Teacher, TeacherOutput, load_teacher
+from .models.teachers import Teacher, TeacherOutput, load_teacher
 from .trainer import DearKDTrainer
 
 __version__ = "0.1.0"

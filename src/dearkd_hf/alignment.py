@@ -29,7 +29,7 @@ from torch import nn
 from .alignment_pairs import AlignmentPair
 
 if TYPE_CHECKING:
-    from .teachers import Teacher
+    from .models.teachers import Teacher
 
 ALIGNERS_ATTRIBUTE = "dearkd_aligners"
 ALIGNED_FEATURES_KEY = "aligned_features"

@@ -13,7 +13,7 @@ import torch
 from transformers import TrainerCallback, TrainerControl, TrainerState, TrainingArguments
 from transformers.trainer_utils import IntervalStrategy
 
-from .students import square_side
+from .models.students import square_side
 
 
 def patch_pixel_distances(grid_size: tuple[int, int], patch_size: int) -> torch.Tensor:

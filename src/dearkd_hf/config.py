@@ -8,8 +8,8 @@ from dataclasses import dataclass, field
 from transformers import TrainingArguments
 
 from .alignment_pairs import parse_alignment_pairs
-from .finite import require_finite
 from .losses import BETA_SCHEDULES, DISTILLATION_TYPES, LABEL_LOSS_HEADS
+from .runs.finite_checks import require_finite
 
 # METHOD.md section 1: without an explicit stop epoch, stage 1 takes this fraction of the run's epochs.
 DEFAULT_STOP_FRACTION = 0.8

@@ -1,7 +1,7 @@
 """Teacher cache: the teacher's outputs on K stored augmented views of every training image, computed once, so that
 stage 1 trains without running, or even loading, the teacher (METHOD.md section 6).
 
-A view is stored as the parameters that replay it (:class:`~dearkd_hf.transforms.ReplayableView`: crop box and
+A view is stored as the parameters that replay it (:class:`~dearkd_hf.data.transforms.ReplayableView`: crop box and
 flip) beside the teacher's logits on it (full, or the top k) and the alignment targets already pooled to the
 student's grid and normalised, in fp16. Layout of a cache folder::
 
@@ -45,10 +45,11 @@ from tqdm.auto import tqdm
 
 from .alignment import teacher_outputs
 from .alignment_pairs import AlignmentPair, parse_alignment_pairs
-from .shards import SHARDS_DIR, ShardWriter, shard_name, write_json_atomic
-from .sources import looks_like_local_path
-from .teachers import Teacher
-from .transforms import ReplayableView, open_image
+from .data.transforms import ReplayableView, open_image
+from .hub.lookup import looks_like_local_path
+from .models.teachers import Teacher
+from .runs.files import write_json_atomic
+from .runs.shards import SHARDS_DIR, ShardWriter, shard_name
 
 CACHE_FILE = "teacher_cache.json"
 CACHE_FORMAT = 1
@@ -62,7 +63,8 @@ DIGEST_SAMPLES = 64
 @dataclasses.dataclass
 class CachedTeacher:
     """What a cache records of the teacher that wrote it: what the trainer and the example scripts read of a
-    :class:`~dearkd_hf.teachers.Teacher` (labels, channels, normalisation, stages, identity), without its weights.
+    :class:`~dearkd_hf.models.teachers.Teacher` (labels, channels, normalisation, stages, identity), without its
+    weights.
 
     Args:
         source: The teacher's name or folder, as the cache script was given it.
@@ -294,7 +296,7 @@ class CachedViews(torch.utils.data.Dataset):
 
     Which view an item gets depends on ``(seed, epoch, index)`` alone, so a resumed run reads the same views. The
     epoch and the stop live in a tensor in shared memory (loader workers see updates, as with
-    :class:`~dearkd_hf.seeded_batches.SeededBatches`). :meth:`collator` wraps the batch collator so that the
+    :class:`~dearkd_hf.runs.seeded_batches.SeededBatches`). :meth:`collator` wraps the batch collator so that the
     teacher's outputs are batched beside ``pixel_values`` and ``labels``.
     """
 
@@ -313,6 +315,12 @@ class CachedViews(torch.utils.data.Dataset):
 
     def set_stop_epoch(self, stop_epoch: float) -> None:
         self._clock[1] = float(stop_epoch)
+
+    def begin_training(self, args: Any, state: Any) -> None:
+        """As training begins (a DearKDConfig and the trainer's state): the run's stop epoch, and the epoch it starts
+        or resumes in, before that epoch's batches are requested."""
+        self.set_stop_epoch(args.resolved_stop_epoch(state.num_train_epochs))
+        self.set_epoch(state.epoch)
 
     def __getitem__(self, index: int) -> dict[str, Any]:
         return self.__getitems__([index])[0]

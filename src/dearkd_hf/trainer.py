@@ -2,18 +2,18 @@
 
 Stage 1: ``(1 - alpha) CE + alpha KD + beta * alignment`` with the teacher run under no_grad; stage 2, from
 ``distillation_stop_epoch`` on: labels alone, the teacher released. METHOD.md sections 1-3 specify the losses.
-The aligners' lifecycle is :class:`~dearkd_hf.alignment.StudentAligners`' (the Trainer overrides at the end of the
-class delegate to it); evaluation batches go through ``eval_data_collator``
-(:class:`~dearkd_hf.collators.EvaluationCollatorMixin`). Nothing here comes from the data-loading module.
+The aligners' lifecycle is :class:`~dearkd_hf.alignment.StudentAligners`' (the hooks at the end of the class
+delegate to it); the run folder, exact resume and evaluation batches are
+:class:`~dearkd_hf.base_trainer.BaseTrainer`'s. Nothing here comes from the data-loading module.
 """
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import os
 from collections import defaultdict
-from collections.abc import Callable
-from contextlib import ExitStack
+from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -27,18 +27,15 @@ from transformers.utils import SAFE_WEIGHTS_NAME, logging
 
 from .alignment import ALIGNERS_FILE, AlignmentHead, StudentAligners, teacher_feature_channels, teacher_outputs
 from .alignment_pairs import AlignmentPair, default_alignment_pairs, parse_alignment_pairs, validate_alignment_pairs
+from .base_trainer import BaseTrainer
 from .callbacks import DistillationStopCallback
-from .checkpoints import ExactResumeMixin, is_checkpoint_folder
-from .collators import Collator, EvaluationCollatorMixin, MixupCollator
 from .config import DearKDConfig
-from .finite import check_finite_loss
-from .grayscale import saved_as_rgb
-from .hub_upload import student_files_only
+from .data.collators import Collator, MixupCollator
+from .hub.model_card import ModelCardInfo, build_model_card
+from .hub.upload import student_files_only
 from .losses import scheduled_beta, stage1_loss, stage2_loss
-from .model_card import ModelCardInfo, build_model_card
-from .output_folder import as_json
-from .run_folder import RunFolderMixin
-from .students import (
+from .models.grayscale import saved_as_rgb
+from .models.students import (
     prepare_student,
     processor_normalization,
     saved_at_training_size,
@@ -46,8 +43,11 @@ from .students import (
     student_geometry,
     student_outputs,
 )
+from .models.teachers import TIMM_LOCAL_PREFIX, Teacher, load_teacher, timm_model_name
+from .runs.checkpoints import is_checkpoint_folder
+from .runs.finite_checks import check_finite_loss
+from .runs.record import as_json
 from .teacher_cache import CachedTeacher, CachedViews, TeacherCache, data_digest
-from .teachers import TIMM_LOCAL_PREFIX, Teacher, load_teacher, timm_model_name
 
 if TYPE_CHECKING:
     import datasets
@@ -58,7 +58,7 @@ logger = logging.get_logger(__name__)
 WINDOW_LOSS = "_stage1_loss"
 
 
-class DearKDTrainer(RunFolderMixin, ExactResumeMixin, EvaluationCollatorMixin, Trainer):
+class DearKDTrainer(BaseTrainer):
     r"""
     A [`~transformers.Trainer`] that trains a ViT student with DearKD: stage 1 distils from a CNN teacher's logits and
     early layers, stage 2 (from `args.distillation_stop_epoch`) trains on labels alone with the teacher released.
@@ -71,16 +71,16 @@ class DearKDTrainer(RunFolderMixin, ExactResumeMixin, EvaluationCollatorMixin, T
 
     Args:
         model (`PreTrainedModel` or `torch.nn.Module`):
-            The ViT student, of a family in [`~dearkd_hf.students.STUDENT_FAMILIES`]: transformers ViT, DeiT,
+            The ViT student, of a family in [`~dearkd_hf.models.students.STUDENT_FAMILIES`]: transformers ViT, DeiT,
             DINOv2 (with or without registers), BEiT, Data2Vec-vision, a timm ViT/DeiT/DINOv2 loaded through
             `TimmWrapperForImageClassification`, or a DearKD ViT. Required.
-        teacher_model (`torch.nn.Module`, [`~dearkd_hf.teachers.Teacher`] or `str`, *optional*):
-            The CNN teacher, or a name/path for [`~dearkd_hf.teachers.load_teacher`]. Defaults to
+        teacher_model (`torch.nn.Module`, [`~dearkd_hf.models.teachers.Teacher`] or `str`, *optional*):
+            The CNN teacher, or a name/path for [`~dearkd_hf.models.teachers.load_teacher`]. Defaults to
             `args.teacher_model_name_or_path`.
         args ([`DearKDConfig`], *optional*):
             The training arguments and DearKD's knobs. Defaults to `DearKDConfig(output_dir="trainer_output")`.
         data_collator (`Callable`, *optional*):
-            The collator of training batches (e.g. [`~dearkd_hf.collators.MixupCollator`]); as in the Trainer,
+            The collator of training batches (e.g. [`~dearkd_hf.data.collators.MixupCollator`]); as in the Trainer,
             defaults to `default_data_collator`.
         train_dataset (`torch.utils.data.Dataset`, `IterableDataset` or `datasets.Dataset`, *optional*):
             The training data: `pixel_values` and `labels` per example (after the collator).
@@ -90,7 +90,7 @@ class DearKDTrainer(RunFolderMixin, ExactResumeMixin, EvaluationCollatorMixin, T
             The student's image processor: saved with the student, and its `image_mean`/`image_std` tell the
             trainer how to re-normalise batches for the teacher.
         compute_metrics (`Callable[[EvalPrediction], dict]`, *optional*):
-            Metrics computed from evaluation predictions (e.g. `dearkd_hf.evaluation.compute_accuracy_metrics`).
+            Metrics computed from evaluation predictions (e.g. `dearkd_hf.data.evaluation.compute_accuracy_metrics`).
         callbacks (`list[TrainerCallback]`, *optional*):
             Callbacks added to the Trainer's defaults and to the [`DistillationStopCallback`] the trainer adds.
         optimizers (`tuple[Optimizer, LambdaLR]`, *optional*, defaults to `(None, None)`):
@@ -134,7 +134,9 @@ class DearKDTrainer(RunFolderMixin, ExactResumeMixin, EvaluationCollatorMixin, T
         teacher_cache: TeacherCache | str | None = None,
     ):
         if model is None:
-            raise ValueError("model: DearKDTrainer needs the ViT student (see dearkd_hf.students.STUDENT_FAMILIES).")
+            raise ValueError(
+                "model: DearKDTrainer needs the ViT student (see dearkd_hf.models.students.STUDENT_FAMILIES)."
+            )
         if args is None:
             args = DearKDConfig(output_dir="trainer_output")
         if not isinstance(args, DearKDConfig):
@@ -271,7 +273,7 @@ class DearKDTrainer(RunFolderMixin, ExactResumeMixin, EvaluationCollatorMixin, T
             )
 
     def run_fingerprint(self) -> dict[str, Any]:
-        """RunFolderMixin's (student config, schedule, data) plus the teacher's weights and DearKD's knobs."""
+        """BaseTrainer's (student config, schedule, data) plus the teacher's weights and DearKD's knobs."""
         args = self.args
         distillation = {
             name: getattr(args, name)
@@ -434,7 +436,7 @@ class DearKDTrainer(RunFolderMixin, ExactResumeMixin, EvaluationCollatorMixin, T
     # ---- training data ----
 
     def get_train_dataloader(self):
-        """The Trainer's (seeded batches, see ExactResumeMixin); with a teacher cache, over :class:`CachedViews` of the
+        """BaseTrainer's (seeded batches); with a teacher cache, over :class:`CachedViews` of the
         training split, whose stage-1 items carry the teacher's cached outputs (a split the cache was not written
         from is refused here, before the first step)."""
         cache = self.teacher_cache
@@ -453,16 +455,7 @@ class DearKDTrainer(RunFolderMixin, ExactResumeMixin, EvaluationCollatorMixin, T
                 "same data flags (--dataset_name, --train_fraction, --max_train_samples, --seed) as this run."
             )
         views = CachedViews(cache, dataset, self.args.seed)
-        clock = next((c for c in self.callback_handler.callbacks if isinstance(c, _CacheClock)), None)
-        if clock is None:
-            clock = _CacheClock()
-            self.add_callback(clock)
-        clock.views = views
-        self.train_dataset, self.data_collator = views, views.collator(collator)
-        try:
-            return super().get_train_dataloader()
-        finally:
-            self.train_dataset, self.data_collator = dataset, collator
+        return self.train_dataloader_over(super().get_train_dataloader, views, views.collator(collator), views)
 
     def _get_train_sampler(self, train_dataset: Any = None) -> torch.utils.data.Sampler | None:
         """timm's repeated-augmentation sampler when ``repeated_augmentations > 1``.
@@ -570,7 +563,7 @@ class DearKDTrainer(RunFolderMixin, ExactResumeMixin, EvaluationCollatorMixin, T
 
     def push_to_hub(self, *args: Any, **kwargs: Any):
         """The Trainer's ``push_to_hub`` (its arguments), uploading the student's files alone
-        (:data:`~dearkd_hf.hub_upload.STUDENT_FILES`): no training arguments, state, results or logs."""
+        (:data:`~dearkd_hf.hub.upload.STUDENT_FILES`): no training arguments, state, results or logs."""
         with student_files_only():
             return super().push_to_hub(*args, **kwargs)
 
@@ -582,31 +575,31 @@ class DearKDTrainer(RunFolderMixin, ExactResumeMixin, EvaluationCollatorMixin, T
     # The Trainer's private methods this class relies on are listed, with why, in PRIVATE_TRAINER_METHODS (module
     # end); tests/test_trainer_overrides.py fails when transformers changes one of them.
 
-    def train(self, *args: Any, **kwargs: Any):
+    @contextlib.contextmanager
+    def training_session(self) -> Iterator[None]:
+        """The aligners on the student for the length of ``train()``."""
         self.aligners.attach(self.accelerator.unwrap_model(self.model))
         try:
-            return super().train(*args, **kwargs)
+            yield
         finally:
             self.aligners.detach()
 
-    def _save(self, output_dir: str | None = None, state_dict: dict | None = None) -> None:
-        # The saved student is what pipeline() can run: a grayscale student of another family than the DearKD ViT
-        # taking RGB (dearkd_hf.grayscale), one trained at another size than its config's at that size. A
-        # checkpoint-N folder is a resume state and keeps the channels and size the model trains with.
-        folder = output_dir if output_dir is not None else self.args.output_dir
+    @contextlib.contextmanager
+    def saved_state_dict(self, folder: str, state_dict: dict | None) -> Iterator[dict]:
+        """The student without the aligners. The saved student is what pipeline() can run: a grayscale student of
+        another family than the DearKD ViT taking RGB (dearkd_hf.models.grayscale), one trained at another size than
+        its config's at that size. A checkpoint-N folder is a resume state and keeps the channels and size the model
+        trains with."""
         student = self.accelerator.unwrap_model(self.model)
-        fold = state_dict is None and not is_checkpoint_folder(folder)
-        with ExitStack() as saved_as:
-            if fold:
+        with contextlib.ExitStack() as saved_as:
+            if state_dict is None and not is_checkpoint_folder(folder):
                 saved_as.enter_context(saved_as_rgb(student))
                 saved_as.enter_context(saved_at_training_size(student, self.geometry))
-            if state_dict is None:
-                state_dict = student.state_dict()
-            super()._save(output_dir, state_dict=self.aligners.strip(state_dict))
+            yield self.aligners.strip(state_dict if state_dict is not None else student.state_dict())
 
     def write_checkpoint_files(self, checkpoint_dir: str) -> None:
         # The aligners, before the Trainer's files: it writes trainer_state.json last, so a checkpoint it wrote has
-        # them (RunFolderMixin._save_checkpoint calls this once the weights are known to be finite).
+        # them (BaseTrainer._save_checkpoint calls this once the weights are known to be finite).
         self.aligners.save(checkpoint_dir)
 
     def _load_from_checkpoint(self, resume_from_checkpoint: str, model: nn.Module | None = None) -> None:
@@ -671,9 +664,9 @@ def _generic(names: list[str]) -> bool:
 # hook does these. tests/test_trainer_overrides.py checks that each still exists with the parameters used here.
 PRIVATE_TRAINER_METHODS = {
     "_get_train_sampler": "overridden: timm's RepeatAugSampler when repeated_augmentations > 1",
-    "_save": "overridden: every save of the student (save_model, checkpoints, push_to_hub) without the aligners; "
-    "(RunFolderMixin) only finite weights",
-    "_save_checkpoint": "overridden (RunFolderMixin): weights checked finite, the run recorded, the aligners written "
+    "_save": "overridden (BaseTrainer): every save of the student (save_model, checkpoints, push_to_hub) through "
+    "saved_state_dict (DearKD: without the aligners), only finite weights",
+    "_save_checkpoint": "overridden (BaseTrainer): weights checked finite, the run recorded, the aligners written "
     "before the Trainer's trainer_state.json",
     "_load_from_checkpoint": "overridden: the student reloaded by from_pretrained (key conversion), the aligners too",
     "_get_output_dir": "called: the run folder _save_checkpoint writes the aligners into",
@@ -681,22 +674,6 @@ PRIVATE_TRAINER_METHODS = {
 }
 
 __all__ = ["DearKDTrainer"]
-
-
-class _CacheClock(TrainerCallback):
-    """Tells :class:`CachedViews` the run's stop epoch when training begins and each epoch as it begins, before that
-    epoch's batches are requested."""
-
-    views: CachedViews | None = None
-
-    def on_train_begin(self, args: DearKDConfig, state: Any, control: Any, **kwargs: Any) -> None:
-        if self.views is not None:
-            self.views.set_stop_epoch(args.resolved_stop_epoch(state.num_train_epochs))
-            self.views.set_epoch(state.epoch)
-
-    def on_epoch_begin(self, args: DearKDConfig, state: Any, control: Any, **kwargs: Any) -> None:
-        if self.views is not None:
-            self.views.set_epoch(state.epoch)
 
 
 def _same_source(given: Any, cached: str) -> bool:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ..teachers import Teacher
+from ..models.teachers import Teacher
 from .config import METHODS, InversionConfig
 from .deepinversion import DeepInversionGenerator, InversionBatch
 from .fast import FastInversionGenerator, ImageGenerator

@@ -9,7 +9,7 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from ..finite import require_finite
+from ..runs.finite_checks import require_finite
 
 METHODS = ("deepinversion", "fast")
 _NON_NEGATIVE = ("r_bn", "first_bn_multiplier", "tv", "l2", "adi_scale", "bpid_weight", "bpid_margin", "seed")

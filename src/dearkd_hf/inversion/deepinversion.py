@@ -14,16 +14,9 @@ import torch.nn.functional as F
 from torch import nn
 from torchvision.transforms.functional import to_pil_image
 
-from ..teachers import Teacher, load_teacher
+from ..models.teachers import Teacher, load_teacher
 from .config import InversionConfig
-from .losses import (
-    BatchNormStatistics,
-    bpid_boundary,
-    bpid_intra,
-    competition_loss,
-    l2_prior,
-    total_variation,
-)
+from .losses import BatchNormStatistics, bpid_boundary, bpid_intra, competition_loss, l2_prior, total_variation
 
 StepCallback = Callable[[int, float], None]
 

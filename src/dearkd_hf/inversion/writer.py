@@ -25,8 +25,8 @@ from accelerate import PartialState
 from datasets import ClassLabel, Dataset, Features, Image, load_from_disk
 from tqdm.auto import tqdm
 
-from ..finite import non_finite_error
-from ..shards import SHARDS_DIR, ShardWriter, shard_name
+from ..runs.finite_checks import non_finite_error
+from ..runs.shards import SHARDS_DIR, ShardWriter, shard_name
 from .deepinversion import DeepInversionGenerator
 
 logger = logging.getLogger(__name__)

@@ -605,8 +605,8 @@ def _load_source(model_or_name_or_path: PreTrainedModel | str) -> PreTrainedMode
     return auto_class.from_pretrained(model_or_name_or_path)
 
 
-# A copy of dearkd_hf.students.square_side (this file must stay self-contained for trust_remote_code); tests check
-# that the two agree.
+# A copy of dearkd_hf.models.students.square_side (this file must stay self-contained for trust_remote_code);
+# tests check that the two agree.
 def square_side(value: int | list | tuple) -> int | None:
     """The side of a square size given as ``n``, ``(n, n)`` or ``[n, n]``; None when the size is not square."""
     if isinstance(value, int):

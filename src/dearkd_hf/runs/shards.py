@@ -25,7 +25,8 @@ from typing import Any
 from datasets import Dataset, concatenate_datasets, load_from_disk
 from datasets.utils import are_progress_bars_disabled, disable_progress_bars, enable_progress_bars
 
-from .output_folder import LOCK_FILE
+from .files import write_json_atomic
+from .lock import LOCK_FILE
 
 logger = logging.getLogger(__name__)
 
@@ -153,10 +154,3 @@ def shard_name(index: int) -> str:
 
 def _saved_dataset_files(folder: str) -> list[str]:
     return [name for name in os.listdir(folder) if name == "dataset_info.json" or name.endswith(".arrow")]
-
-
-def write_json_atomic(path: str, payload: dict[str, Any]) -> None:
-    tmp = f"{path}.{uuid.uuid4().hex}.tmp"
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(payload, f, indent=2)
-    os.replace(tmp, path)

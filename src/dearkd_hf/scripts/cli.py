@@ -18,7 +18,7 @@ import torch
 import yaml
 from transformers import HfArgumentParser, PretrainedConfig, TrainingArguments
 
-from .checkpoints import checkpoint_problem, last_complete_checkpoint
+from ..runs.checkpoints import checkpoint_problem, last_complete_checkpoint
 
 logger = logging.getLogger(__name__)
 

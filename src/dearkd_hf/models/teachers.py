@@ -17,9 +17,9 @@ import torch
 from torch import nn
 from transformers import AutoImageProcessor, AutoModelForImageClassification, PreTrainedModel
 
+from ..data.transforms import fit_channels
+from ..hub.lookup import check_local_folder, hub_lookup, read_json_config
 from .grayscale import FOLDED_KEY, as_grayscale, first_conv
-from .sources import check_local_folder, hub_lookup, read_json_config
-from .transforms import fit_channels
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -172,7 +172,8 @@ def load_teacher(name_or_path: str | nn.Module | Teacher, **kwargs) -> Teacher:
 
 
 def _saved_folded(name_or_path: str) -> bool:
-    """Whether ``name_or_path`` is a folder whose grayscale model was saved taking RGB (:mod:`dearkd_hf.grayscale`)."""
+    """Whether ``name_or_path`` is a folder whose grayscale model was saved taking RGB
+    (:mod:`dearkd_hf.models.grayscale`)."""
     config_path = os.path.join(name_or_path, "config.json")
     return os.path.isfile(config_path) and bool(read_json_config(config_path).get(FOLDED_KEY))
 

@@ -1,5 +1,5 @@
 """Image-classification data for the examples: loading, the stratified train fraction, and the collator the flags
-ask for. Transforms live in :mod:`dearkd_hf.transforms`, collators in :mod:`dearkd_hf.collators`; the trainer
+ask for. Transforms live in :mod:`dearkd_hf.data.transforms`, collators in :mod:`dearkd_hf.data.collators`; the trainer
 imports nothing from here.
 
 DearKD is about data efficiency, so the one knob that matters most here is `train_fraction`: a stratified, seeded
@@ -20,17 +20,17 @@ from typing import Any
 import numpy as np
 from datasets import ClassLabel, Dataset, DatasetDict, Image, load_dataset, load_from_disk
 
+from ..hub.lookup import looks_like_local_path
+from ..runs.finite_checks import require_finite
 from .collators import Collator, MixupCollator, collate_fn
-from .finite import require_finite
 from .recipes import get_recipe
-from .sources import looks_like_local_path
 from .transforms import open_image
 
 logger = logging.getLogger(__name__)
 
 # Written by examples/prepare_fashion_mnist.py and committed (in a source checkout: src/dearkd_hf/data.py -> the
 # repository root -> examples/data), so the examples, tests and quick benchmarks run offline.
-EMBEDDED_DATASET = Path(__file__).resolve().parents[2] / "examples" / "data" / "fashion_mnist_small"
+EMBEDDED_DATASET = Path(__file__).resolve().parents[3] / "examples" / "data" / "fashion_mnist_small"
 
 EVAL_SPLITS = ("validation", "test")
 
@@ -81,7 +81,7 @@ class DataTrainingArguments:
     recipe: str | None = field(
         default=None,
         metadata={
-            "help": "A training recipe by name (dearkd_hf.recipes.RECIPES), e.g. 'deit': its augmentation, "
+            "help": "A training recipe by name (dearkd_hf.data.recipes.RECIPES), e.g. 'deit': its augmentation, "
             "optimizer, schedule and drop path; flags given explicitly win over its values."
         },
     )
@@ -124,7 +124,7 @@ class DataTrainingArguments:
         return [flag for flag, on in given.items() if on]
 
     def training_fields(self) -> dict[str, Any]:
-        """The flags that decide what a model trains on (a run fingerprint's data, see ``RunFolderMixin.run_data``);
+        """The flags that decide what a model trains on (a run fingerprint's data, see ``BaseTrainer.run_data``);
         evaluation-only ones are left out, so that a re-run may evaluate differently."""
         evaluation_only = {"validation_dir", "eval_dataset_name", "max_eval_samples", "verify_images"}
         return {k: v for k, v in dataclasses.asdict(self).items() if k not in evaluation_only}

@@ -24,7 +24,7 @@ Returns:
     accuracy (`float` or `int`): Accuracy score in [0, 1] (or the count if `normalize=False`).
 
 Examples:
-    >>> accuracy_metric = evaluate.load("src/dearkd_hf/metrics/accuracy")
+    >>> accuracy_metric = evaluate.load("src/dearkd_hf/data/metrics/accuracy")
     >>> accuracy_metric.compute(references=[0, 1, 2, 0, 1, 2], predictions=[0, 1, 1, 2, 1, 0])
     {'accuracy': 0.5}
 """

@@ -18,11 +18,11 @@ from transformers import (
     ViTImageProcessor,
 )
 
+from ..data.loading import label_kwargs
+from ..hub.lookup import check_local_folder, hub_lookup
+from ..modeling import DearKDViTForImageClassification
+from ..models.teachers import Teacher
 from .cli import check_config_overrides, parse_config_overrides
-from .data import label_kwargs
-from .modeling import DearKDViTForImageClassification
-from .sources import check_local_folder, hub_lookup
-from .teachers import Teacher
 
 logger = logging.getLogger(__name__)
 

@@ -1,7 +1,7 @@
 """Batch collators: plain stacking, mixup/cutmix soft targets, and separate evaluation batches for a Trainer.
 
 The core needs these (the trainer evaluates with a collator that never mixes); the data-loading side
-(:mod:`dearkd_hf.data`) only chooses which one the command-line flags ask for.
+(:mod:`dearkd_hf.data.loading`) only chooses which one the command-line flags ask for.
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ class MixupCollator:
     The soft targets are one probability distribution per example (rows sum to 1); train on them with soft-target
     cross-entropy, never as multi-label targets (transformers' default loss would pick BCE for float labels).
     Use it for training batches only: its `evaluation_collator` (`collate_fn`) is what evaluation batches go through,
-    which trainers built on :class:`EvaluationCollatorMixin` pick up by default. With both alphas 0 it only applies
+    which :class:`~dearkd_hf.base_trainer.BaseTrainer` picks up by default. With both alphas 0 it only applies
     label smoothing.
     """
 
@@ -63,33 +63,3 @@ def evaluation_collator_for(data_collator: Collator | None) -> Collator | None:
     """The collator of evaluation batches when none is given: a training-only collator's `evaluation_collator`
     (mixup must never touch evaluation data), else the training collator itself."""
     return getattr(data_collator, "evaluation_collator", data_collator)
-
-
-class EvaluationCollatorMixin:
-    """For a ``transformers.Trainer`` subclass: evaluation and prediction batches use ``self.eval_data_collator``.
-
-    ``eval_data_collator = None`` means :func:`evaluation_collator_for` the training collator: ``collate_fn`` for a
-    :class:`MixupCollator`, else the training collator itself (the Trainer's behaviour). The Trainer builds every
-    dataloader from ``self.data_collator``, so evaluation and test dataloaders are built with the training collator
-    set aside for that one call.
-    """
-
-    eval_data_collator: Collator | None = None
-
-    def get_eval_dataloader(self, eval_dataset: Any = None):
-        """The Trainer's evaluation dataloader, batched by ``eval_data_collator``."""
-        return self._with_eval_collator(super().get_eval_dataloader, eval_dataset)
-
-    def get_test_dataloader(self, test_dataset: Any):
-        """The Trainer's prediction dataloader, batched by ``eval_data_collator``."""
-        return self._with_eval_collator(super().get_test_dataloader, test_dataset)
-
-    def _with_eval_collator(self, build: Callable[[Any], Any], dataset: Any):
-        collator = self.eval_data_collator or evaluation_collator_for(self.data_collator)
-        if collator is self.data_collator:
-            return build(dataset)
-        train_collator, self.data_collator = self.data_collator, collator
-        try:
-            return build(dataset)
-        finally:
-            self.data_collator = train_collator

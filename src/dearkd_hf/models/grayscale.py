@@ -19,8 +19,8 @@ from contextlib import contextmanager
 import torch
 from torch import nn
 
-from .modeling.configuration_dearkd_vit import DearKDViTConfig
-from .modeling.modeling_dearkd_vit import RGB_TO_GRAY
+from ..modeling.configuration_dearkd_vit import DearKDViTConfig
+from ..modeling.modeling_dearkd_vit import RGB_TO_GRAY
 
 # The config key that marks a folder saved by :func:`saved_as_rgb` (a transformers config or timm's config.json).
 FOLDED_KEY = "dearkd_grayscale_folded"

@@ -20,8 +20,8 @@ import torch
 import transformers
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
-from .sources import looks_like_local_path
-from .teachers import TIMM_HUB_PREFIX, TIMM_LOCAL_PREFIX
+from ..models.teachers import TIMM_HUB_PREFIX, TIMM_LOCAL_PREFIX
+from .lookup import looks_like_local_path
 
 HUB_ID = re.compile(r"[\w.-]+(/[\w.-]+)?")
 PAPER_URL = "https://arxiv.org/abs/2204.12997"

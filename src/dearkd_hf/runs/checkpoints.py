@@ -16,14 +16,10 @@ import re
 import shutil
 import zipfile
 from collections.abc import Sequence
-from typing import Any
 
-import torch
-from transformers import TrainerCallback
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
-from .seeded_batches import SeededBatches
-from .sources import safetensors_problem
+from .files import safetensors_problem
 
 logger = logging.getLogger(__name__)
 
@@ -108,66 +104,6 @@ def last_complete_checkpoint(output_dir: str, required_files: Sequence[str] = ()
             return folder
         logger.warning(f"Skipping {folder}: {problem}; looking for an older complete checkpoint.")
     return None
-
-
-class _SyncEpoch(TrainerCallback):
-    """Tells the training batches' seeding each new epoch, before the epoch's batches are requested. From the
-    callback's ``state``: the trainer replaces its state object when training starts and when it resumes."""
-
-    batches: SeededBatches | None = None
-
-    def on_epoch_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
-        if self.batches is not None:
-            self.batches.set_epoch(state.epoch)
-
-
-class ExactResumeMixin:
-    """Put before ``transformers.Trainer`` in a trainer's bases: resuming skips partial checkpoints and is exact.
-
-    ``train(resume_from_checkpoint=True)`` takes the last *complete* checkpoint (see
-    :func:`last_complete_checkpoint`). A resume in the middle of an epoch is bit-identical to the uninterrupted run
-    with the same seed: the Trainer's data loader fetches each batch one step ahead, so the random augmentation of
-    the first resumed batch was drawn, in the uninterrupted run, from a random state that no checkpoint holds. Here
-    each training batch is transformed and collated under random generators seeded by ``(seed, epoch, its example
-    indices)`` and the global generators are put back afterwards, so a batch's augmentation never depends on when
-    it is fetched and the training's own random state is untouched by data loading; loader workers, persistent
-    ones included, are told each new epoch.
-    """
-
-    # Files a complete checkpoint of this trainer must hold besides the Trainer's own (see `checkpoint_problem`).
-    checkpoint_files: tuple[str, ...] = ()
-
-    def train(
-        self,
-        resume_from_checkpoint: str | bool | None = None,
-        trial: Any = None,
-        ignore_keys_for_eval: list[str] | None = None,
-    ):
-        if resume_from_checkpoint is True:
-            resume_from_checkpoint = last_complete_checkpoint(self.args.output_dir, self.checkpoint_files)
-            if resume_from_checkpoint is None:
-                raise ValueError(f"resume_from_checkpoint=True: no complete checkpoint in {self.args.output_dir}.")
-        elif resume_from_checkpoint:
-            problem = checkpoint_problem(resume_from_checkpoint, self.checkpoint_files)
-            if problem is not None:
-                raise ValueError(f"resume_from_checkpoint={resume_from_checkpoint}: cannot resume from it, {problem}.")
-        return super().train(resume_from_checkpoint, trial=trial, ignore_keys_for_eval=ignore_keys_for_eval)
-
-    def get_train_dataloader(self):
-        dataset, collator = self.train_dataset, self.data_collator
-        if isinstance(dataset, torch.utils.data.IterableDataset) or not hasattr(dataset, "__len__"):
-            return super().get_train_dataloader()
-        batches = SeededBatches(self.args.seed)
-        sync = next((c for c in self.callback_handler.callbacks if isinstance(c, _SyncEpoch)), None)
-        if sync is None:
-            sync = _SyncEpoch()
-            self.add_callback(sync)
-        sync.batches = batches
-        self.train_dataset, self.data_collator = batches.dataset(dataset), batches.collator(collator)
-        try:
-            return super().get_train_dataloader()
-        finally:
-            self.train_dataset, self.data_collator = dataset, collator
 
 
 def holds_weights(folder: str) -> bool:

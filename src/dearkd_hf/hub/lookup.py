@@ -8,11 +8,12 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import struct
 from collections.abc import Iterator
 from typing import Any
 
 from huggingface_hub import constants as hub_constants
+
+from ..runs.files import safetensors_problem
 
 
 def looks_like_local_path(name: str) -> bool:
@@ -39,22 +40,6 @@ def check_local_folder(name: str | None, flag: str) -> None:
     for file in sorted(os.listdir(path)):
         if file.endswith(".safetensors") and (problem := safetensors_problem(os.path.join(path, file))) is not None:
             raise ValueError(f"{flag} {name}: its {file} {problem}; save or download it again.")
-
-
-def safetensors_problem(path: str) -> str | None:
-    """None when the file's length is exactly what its header announces (a truncated write is shorter)."""
-    size = os.path.getsize(path)
-    try:
-        with open(path, "rb") as f:
-            (header_size,) = struct.unpack("<Q", f.read(8))
-            if header_size > size:
-                return "is truncated"
-            header = json.loads(f.read(header_size))
-    except (struct.error, ValueError, UnicodeDecodeError):
-        return "has no readable header (truncated)"
-    ends = [entry["data_offsets"][1] for key, entry in header.items() if key != "__metadata__"]
-    expected = 8 + header_size + max(ends, default=0)
-    return None if size == expected else f"is truncated ({size} of {expected} bytes)"
 
 
 @contextlib.contextmanager

@@ -15,7 +15,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from .transforms import fit_channels
+from ..data.transforms import fit_channels
 
 
 @dataclass(frozen=True)
@@ -280,7 +280,7 @@ def student_outputs(outputs) -> StudentOutput:
 
 def processor_normalization(processor: Any, num_channels: int) -> tuple[list | None, list | None]:
     """The per-channel mean and std an image processor normalises ``num_channels`` channels with (a timm processor
-    keeps them in ``data_config``), fitted by :func:`~dearkd_hf.transforms.fit_channels`; None when it does not
+    keeps them in ``data_config``), fitted by :func:`~dearkd_hf.data.transforms.fit_channels`; None when it does not
     say."""
     data_config = getattr(processor, "data_config", None) or {}
     mean = getattr(processor, "image_mean", None) or data_config.get("mean")

@@ -1,12 +1,9 @@
-"""The output folder of a run: checked writable before any expensive work, held by one run at a time, and
-recording the settings its checkpoints were made with.
+"""The output folder's lock and write check: one run at a time per folder, and a folder known writable before any
+expensive work.
 
 - :func:`check_writable_folder`: a probe file, before any data or model is loaded.
 - :class:`OutputFolderLock`: ``dearkd.lock`` (pid, host, since, command), created exclusively before anything else
   is written; a second run is refused naming the first, and a lock left by a dead process on this host is taken over.
-- :func:`check_run_record` / :func:`write_run_record`: ``dearkd_run.json``, the fingerprint of the run whose
-  checkpoints the folder holds (what a checkpoint means: model, teacher, knobs, schedule, data); a re-run whose
-  fingerprint differs is refused with the fields that differ.
 """
 
 from __future__ import annotations
@@ -22,8 +19,9 @@ import uuid
 from collections.abc import Mapping
 from typing import Any
 
+from .files import read_json
+
 LOCK_FILE = "dearkd.lock"
-RUN_FILE = "dearkd_run.json"
 # The lock files this process holds, with how many times each was taken (a script and its trainer both take it).
 _HELD: dict[str, int] = {}
 
@@ -89,7 +87,7 @@ class OutputFolderLock:
             try:
                 handle = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
             except FileExistsError:
-                holder = _read_json(self.path)
+                holder = read_json(self.path)
                 if holder is None and not os.path.exists(self.path):
                     continue  # released meanwhile
                 if holder is not None and _is_stale(holder):
@@ -100,7 +98,7 @@ class OutputFolderLock:
                 json.dump(record, f)
             _HELD[self.path] = 1
             return
-        self._refuse(_read_json(self.path))
+        self._refuse(read_json(self.path))
 
     def _take_over(self, stale: dict) -> None:
         """Move the stale lock aside (one process wins the rename) and drop it; put back a lock that is not the
@@ -110,7 +108,7 @@ class OutputFolderLock:
             os.rename(self.path, aside)
         except FileNotFoundError:
             return
-        if _read_json(aside) != stale:
+        if read_json(aside) != stale:
             with contextlib.suppress(OSError):
                 os.rename(aside, self.path)
             return
@@ -139,7 +137,7 @@ class OutputFolderLock:
             _HELD[self.path] = count - 1
             return
         _HELD.pop(self.path, None)
-        if count and (_read_json(self.path) or {}).get("pid") == os.getpid():
+        if count and (read_json(self.path) or {}).get("pid") == os.getpid():
             with contextlib.suppress(FileNotFoundError):
                 os.remove(self.path)
         if self._created_folder:
@@ -167,70 +165,3 @@ def _is_stale(holder: Mapping[str, Any]) -> bool:
     except PermissionError:
         return False  # alive, another user's
     return False
-
-
-def _read_json(path: str) -> Any:
-    try:
-        with open(path, encoding="utf-8") as f:
-            return json.load(f)
-    except (OSError, ValueError):
-        return None
-
-
-# ---- the run's fingerprint ----
-
-
-def read_run_record(output_dir: str) -> dict | None:
-    """The fingerprint saved in ``output_dir`` (None when there is none)."""
-    record = _read_json(os.path.join(output_dir, RUN_FILE))
-    return record if isinstance(record, dict) else None
-
-
-def write_run_record(output_dir: str, fingerprint: Mapping[str, Any]) -> None:
-    """Save ``fingerprint`` as ``output_dir/dearkd_run.json`` (a temporary file renamed into place)."""
-    os.makedirs(output_dir, exist_ok=True)
-    path = os.path.join(output_dir, RUN_FILE)
-    partial = f"{path}.{uuid.uuid4().hex}.partial"
-    with open(partial, "w", encoding="utf-8") as f:
-        json.dump(fingerprint, f, indent=2, sort_keys=True)
-    os.replace(partial, path)
-
-
-def as_json(value: Any) -> Any:
-    """``value`` as it reads back from JSON (tuples become lists, int keys strings, other objects their str)."""
-    return json.loads(json.dumps(value, default=str, sort_keys=True))
-
-
-def run_differences(saved: Mapping[str, Any], current: Mapping[str, Any], prefix: str = "") -> list[str]:
-    """``"field (X there, Y now)"`` for each leaf of two nested fingerprints that differs."""
-    differences = []
-    for key in sorted(set(saved) | set(current)):
-        old, new = saved.get(key), current.get(key)
-        if isinstance(old, Mapping) and isinstance(new, Mapping):
-            differences += run_differences(old, new, f"{prefix}{key}.")
-        elif old != new:
-            differences.append(f"{prefix}{key} ({_short(old)} there, {_short(new)} now)")
-    return differences
-
-
-def check_run_record(
-    output_dir: str, fingerprint: Mapping[str, Any], flag: str = "--output_dir", afresh: str = ""
-) -> None:
-    """Refuse to train into ``output_dir`` when it holds checkpoints or a model of a run made with other settings.
-    ``afresh``: how to start afresh in that folder (the error says it)."""
-    saved = read_run_record(output_dir)
-    if saved is None:
-        return
-    differences = run_differences(saved, as_json(fingerprint))
-    if differences:
-        shown = "; ".join(differences[:8]) + ("; ..." if len(differences) > 8 else "")
-        raise ValueError(
-            f"{flag} {output_dir} holds a run made with other settings ({len(differences)} differ: {shown}). "
-            f"Re-run with that run's settings (see {RUN_FILE}) to resume it, or train into a new {flag} "
-            f"({afresh or f'or delete its checkpoint-* folders and {RUN_FILE}'} to start afresh there)."
-        )
-
-
-def _short(value: Any) -> str:
-    text = json.dumps(value, sort_keys=True) if value is not None else "absent"
-    return text if len(text) <= 60 else text[:57] + "..."

@@ -2,7 +2,7 @@
 
 A recipe is a set of argument values (data, training, student) and the timm objects that implement its
 augmentation: ``create_transform`` (RandAugment, bicubic random-resized crop, random erasing), ``Mixup`` (mixup,
-CutMix and label smoothing, through :class:`~dearkd_hf.data.MixupCollator`) and ``RepeatAugSampler`` (repeated
+CutMix and label smoothing, through :class:`~dearkd_hf.data.loading.MixupCollator`) and ``RepeatAugSampler`` (repeated
 augmentation, through :class:`~dearkd_hf.trainer.DearKDTrainer`). A value given explicitly always wins over the
 recipe's: :func:`apply_recipe` leaves the fields named in ``explicit`` as they are.
 """

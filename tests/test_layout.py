@@ -1,0 +1,96 @@
+"""The package's rooms import only what docs/development.md's table allows, and the examples only the public API."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+PACKAGE = ROOT / "src" / "dearkd_hf"
+
+# The room of a module (its first folder under dearkd_hf, "method" for the top-level modules, "hub.lookup" and
+# "hub.upload" apart from the model card) -> the rooms it may import from. Kept equal to docs/development.md.
+LOWER_HUB = {"hub.lookup", "hub.upload"}
+ALLOWED = {
+    "runs": {"runs"},
+    "modeling": {"modeling"},
+    "hub.lookup": {"runs", "hub.lookup"},
+    "hub.upload": {"runs", "hub.upload"},
+    "data": {"data", "runs", "hub.lookup"},
+    "models": {"models", "data", "runs", "hub.lookup", "modeling"},
+    "hub.model_card": {"models", "hub.lookup", "hub.model_card", "runs", "data", "modeling"},
+    "method": {"method", "models", "data", "runs", "modeling", "hub.lookup", "hub.upload", "hub.model_card"},
+    "inversion": {"inversion", "models", "data", "runs", "modeling", "hub.lookup"},
+    "scripts": {"scripts", "method", "models", "data", "runs", "modeling", "hub.lookup", "hub.upload", "inversion"},
+}
+
+
+def room(module: str) -> str:
+    """``dearkd_hf.runs.lock`` -> ``runs``; ``dearkd_hf.trainer`` -> ``method``; ``dearkd_hf.hub.lookup`` -> itself."""
+    parts = module.split(".")[1:]
+    if not parts or parts == ["__init__"]:
+        return "root"
+    if parts[0] == "hub" and len(parts) > 1:
+        return f"hub.{parts[1]}" if parts[1] != "__init__" else "hub.lookup"
+    return parts[0] if (PACKAGE / parts[0]).is_dir() else "method"
+
+
+def module_name(path: Path) -> str:
+    parts = path.relative_to(PACKAGE.parent).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def imported_modules(path: Path) -> list[str]:
+    """The dearkd_hf modules ``path`` imports (relative imports resolved), at any depth of the file."""
+    name = module_name(path)
+    package = name if path.name == "__init__.py" else name.rsplit(".", 1)[0]
+    found = []
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.Import):
+            found += [alias.name for alias in node.names if alias.name.split(".")[0] == "dearkd_hf"]
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:
+                base = package.split(".")[: len(package.split(".")) - node.level + 1]
+                target = ".".join(base + ([node.module] if node.module else []))
+            else:
+                target = node.module or ""
+            if target.split(".")[0] != "dearkd_hf":
+                continue
+            # "from .hub import lookup" names a module; "from .lookup import x" names symbols of one.
+            submodules = [f"{target}.{alias.name}" for alias in node.names]
+            found += [m for m in submodules if _is_module(m)] or [target]
+    return found
+
+
+def _is_module(dotted: str) -> bool:
+    path = PACKAGE.parent.joinpath(*dotted.split("."))
+    return path.is_dir() or path.with_suffix(".py").is_file()
+
+
+SOURCES = sorted(p for p in PACKAGE.rglob("*.py") if "metrics" not in p.parts)
+
+
+@pytest.mark.parametrize("path", SOURCES, ids=lambda p: str(p.relative_to(PACKAGE)))
+def test_each_module_imports_only_lower_rooms(path):
+    name = module_name(path)
+    own = room(name)
+    for target in imported_modules(path):
+        if name == "dearkd_hf":
+            continue  # the package's __init__ gathers the public names
+        assert target != "dearkd_hf", f"{name} imports the package root (an import that runs back up)"
+        assert room(target) in ALLOWED[own], f"{name} ({own}) imports {target} ({room(target)})"
+
+
+def test_the_core_never_imports_examples_benchmarks_or_tools():
+    for path in SOURCES:
+        for target in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(target, ast.ImportFrom) and not target.level and target.module:
+                assert target.module.split(".")[0] not in {"examples", "benchmarks", "tools", "tests"}, path
+
+
+def test_the_table_in_development_md_names_every_room():
+    text = (ROOT / "docs" / "development.md").read_text(encoding="utf-8")
+    for folder in ("runs/", "modeling/", "data/", "models/", "inversion/", "scripts/", "hub/lookup.py"):
+        assert f"`{folder}`" in text or f"| `{folder}" in text, folder
