@@ -1,8 +1,12 @@
+import re
+
 from setuptools import find_packages, setup
+
+VERSION = re.search(r'__version__ = "(.+)"', open("src/dearkd_hf/version.py", encoding="utf-8").read()).group(1)
 
 setup(
     name="dearkd_hf",
-    version="0.1.0",
+    version=VERSION,
     description="DearKD (data-efficient early knowledge distillation for ViTs) for the Hugging Face stack",
     long_description=open("README.md", encoding="utf-8").read(),
     long_description_content_type="text/markdown",

@@ -64,7 +64,7 @@ from benchmarks.data_efficiency.harness import (  # noqa: E402
 )
 from dearkd_hf.attention_distance import attention_distances  # noqa: E402
 from dearkd_hf.data.loading import load_named_dataset  # noqa: E402
-from dearkd_hf.data.transforms import build_transforms, normalization_for  # noqa: E402
+from dearkd_hf.data.transforms import build_transforms, processor_normalization  # noqa: E402
 
 MODULE = "benchmarks.attention_distance"
 FRACTION = 0.1
@@ -151,7 +151,9 @@ def real_test_pixels(dataset_dir: str, model_dir: Path, num_images: int) -> torc
     processor = AutoImageProcessor.from_pretrained(model_dir)
     config = AutoConfig.from_pretrained(model_dir)
     size, channels = config.image_size, config.num_channels
-    transform = build_transforms(size, *normalization_for(processor, channels), channels, train=False)
+    transform = build_transforms(
+        size, *processor_normalization(processor, channels, fallback=(0.5,)), channels, train=False
+    )
     return torch.stack(transform(test[:])["pixel_values"])
 
 

@@ -457,7 +457,7 @@ def write_reports(rows: list[dict[str, Any]], config: dict[str, Any], results_di
         "generation batch size: the share it classifies as their label, its mean top probability, and BPID's intra "
         "term (the mean cosine of batch-centred pre-logit features over same-class pairs: lower is more diverse).",
     ]
-    lines += ["", "Targets (issue 13):", ""]
+    lines += ["", "Targets:", ""]
     lines += [f"- {c['target']}: {c['value']} ({'met' if c['met'] else 'missed'})" for c in targets(rows)]
     lines += ["", "Configuration:", "", "```json", json.dumps(config, indent=2), "```"]
     results_dir.mkdir(parents=True, exist_ok=True)

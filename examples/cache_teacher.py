@@ -29,17 +29,11 @@ from accelerate.utils import parse_flag_from_env
 from huggingface_hub import upload_folder
 from transformers import HfArgumentParser
 
-from dearkd_hf.alignment import teacher_feature_channels
-from dearkd_hf.alignment_pairs import default_alignment_pairs, parse_alignment_pairs, validate_alignment_pairs
-from dearkd_hf.data.loading import DataTrainingArguments, label_names, load_image_datasets
-from dearkd_hf.data.transforms import ReplayableView
-from dearkd_hf.hub.lookup import check_hub_dataset_repository, check_local_folder
-from dearkd_hf.models.students import processor_normalization, student_geometry
-from dearkd_hf.models.teachers import load_teacher
-from dearkd_hf.runs.lock import check_writable_folder, output_folder_lock
-from dearkd_hf.scripts.cli import run_main
-from dearkd_hf.scripts.model_arguments import ModelArguments, build_image_processor, build_student
-from dearkd_hf.teacher_cache import CACHE_FILE, write_teacher_cache
+from dearkd_hf import load_teacher, resolve_alignment_pairs, write_teacher_cache
+from dearkd_hf.data import DataTrainingArguments, ReplayableView, label_names, load_image_datasets
+from dearkd_hf.hub import check_hub_dataset_repository, check_local_folder
+from dearkd_hf.runs import check_writable_folder, output_folder_lock
+from dearkd_hf.scripts import ModelArguments, build_image_processor, build_student, run_main, student_inputs
 
 
 @dataclass
@@ -122,28 +116,22 @@ def cache(args: CacheArguments, model_args: ModelArguments, data_args: DataTrain
     dataset = load_image_datasets(data_args, seed=args.seed)["train"]
     teacher = load_teacher(args.teacher_model_name_or_path)
     student = build_student(model_args, label_names(dataset), teacher, data_args.image_size)
-    image_size = data_args.image_size if model_args.model_name_or_path else None
-    geometry = student_geometry(student, image_size)
-    mean, std = processor_normalization(build_image_processor(model_args, teacher), geometry.num_channels)
-    if mean is None:  # run.py's trainer then feeds the teacher's own normalisation
-        mean, std = teacher.mean, teacher.std
-    if args.no_alignment:
-        pairs = []
-    elif args.alignment_pairs is not None:
-        pairs = parse_alignment_pairs(args.alignment_pairs)
-    else:
-        pairs = default_alignment_pairs(geometry.num_blocks, teacher.stage_names)
-    validate_alignment_pairs(pairs, geometry.num_blocks, teacher.hookable_layers())
+    processor = build_image_processor(model_args, teacher)
+    image_size = model_args.training_image_size(data_args.image_size)
+    geometry, mean, std = student_inputs(student, processor, teacher, image_size)
+    pairs = []
+    if not args.no_alignment:
+        pairs = resolve_alignment_pairs(
+            args.alignment_pairs, geometry.num_blocks, teacher.stage_names, teacher.hookable_layers()
+        )
     teacher.to(state.device)
-    layers = [pair.teacher_layer for pair in pairs]
-    write_teacher_cache(
+    finished = write_teacher_cache(
         teacher,
         dataset,
         args.output_dir,
         view=ReplayableView(geometry.image_size, tuple(mean), tuple(std), geometry.num_channels),
         grid=geometry.grid,
         pairs=pairs,
-        target_channels=teacher_feature_channels(teacher, layers, geometry.image_size),
         num_views=args.num_views,
         seed=args.seed,
         top_k=args.logits_top_k,
@@ -153,8 +141,7 @@ def cache(args: CacheArguments, model_args: ModelArguments, data_args: DataTrain
         max_shards=args.max_shards,
         report=print if state.is_main_process else (lambda *_: None),
     )
-    finished = os.path.isfile(os.path.join(args.output_dir, CACHE_FILE)) and args.max_shards is None
-    if finished and args.push_to_hub and state.is_main_process:
+    if finished is not None and args.push_to_hub and state.is_main_process:
         upload_folder(repo_id=hub_repository(args), folder_path=args.output_dir, repo_type="dataset")
 
 

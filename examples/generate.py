@@ -25,18 +25,11 @@ from torchvision.transforms.functional import pil_to_tensor
 from torchvision.utils import make_grid, save_image
 from transformers import HfArgumentParser
 
-from dearkd_hf.hub.lookup import check_hub_dataset_repository, check_local_folder
-from dearkd_hf.inversion import (
-    DeepInversionGenerator,
-    InversionConfig,
-    create_generator,
-    mean_loss_terms,
-    write_dataset,
-)
-from dearkd_hf.inversion.writer import GENERATION_CONFIG_FILE
-from dearkd_hf.models.teachers import load_teacher
-from dearkd_hf.runs.lock import check_writable_folder, output_folder_lock
-from dearkd_hf.scripts.cli import run_main
+from dearkd_hf import DeepInversionGenerator, InversionConfig, create_generator, load_teacher
+from dearkd_hf.hub import check_hub_dataset_repository, check_local_folder
+from dearkd_hf.inversion import GENERATION_CONFIG_FILE, mean_loss_terms, write_dataset
+from dearkd_hf.runs import check_writable_folder, output_folder_lock
+from dearkd_hf.scripts import run_main
 
 MAX_GRID_CLASSES = 32  # rows of samples.png; beyond this the grid would be unreadable anyway
 

@@ -21,30 +21,31 @@ from typing import Any
 import transformers
 from transformers import HfArgumentParser, set_seed
 
-from dearkd_hf import AttentionDistanceCallback, DearKDConfig, DearKDTrainer, load_teacher
-from dearkd_hf.data.evaluation import compute_accuracy_metrics
-from dearkd_hf.data.loading import (
+from dearkd_hf import AttentionDistanceCallback, DearKDConfig, DearKDTrainer, TeacherCache, load_teacher
+from dearkd_hf.data import (
     DataTrainingArguments,
+    apply_recipe,
+    compute_accuracy_metrics,
     infer_num_channels,
     label_names,
     load_image_datasets,
     train_collator,
+    with_transforms,
 )
-from dearkd_hf.data.recipes import apply_recipe
-from dearkd_hf.data.transforms import with_transforms
-from dearkd_hf.hub.lookup import check_local_folder
-from dearkd_hf.inversion.writer import GENERATION_CONFIG_FILE
-from dearkd_hf.runs.checkpoints import check_checkpoint_slots
-from dearkd_hf.runs.lock import check_writable_folder, output_folder_lock
-from dearkd_hf.scripts.cli import (
+from dearkd_hf.hub import check_local_folder
+from dearkd_hf.inversion import GENERATION_CONFIG_FILE
+from dearkd_hf.runs import check_checkpoint_slots, check_writable_folder, output_folder_lock
+from dearkd_hf.scripts import (
+    ModelArguments,
+    build_image_processor,
+    build_student,
     explicit_argument_names,
     parse_script_args,
     resume_checkpoint,
     run_main,
+    student_inputs,
     with_loader_defaults,
 )
-from dearkd_hf.scripts.model_arguments import ModelArguments, build_image_processor, build_student, processor_at_size
-from dearkd_hf.teacher_cache import TeacherCache
 
 logger = logging.getLogger(__name__)
 EMBEDDED_DATASET_NAME = "fashion_mnist (the 5k/1k subset embedded in dearkd_hf)"
@@ -110,30 +111,15 @@ def train_and_save(
         teacher = load_teacher(training_args.teacher_model_name_or_path)
     student = build_student(model_args, labels, teacher, data_args.image_size, recipe_config)
     processor = build_image_processor(model_args, teacher)
-    trainer = DearKDTrainer(
-        model=student,
-        teacher_model=teacher if cache is None else None,
-        teacher_cache=cache,
-        args=training_args,
-        train_dataset=dataset["train"],  # transformed below, once the trainer has resolved the student's geometry
-        eval_dataset=dataset["validation"],
-        data_collator=train_collator(data_args, len(labels)),
-        compute_metrics=compute_accuracy_metrics,
-        processing_class=processor,
-        # The student's own size unless --image_size asks for another (checked by the trainer, before any data is
-        # transformed).
-        image_size=data_args.image_size if model_args.model_name_or_path else None,
-    )
-    # The trainer owns the student's geometry and normalisation; the data is transformed to match them.
-    geometry = trainer.geometry
+    # The student's own size unless --image_size asks for another; the data is transformed to what it takes.
+    image_size = model_args.training_image_size(data_args.image_size)
+    geometry, mean, std = student_inputs(student, processor, teacher, image_size)
     if geometry.num_channels == 1 and infer_num_channels(dataset["train"]) == 3:
         logger.warning(
             "The teacher takes grayscale images, so the student does too: the RGB training images are converted to "
             "grayscale and their colour is not used. To keep it, give an RGB teacher (examples/train_teacher.py "
             "--num_channels 3)."
         )
-    processor_at_size(processor, geometry.image_size)
-    mean, std = trainer.student_normalization
     dataset = with_transforms(
         dataset,
         geometry.image_size,
@@ -143,7 +129,18 @@ def train_and_save(
         rand_augment=data_args.rand_augment,
         recipe=data_args.recipe,
     )
-    trainer.train_dataset, trainer.eval_dataset = dataset["train"], dataset["validation"]
+    trainer = DearKDTrainer(
+        model=student,
+        teacher_model=teacher if cache is None else None,
+        teacher_cache=cache,
+        args=training_args,
+        train_dataset=dataset["train"],
+        eval_dataset=dataset["validation"],
+        data_collator=train_collator(data_args, len(labels)),
+        compute_metrics=compute_accuracy_metrics,
+        processing_class=processor,
+        image_size=image_size,
+    )
     trainer.run_data = data_args.training_fields()
     if model_args.log_attention_distance:
         trainer.add_callback(AttentionDistanceCallback(trainer))

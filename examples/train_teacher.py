@@ -11,16 +11,13 @@ folder loads with `dearkd_hf.models.teachers.load_teacher`: timm teachers are sa
     python examples/train_teacher.py config.yaml
 """
 
-import json
 import logging
-import os
 import sys
 from dataclasses import dataclass, field
 from types import SimpleNamespace
 from typing import Any
 
 import timm
-import torch
 import torch.nn.functional as F
 import transformers
 from torch import nn
@@ -34,28 +31,31 @@ from transformers import (
     ViTImageProcessor,
     set_seed,
 )
-from transformers.modeling_outputs import ImageClassifierOutput
 
-from dearkd_hf.base_trainer import BaseTrainer
-from dearkd_hf.config import check_training_arguments
-from dearkd_hf.data.evaluation import compute_accuracy_metrics
-from dearkd_hf.data.loading import (
+from dearkd_hf import BaseTrainer
+from dearkd_hf.data import (
     DataTrainingArguments,
+    compute_accuracy_metrics,
     infer_num_channels,
     label_kwargs,
     label_names,
     load_image_datasets,
+    processor_normalization,
     train_collator,
+    with_transforms,
 )
-from dearkd_hf.data.transforms import fit_channels, normalization_for, with_transforms
-from dearkd_hf.hub.lookup import check_local_folder, hub_lookup
-from dearkd_hf.models.grayscale import FOLDED_KEY, saved_as_rgb
-from dearkd_hf.models.teachers import is_timm_model, timm_model_name
-from dearkd_hf.runs.checkpoints import check_checkpoint_slots
-from dearkd_hf.runs.finite_checks import check_finite_loss, require_finite
-from dearkd_hf.runs.lock import check_writable_folder, output_folder_lock
-from dearkd_hf.scripts.cli import (
+from dearkd_hf.hub import check_local_folder, hub_lookup
+from dearkd_hf.models import TimmClassifier, is_timm_model, save_timm_teacher, saved_as_rgb, timm_model_name
+from dearkd_hf.runs import (
+    check_checkpoint_slots,
+    check_finite_loss,
+    check_writable_folder,
+    output_folder_lock,
+    require_finite,
+)
+from dearkd_hf.scripts import (
     check_config_overrides,
+    check_training_arguments,
     parse_config_overrides,
     parse_script_args,
     resume_checkpoint,
@@ -96,19 +96,6 @@ class TeacherModelArguments:
     )
 
 
-class TimmClassifier(nn.Module):
-    """A timm model with the Trainer's calling convention: `forward(pixel_values, labels)` -> ImageClassifierOutput."""
-
-    def __init__(self, model: nn.Module):
-        super().__init__()
-        self.model = model
-
-    def forward(self, pixel_values: torch.Tensor, labels: torch.Tensor | None = None) -> ImageClassifierOutput:
-        logits = self.model(pixel_values)
-        loss = F.cross_entropy(logits, labels) if labels is not None else None
-        return ImageClassifierOutput(loss=loss, logits=logits)
-
-
 class TeacherTrainer(BaseTrainer):
     """The Trainer with two changes the data pipeline needs, and dearkd_hf's exact resume, one run per output folder
     (lock, run fingerprint, finite saves) and non-finite loss stop.
@@ -143,7 +130,7 @@ def build_timm_teacher(
     model = timm.create_model(name, pretrained=args.pretrained, num_classes=num_classes, in_chans=num_channels)
     pretrained_cfg = model.pretrained_cfg if args.pretrained or name.startswith("local-dir:") else {}
     stats = SimpleNamespace(image_mean=pretrained_cfg.get("mean"), image_std=pretrained_cfg.get("std"))
-    mean, std = normalization_for(stats, num_channels)
+    mean, std = processor_normalization(stats, num_channels, fallback=(0.5,))
     return TimmClassifier(model), mean, std
 
 
@@ -183,44 +170,13 @@ def resolve_image_size(data_args: DataTrainingArguments, model: nn.Module, proce
 def save_teacher(
     trainer: Trainer, model: nn.Module, output_dir: str, labels: list[str], mean: tuple, std: tuple, image_size: int
 ) -> None:
-    """Save the final teacher where `load_teacher` expects it: timm's folder format, or save_pretrained.
-
-    A timm folder also opens with transformers (``AutoModelForImageClassification`` and ``AutoImageProcessor``, as
-    ``TimmWrapper``, and so in ``pipeline("image-classification")``): its ``model_args`` leave ``num_classes`` to
-    the top-level field, which transformers passes itself, and its evaluation transform is the one the teacher was
-    evaluated with here (resize and centre crop to ``image_size``, bilinear, no crop margin). A grayscale teacher is
-    saved taking RGB (:mod:`dearkd_hf.models.grayscale`), as ``pipeline()`` serves every image;
-    ``load_teacher`` reads it back as the 1-channel teacher it trained as.
-    """
-    module = model.model if isinstance(model, TimmClassifier) else model
-    with saved_as_rgb(module) as folded:
-        if not isinstance(model, TimmClassifier):
-            trainer.save_model(output_dir)
-            return
-        channels = 3 if folded else len(mean)
-        timm.models.save_for_hf(
-            model.model,
-            output_dir,
-            model_config={"label_names": labels},
-            model_args={"in_chans": channels},
-            data_config={
-                "mean": fit_channels(mean, channels),
-                "std": fit_channels(std, channels),
-                "input_size": (channels, image_size, image_size),
-                "crop_pct": 1.0,
-                "crop_mode": "center",
-                "interpolation": "bilinear",
-            },
-            safe_serialization=True,
-        )
-    config_path = os.path.join(output_dir, "config.json")
-    with open(config_path, encoding="utf-8") as f:
-        config = json.load(f)
-    config.get("model_args", {}).pop("num_classes", None)
-    if folded:
-        config[FOLDED_KEY] = True
-    with open(config_path, "w", encoding="utf-8") as f:
-        json.dump(config, f, indent=2)
+    """Save the final teacher where `load_teacher` expects it: timm's folder format (`save_timm_teacher`), or
+    save_pretrained; a grayscale teacher saved taking RGB, as ``pipeline()`` serves every image."""
+    if isinstance(model, TimmClassifier):
+        save_timm_teacher(model.model, output_dir, labels, mean, std, image_size)
+        return
+    with saved_as_rgb(model):
+        trainer.save_model(output_dir)
 
 
 def main(argv: list[str] | None = None) -> dict[str, float]:
@@ -255,7 +211,7 @@ def train_and_save(
         processor = None
     else:
         model, processor = build_transformers_teacher(model_args, labels, data_channels)
-        mean, std = normalization_for(processor, model.config.num_channels)
+        mean, std = processor_normalization(processor, model.config.num_channels, fallback=(0.5,))
     image_size = resolve_image_size(data_args, model, processor)
     if not use_timm:
         processor = ViTImageProcessor(

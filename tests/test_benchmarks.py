@@ -526,7 +526,7 @@ def test_stored_path_is_relative_to_the_repository_through_a_symlinked_folder(tm
     assert harness.stored_path(str(elsewhere / "caches")) == str(elsewhere / "caches")
 
 
-# ---- attention distance (issue 16) ----
+# ---- attention distance ----
 
 FIXTURES = ROOT / "tests" / "fixtures"
 

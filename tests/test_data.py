@@ -16,7 +16,7 @@ from dearkd_hf.data.loading import (
     stratified_fraction,
     train_collator,
 )
-from dearkd_hf.data.transforms import build_transforms, normalization_for, with_transforms
+from dearkd_hf.data.transforms import build_transforms, processor_normalization, with_transforms
 
 NAMES = ["a", "b", "c", "d"]
 
@@ -135,11 +135,17 @@ def test_train_collator_is_plain_without_mixup():
 
 def test_normalization_fits_channels():
     processor = type("Processor", (), {"image_mean": [0.1, 0.2, 0.3], "image_std": [0.4, 0.5, 0.6]})
-    assert normalization_for(processor, 1) == (pytest.approx((0.2,)), pytest.approx((0.5,)))  # their mean (timm)
-    assert normalization_for(None, 3) == ((0.5,) * 3, (0.5,) * 3)
-    assert normalization_for(type("Gray", (), {"image_mean": [0.2], "image_std": [0.3]}), 3) == (
-        (0.2,) * 3,
-        (0.3,) * 3,
+    assert processor_normalization(processor, 1) == (pytest.approx([0.2]), pytest.approx([0.5]))  # their mean (timm)
+    assert processor_normalization(None, 3, fallback=(0.5,)) == ([0.5] * 3, [0.5] * 3)
+    assert processor_normalization(None, 3) == (None, None)  # the trainer then feeds the teacher the batch as it is
+    assert processor_normalization(type("Gray", (), {"image_mean": [0.2], "image_std": [0.3]}), 3) == (
+        [0.2] * 3,
+        [0.3] * 3,
+    )
+    timm_processor = type("TimmProcessor", (), {"data_config": {"mean": (0.1, 0.2, 0.3), "std": (0.4, 0.5, 0.6)}})
+    assert processor_normalization(timm_processor, 3) == (
+        pytest.approx([0.1, 0.2, 0.3]),
+        pytest.approx([0.4, 0.5, 0.6]),
     )
 
 

@@ -133,7 +133,7 @@ def test_rerun_after_a_kill_ends_as_the_uninterrupted_run(tmp_path, teacher_dir,
     assert weights == expected_weights  # bit for bit
 
 
-# ---- what a re-run assumes about its output folder (issue 25) ----
+# ---- what a re-run assumes about its output folder ----
 
 
 def copy_run(source: Path, out: Path, finished: bool = False) -> None:
@@ -324,7 +324,7 @@ def truncated_copy(folder: str, into: Path) -> str:
     return str(into)
 
 
-# The crashes of the audit: each now one line naming the flag or file, before training.
+# Bad input that used to crash deep inside training: each now one line naming the flag or file, before training.
 CRASHES = {
     "epochs-0": (["--num_train_epochs", "0"], ValueError, r"num_train_epochs=0.0 trains nothing"),
     "epochs-negative": (["--num_train_epochs", "-1"], ValueError, r"num_train_epochs=-1.0 trains nothing"),

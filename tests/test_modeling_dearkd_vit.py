@@ -311,7 +311,7 @@ def test_config_docstring_example_runs_and_geometry_is_checked_once(monkeypatch)
     assert len(calls) == 1
 
 
-# --- attention implementations (issue 27) ----------------------------------------------------------------------------
+# --- attention implementations (eager, sdpa) -------------------------------------------------------------------------
 
 
 def _with_random_positional_weights(model: DearKDViTForImageClassification, seed: int = 4) -> None:

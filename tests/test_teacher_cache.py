@@ -28,8 +28,7 @@ from dearkd_hf import teacher_cache as teacher_cache_module
 from dearkd_hf.alignment import teacher_outputs
 from dearkd_hf.data.transforms import TRAIN_CROP_SCALE, ReplayableView, open_image
 from dearkd_hf.models.teachers import load_teacher
-from dearkd_hf.teacher_cache import CACHE_FILE, TOP_K_FILL_MARGIN, TeacherCache
-from dearkd_hf.trainer import _same_source
+from dearkd_hf.teacher_cache import CACHE_FILE, TOP_K_FILL_MARGIN, TeacherCache, names_cached_teacher
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -269,13 +268,13 @@ def test_a_timm_teachers_folder_names_the_cache_written_from_it(tmp_path, monkey
     folder = tmp_path / "timm_teacher"
     folder.mkdir()
     monkeypatch.chdir(tmp_path)
-    assert _same_source(str(folder), f"local-dir:{folder}")
-    assert _same_source("timm_teacher", f"local-dir:{folder}")  # relative, the same folder
-    assert _same_source("timm/resnet18.a1_in1k", "hf-hub:timm/resnet18.a1_in1k")
-    assert _same_source(str(folder), str(folder))  # a transformers folder: recorded as given
+    assert names_cached_teacher(str(folder), f"local-dir:{folder}")
+    assert names_cached_teacher("timm_teacher", f"local-dir:{folder}")  # relative, the same folder
+    assert names_cached_teacher("timm/resnet18.a1_in1k", "hf-hub:timm/resnet18.a1_in1k")
+    assert names_cached_teacher(str(folder), str(folder))  # a transformers folder: recorded as given
     (tmp_path / "other").mkdir()
-    assert not _same_source(str(tmp_path / "other"), f"local-dir:{folder}")
-    assert not _same_source("resnet18", f"local-dir:{folder}")
+    assert not names_cached_teacher(str(tmp_path / "other"), f"local-dir:{folder}")
+    assert not names_cached_teacher("resnet18", f"local-dir:{folder}")
 
 
 def test_the_progress_bar_obeys_tqdm_disable(teacher_dir, tmp_path):

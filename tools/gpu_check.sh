@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # GPU readiness check: tests/gpu, then the 224-px speed preset on CUDA, a profile of its stage-1 step against DeiT
 # KD's (profile.log), and stage 1 from a teacher cache against the plain step with a RegNetY-16GF-sized teacher
-# (timm regnety_160, random weights; issue 26), in at most about 7 minutes.
+# (timm regnety_160, random weights), in at most about 7 minutes.
 #
 #   bash tools/gpu_check.sh [--dry-run] [RESULTS_DIR]        # default RESULTS_DIR: benchmarks/results/gpu
 #

@@ -74,7 +74,7 @@ from .throughput import generator_speed, loader_speed  # noqa: E402
 RESULTS_DIR = Path(__file__).resolve().parents[1] / "results"
 TARGETS = {"stage1_vs_deit": 1.10, "stage1_vs_limit": 1.05, "stage2_vs_plain": 1.03}
 TRAINER_CONFIGS = ("plain", "deit_kd", "dearkd_s1", "dearkd_s2", "deit_kd_vit")
-# The users' scale (issue 12): DeiT-Ti (192 wide, 12 blocks, 3 heads, patch 16) at 224 px RGB, a timm resnet50
+# The users' scale: DeiT-Ti (192 wide, 12 blocks, 3 heads, patch 16) at 224 px RGB, a timm resnet50
 # teacher, random weights. A value given as {"cpu": ..., "cuda": ...} depends on the device type.
 PRESETS: dict[str, dict[str, Any]] = {
     "deit_tiny_224": dict(

@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""Stage 1 trained from a teacher cache against the plain student step and against the live teacher (issue 26).
+"""Stage 1 trained from a teacher cache against the plain student step and against the live teacher.
 
 Configurations, each with its own copy of the same student (same weights), timed on the same batches:
 
@@ -86,7 +86,7 @@ from .measure import (  # noqa: E402
     time_steps,
 )
 
-TARGET = 1.05  # issue 26: a stage-1 step from the cache <= 1.05x the plain student step (paired medians)
+TARGET = 1.05  # a stage-1 step from the cache <= 1.05x the plain student step (paired medians)
 OUTPUTS = {None: "speed_teacher_cache.json", "deit_tiny_224": "speed_teacher_cache_224.json"}
 TEACHER_KEYS = ("teacher_logits", "teacher_targets")
 COMMAND = "python -m benchmarks.speed.teacher_cache"  # as recorded in the results

@@ -3,20 +3,23 @@
 Importing it registers the DearKD ViT with ``AutoConfig`` and ``AutoModelForImageClassification``.
 """
 
-from .alignment_pairs import AlignmentPair, default_alignment_pairs, parse_alignment_pairs
+from .alignment_pairs import AlignmentPair, default_alignment_pairs, parse_alignment_pairs, resolve_alignment_pairs
 from .attention_distance import AttentionDistanceCallback, mean_attention_distance
+from .base_trainer import BaseTrainer
 from .callbacks import DistillationStopCallback
 from .config import DearKDConfig
 from .inversion import DeepInversionGenerator, FastInversionGenerator, InversionConfig, create_generator
 from .modeling import DearKDViTConfig, DearKDViTForImageClassification
 from .models.teachers import Teacher, TeacherOutput, load_teacher
+from .teacher_cache import TeacherCache, write_teacher_cache
 from .trainer import DearKDTrainer
-
-__version__ = "0.1.0"
+from .version import __version__
 
 __all__ = [
+    "__version__",
     "AlignmentPair",
     "AttentionDistanceCallback",
+    "BaseTrainer",
     "DearKDConfig",
     "DearKDTrainer",
     "DearKDViTConfig",
@@ -32,4 +35,7 @@ __all__ = [
     "load_teacher",
     "mean_attention_distance",
     "parse_alignment_pairs",
+    "resolve_alignment_pairs",
+    "TeacherCache",
+    "write_teacher_cache",
 ]

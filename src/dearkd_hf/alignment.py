@@ -27,6 +27,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .alignment_pairs import AlignmentPair
+from .runs.files import atomic_path
 
 if TYPE_CHECKING:
     from .models.teachers import Teacher
@@ -241,11 +242,9 @@ class StudentAligners:
         if not self.pairs:
             return
         os.makedirs(checkpoint_dir, exist_ok=True)
-        path = os.path.join(checkpoint_dir, ALIGNERS_FILE)
-        partial = path + ".partial"
         tensors = {k: v.detach().cpu().contiguous() for k, v in self.head.state_dict().items()}
-        safetensors.torch.save_file(tensors, partial)
-        os.replace(partial, path)
+        with atomic_path(os.path.join(checkpoint_dir, ALIGNERS_FILE)) as partial:
+            safetensors.torch.save_file(tensors, partial)
 
     def missing_from(self, checkpoint_dir: str) -> str | None:
         """Why ``checkpoint_dir`` cannot restore the aligners (absent, unreadable), or None when it can."""

@@ -47,6 +47,23 @@ def default_alignment_pairs(num_student_blocks: int, teacher_stage_names: Sequen
     return [AlignmentPair(block, layer) for block, layer in zip(blocks, teacher_stage_names[:2])]
 
 
+def resolve_alignment_pairs(
+    alignment_pairs: Sequence[str] | None,
+    num_student_blocks: int,
+    teacher_stage_names: Sequence[str],
+    teacher_layers: Sequence[str],
+) -> list[AlignmentPair]:
+    """The pairs a run aligns: ``alignment_pairs`` parsed when given, else :func:`default_alignment_pairs`; checked
+    against the student's depth and the teacher's layers (:func:`validate_alignment_pairs`). The trainer and the
+    teacher cache resolve them here, so both align the same pairs."""
+    if alignment_pairs is not None:
+        pairs = parse_alignment_pairs(alignment_pairs)
+    else:
+        pairs = default_alignment_pairs(num_student_blocks, teacher_stage_names)
+    validate_alignment_pairs(pairs, num_student_blocks, teacher_layers)
+    return pairs
+
+
 def validate_alignment_pairs(
     pairs: Sequence[AlignmentPair], num_student_blocks: int, teacher_layers: Sequence[str]
 ) -> None:

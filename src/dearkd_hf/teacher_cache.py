@@ -43,11 +43,11 @@ from datasets import (
 )
 from tqdm.auto import tqdm
 
-from .alignment import teacher_outputs
+from .alignment import teacher_feature_channels, teacher_outputs
 from .alignment_pairs import AlignmentPair, parse_alignment_pairs
 from .data.transforms import ReplayableView, open_image
 from .hub.lookup import looks_like_local_path
-from .models.teachers import Teacher
+from .models.teachers import TIMM_LOCAL_PREFIX, Teacher, timm_model_name
 from .runs.files import write_json_atomic
 from .runs.shards import SHARDS_DIR, ShardWriter, shard_name
 
@@ -249,6 +249,45 @@ class TeacherCache:
         targets = [rows[f"target_{j}"] for j in range(len(self.pairs))]
         return {"crop": rows["crop"], "flip": rows["flip"], "logits": logits, "targets": targets}
 
+    def check_serves(
+        self,
+        image_size: int,
+        grid: tuple[int, int],
+        num_channels: int,
+        normalization: tuple[Sequence[float] | None, Sequence[float] | None],
+        pairs: Sequence[AlignmentPair],
+        mixes_batches: bool = False,
+    ) -> None:
+        """Refuse, before any data is read, a run this cache was not written for (image size, grid, channels,
+        normalisation, pairs), and batches mixed afresh (mixup/CutMix), whose teacher outputs are not in the cache."""
+        problem = self.mismatch(
+            image_size=image_size, grid=grid, num_channels=num_channels, normalization=normalization, pairs=pairs
+        )
+        if problem is not None:
+            raise ValueError(
+                f"teacher_cache={self.folder!r} cannot serve this run: {problem}. Write a cache for this run with "
+                "examples/cache_teacher.py (the same student and data flags), or train with the teacher."
+            )
+        if mixes_batches:
+            raise ValueError(
+                "teacher_cache: mixup/CutMix mix each batch afresh, and the teacher's outputs on a mixed image are "
+                "not in the cache; train with mixup=0 and cutmix=0, or without teacher_cache."
+            )
+
+    def check_training_set(self, dataset: Any) -> None:
+        """Refuse, before the first step, a training set the cache was not written from."""
+        if not hasattr(dataset, "with_format"):
+            raise TypeError(
+                "teacher_cache: train_dataset must be the datasets.Dataset (columns image, label) the cache was "
+                f"written from, got {type(dataset).__name__}."
+            )
+        problem = self.mismatch(num_images=len(dataset), digest=data_digest(dataset))
+        if problem is not None:
+            raise ValueError(
+                f"teacher_cache={self.folder!r} cannot serve this training set: {problem}. Write the cache from the "
+                "same data flags (--dataset_name, --train_fraction, --max_train_samples, --seed) as this run."
+            )
+
     def mismatch(
         self,
         *,
@@ -412,8 +451,8 @@ def write_teacher_cache(
     view: ReplayableView,
     grid: tuple[int, int],
     pairs: Sequence[AlignmentPair],
-    target_channels: Sequence[int],
     num_views: int,
+    target_channels: Sequence[int] | None = None,
     seed: int = 0,
     top_k: int = 0,
     batch_size: int = 256,
@@ -431,6 +470,8 @@ def write_teacher_cache(
     teacher runs on ``batch_size`` images at a time; a shard holds one view of ``shard_size`` images. Under
     ``accelerate launch`` process ``rank`` writes the shards with ``index % num_processes == rank``.
     ``max_shards`` (debugging) stops each process after that many new shards and returns None, as if killed.
+    ``target_channels`` (the teacher's channels at each pair's layer) defaults to one teacher forward at the view's
+    size.
     """
     if num_views < 1:
         raise ValueError(f"num_views={num_views} must be >= 1 (views stored per image; e.g. 4 or 16).")
@@ -443,6 +484,8 @@ def write_teacher_cache(
         )
     top_k = 0 if top_k == teacher.num_labels else top_k
     state = state or PartialState()
+    if target_channels is None:
+        target_channels = teacher_feature_channels(teacher, [pair.teacher_layer for pair in pairs], view.image_size)
     settings = cache_settings(
         teacher,
         dataset,
@@ -569,3 +612,22 @@ def _size(num_bytes: float) -> str:
             return f"{num_bytes:.1f} {unit}"
         num_bytes /= 1000
     return f"{num_bytes:.1f} TB"
+
+
+def load_teacher_cache(cache: TeacherCache | str | None, num_views: int | None = None) -> TeacherCache | None:
+    """``cache`` itself, or the cache a folder or Hub dataset id names (read with ``num_views``); None for None."""
+    if cache is None or isinstance(cache, TeacherCache):
+        return cache
+    return TeacherCache.load(cache, num_views=num_views)
+
+
+def names_cached_teacher(given: Any, cached: str) -> bool:
+    """Whether a teacher argument names the cache's teacher (the same string, or the same local folder)."""
+    if not isinstance(given, str):
+        return False
+    # A timm teacher is recorded under the name timm.create_model took: "local-dir:<folder>", "hf-hub:timm/<name>".
+    if cached in (given, timm_model_name(given)):
+        return True
+    cached_folder = cached.removeprefix(TIMM_LOCAL_PREFIX)
+    both_local = os.path.isdir(given) and os.path.isdir(cached_folder)
+    return both_local and os.path.realpath(given) == os.path.realpath(cached_folder)

@@ -26,31 +26,33 @@ from transformers.trainer_utils import enable_full_determinism, set_seed
 from transformers.utils import SAFE_WEIGHTS_NAME, logging
 
 from .alignment import ALIGNERS_FILE, AlignmentHead, StudentAligners, teacher_feature_channels, teacher_outputs
-from .alignment_pairs import AlignmentPair, default_alignment_pairs, parse_alignment_pairs, validate_alignment_pairs
-from .base_trainer import BaseTrainer
+from .alignment_pairs import AlignmentPair, resolve_alignment_pairs
+from .base_trainer import BaseTrainer, check_process_group
 from .callbacks import DistillationStopCallback
 from .config import DearKDConfig
 from .data.collators import Collator, MixupCollator
+from .data.transforms import processor_normalization
 from .hub.model_card import ModelCardInfo, build_model_card
 from .hub.upload import student_files_only
 from .losses import scheduled_beta, stage1_loss, stage2_loss
 from .models.grayscale import saved_as_rgb
 from .models.students import (
     prepare_student,
-    processor_normalization,
     saved_at_training_size,
     student_forward_kwargs,
     student_geometry,
     student_outputs,
 )
-from .models.teachers import TIMM_LOCAL_PREFIX, Teacher, load_teacher, timm_model_name
+from .models.teachers import Teacher, load_teacher, teacher_label_order
 from .runs.checkpoints import is_checkpoint_folder
 from .runs.finite_checks import check_finite_loss
 from .runs.record import as_json
-from .teacher_cache import CachedTeacher, CachedViews, TeacherCache, data_digest
+from .teacher_cache import CachedTeacher, CachedViews, TeacherCache, load_teacher_cache, names_cached_teacher
 
 if TYPE_CHECKING:
     import datasets
+
+__all__ = ["DearKDTrainer"]
 
 logger = logging.get_logger(__name__)
 
@@ -142,7 +144,9 @@ class DearKDTrainer(BaseTrainer):
         if not isinstance(args, DearKDConfig):
             raise TypeError(f"args must be a DearKDConfig (got {type(args).__name__}); it carries the DearKD knobs.")
         self.geometry = student_geometry(model, image_size)
-        self.teacher_cache = _load_cache(teacher_cache if teacher_cache is not None else args.teacher_cache, args)
+        self.teacher_cache = load_teacher_cache(
+            teacher_cache if teacher_cache is not None else args.teacher_cache, args.teacher_cache_views
+        )
         self.teacher = self._load_and_check_teacher(teacher_model, args)
         self.teacher_source = self.teacher.source
         self.teacher_weights_sha256 = self.teacher.weights_sha256()  # the teacher's identity in the run fingerprint
@@ -170,7 +174,7 @@ class DearKDTrainer(BaseTrainer):
             preprocess_logits_for_metrics=preprocess_logits_for_metrics,
         )
         self.eval_data_collator = eval_data_collator
-        _check_process_group(self.args)
+        check_process_group(self.args)
 
         # Our losses are per-micro-batch means: let the Trainer divide by the accumulation steps.
         self.model_accepts_loss_kwargs = False
@@ -194,7 +198,7 @@ class DearKDTrainer(BaseTrainer):
         source = teacher_model if teacher_model is not None else args.teacher_model_name_or_path
         if self.teacher_cache is not None:
             teacher = self.teacher_cache.teacher
-            if source is not None and not _same_source(source, teacher.source):
+            if source is not None and not names_cached_teacher(source, teacher.source):
                 named = source if isinstance(source, str) else type(source).__name__
                 raise ValueError(
                     f"teacher_model: {named!r} is not the teacher the cache was written with ({teacher.source!r}); "
@@ -229,12 +233,10 @@ class DearKDTrainer(BaseTrainer):
     def _resolve_pairs(self, args: DearKDConfig) -> list[AlignmentPair]:
         if args.beta == 0:
             return []
-        if args.alignment_pairs is not None:
-            pairs = parse_alignment_pairs(args.alignment_pairs)
-        else:
-            pairs = default_alignment_pairs(self.geometry.num_blocks, self.teacher.stage_names)
-        validate_alignment_pairs(pairs, self.geometry.num_blocks, self.teacher.hookable_layers())
-        return pairs
+        teacher = self.teacher
+        return resolve_alignment_pairs(
+            args.alignment_pairs, self.geometry.num_blocks, teacher.stage_names, teacher.hookable_layers()
+        )
 
     def _build_alignment_head(self) -> AlignmentHead:
         """Aligners sized by one dummy teacher forward at the student's resolution (or by the cache's targets)."""
@@ -249,27 +251,16 @@ class DearKDTrainer(BaseTrainer):
         )
 
     def _check_cache(self, data_collator: Collator | None) -> None:
-        """Refuse a cache made for another run (image size, grid, channels, normalisation, pairs), and training
-        settings that need the teacher on every batch, before any data is read."""
-        cache = self.teacher_cache
-        if cache is None:
-            return
-        problem = cache.mismatch(
-            image_size=self.geometry.image_size,
-            grid=self.geometry.grid,
-            num_channels=self.geometry.num_channels,
-            normalization=self.student_normalization,
-            pairs=self.alignment_pairs,
-        )
-        if problem is not None:
-            raise ValueError(
-                f"teacher_cache={cache.folder!r} cannot serve this run: {problem}. Write a cache for this run with "
-                "examples/cache_teacher.py (the same student and data flags), or train with the teacher."
-            )
-        if isinstance(data_collator, MixupCollator) and data_collator.mixup_fn.mix_prob > 0:
-            raise ValueError(
-                "teacher_cache: mixup/CutMix mix each batch afresh, and the teacher's outputs on a mixed image are "
-                "not in the cache; train with mixup=0 and cutmix=0, or without teacher_cache."
+        """Refuse a cache made for another run, and training settings that need the teacher on every batch, before
+        any data is read."""
+        if self.teacher_cache is not None:
+            self.teacher_cache.check_serves(
+                self.geometry.image_size,
+                self.geometry.grid,
+                self.geometry.num_channels,
+                self.student_normalization,
+                self.alignment_pairs,
+                mixes_batches=isinstance(data_collator, MixupCollator) and data_collator.mixup_fn.mix_prob > 0,
             )
 
     def run_fingerprint(self) -> dict[str, Any]:
@@ -443,17 +434,7 @@ class DearKDTrainer(BaseTrainer):
         if cache is None:
             return super().get_train_dataloader()
         dataset, collator = self.train_dataset, self.data_collator
-        if not hasattr(dataset, "with_format"):
-            raise TypeError(
-                "teacher_cache: train_dataset must be the datasets.Dataset (columns image, label) the cache was "
-                f"written from, got {type(dataset).__name__}."
-            )
-        problem = cache.mismatch(num_images=len(dataset), digest=data_digest(dataset))
-        if problem is not None:
-            raise ValueError(
-                f"teacher_cache={cache.folder!r} cannot serve this training set: {problem}. Write the cache from the "
-                "same data flags (--dataset_name, --train_fraction, --max_train_samples, --seed) as this run."
-            )
+        cache.check_training_set(dataset)
         views = CachedViews(cache, dataset, self.args.seed)
         return self.train_dataloader_over(super().get_train_dataloader, views, views.collator(collator), views)
 
@@ -625,41 +606,6 @@ class DearKDTrainer(BaseTrainer):
         return bool(self.is_fsdp_enabled or self.is_deepspeed_enabled)
 
 
-def teacher_label_order(
-    teacher_labels: dict[int, str], student_labels: dict[int, str], ignore_label_names: bool = False
-) -> list[int] | None:
-    """The teacher's class index for each of the student's classes, when both name their classes in other orders.
-
-    None (use the teacher's logits as they are) when either side's names are generic (``LABEL_i`` or ``"i"``) or
-    both orders agree. Names that differ as sets mean logit distillation would teach the wrong classes: a
-    ``ValueError`` unless ``ignore_label_names``.
-    """
-    teacher_names = [teacher_labels[i] for i in sorted(teacher_labels)]
-    student_names = [student_labels[i] for i in sorted(student_labels)]
-    if _generic(teacher_names) or _generic(student_names) or teacher_names == student_names:
-        return None
-    if sorted(teacher_names) == sorted(student_names) and len(set(teacher_names)) == len(teacher_names):
-        logger.info("The teacher orders its classes differently: its logits are put in the student's order.")
-        return [teacher_names.index(name) for name in student_names]
-    if ignore_label_names:
-        logger.warning(
-            f"The teacher's classes {teacher_names} are not the student's {student_names}; distilling class i into "
-            "class i anyway (ignore_label_names=True)."
-        )
-        return None
-    raise ValueError(
-        f"teacher_model: the teacher's classes {teacher_names} are not the student's {student_names}, so logit "
-        "distillation would teach the wrong classes. Give the student the teacher's class names, set "
-        "distillation_type='none' (feature alignment only), or set ignore_label_names=True (--ignore_label_names) "
-        "to distil class i into class i anyway."
-    )
-
-
-def _generic(names: list[str]) -> bool:
-    """Names that say nothing about the class: transformers' ``LABEL_i`` or the bare index ``"i"``."""
-    return all(name in (f"LABEL_{i}", str(i)) for i, name in enumerate(names))
-
-
 # Every private ``transformers.Trainer`` method DearKDTrainer (and its mixins) overrides or calls, and why; no public
 # hook does these. tests/test_trainer_overrides.py checks that each still exists with the parameters used here.
 PRIVATE_TRAINER_METHODS = {
@@ -672,38 +618,6 @@ PRIVATE_TRAINER_METHODS = {
     "_get_output_dir": "called: the run folder _save_checkpoint writes the aligners into",
     "_push_from_checkpoint": "overridden: the uploads at each save send the student's files alone",
 }
-
-__all__ = ["DearKDTrainer"]
-
-
-def _same_source(given: Any, cached: str) -> bool:
-    """Whether a teacher argument names the cache's teacher (the same string, or the same local folder)."""
-    if not isinstance(given, str):
-        return False
-    # A timm teacher is recorded under the name timm.create_model took: "local-dir:<folder>", "hf-hub:timm/<name>".
-    if cached in (given, timm_model_name(given)):
-        return True
-    cached_folder = cached.removeprefix(TIMM_LOCAL_PREFIX)
-    both_local = os.path.isdir(given) and os.path.isdir(cached_folder)
-    return both_local and os.path.realpath(given) == os.path.realpath(cached_folder)
-
-
-def _load_cache(cache: TeacherCache | str | None, args: DearKDConfig) -> TeacherCache | None:
-    if cache is None or isinstance(cache, TeacherCache):
-        return cache
-    return TeacherCache.load(cache, num_views=args.teacher_cache_views)
-
-
-def _check_process_group(args: DearKDConfig) -> None:
-    """Refuse processes that a launcher (torchrun, accelerate) started together but that did not join one training
-    group: each would train alone, into the same output_dir (torchrun on CPU without ``use_cpu=True``, say)."""
-    launched = int(os.environ.get("WORLD_SIZE", "1"))
-    if launched > 1 and args.world_size != launched:
-        raise RuntimeError(
-            f"{launched} processes were launched (WORLD_SIZE={launched}) but this one trains in a group of "
-            f"{args.world_size}: each would train alone into the same output_dir. On CPU pass --use_cpu true "
-            "(use_cpu=True), which joins them over gloo; on GPUs launch one process per visible GPU."
-        )
 
 
 def _autocast_dtype(args: DearKDConfig) -> torch.dtype | None:

@@ -1,4 +1,4 @@
-"""GPU readiness (issue 12): bf16, the teacher's CUDA memory at the switch, torch.compile, two GPUs.
+"""GPU readiness: bf16, the teacher's CUDA memory at the switch, torch.compile, two GPUs.
 
 Skipped without CUDA, so the default suite never needs a GPU. `bash tools/gpu_check.sh` runs them on a CUDA
 machine and records the outcome in benchmarks/results/gpu/. Models are built from configs with random weights.

@@ -45,12 +45,20 @@ def fit_channels(values: Sequence[float], num_channels: int) -> tuple[float, ...
     return (values[0] if len(values) == 1 else sum(values) / len(values),) * num_channels
 
 
-def normalization_for(image_processor: Any | None, num_channels: int) -> tuple[tuple[float, ...], tuple[float, ...]]:
-    """The (mean, std) to normalise with: the processor's if it has them, else 0.5 per channel; fitted to
-    ``num_channels`` (:func:`fit_channels`)."""
-    mean = getattr(image_processor, "image_mean", None) or (0.5,)
-    std = getattr(image_processor, "image_std", None) or (0.5,)
-    return fit_channels(mean, num_channels), fit_channels(std, num_channels)
+def processor_normalization(
+    processor: Any | None, num_channels: int, fallback: Sequence[float] | None = None
+) -> tuple[list[float] | None, list[float] | None]:
+    """The per-channel (mean, std) an image processor normalises ``num_channels`` channels with (a timm processor keeps
+    them in ``data_config``), fitted by :func:`fit_channels`. When it does not say: ``fallback`` for both, or
+    ``(None, None)`` without one (the trainer then feeds the teacher its batches as they are)."""
+    data_config = getattr(processor, "data_config", None) or {}
+    mean = getattr(processor, "image_mean", None) or data_config.get("mean")
+    std = getattr(processor, "image_std", None) or data_config.get("std")
+    if mean is None or std is None:
+        if fallback is None:
+            return None, None
+        mean = std = fallback
+    return list(fit_channels(mean, num_channels)), list(fit_channels(std, num_channels))
 
 
 # The default training crop: an area share of the image in this range, at an aspect ratio in torchvision's default

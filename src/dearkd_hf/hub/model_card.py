@@ -21,6 +21,7 @@ import transformers
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
 from ..models.teachers import TIMM_HUB_PREFIX, TIMM_LOCAL_PREFIX
+from ..version import __version__
 from .lookup import looks_like_local_path
 
 HUB_ID = re.compile(r"[\w.-]+(/[\w.-]+)?")
@@ -198,12 +199,10 @@ def _hyperparameters(hyperparameters: Mapping[str, Any]) -> str:
 
 
 def _versions() -> str:
-    import dearkd_hf  # the package's version; imported here, as the package imports this module
-
     return "\n".join(
         f"- {name} {version}"
         for name, version in (
-            ("dearkd_hf", dearkd_hf.__version__),
+            ("dearkd_hf", __version__),
             ("Transformers", transformers.__version__),
             ("PyTorch", torch.__version__),
             ("Datasets", datasets.__version__),

@@ -10,7 +10,7 @@ from ..models.teachers import Teacher
 from .config import METHODS, InversionConfig
 from .deepinversion import DeepInversionGenerator, InversionBatch
 from .fast import FastInversionGenerator, ImageGenerator
-from .writer import ShardWriter, inversion_features, mean_loss_terms, write_dataset
+from .writer import GENERATION_CONFIG_FILE, ShardWriter, inversion_features, mean_loss_terms, write_dataset
 
 
 def create_generator(
@@ -26,6 +26,7 @@ def create_generator(
 
 
 __all__ = [
+    "GENERATION_CONFIG_FILE",
     "METHODS",
     "DeepInversionGenerator",
     "FastInversionGenerator",

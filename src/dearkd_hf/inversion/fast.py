@@ -17,13 +17,13 @@ from __future__ import annotations
 import copy
 import math
 import os
-import uuid
 from collections.abc import Sequence
 
 import safetensors.torch
 import torch
 from torch import nn
 
+from ..runs.files import atomic_path
 from .deepinversion import DeepInversionGenerator, InversionBatch, StepCallback, derived_seed
 
 INIT_FILE = "fast_generator_init.safetensors"
@@ -103,13 +103,11 @@ class FastInversionGenerator(DeepInversionGenerator):
             return
         self.initialisation = self.meta_learn(callback)
         if folder is not None:
-            path = os.path.join(folder, INIT_FILE)
-            tmp = f"{path}.{uuid.uuid4().hex}.tmp"
             state = {
                 name: tensor.detach().cpu().contiguous() for name, tensor in self.initialisation.state_dict().items()
             }
-            safetensors.torch.save_file(state, tmp)
-            os.replace(tmp, path)
+            with atomic_path(os.path.join(folder, INIT_FILE)) as tmp:
+                safetensors.torch.save_file(state, tmp)
 
     def meta_learn(self, callback: StepCallback | None = None) -> ImageGenerator:
         """Reptile: for each of ``fast_warmup`` tasks (a batch of the usual labels, its own seed), adapt a copy of

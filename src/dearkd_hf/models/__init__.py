@@ -3,7 +3,22 @@
 :mod:`dearkd_hf.modeling`, kept self-contained because it ships as the Hub's remote code.
 """
 
-from .students import StudentGeometry, student_geometry
-from .teachers import Teacher, TeacherOutput, load_teacher
+from .grayscale import FOLDED_KEY, saved_as_rgb
+from .students import STUDENT_FAMILIES, StudentGeometry, student_geometry
+from .teacher_folder import TimmClassifier, save_timm_teacher
+from .teachers import Teacher, TeacherOutput, is_timm_model, load_teacher, timm_model_name
 
-__all__ = ["StudentGeometry", "Teacher", "TeacherOutput", "load_teacher", "student_geometry"]
+__all__ = [
+    "FOLDED_KEY",
+    "STUDENT_FAMILIES",
+    "StudentGeometry",
+    "Teacher",
+    "TimmClassifier",
+    "TeacherOutput",
+    "is_timm_model",
+    "load_teacher",
+    "save_timm_teacher",
+    "saved_as_rgb",
+    "student_geometry",
+    "timm_model_name",
+]

@@ -15,8 +15,6 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..data.transforms import fit_channels
-
 
 @dataclass(frozen=True)
 class StudentFamily:
@@ -276,18 +274,6 @@ def student_outputs(outputs) -> StudentOutput:
         cls_logits=cls_logits,
         distillation_logits=getattr(outputs, "distillation_logits", None),
     )
-
-
-def processor_normalization(processor: Any, num_channels: int) -> tuple[list | None, list | None]:
-    """The per-channel mean and std an image processor normalises ``num_channels`` channels with (a timm processor
-    keeps them in ``data_config``), fitted by :func:`~dearkd_hf.data.transforms.fit_channels`; None when it does not
-    say."""
-    data_config = getattr(processor, "data_config", None) or {}
-    mean = getattr(processor, "image_mean", None) or data_config.get("mean")
-    std = getattr(processor, "image_std", None) or data_config.get("std")
-    if mean is None or std is None:
-        return None, None
-    return list(fit_channels(mean, num_channels)), list(fit_channels(std, num_channels))
 
 
 class _TimmViT:

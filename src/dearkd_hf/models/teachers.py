@@ -7,6 +7,7 @@ pre-logit features and its input normalisation; :class:`Teacher` gives exactly t
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 import re
 from collections.abc import Sequence
@@ -20,6 +21,8 @@ from transformers import AutoImageProcessor, AutoModelForImageClassification, Pr
 from ..data.transforms import fit_channels
 from ..hub.lookup import check_local_folder, hub_lookup, read_json_config
 from .grayscale import FOLDED_KEY, as_grayscale, first_conv
+
+logger = logging.getLogger(__name__)
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -303,3 +306,38 @@ def _module_name(root: nn.Module, target: nn.Module) -> str | None:
 
 def _close(a: Sequence[float], b: Sequence[float]) -> bool:
     return len(a) == len(b) and all(abs(x - y) < 1e-6 for x, y in zip(a, b))
+
+
+def teacher_label_order(
+    teacher_labels: dict[int, str], student_labels: dict[int, str], ignore_label_names: bool = False
+) -> list[int] | None:
+    """The teacher's class index for each of the student's classes, when both name their classes in other orders.
+
+    None (use the teacher's logits as they are) when either side's names are generic (``LABEL_i`` or ``"i"``) or
+    both orders agree. Names that differ as sets mean logit distillation would teach the wrong classes: a
+    ``ValueError`` unless ``ignore_label_names``.
+    """
+    teacher_names = [teacher_labels[i] for i in sorted(teacher_labels)]
+    student_names = [student_labels[i] for i in sorted(student_labels)]
+    if _generic(teacher_names) or _generic(student_names) or teacher_names == student_names:
+        return None
+    if sorted(teacher_names) == sorted(student_names) and len(set(teacher_names)) == len(teacher_names):
+        logger.info("The teacher orders its classes differently: its logits are put in the student's order.")
+        return [teacher_names.index(name) for name in student_names]
+    if ignore_label_names:
+        logger.warning(
+            f"The teacher's classes {teacher_names} are not the student's {student_names}; distilling class i into "
+            "class i anyway (ignore_label_names=True)."
+        )
+        return None
+    raise ValueError(
+        f"teacher_model: the teacher's classes {teacher_names} are not the student's {student_names}, so logit "
+        "distillation would teach the wrong classes. Give the student the teacher's class names, set "
+        "distillation_type='none' (feature alignment only), or set ignore_label_names=True (--ignore_label_names) "
+        "to distil class i into class i anyway."
+    )
+
+
+def _generic(names: list[str]) -> bool:
+    """Names that say nothing about the class: transformers' ``LABEL_i`` or the bare index ``"i"``."""
+    return all(name in (f"LABEL_{i}", str(i)) for i, name in enumerate(names))

@@ -19,8 +19,10 @@ from transformers import (
 )
 
 from ..data.loading import label_kwargs
+from ..data.transforms import fit_channels, processor_normalization
 from ..hub.lookup import check_local_folder, hub_lookup
 from ..modeling import DearKDViTForImageClassification
+from ..models.students import StudentGeometry, student_geometry
 from ..models.teachers import Teacher
 from .cli import check_config_overrides, parse_config_overrides
 
@@ -73,6 +75,11 @@ class ModelArguments:
         for flag in ("model_name_or_path", "init_from_vit", "image_processor_name"):
             check_local_folder(getattr(self, flag), f"--{flag}")
 
+    def training_image_size(self, image_size: int | None) -> int | None:
+        """The size the trainer is asked to train at: ``--image_size`` for a student loaded from the Hub or a folder
+        (its position embeddings interpolated), None for one built here, which is built at ``--image_size``."""
+        return image_size if self.model_name_or_path else None
+
 
 def build_student(
     model_args: ModelArguments,
@@ -115,6 +122,21 @@ def build_student(
     if isinstance(classes, (list, tuple)):  # e.g. DeiT's two heads: the Auto class picks by the architecture named
         config.architectures = [classes[0].__name__]
     return AutoModelForImageClassification.from_config(config)
+
+
+def student_inputs(
+    student: Any, processor: Any, teacher: Teacher | Any, image_size: int | None
+) -> tuple[StudentGeometry, list[float], list[float]]:
+    """What the data transforms must give the student, worked out before the trainer is built (which derives the
+    same from the same student and processor): its geometry at ``image_size`` (None: its own size) and the mean and
+    std its batches are normalised with, the processor's, else the teacher's own. The processor is set to output
+    that size (:func:`processor_at_size`)."""
+    geometry = student_geometry(student, image_size)
+    mean, std = processor_normalization(processor, geometry.num_channels)
+    if mean is None:  # the trainer then feeds the teacher the batches as they are: they are in its normalisation
+        mean, std = (list(fit_channels(values, geometry.num_channels)) for values in (teacher.mean, teacher.std))
+    processor_at_size(processor, geometry.image_size)
+    return geometry, mean, std
 
 
 def supported(values: dict[str, Any] | None, config: Any) -> dict[str, Any]:
