@@ -48,7 +48,7 @@ from .runs.checkpoints import (
 )
 from .runs.finite_checks import largest_weight, non_finite_weights_error
 from .runs.lock import output_folder_lock
-from .runs.record import RUN_FILE, as_json, check_run_record, read_run_record, write_run_record
+from .runs.record import RUN_FILE, as_json, check_run_record, read_run_record, run_differences, write_run_record
 from .runs.seeded_batches import SeededBatches
 
 logger = logging.getLogger(__name__)
@@ -152,7 +152,24 @@ class BaseTrainer(Trainer):
             problem = checkpoint_problem(resume_from_checkpoint, self.checkpoint_files)
             if problem is not None:
                 raise ValueError(f"resume_from_checkpoint={resume_from_checkpoint}: cannot resume from it, {problem}.")
+            self._check_checkpoint_run(resume_from_checkpoint)
         return resume_from_checkpoint
+
+    def _check_checkpoint_run(self, checkpoint: str) -> None:
+        """A checkpoint of another folder's run resumes only with that run's settings (its record, when it has one):
+        a resume continues that run, and this folder's record would otherwise describe it wrongly."""
+        folder = os.path.dirname(os.path.abspath(checkpoint))
+        saved = read_run_record(folder)
+        if folder == os.path.abspath(self.args.output_dir) or saved is None:
+            return
+        differences = run_differences(saved, as_json(self._fingerprint()))
+        if differences:
+            shown = "; ".join(differences[:8]) + ("; ..." if len(differences) > 8 else "")
+            raise ValueError(
+                f"resume_from_checkpoint={checkpoint}: that checkpoint's run was made with other settings "
+                f"({len(differences)} differ: {shown}). Resume it with its own settings (see {folder}/{RUN_FILE}), "
+                "or start a new run from its weights (e.g. --model_name_or_path pointing to a saved model)."
+            )
 
     # ---- the run's fingerprint and the folder's check ----
 

@@ -13,6 +13,16 @@ from .runs.finite_checks import require_finite
 
 # METHOD.md section 1: without an explicit stop epoch, stage 1 takes this fraction of the run's epochs.
 DEFAULT_STOP_FRACTION = 0.8
+# DearKDConfig's own fields that cannot change what a run computes, with why. Every other field DearKDConfig adds to
+# TrainingArguments is in the run record (DearKDConfig.recorded_settings), so a field added later is recorded too.
+NOT_IN_RUN_RECORD = {
+    "teacher_model_name_or_path": "where the teacher is found: the record holds its weights' sha256, so a moved "
+    "teacher folder still resumes and another teacher at the same path does not",
+    "teacher_cache": "where the cache is found: the record holds the cache's own fingerprint",
+    "save_at_distillation_stop": "one more checkpoint; every training step is the same",
+    "ignore_label_names": "only lets a run whose teacher names its classes otherwise start; no step changes",
+    "overwrite_output_dir": "what happens to the folder's old run, not how this one trains",
+}
 
 
 @dataclass
@@ -240,6 +250,12 @@ class DearKDConfig(TrainingArguments):
                 UserWarning,
                 stacklevel=2,
             )
+
+    def recorded_settings(self) -> dict[str, object]:
+        """DearKD's settings as the run record keeps them: every field DearKDConfig adds to ``TrainingArguments``
+        but those in :data:`NOT_IN_RUN_RECORD`."""
+        own = [name for name in self.__dataclass_fields__ if name not in TrainingArguments.__dataclass_fields__]
+        return {name: getattr(self, name) for name in own if name not in NOT_IN_RUN_RECORD}
 
     def resolved_stop_epoch(self, num_train_epochs: float) -> float:
         """The epoch at which stage 1 ends, the one place it is resolved: ``distillation_stop_epoch`` when given,

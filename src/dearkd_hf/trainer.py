@@ -264,23 +264,9 @@ class DearKDTrainer(BaseTrainer):
             )
 
     def run_fingerprint(self) -> dict[str, Any]:
-        """BaseTrainer's (student config, schedule, data) plus the teacher's weights and DearKD's knobs."""
-        args = self.args
-        distillation = {
-            name: getattr(args, name)
-            for name in (
-                "distillation_type",
-                "alpha",
-                "beta",
-                "tau",
-                "teacher_labels",
-                "beta_schedule",
-                "label_loss_heads",
-                "distillation_stop_epoch",
-                "distillation_stop_fraction",
-                "repeated_augmentations",
-            )
-        }
+        """BaseTrainer's (student config, schedule, data) plus the teacher's weights and DearKD's settings (every
+        field DearKDConfig adds, but those that cannot change a result: ``config.NOT_IN_RUN_RECORD``)."""
+        distillation = self.args.recorded_settings()
         distillation["alignment_pairs"] = [str(pair) for pair in self.alignment_pairs]
         distillation["image_size"] = self.geometry.image_size
         teacher = {"weights_sha256": self.teacher_weights_sha256}
