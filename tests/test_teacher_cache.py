@@ -15,6 +15,7 @@ from pathlib import Path
 import huggingface_hub
 import numpy as np
 import pytest
+import safetensors.torch
 import torch
 from accelerate.state import AcceleratorState
 from conftest import launch_two_processes
@@ -184,7 +185,7 @@ def test_stage_1_trains_from_the_cache_with_the_teacher_folder_removed(teacher_d
     assert (output_dir / "model.safetensors").is_file()
 
 
-def cached_trainer(cache: Path, output_dir: Path, **config) -> DearKDTrainer:
+def cached_trainer(cache: Path, output_dir: Path, teacher_model: str | None = None, **config) -> DearKDTrainer:
     """A DearKDTrainer on the embedded subset the cache was written from (the Trainer API, no teacher)."""
     model_args = run_script.ModelArguments(config_overrides=STUDENT)
     data_args = run_script.DataTrainingArguments(max_train_samples=48, image_size=28)
@@ -193,7 +194,9 @@ def cached_trainer(cache: Path, output_dir: Path, **config) -> DearKDTrainer:
     student = run_script.build_student(model_args, run_script.label_names(dataset["train"]), loaded.teacher, 28)
     processor = run_script.build_image_processor(model_args, loaded.teacher)
     args = DearKDConfig(output_dir=str(output_dir), per_device_train_batch_size=8, report_to="none", **config)
-    trainer = DearKDTrainer(model=student, args=args, teacher_cache=str(cache), processing_class=processor)
+    trainer = DearKDTrainer(
+        model=student, teacher_model=teacher_model, args=args, teacher_cache=str(cache), processing_class=processor
+    )
     mean, std = trainer.student_normalization
     transformed = run_script.with_transforms(dataset, 28, mean, std, 1)
     trainer.train_dataset = transformed["train"]
@@ -212,6 +215,25 @@ def test_a_cached_batch_carries_the_teachers_outputs_on_its_own_pixels(teacher_d
     torch.testing.assert_close(batch["teacher_logits"], logits, atol=2e-3, rtol=2e-3)
     for cached, live in zip(batch["teacher_targets"], targets):
         torch.testing.assert_close(cached.float(), live, atol=1e-2, rtol=1e-2)
+
+
+def test_the_caches_teacher_is_checked_by_its_weights_not_its_path(teacher_dir, tmp_path, monkeypatch):
+    """Run from another folder, the same relative teacher path can name other weights: refused, as the card would
+    name a teacher whose outputs training never used. A copy of the cache's teacher anywhere is accepted."""
+    first, second = tmp_path / "a", tmp_path / "b"
+    shutil.copytree(teacher_dir, first / "teacher")
+    shutil.copytree(teacher_dir, second / "teacher")
+    weights = second / "teacher" / "model.safetensors"
+    tensors = safetensors.torch.load_file(weights)
+    name = next(key for key, value in tensors.items() if value.is_floating_point())
+    tensors[name] = tensors[name] + 1.0
+    safetensors.torch.save_file(tensors, weights)
+    monkeypatch.chdir(first)
+    cache = make_cache("teacher", tmp_path / "cache", "--num_views", "1")
+    assert cached_trainer(cache, tmp_path / "run1", teacher_model=str(tmp_path / "a" / "teacher")).teacher is not None
+    monkeypatch.chdir(second)
+    with pytest.raises(ValueError, match="'teacher' is not the teacher the cache was written with"):
+        cached_trainer(cache, tmp_path / "run2", teacher_model="teacher")
 
 
 def test_a_stale_cache_is_refused_in_one_line(teacher_dir, tmp_path):

@@ -32,6 +32,7 @@ from .callbacks import DistillationStopCallback
 from .config import DearKDConfig
 from .data.collators import Collator, MixupCollator
 from .data.transforms import processor_normalization
+from .hub.lookup import looks_like_local_path
 from .hub.model_card import ModelCardInfo, build_model_card
 from .hub.upload import student_files_only
 from .losses import scheduled_beta, stage1_loss, stage2_loss
@@ -198,7 +199,7 @@ class DearKDTrainer(BaseTrainer):
         source = teacher_model if teacher_model is not None else args.teacher_model_name_or_path
         if self.teacher_cache is not None:
             teacher = self.teacher_cache.teacher
-            if source is not None and not names_cached_teacher(source, teacher.source):
+            if source is not None and not self._is_cached_teacher(source, teacher):
                 named = source if isinstance(source, str) else type(source).__name__
                 raise ValueError(
                     f"teacher_model: {named!r} is not the teacher the cache was written with ({teacher.source!r}); "
@@ -229,6 +230,15 @@ class DearKDTrainer(BaseTrainer):
             order = teacher_label_order(teacher.id2label, self.geometry.id2label, args.ignore_label_names)
         self._teacher_order = None if order is None else torch.tensor(order)
         return teacher
+
+    @staticmethod
+    def _is_cached_teacher(source: Any, cached: CachedTeacher) -> bool:
+        """Whether a teacher given beside a cache is the one the cache was written with: by its weights (sha256) when
+        it is a module or a local folder, which a path is not (another folder's teacher at the same relative path);
+        by the name recorded in the cache for a Hub name, which is not downloaded for the check."""
+        if isinstance(source, str) and not looks_like_local_path(source):
+            return names_cached_teacher(source, cached.source)
+        return load_teacher(source).weights_sha256() == cached.weights_sha256()
 
     def _resolve_pairs(self, args: DearKDConfig) -> list[AlignmentPair]:
         if args.beta == 0:
