@@ -32,7 +32,7 @@ from transformers import HfArgumentParser
 from dearkd_hf import load_teacher, resolve_alignment_pairs, write_teacher_cache
 from dearkd_hf.data import DataTrainingArguments, ReplayableView, label_names, load_image_datasets
 from dearkd_hf.hub import check_hub_dataset_repository, check_local_folder
-from dearkd_hf.runs import check_writable_folder, output_folder_lock
+from dearkd_hf.runs import LOCK_FILE, check_writable_folder, output_folder_lock
 from dearkd_hf.scripts import ModelArguments, build_image_processor, build_student, run_main, student_inputs
 
 
@@ -142,7 +142,12 @@ def cache(args: CacheArguments, model_args: ModelArguments, data_args: DataTrain
         report=print if state.is_main_process else (lambda *_: None),
     )
     if finished is not None and args.push_to_hub and state.is_main_process:
-        upload_folder(repo_id=hub_repository(args), folder_path=args.output_dir, repo_type="dataset")
+        upload_folder(
+            repo_id=hub_repository(args),
+            folder_path=args.output_dir,
+            repo_type="dataset",
+            ignore_patterns=[LOCK_FILE],  # the lock held while uploading names this host, its pid and the command
+        )
 
 
 if __name__ == "__main__":

@@ -232,7 +232,12 @@ STUDENT_UPLOAD = {
 
 
 @pytest.mark.parametrize(
-    "strategy", [["--save_strategy", "no"], ["--hub_strategy", "checkpoint", "--save_strategy", "steps"]]
+    "strategy",
+    [
+        ["--save_strategy", "no"],
+        ["--save_strategy", "steps"],  # the default hub_strategy, every_save: a push at each save
+        ["--hub_strategy", "checkpoint", "--save_strategy", "steps"],
+    ],
 )
 def test_push_to_hub_uploads_the_student_only(tmp_path, teacher_dir, monkeypatch, strategy):
     """S6: no training_args.bin, trainer_state.json, results, runs/, and from a checkpoint (hub_strategy
@@ -257,6 +262,9 @@ def test_push_to_hub_uploads_the_student_only(tmp_path, teacher_dir, monkeypatch
     assert teacher_dir not in final["card"] and 'model="me/dearkd-tiny", trust_remote_code=True' in final["card"]
     for upload in hub.uploads:
         assert set(upload["files"]) <= STUDENT_UPLOAD, upload.get("path_in_repo")
+        # Every push of a config naming the remote code (auto_map) sends that code: the repo loads at any time.
+        if "config.json" in upload["files"]:
+            assert {"configuration_dearkd_vit.py", "modeling_dearkd_vit.py"} <= set(upload["files"]), upload
         for name, keys in upload["tensors"].items():
             assert keys and not foreign_keys(keys), name
     assert "model.safetensors" in final["tensors"]

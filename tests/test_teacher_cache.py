@@ -20,6 +20,7 @@ import torch
 from accelerate.state import AcceleratorState
 from conftest import launch_two_processes
 from datasets import load_from_disk
+from huggingface_hub.utils import filter_repo_objects
 from test_run_script import EMBEDDED, STUDENT, one_thread, run_script, write_teacher  # noqa: F401 (one_thread: autouse)
 from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as TF
@@ -267,11 +268,18 @@ def test_accelerate_launch_two_processes_writes_the_cache_of_one_process(teacher
 def test_push_to_hub_uploads_the_finished_cache_and_reads_it_back(teacher_dir, tmp_path, monkeypatch):
     created, uploaded = [], []
     monkeypatch.setattr(huggingface_hub, "create_repo", lambda repo_id, **kw: created.append((repo_id, kw)))
-    upload = lambda repo_id, folder_path, repo_type: uploaded.append((repo_id, folder_path, repo_type))  # noqa: E731
+    files = []
+
+    def upload(repo_id, folder_path, repo_type, ignore_patterns=None):
+        uploaded.append((repo_id, folder_path, repo_type))
+        names = sorted(p.relative_to(folder_path).as_posix() for p in Path(folder_path).glob("**/*") if p.is_file())
+        files.extend(filter_repo_objects(names, ignore_patterns=ignore_patterns))  # as upload_folder filters them
+
     monkeypatch.setattr(cache_script, "upload_folder", upload)
     folder = make_cache(teacher_dir, tmp_path / "cache", "--num_views", "1", "--push_to_hub", "--hub_model_id", "me/c")
     assert created == [("me/c", {"repo_type": "dataset", "exist_ok": True})]
     assert uploaded == [("me/c", str(folder), "dataset")]
+    assert "teacher_cache.json" in files and "dearkd.lock" not in files  # the lock names the host and command
     downloads = []
     fake_download = lambda repo_id, repo_type: downloads.append((repo_id, repo_type)) or str(folder)  # noqa: E731
     monkeypatch.setattr(huggingface_hub, "snapshot_download", fake_download)

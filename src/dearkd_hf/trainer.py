@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import gc
 import os
+import shutil
 from collections import defaultdict
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
@@ -545,6 +546,12 @@ class DearKDTrainer(BaseTrainer):
             return super().push_to_hub(*args, **kwargs)
 
     def _push_from_checkpoint(self, checkpoint_folder: str) -> None:
+        # The Trainer copies the checkpoint's config and weights to output_dir and uploads that folder; the student's
+        # remote code (the config's auto_map names it) goes with them, so the Hub repo loads after every push.
+        if self.is_world_process_zero():
+            for name in os.listdir(checkpoint_folder):
+                if name.endswith(".py"):
+                    shutil.copy(os.path.join(checkpoint_folder, name), os.path.join(self.args.output_dir, name))
         with student_files_only():  # hub_strategy "checkpoint": the student, not the aligners or optimizer
             super()._push_from_checkpoint(checkpoint_folder)
 

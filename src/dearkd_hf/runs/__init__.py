@@ -6,9 +6,10 @@ finite losses and weights (:mod:`.finite_checks`), resumable dataset shards (:mo
 
 from .checkpoints import check_checkpoint_slots, last_complete_checkpoint
 from .finite_checks import check_finite_loss, require_finite
-from .lock import check_writable_folder, output_folder_lock
+from .lock import LOCK_FILE, check_writable_folder, output_folder_lock
 
 __all__ = [
+    "LOCK_FILE",
     "check_checkpoint_slots",
     "check_finite_loss",
     "check_writable_folder",
