@@ -21,7 +21,14 @@ from typing import Any
 import transformers
 from transformers import HfArgumentParser, set_seed
 
-from dearkd_hf import AttentionDistanceCallback, DearKDConfig, DearKDTrainer, TeacherCache, load_teacher
+from dearkd_hf import (
+    AttentionDistanceCallback,
+    DearKDConfig,
+    DearKDTrainer,
+    TeacherCache,
+    check_process_group,
+    load_teacher,
+)
 from dearkd_hf.data import (
     DataTrainingArguments,
     apply_recipe,
@@ -44,6 +51,7 @@ from dearkd_hf.scripts import (
     resume_checkpoint,
     run_main,
     student_inputs,
+    warn_if_launched_alone,
     with_loader_defaults,
 )
 
@@ -71,6 +79,8 @@ def check_arguments(model_args: ModelArguments, data_args: DataTrainingArguments
             )
         check_local_folder(training_args.teacher_cache, "--teacher_cache")
     model_args.check()
+    check_process_group(training_args)  # before the output folder's lock, which every lone process would try to take
+    warn_if_launched_alone(training_args.world_size)
     check_local_folder(training_args.teacher_model_name_or_path, "--teacher_model_name_or_path")
     check_writable_folder(training_args.output_dir)
     check_checkpoint_slots(training_args.output_dir)

@@ -13,8 +13,10 @@ from dearkd_hf.scripts.cli import (
     check_config_overrides,
     parse_config_overrides,
     parse_script_args,
+    processes_asked,
     resume_checkpoint,
     run_main,
+    warn_if_launched_alone,
 )
 
 
@@ -140,3 +142,18 @@ def test_short_help_puts_dearkd_first_and_help_all_lists_every_trainer_flag(caps
     with pytest.raises(SystemExit):
         parse_script_args(HfArgumentParser((DataTrainingArguments, DearKDConfig)), ["--help-all"])
     assert "--adam_beta1" in capsys.readouterr().out
+
+
+def test_accelerate_asking_for_processes_it_does_not_start_is_said_in_one_warning(caplog):
+    """accelerate launch --cpu --num_processes 2 starts one process (it fans out on CPU only through mpirun): the
+    run says so, naming the launcher that does start them."""
+    launcher = ["/venv/bin/python", "/venv/bin/accelerate", "launch", "--cpu", "--num_processes", "2", "run.py"]
+    assert processes_asked(launcher) == 2
+    assert processes_asked(["accelerate", "launch", "--num_processes=4", "run.py"]) == 4
+    assert processes_asked(["python", "run.py", "--num_processes", "2"]) is None  # not a launcher
+    with caplog.at_level("WARNING"):
+        message = warn_if_launched_alone(1, launcher)
+    assert "asked for 2 processes but started this one alone" in message and "torchrun --nproc_per_node 2" in message
+    assert message in caplog.text
+    assert warn_if_launched_alone(2, launcher) is None  # the processes did form one group
+    assert warn_if_launched_alone(1, ["accelerate", "launch", "--num_processes", "1", "run.py"]) is None

@@ -98,3 +98,6 @@ def test_processes_that_do_not_form_one_group_are_refused(tmp_path):
     # Each process refuses; torchrun may stop the second before it prints, once the first has failed.
     assert "2 processes were launched (WORLD_SIZE=2) but this one trains in a group of 1" in result.stderr
     assert "--use_cpu true" in result.stderr and not (tmp_path / "out" / "model.safetensors").exists()
+    # One line each, before the output folder's lock: no traceback from the script (torchrun prints its own for the
+    # failed children), no lock error blaming "another run".
+    assert 'examples/run.py", line' not in result.stderr and "another run" not in result.stderr, result.stderr[-3000:]

@@ -5,7 +5,7 @@ Importing it registers the DearKD ViT with ``AutoConfig`` and ``AutoModelForImag
 
 from .alignment_pairs import AlignmentPair, default_alignment_pairs, parse_alignment_pairs, resolve_alignment_pairs
 from .attention_distance import AttentionDistanceCallback, mean_attention_distance
-from .base_trainer import BaseTrainer
+from .base_trainer import BaseTrainer, check_process_group
 from .callbacks import DistillationStopCallback
 from .config import DearKDConfig
 from .inversion import DeepInversionGenerator, FastInversionGenerator, InversionConfig, create_generator
@@ -36,6 +36,7 @@ __all__ = [
     "mean_attention_distance",
     "parse_alignment_pairs",
     "resolve_alignment_pairs",
+    "check_process_group",
     "TeacherCache",
     "write_teacher_cache",
 ]

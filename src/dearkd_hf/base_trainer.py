@@ -323,7 +323,7 @@ def check_process_group(args: Any) -> None:
     group: each would train alone, into the same output_dir (torchrun on CPU without ``use_cpu=True``, say)."""
     launched = int(os.environ.get("WORLD_SIZE", "1"))
     if launched > 1 and args.world_size != launched:
-        raise RuntimeError(
+        raise ValueError(
             f"{launched} processes were launched (WORLD_SIZE={launched}) but this one trains in a group of "
             f"{args.world_size}: each would train alone into the same output_dir. On CPU pass --use_cpu true "
             "(use_cpu=True), which joins them over gloo; on GPUs launch one process per visible GPU."

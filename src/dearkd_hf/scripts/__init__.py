@@ -10,6 +10,7 @@ from .cli import (
     parse_script_args,
     resume_checkpoint,
     run_main,
+    warn_if_launched_alone,
     with_loader_defaults,
 )
 from .model_arguments import ModelArguments, build_image_processor, build_student, student_inputs
@@ -26,5 +27,6 @@ __all__ = [
     "resume_checkpoint",
     "run_main",
     "student_inputs",
+    "warn_if_launched_alone",
     "with_loader_defaults",
 ]

@@ -218,3 +218,42 @@ def with_loader_defaults(training_args: TrainingArguments, explicit: Sequence[st
     }
     changes = {k: v for k, v in changes.items() if k not in explicit and getattr(training_args, k) != v}
     return dataclasses.replace(training_args, **changes) if changes else training_args
+
+
+def processes_asked(command_line: Sequence[str]) -> int | None:
+    """The ``--num_processes`` an ``accelerate launch`` command line asks for (None when it is not one, or asks
+    nothing)."""
+    words = [os.path.basename(word) for word in command_line]
+    if "launch" not in words or not any(word.startswith("accelerate") for word in words[: words.index("launch")]):
+        return None
+    for index, word in enumerate(command_line):
+        if word == "--num_processes" and index + 1 < len(command_line):
+            return int(command_line[index + 1]) if command_line[index + 1].isdigit() else None
+        if word.startswith("--num_processes="):
+            value = word.split("=", 1)[1]
+            return int(value) if value.isdigit() else None
+    return None
+
+
+def launcher_command_line() -> list[str]:
+    """The command line of the process that started this one (Linux's /proc; empty where it cannot be read)."""
+    try:
+        with open(f"/proc/{os.getppid()}/cmdline", "rb") as f:
+            return [part.decode(errors="replace") for part in f.read().split(b"\0") if part]
+    except OSError:
+        return []
+
+
+def warn_if_launched_alone(world_size: int, command_line: Sequence[str] | None = None) -> str | None:
+    """One warning when ``accelerate launch --num_processes N`` (N > 1) started this process alone, as it does on CPU
+    without mpirun: the run trains in one process, not N. Returns the warning (None when there is nothing to say)."""
+    asked = processes_asked(launcher_command_line() if command_line is None else command_line)
+    if asked is None or asked <= 1 or world_size != 1:
+        return None
+    message = (
+        f"accelerate launch asked for {asked} processes but started this one alone (on CPU accelerate fans out only "
+        f"through mpirun): this run trains in 1 process. For {asked} processes on CPU: torchrun --nproc_per_node "
+        f"{asked} examples/run.py ... --use_cpu true."
+    )
+    logger.warning(message)
+    return message
