@@ -27,6 +27,8 @@ CHANGED = {
     "distillation_stop_epoch": 1.5,
     "distillation_stop_fraction": 0.5,
     "repeated_augmentations": 2,
+    "teacher_check_samples": 64,
+    "weak_teacher": "warn",
 }
 
 

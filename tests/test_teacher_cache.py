@@ -30,7 +30,7 @@ from dearkd_hf import teacher_cache as teacher_cache_module
 from dearkd_hf.alignment import teacher_outputs
 from dearkd_hf.data.transforms import TRAIN_CROP_SCALE, ReplayableView, open_image
 from dearkd_hf.models.teachers import load_teacher
-from dearkd_hf.teacher_cache import CACHE_FILE, TOP_K_FILL_MARGIN, TeacherCache, names_cached_teacher
+from dearkd_hf.teacher_cache import CACHE_FILE, TOP_K_FILL_MARGIN, CachedViews, TeacherCache, names_cached_teacher
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -235,6 +235,20 @@ def test_the_caches_teacher_is_checked_by_its_weights_not_its_path(teacher_dir, 
     monkeypatch.chdir(second)
     with pytest.raises(ValueError, match="'teacher' is not the teacher the cache was written with"):
         cached_trainer(cache, tmp_path / "run2", teacher_model="teacher")
+
+
+def test_the_teacher_check_reads_the_cached_logits(teacher_dir, tmp_path):
+    """With a cache the teacher is not loaded: the check scores its stored logits on the views stage 1 reads first,
+    which agree with the live teacher run on those views."""
+    cache = make_cache(teacher_dir, tmp_path / "cache", "--num_views", "1")
+    trainer = cached_trainer(cache, tmp_path / "run")
+    check = trainer._check_teacher()
+    assert trainer.teacher.module is None and check is not None and check.num_images == 48
+    views = CachedViews(TeacherCache.load(str(cache)), trainer.train_dataset, 42).__getitems__(list(range(48)))
+    pixels = torch.stack([view["pixel_values"] for view in views])
+    logits, _ = teacher_outputs(load_teacher(teacher_dir), pixels, trainer.student_normalization, [], (7, 7))
+    labels = torch.tensor([view["labels"] for view in views])
+    assert check.accuracy == pytest.approx(float((logits.argmax(-1) == labels).float().mean()), abs=1.5 / 48)
 
 
 def test_a_stale_cache_is_refused_in_one_line(teacher_dir, tmp_path):

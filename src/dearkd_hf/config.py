@@ -10,6 +10,7 @@ from transformers import TrainingArguments
 from .alignment_pairs import parse_alignment_pairs
 from .losses import BETA_SCHEDULES, DISTILLATION_TYPES, LABEL_LOSS_HEADS
 from .runs.finite_checks import require_finite
+from .teacher_check import WEAK_TEACHER_ACTIONS
 
 # METHOD.md section 1: without an explicit stop epoch, stage 1 takes this fraction of the run's epochs.
 DEFAULT_STOP_FRACTION = 0.8
@@ -90,6 +91,13 @@ class DearKDConfig(TrainingArguments):
         repeated_augmentations (`int`, *optional*, defaults to `1`):
             Each training example appears this many times per pass, differently augmented (timm's
             `RepeatAugSampler`, DeiT's repeated augmentation: 3); an epoch keeps the dataset's length. 1 = off.
+        teacher_check_samples (`int`, *optional*, defaults to `512`):
+            Training images the teacher is scored on before stage 1, as stage 1 feeds them (from a teacher cache,
+            its stored logits); the accuracy is logged (`teacher_train_accuracy`) and written in the model card.
+            0 skips the check. See `dearkd_hf.teacher_check`.
+        weak_teacher (`str`, *optional*, defaults to `"no_logit_kd"`):
+            What a teacher below the sample's majority-class rate gets: `"no_logit_kd"` trains without logit
+            distillation (alpha 0 for the run; alignment as configured), `"warn"` only warns.
         remove_unused_columns (`bool`, *optional*, defaults to `False`):
             Kept `False` because image datasets are transformed on the fly (`set_transform`), so their columns
             are not the model's arguments.
@@ -172,6 +180,17 @@ class DearKDConfig(TrainingArguments):
         default=1,
         metadata={"help": "Repeated augmentation: each example this many times per pass (DeiT: 3; 1 = off)."},
     )
+    teacher_check_samples: int = field(
+        default=512,
+        metadata={"help": "Training images the teacher is scored on before stage 1 (0: no check)."},
+    )
+    weak_teacher: str = field(
+        default="no_logit_kd",
+        metadata={
+            "help": "A teacher below the majority-class rate: no_logit_kd (alpha 0 for the run) or warn.",
+            "choices": list(WEAK_TEACHER_ACTIONS),
+        },
+    )
     remove_unused_columns: bool = field(
         default=False,
         metadata={"help": "Drop dataset columns the model's forward does not take (off: images are transformed)."},
@@ -237,6 +256,10 @@ class DearKDConfig(TrainingArguments):
             )
         if self.repeated_augmentations < 1:
             raise ValueError(f"repeated_augmentations={self.repeated_augmentations} must be >= 1 (1 = off; DeiT: 3).")
+        if self.teacher_check_samples < 0:
+            raise ValueError(f"teacher_check_samples={self.teacher_check_samples} must be >= 0 (0 skips the check).")
+        if self.weak_teacher not in WEAK_TEACHER_ACTIONS:
+            raise ValueError(f"weak_teacher={self.weak_teacher!r} must be one of {list(WEAK_TEACHER_ACTIONS)}.")
         if self.distillation_stop_epoch is not None and self.distillation_stop_epoch < 0:
             raise ValueError(f"distillation_stop_epoch={self.distillation_stop_epoch} must be >= 0.")
         if (

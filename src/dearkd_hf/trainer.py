@@ -12,16 +12,25 @@ from __future__ import annotations
 import contextlib
 import gc
 import os
+import random
 import shutil
 from collections import defaultdict
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
 import torch
 from timm.data.distributed_sampler import RepeatAugSampler
 from torch import nn
 from torch.utils.data import Dataset, IterableDataset
-from transformers import BaseImageProcessor, EvalPrediction, PreTrainedModel, Trainer, TrainerCallback
+from transformers import (
+    BaseImageProcessor,
+    EvalPrediction,
+    PreTrainedModel,
+    Trainer,
+    TrainerCallback,
+    default_data_collator,
+)
 from transformers.modelcard import extract_hyperparameters_from_trainer
 from transformers.trainer_utils import enable_full_determinism, set_seed
 from transformers.utils import SAFE_WEIGHTS_NAME, logging
@@ -31,7 +40,7 @@ from .alignment_pairs import AlignmentPair, resolve_alignment_pairs
 from .base_trainer import BaseTrainer, check_process_group
 from .callbacks import DistillationStopCallback
 from .config import DearKDConfig
-from .data.collators import Collator, MixupCollator
+from .data.collators import Collator, MixupCollator, evaluation_collator_for
 from .data.transforms import processor_normalization
 from .hub.lookup import looks_like_local_path
 from .hub.model_card import ModelCardInfo, build_model_card
@@ -50,6 +59,7 @@ from .runs.checkpoints import is_checkpoint_folder
 from .runs.finite_checks import check_finite_loss
 from .runs.record import as_json
 from .teacher_cache import CachedTeacher, CachedViews, TeacherCache, load_teacher_cache, names_cached_teacher
+from .teacher_check import TeacherCheck, sample_indices, teacher_check
 
 if TYPE_CHECKING:
     import datasets
@@ -117,6 +127,8 @@ class DearKDTrainer(BaseTrainer):
             teacher is then not needed (`teacher_model`, if given, must name the cache's teacher). The training
             dataset must be the `datasets.Dataset` the cache was written from. Defaults to `args.teacher_cache`.
     """
+
+    _teacher_check_logged = False  # teacher_train_accuracy goes into the first training log
 
     def __init__(
         self,
@@ -191,6 +203,7 @@ class DearKDTrainer(BaseTrainer):
         self._check_cache(data_collator)
         self.distillation_stop = DistillationStopCallback(on_stop=self._release_teacher)
         self.add_callback(self.distillation_stop)
+        self.teacher_check: TeacherCheck | None = None  # measured as training starts (see _check_teacher)
         self._metrics: dict[str, list[torch.Tensor]] = defaultdict(list)
         self._card_arguments: dict[str, Any] = {}  # what create_model_card was told, for every later card
 
@@ -323,7 +336,7 @@ class DearKDTrainer(BaseTrainer):
                 self.aligners.aligned_features(outputs),
                 targets if aligning else [],
                 distillation_type=self.args.distillation_type,
-                alpha=self.args.alpha,
+                alpha=self.alpha,
                 beta=beta,
                 tau=self.args.tau,
                 label_loss_heads=self.args.label_loss_heads,
@@ -351,6 +364,51 @@ class DearKDTrainer(BaseTrainer):
         if "labels" not in inputs:
             inputs = {**inputs, **student_forward_kwargs(self.geometry, output_hidden_states=False)}
         return super().prediction_step(model, inputs, prediction_loss_only, ignore_keys=ignore_keys)
+
+    @property
+    def alpha(self) -> float:
+        """The logit-distillation weight of this run: ``args.alpha``, or 0 for a weak teacher when
+        ``weak_teacher="no_logit_kd"`` (:mod:`~dearkd_hf.teacher_check`)."""
+        weak = self.teacher_check is not None and self.teacher_check.weak
+        return 0.0 if weak and self.args.weak_teacher == "no_logit_kd" else self.args.alpha
+
+    def _check_teacher(self) -> TeacherCheck | None:
+        """Score the teacher on ``teacher_check_samples`` training images as stage 1 feeds them, before stage 1; warn
+        when it is weak. None when there is nothing to check (no samples asked, teacher labels, no teacher, no
+        map-style training set, or a run that distils nothing). The training's random state is left as it was."""
+        args, dataset = self.args, self.train_dataset
+        distils = args.distillation_type != "none" or bool(self.alignment_pairs)
+        if not args.teacher_check_samples or args.teacher_labels or self.teacher is None or not distils:
+            return None
+        if dataset is None or isinstance(dataset, torch.utils.data.IterableDataset) or not hasattr(dataset, "__len__"):
+            return None
+        collate = evaluation_collator_for(self.data_collator) or default_data_collator
+        if self.teacher_cache is not None:
+            self.teacher_cache.check_training_set(dataset)
+            dataset, collate = CachedViews(self.teacher_cache, dataset, args.seed), CachedViews.collator(collate)
+        indices = sample_indices(len(dataset), args.teacher_check_samples, args.seed)
+        batch_size = max(1, args.per_device_eval_batch_size)
+        with torch.random.fork_rng(devices=[]), _python_and_numpy_random_kept():
+            batches = []
+            for start in range(0, len(indices), batch_size):
+                chunk = indices[start : start + batch_size]
+                items = (
+                    dataset.__getitems__(chunk) if hasattr(dataset, "__getitems__") else [dataset[i] for i in chunk]
+                )
+                batch = collate(items)
+                pixel_values = batch["pixel_values"].to(self.args.device)
+                logits, _ = self._teacher_targets(pixel_values, batch)
+                batches.append((logits.float(), batch["labels"]))
+            check = teacher_check(batches)
+        if check.weak:
+            action = "logit distillation is off for this run (alpha 0)" if args.weak_teacher == "no_logit_kd" else ""
+            logger.warning(
+                f"Weak teacher: {check.describe()}, below always answering the most common class; "
+                f"{action or 'training as configured (weak_teacher=warn)'}. A better teacher, or none, may serve."
+            )
+        else:
+            logger.info(f"Teacher check: {check.describe()}.")
+        return check
 
     def _current_beta(self) -> float:
         """The alignment weight at this step (``beta_schedule``, read from the state's epoch)."""
@@ -415,6 +473,9 @@ class DearKDTrainer(BaseTrainer):
 
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
         """Add the mean of each loss component since the last log (averaged over processes) to training logs."""
+        if "loss" in logs and self.teacher_check is not None and not self._teacher_check_logged:
+            logs["teacher_train_accuracy"] = self.teacher_check.accuracy  # once, beside the first training loss
+            self._teacher_check_logged = True
         if "loss" in logs and self._metrics:
             means = self._component_means()
             means.pop(WINDOW_LOSS, None)  # the Trainer's own "loss" covers the window
@@ -508,7 +569,7 @@ class DearKDTrainer(BaseTrainer):
             dataset=dataset if isinstance(dataset, str) else ", ".join(dataset),
             num_train_epochs=num_train_epochs,
             distillation_stop_epoch=self.args.resolved_stop_epoch(num_train_epochs),
-            alpha=self.args.alpha,
+            alpha=self.alpha,
             beta=self.args.beta,
             tau=self.args.tau,
             distillation_type=self.args.distillation_type,
@@ -524,11 +585,21 @@ class DearKDTrainer(BaseTrainer):
             tags=card.get("tags", ()),
             repo_id=self.args.hub_model_id,
             hyperparameters=extract_hyperparameters_from_trainer(self),
+            teacher_check=self._teacher_check_text(),
         )
         folder = output_dir or self.args.output_dir
         os.makedirs(folder, exist_ok=True)
         with open(os.path.join(folder, "README.md"), "w", encoding="utf-8") as f:
             f.write(build_model_card(info))
+
+    def _teacher_check_text(self) -> str | None:
+        check = self.teacher_check
+        if check is None:
+            return None
+        if check.weak:
+            done = "logit distillation was off" if self.args.weak_teacher == "no_logit_kd" else "distilled as set"
+            return f"{check.describe()}: below the majority-class rate, a weak teacher ({done})"
+        return check.describe()
 
     def save_model(self, output_dir: str | None = None, _internal_call: bool = False) -> None:
         """The Trainer's, without the aligners (see ``_save``); a save asked for by the user (not a checkpoint) also
@@ -561,7 +632,8 @@ class DearKDTrainer(BaseTrainer):
 
     @contextlib.contextmanager
     def training_session(self) -> Iterator[None]:
-        """The aligners on the student for the length of ``train()``."""
+        """The teacher checked, and the aligners on the student for the length of ``train()``."""
+        self.teacher_check = self._check_teacher()
         self.aligners.attach(self.accelerator.unwrap_model(self.model))
         try:
             yield
@@ -626,3 +698,14 @@ PRIVATE_TRAINER_METHODS = {
 def _autocast_dtype(args: DearKDConfig) -> torch.dtype | None:
     """The dtype of the mixed precision ``args`` ask for (what the accelerator's autocast will use), or None."""
     return torch.bfloat16 if args.bf16 else torch.float16 if args.fp16 else None
+
+
+@contextlib.contextmanager
+def _python_and_numpy_random_kept() -> Iterator[None]:
+    """Python's and NumPy's global random states put back afterwards (transforms like RandAugment draw from them)."""
+    python_state, numpy_state = random.getstate(), np.random.get_state()
+    try:
+        yield
+    finally:
+        random.setstate(python_state)
+        np.random.set_state(numpy_state)

@@ -57,6 +57,8 @@ class ModelCardInfo:
         tags: Tags beside the card's own.
         repo_id: The model's Hub id, for the usage snippet.
         hyperparameters: The Trainer's hyperparameters (``extract_hyperparameters_from_trainer``).
+        teacher_check: What the teacher check measured before stage 1 (``TeacherCheck.describe()``, and what was done
+            about a weak teacher); None when no check ran.
     """
 
     model_name: str
@@ -80,6 +82,7 @@ class ModelCardInfo:
     tags: Sequence[str] = ()
     repo_id: str | None = None
     hyperparameters: Mapping[str, Any] = field(default_factory=dict)
+    teacher_check: str | None = None
 
 
 def public_name(name: str | None) -> str | None:
@@ -192,6 +195,10 @@ classifier("image.png")
 ```"""
 
 
+def _teacher_check_text(info: ModelCardInfo) -> str:
+    return f" Before stage 1, {info.teacher_check}." if info.teacher_check else ""
+
+
 def _hyperparameters(hyperparameters: Mapping[str, Any]) -> str:
     if not hyperparameters:
         return "Not recorded."
@@ -223,7 +230,7 @@ Distillation for Vision Transformers", CVPR 2022) with the `dearkd_hf` library o
 
 ## Training
 
-- **Teacher:** {public_name(info.teacher)} (a CNN).
+- **Teacher:** {public_name(info.teacher)} (a CNN).{_teacher_check_text(info)}
 - **Method:** DearKD. {_stage_text(info)} In stage 1 the student learns from the teacher's logits and from its early
   intermediate layers through aligners; in stage 2 it trains on labels alone, so that self-attention can move past the
   teacher's inductive biases.

@@ -1,0 +1,89 @@
+"""The teacher check: the teacher scored on training images before stage 1, logged, carded, and a weak one (below the
+majority-class rate) distilled without logit KD by default."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from conftest import make_dataset, make_resnet_teacher, make_vit
+
+from dearkd_hf import DearKDConfig, DearKDTrainer
+from dearkd_hf.teacher_check import TeacherCheck, sample_indices, teacher_check
+
+
+def test_accuracy_and_majority_rate_by_hand():
+    logits = torch.tensor([[2.0, 0.0, 0.0], [0.0, 3.0, 0.0], [0.0, 0.0, 1.0], [5.0, 0.0, 0.0]])
+    labels = torch.tensor([0, 2, 2, 2])  # right: 0 and 2 (rows 1 and 3); label 2 three times in four
+    check = teacher_check([(logits[:2], labels[:2]), (logits[2:], labels[2:])])
+    assert check == TeacherCheck(accuracy=0.5, majority_rate=0.75, num_images=4)
+    assert check.weak  # half right, where always answering 2 is right three times in four
+    assert not TeacherCheck(accuracy=0.75, majority_rate=0.75, num_images=4).weak
+    with pytest.raises(ValueError, match="teacher_check_samples"):
+        teacher_check([])
+
+
+def test_the_sample_is_distinct_seeded_and_leaves_the_global_generators_alone():
+    state = torch.get_rng_state()
+    first = sample_indices(100, 10, seed=3)
+    assert first == sample_indices(100, 10, seed=3) != sample_indices(100, 10, seed=4)
+    assert len(set(first)) == 10 and all(0 <= i < 100 for i in first)
+    assert sample_indices(5, 10, seed=0) == [0, 1, 2, 3, 4]
+    assert torch.equal(state, torch.get_rng_state())
+
+
+def always_answers(answer: int, seed: int = 1):
+    """A teacher whose logits always favour class ``answer`` (the classifier's weights zeroed, its bias set)."""
+    teacher = make_resnet_teacher(seed=seed)
+    head = teacher.classifier[-1]
+    with torch.no_grad():
+        head.weight.zero_()
+        head.bias.copy_(torch.nn.functional.one_hot(torch.tensor(answer), head.out_features).float() * 10)
+    return teacher
+
+
+def trainer(tmp_path, teacher, **config) -> DearKDTrainer:
+    values = dict(output_dir=str(tmp_path), num_train_epochs=1, per_device_train_batch_size=8, logging_steps=1)
+    values.update(save_strategy="no", report_to="none", use_cpu=True, seed=0, distillation_stop_epoch=1.0)
+    values.update(config)
+    # Labels 0 and 1 only: a teacher that always answers 2 is right on none, below the majority-class rate.
+    data = make_dataset(num_labels=2)
+    return DearKDTrainer(model=make_vit(), teacher_model=teacher, args=DearKDConfig(**values), train_dataset=data)
+
+
+def test_a_weak_teacher_is_logged_carded_and_distilled_without_logit_kd(tmp_path, caplog):
+    run = trainer(tmp_path, always_answers(2), alpha=0.5)
+    with caplog.at_level("WARNING"):
+        run.train()
+    assert run.teacher_check.accuracy == 0.0 and run.teacher_check.weak and run.teacher_check.num_images == 32
+    assert "Weak teacher: the teacher's accuracy on 32 training images" in caplog.text
+    assert run.alpha == 0.0 and run.args.alpha == 0.5
+    logs = run.state.log_history
+    assert [log["teacher_train_accuracy"] for log in logs if "teacher_train_accuracy" in log] == [0.0]
+    assert all(log["loss_kd"] >= 0 for log in logs if "loss_kd" in log)
+    run.create_model_card()
+    card = (tmp_path / "README.md").read_text()
+    assert "a weak teacher (logit distillation was off)" in card and "alpha = 0 " in card
+
+
+def test_weak_teacher_warn_keeps_alpha_and_the_check_leaves_training_bit_identical(tmp_path):
+    """The check draws its views under forked generators: with the teacher kept (warn), the run is the run without
+    the check, weight for weight."""
+    checked = trainer(tmp_path / "a", always_answers(2), weak_teacher="warn")
+    checked.train()
+    assert checked.teacher_check.weak and checked.alpha == 0.5
+    unchecked = trainer(tmp_path / "b", always_answers(2), weak_teacher="warn", teacher_check_samples=0)
+    unchecked.train()
+    assert unchecked.teacher_check is None
+    for (name, a), b in zip(checked.model.state_dict().items(), unchecked.model.state_dict().values()):
+        assert torch.equal(a, b), name
+
+
+def test_a_teacher_above_the_majority_rate_is_not_weak(tmp_path):
+    run = trainer(tmp_path, always_answers(0), teacher_check_samples=16)
+    run.train()
+    # 0 is this sample's most common label: always answering it is as good as the majority rate, not below it.
+    assert run.teacher_check.num_images == 16 and not run.teacher_check.weak
+    assert run.teacher_check.accuracy == run.teacher_check.majority_rate and run.alpha == 0.5
+    assert json.dumps(run.state.log_history)  # the accuracy is a plain float in the log
