@@ -375,10 +375,12 @@ class DearKDTrainer(BaseTrainer):
     def _check_teacher(self) -> TeacherCheck | None:
         """Score the teacher on ``teacher_check_samples`` training images as stage 1 feeds them, before stage 1; warn
         when it is weak. None when there is nothing to check (no samples asked, teacher labels, no teacher, no
-        map-style training set, or a run that distils nothing). The training's random state is left as it was."""
+        map-style training set, or no logit distillation: the teacher's classes may then not be the student's). The
+        training's random state is left as it was."""
         args, dataset = self.args, self.train_dataset
-        distils = args.distillation_type != "none" or bool(self.alignment_pairs)
-        if not args.teacher_check_samples or args.teacher_labels or self.teacher is None or not distils:
+        if not args.teacher_check_samples or args.teacher_labels or self.teacher is None:
+            return None
+        if args.distillation_type == "none":
             return None
         if dataset is None or isinstance(dataset, torch.utils.data.IterableDataset) or not hasattr(dataset, "__len__"):
             return None
