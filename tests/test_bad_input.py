@@ -1,0 +1,126 @@
+"""Bad input a new user met (issue 33 item 5): each stops with one error naming the flag (or the data) at fault and
+the fix, before any expensive work where the input allows it, instead of a library's traceback, a wrong cause or a
+silent run."""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from datasets import ClassLabel, Dataset, Features, Image, Value
+from PIL import Image as PILImage
+from transformers import ResNetConfig, ResNetForImageClassification
+
+ROOT = Path(__file__).resolve().parents[1]
+STUDENT = "hidden_size=16,num_hidden_layers=2,num_attention_heads=2,intermediate_size=32,patch_size=4"
+
+
+def load_script(name: str):
+    """An example script as a module, its ``main`` callable in this process."""
+    spec = importlib.util.spec_from_file_location(f"bad_input_{name}", ROOT / "examples" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses resolve string annotations through the module
+    spec.loader.exec_module(module)
+    return module
+
+
+run_script = load_script("run")
+train_teacher = load_script("train_teacher")
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def teacher_dir(tmp_path_factory) -> str:
+    """A tiny grayscale ResNet with ten classes named 0..9."""
+    folder = tmp_path_factory.mktemp("teacher")
+    torch.manual_seed(0)
+    config = ResNetConfig(
+        num_channels=1, embedding_size=8, hidden_sizes=[8, 16], depths=[1, 1], layer_type="basic", num_labels=10
+    )
+    ResNetForImageClassification(config).save_pretrained(folder)
+    return str(folder)
+
+
+def run_args(teacher: str, output_dir: Path, *extra: str) -> list[str]:
+    return [
+        "--teacher_model_name_or_path", teacher, "--config_overrides", STUDENT, "--image_size", "28",
+        "--max_train_samples", "16", "--max_eval_samples", "8", "--num_train_epochs", "1",
+        "--per_device_train_batch_size", "8", "--report_to", "none", "--output_dir", str(output_dir), *extra,
+    ]  # fmt: skip
+
+
+def images(n: int, mode: str = "L") -> list[PILImage.Image]:
+    rng = np.random.default_rng(0)
+    if mode == "F":
+        return [PILImage.fromarray(rng.random((28, 28), dtype=np.float32) * 255) for _ in range(n)]
+    return [PILImage.fromarray(rng.integers(0, 255, (28, 28), dtype=np.uint8), mode=mode) for _ in range(n)]
+
+
+# ---- the data ----
+
+
+def test_an_empty_saved_dataset_names_dataset_name(tmp_path, teacher_dir):
+    folder = tmp_path / "empty"
+    Dataset.from_dict({"image": [], "label": []}).save_to_disk(str(folder))
+    with pytest.raises(ValueError, match=rf"--dataset_name {folder}: .*no examples"):
+        run_script.main(run_args(teacher_dir, tmp_path / "out", "--dataset_name", str(folder)))
+
+
+def test_an_empty_split_names_its_flag(tmp_path, teacher_dir):
+    """A dataset that loads but whose train split has no rows (a filter that kept nothing, say)."""
+    folder = tmp_path / "filtered"
+    features = Features({"image": Image(), "label": ClassLabel(names=["a", "b"])})
+    dataset = Dataset.from_dict({"image": images(4), "label": [0, 1, 0, 1]}, features=features)
+    dataset.filter(lambda example: example["label"] > 5).save_to_disk(str(folder))
+    with pytest.raises(ValueError, match=rf"--dataset_name {folder}: .*train split .*no examples"):
+        run_script.main(run_args(teacher_dir, tmp_path / "out", "--dataset_name", str(folder)))
+
+
+@pytest.mark.parametrize("content", ["nothing", "no images"])
+def test_an_image_folder_without_images_names_train_dir(tmp_path, teacher_dir, content):
+    folder = tmp_path / "train"
+    (folder / "cat").mkdir(parents=True)
+    if content == "no images":
+        (folder / "cat" / "notes.txt").write_text("not an image")
+    with pytest.raises(ValueError, match=rf"--train_dir {folder}: no images .*one subfolder per class"):
+        run_script.main(run_args(teacher_dir, tmp_path / "out", "--train_dir", str(folder)))
+
+
+def test_integer_labels_with_a_gap_are_named_not_taken_as_more_classes(tmp_path, teacher_dir):
+    """0..9 and one stray 12, as plain integers: not 13 classes (and then a teacher 'with the wrong labels')."""
+    folder = tmp_path / "stray"
+    labels = list(range(10)) * 3 + [12]
+    features = Features({"image": Image(), "label": Value("int64")})
+    Dataset.from_dict({"image": images(len(labels)), "label": labels}, features=features).save_to_disk(str(folder))
+    with pytest.raises(
+        ValueError, match=r"--label_column_name.*\[0, 1, .*, 9, 12\] are not 0\.\.N-1 \(10, 11 missing\).*ClassLabel"
+    ) as error:
+        run_script.main(run_args(teacher_dir, tmp_path / "out", "--dataset_name", str(folder)))
+    assert "teacher" not in str(error.value)
+
+
+def test_float_images_holding_nan_are_named_where_they_are_opened(tmp_path, teacher_dir):
+    """A float (mode F) TIFF with a NaN pixel: converted to 8 bits the NaN silently became 0 and the run trained."""
+    folder = tmp_path / "float_images"
+    pictures = images(16, mode="F")
+    pixels = np.asarray(pictures[5]).copy()
+    pixels[3, 3] = np.nan
+    pictures[5] = PILImage.fromarray(pixels)
+    features = Features({"image": Image(), "label": ClassLabel(names=[str(i) for i in range(10)])})
+    labels = [i % 10 for i in range(16)]
+    Dataset.from_dict({"image": pictures, "label": labels}, features=features).save_to_disk(str(folder))
+    with pytest.raises(ValueError, match=r"Image .* holds NaN/inf pixel values \(1 of 784\).*--verify_images"):
+        run_script.main(
+            run_args(teacher_dir, tmp_path / "out", "--dataset_name", str(folder), "--train_val_split", "0.25")
+        )
