@@ -113,7 +113,7 @@ class TeacherTrainer(BaseTrainer):
         outputs = model(**inputs)
         loss = F.cross_entropy(outputs.logits, labels)
         if model.training:
-            check_finite_loss(loss, self.state.global_step + 1, {"loss_ce": loss})
+            check_finite_loss(loss, self.state.global_step + 1, {"loss_ce": loss}, {**inputs, "labels": labels})
         return (loss, outputs) if return_outputs else loss
 
 

@@ -11,9 +11,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import make_dataset, make_resnet_teacher, make_vit
 from datasets import ClassLabel, Dataset, Features, Image, Value
 from PIL import Image as PILImage
-from transformers import ResNetConfig, ResNetForImageClassification
+from transformers import ResNetConfig, ResNetForImageClassification, TrainingArguments
+
+from dearkd_hf import DearKDConfig, DearKDTrainer
+from dearkd_hf.runs.finite_checks import check_finite_loss
 
 ROOT = Path(__file__).resolve().parents[1]
 STUDENT = "hidden_size=16,num_hidden_layers=2,num_attention_heads=2,intermediate_size=32,patch_size=4"
@@ -124,3 +128,49 @@ def test_float_images_holding_nan_are_named_where_they_are_opened(tmp_path, teac
         run_script.main(
             run_args(teacher_dir, tmp_path / "out", "--dataset_name", str(folder), "--train_val_split", "0.25")
         )
+
+
+# ---- non-finite inputs: the data named, not the learning rate ----
+
+
+def nan_pixels_dataset() -> Dataset:
+    dataset = make_dataset(16).with_format(None)
+    pixels = np.asarray(dataset["pixel_values"], dtype=np.float32)
+    pixels[3, 0, 2, 2] = np.nan
+    return Dataset.from_dict({"pixel_values": pixels, "labels": dataset["labels"]}).with_format("torch")
+
+
+def test_check_finite_loss_blames_non_finite_inputs():
+    loss = torch.tensor(float("nan"))
+    inputs = {"pixel_values": torch.tensor([[1.0, float("inf")]]), "labels": torch.tensor([0])}
+    with pytest.raises(FloatingPointError, match=r"pixel_values holds NaN/inf \(1 of 2 values\)") as error:
+        check_finite_loss(loss, 7, {"loss_ce": loss}, inputs)
+    assert "learning rate" not in str(error.value)
+    with pytest.raises(FloatingPointError, match="Lower the learning rate"):  # finite inputs: the old cause stands
+        check_finite_loss(loss, 7, {"loss_ce": loss}, {"pixel_values": torch.ones(2)})
+
+
+def test_nan_pixels_through_the_trainer_name_the_data(tmp_path):
+    args = DearKDConfig(
+        output_dir=str(tmp_path), max_steps=2, per_device_train_batch_size=16, report_to="none", use_cpu=True
+    )
+    trainer = DearKDTrainer(
+        model=make_vit(), teacher_model=make_resnet_teacher(), args=args, train_dataset=nan_pixels_dataset()
+    )
+    with pytest.raises(FloatingPointError, match=r"Training step 1: .*pixel_values holds NaN/inf") as error:
+        trainer.train()
+    assert "learning rate" not in str(error.value)
+
+
+def test_nan_pixels_through_the_teacher_trainer_name_the_data(tmp_path):
+    args = TrainingArguments(
+        output_dir=str(tmp_path),
+        max_steps=2,
+        per_device_train_batch_size=16,
+        report_to="none",
+        use_cpu=True,
+        remove_unused_columns=False,
+    )
+    trainer = train_teacher.TeacherTrainer(model=make_resnet_teacher(), args=args, train_dataset=nan_pixels_dataset())
+    with pytest.raises(FloatingPointError, match=r"Training step 1: .*pixel_values holds NaN/inf"):
+        trainer.train()
