@@ -174,3 +174,17 @@ def test_nan_pixels_through_the_teacher_trainer_name_the_data(tmp_path):
     trainer = train_teacher.TeacherTrainer(model=make_resnet_teacher(), args=args, train_dataset=nan_pixels_dataset())
     with pytest.raises(FloatingPointError, match=r"Training step 1: .*pixel_values holds NaN/inf"):
         trainer.train()
+
+
+# ---- flags ----
+
+
+@pytest.mark.parametrize("flag", ["per_device_train_batch_size", "per_device_eval_batch_size"])
+def test_a_batch_size_below_one_is_refused_at_argument_checking(tmp_path, teacher_dir, flag):
+    out = tmp_path / "out"
+    with pytest.raises(ValueError, match=rf"{flag}=0 must be >= 1"):
+        run_script.main(run_args(teacher_dir, out, f"--{flag}", "0"))
+    assert not out.exists()  # before the data, the models or the folder
+    with pytest.raises(ValueError, match=rf"--{flag}=0 must be >= 1"):
+        train_teacher.main(["--output_dir", str(out), f"--{flag}", "0"])
+    assert not out.exists()
