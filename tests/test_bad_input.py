@@ -17,6 +17,7 @@ from PIL import Image as PILImage
 from transformers import ResNetConfig, ResNetForImageClassification, TrainingArguments
 
 from dearkd_hf import DearKDConfig, DearKDTrainer
+from dearkd_hf.alignment_pairs import parse_alignment_pairs, resolve_alignment_pairs
 from dearkd_hf.runs.finite_checks import check_finite_loss
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -188,3 +189,16 @@ def test_a_batch_size_below_one_is_refused_at_argument_checking(tmp_path, teache
     with pytest.raises(ValueError, match=rf"--{flag}=0 must be >= 1"):
         train_teacher.main(["--output_dir", str(out), f"--{flag}", "0"])
     assert not out.exists()
+
+
+def test_duplicate_alignment_pairs_are_refused_naming_the_pair():
+    with pytest.raises(ValueError, match=r"'1:layer1' is given twice"):
+        parse_alignment_pairs(["1:layer1", "1:layer1"])
+    with pytest.raises(ValueError, match=r"'2:layer1' is given twice"):
+        parse_alignment_pairs("2:layer1, 2:layer1")
+    with pytest.raises(ValueError, match=r"'1:layer1' is given twice"):
+        DearKDConfig(output_dir="unused", alignment_pairs=["1:layer1", "3:layer2", "1: layer1"])
+    pairs = resolve_alignment_pairs(
+        ["1:layer1", "1:layer2", "2:layer1"], 2, ["layer1", "layer2"], ["layer1", "layer2"]
+    )
+    assert [str(pair) for pair in pairs] == ["1:layer1", "1:layer2", "2:layer1"]  # one block or layer twice is fine
