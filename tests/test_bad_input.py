@@ -14,7 +14,7 @@ import torch
 from conftest import make_dataset, make_resnet_teacher, make_vit
 from datasets import ClassLabel, Dataset, Features, Image, Value
 from PIL import Image as PILImage
-from transformers import ResNetConfig, ResNetForImageClassification, TrainingArguments
+from transformers import AutoConfig, ResNetConfig, ResNetForImageClassification, TrainingArguments
 
 from dearkd_hf import DearKDConfig, DearKDTrainer
 from dearkd_hf.alignment_pairs import parse_alignment_pairs, resolve_alignment_pairs
@@ -202,3 +202,36 @@ def test_duplicate_alignment_pairs_are_refused_naming_the_pair():
         ["1:layer1", "1:layer2", "2:layer1"], 2, ["layer1", "layer2"], ["layer1", "layer2"]
     )
     assert [str(pair) for pair in pairs] == ["1:layer1", "1:layer2", "2:layer1"]  # one block or layer twice is fine
+
+
+VIT_TEACHER = "hidden_size=16,num_hidden_layers=1,num_attention_heads=2,intermediate_size=32,patch_size=4"
+
+
+def teacher_args(output_dir: Path, overrides: str, image_size: str = "28") -> list[str]:
+    return [
+        "--model_type", "vit", "--config_overrides", overrides, "--image_size", image_size,
+        "--max_train_samples", "16", "--max_eval_samples", "8", "--max_steps", "1",
+        "--per_device_train_batch_size", "8", "--report_to", "none", "--output_dir", str(output_dir),
+    ]  # fmt: skip
+
+
+def test_train_teacher_model_type_vit_trains_at_the_training_size(tmp_path, caplog):
+    """Built for --image_size (its default 224 failed at step 1), and told that run.py takes no ViT teacher."""
+    out = tmp_path / "vit"
+    train_teacher.main(teacher_args(out, VIT_TEACHER))
+    assert AutoConfig.from_pretrained(out).image_size == 28
+    assert "refuses it as --teacher_model_name_or_path" in caplog.text
+
+
+@pytest.mark.parametrize(
+    ("overrides", "image_size", "message"),
+    [
+        (VIT_TEACHER.replace("patch_size=4", "patch_size=16"), "28", r"--image_size 28 .*patch_size=16.*patch_size=4"),
+        (VIT_TEACHER + ",image_size=32", "28", r"image_size=32 .*--image_size 28"),
+    ],
+)
+def test_train_teacher_model_type_vit_refuses_a_size_it_cannot_train(tmp_path, overrides, image_size, message):
+    out = tmp_path / "vit"
+    with pytest.raises(ValueError, match=message):
+        train_teacher.main(teacher_args(out, overrides, image_size))
+    assert not (out / "config.json").exists()
