@@ -78,7 +78,10 @@ class TeacherModelArguments:
     )
     model_type: str | None = field(
         default=None,
-        metadata={"help": "Train a transformers model of this type (resnet, regnet, convnext) from scratch."},
+        metadata={
+            "help": "Train a transformers model of this type (resnet, regnet, convnext) from scratch. A type whose "
+            "config has an image_size (vit, deit, ...) is built for --image_size (patch_size must divide it)."
+        },
     )
     config_overrides: str | None = field(
         default=None,
@@ -113,7 +116,7 @@ class TeacherTrainer(BaseTrainer):
         outputs = model(**inputs)
         loss = F.cross_entropy(outputs.logits, labels)
         if model.training:
-            check_finite_loss(loss, self.state.global_step + 1, {"loss_ce": loss})
+            check_finite_loss(loss, self.state.global_step + 1, {"loss_ce": loss}, {**inputs, "labels": labels})
         return (loss, outputs) if return_outputs else loss
 
 
@@ -134,15 +137,40 @@ def build_timm_teacher(
     return TimmClassifier(model), mean, std
 
 
+def from_scratch_config(args: TeacherModelArguments, image_size: int | None) -> dict[str, Any]:
+    """The --config_overrides of a --model_type model, checked against its config before any data is loaded; for a
+    type whose config has an ``image_size`` (a ViT), that size set to the training size (--image_size), which its
+    ``patch_size`` must divide: a ViT built for its default 224 px stops at the first step on other images."""
+    overrides = parse_config_overrides(args.config_overrides)
+    defaults = AutoConfig.for_model(args.model_type)
+    check_config_overrides(defaults, overrides)
+    if not hasattr(defaults, "image_size"):
+        return overrides
+    if image_size is not None and "image_size" in overrides and overrides["image_size"] != image_size:
+        raise ValueError(
+            f"--config_overrides image_size={overrides['image_size']} and --image_size {image_size} differ: the "
+            f"{args.model_type} model takes one size; drop image_size from --config_overrides (--image_size sets it)."
+        )
+    size = overrides.get("image_size", image_size if image_size is not None else defaults.image_size)
+    patch = overrides.get("patch_size", getattr(defaults, "patch_size", None))
+    if isinstance(size, int) and isinstance(patch, int) and size % patch:
+        fits = next((p for p in (16, 8, 4, 2) if size % p == 0), 1)
+        raise ValueError(
+            f"--model_type {args.model_type}: --image_size {size} is not divisible by patch_size={patch}; give a "
+            f"patch size that divides it, e.g. --config_overrides patch_size={fits}, or another --image_size."
+        )
+    return {**overrides, "image_size": size}
+
+
 def build_transformers_teacher(
-    args: TeacherModelArguments, labels: list[str], num_channels: int
+    args: TeacherModelArguments, labels: list[str], num_channels: int, image_size: int | None = None
 ) -> tuple[nn.Module, Any | None]:
     """A transformers image classifier from scratch (--model_type) or from a folder/Hub name, with our labels."""
-    overrides = parse_config_overrides(args.config_overrides)
     if args.model_type is not None:
-        check_config_overrides(AutoConfig.for_model(args.model_type), overrides)
+        overrides = from_scratch_config(args, image_size)
         config = AutoConfig.for_model(args.model_type, num_channels=num_channels, **overrides, **label_kwargs(labels))
         return AutoModelForImageClassification.from_config(config), None
+    overrides = parse_config_overrides(args.config_overrides)
     with hub_lookup(args.model_name_or_path, "--model_name_or_path"):
         config = AutoConfig.from_pretrained(args.model_name_or_path, **label_kwargs(labels))
         check_config_overrides(config, overrides)
@@ -189,6 +217,8 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     check_training_arguments(training_args, prefix="--")
     if model_args.model_type is None:
         check_local_folder(model_args.model_name_or_path, "--model_name_or_path")
+    else:
+        from_scratch_config(model_args, data_args.image_size)  # a bad override or size fails before any loading
     check_writable_folder(training_args.output_dir)
     check_checkpoint_slots(training_args.output_dir)
     # One run per output folder, from before anything is written there until the last file is.
@@ -210,8 +240,14 @@ def train_and_save(
         model, mean, std = build_timm_teacher(model_args, len(labels), data_channels)
         processor = None
     else:
-        model, processor = build_transformers_teacher(model_args, labels, data_channels)
+        model, processor = build_transformers_teacher(model_args, labels, data_channels, data_args.image_size)
         mean, std = processor_normalization(processor, model.config.num_channels, fallback=(0.5,))
+        attention = next((type(m).__name__ for m in model.modules() if type(m).__name__.endswith("Attention")), None)
+        if attention is not None:
+            logger.warning(
+                f"This model has {attention} layers (a vision transformer): it trains here, as a supervised baseline, "
+                "but examples/run.py distils from a CNN teacher and refuses it as --teacher_model_name_or_path."
+            )
     image_size = resolve_image_size(data_args, model, processor)
     if not use_timm:
         processor = ViTImageProcessor(

@@ -21,7 +21,8 @@ class AlignmentPair:
 
 
 def parse_alignment_pairs(pairs: Sequence[str]) -> list[AlignmentPair]:
-    """Parse ``"STUDENT_BLOCK:TEACHER_LAYER"`` strings (a comma-separated single string is accepted too)."""
+    """Parse ``"STUDENT_BLOCK:TEACHER_LAYER"`` strings (a comma-separated single string is accepted too). A pair given
+    twice is refused: it would count twice in the alignment loss."""
     if isinstance(pairs, str):
         pairs = [p for p in pairs.split(",") if p.strip()]
     parsed = []
@@ -32,7 +33,13 @@ def parse_alignment_pairs(pairs: Sequence[str]) -> list[AlignmentPair]:
                 f"alignment_pairs entry {pair!r} is not 'STUDENT_BLOCK:TEACHER_LAYER' "
                 "(1-based block index, teacher module name), e.g. '3:layer1'."
             )
-        parsed.append(AlignmentPair(int(block), layer.strip()))
+        parsed_pair = AlignmentPair(int(block), layer.strip())
+        if parsed_pair in parsed:
+            raise ValueError(
+                f"alignment_pairs entry '{parsed_pair}' is given twice: it would count twice in the alignment loss. "
+                "Give each pair once (weight the alignment with beta)."
+            )
+        parsed.append(parsed_pair)
     return parsed
 
 
@@ -67,9 +74,11 @@ def resolve_alignment_pairs(
 def validate_alignment_pairs(
     pairs: Sequence[AlignmentPair], num_student_blocks: int, teacher_layers: Sequence[str]
 ) -> None:
-    """Fail before training on a block out of range or a teacher layer that does not exist."""
+    """Fail before training on a pair given twice, a block out of range or a teacher layer that does not exist."""
     known = set(teacher_layers)
-    for pair in pairs:
+    for index, pair in enumerate(pairs):
+        if pair in pairs[:index]:
+            raise ValueError(f"alignment_pairs entry '{pair}' is given twice; give each pair once.")
         if not 1 <= pair.student_block <= num_student_blocks:
             raise ValueError(
                 f"alignment_pairs entry '{pair}': student block {pair.student_block} is out of range; the student "

@@ -14,6 +14,11 @@ script's trainer both build on it; everything here is about the run, nothing abo
   (:class:`~dearkd_hf.runs.seeded_batches.SeededBatches`), and the global generators are put back afterwards.
 - **Finite weights only.** Every checkpoint and every save first checks the weights (one fused reduction) and stops
   the run, naming the last finite checkpoint, instead of writing inf or NaN.
+- **A session that trains nothing reports no 0.0 loss.** A run killed after its last step but before its final save
+  resumes with nothing left to train; the Trainer would report ``train_loss`` 0.0 (the mean over no steps). It is
+  the run's mean loss per step instead, rebuilt from the logged windows (:func:`logged_mean_loss`) when they cover
+  every step, and left out otherwise. Each resume marks its step in the log history (``RESUMED_KEY``), so that a
+  window after a resume is never taken to cover the steps the killed session trained without logging them.
 - **Evaluation never mixed.** Evaluation and prediction batches go through ``eval_data_collator`` (by default the
   training collator's ``evaluation_collator``: ``collate_fn`` for a ``MixupCollator``).
 
@@ -76,6 +81,9 @@ SCHEDULE_ARGUMENTS = (
     "fp16",
     "bf16",
 )
+# The log-history entry a resumed session adds at its first step: {RESUMED_KEY: step, "step": step}.
+RESUMED_KEY = "resumed_from_step"
+
 # Config entries that say nothing about the model's meaning (versions, runtime switches).
 _VOLATILE_CONFIG = {"transformers_version", "dtype", "torch_dtype", "output_hidden_states", "return_dict", "use_cache"}
 
@@ -103,6 +111,37 @@ class _EpochSync(TrainerCallback):
     def on_epoch_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
         if self.listener is not None:
             self.listener.set_epoch(state.epoch)
+
+
+class _Sessions(TrainerCallback):
+    """Keeps the step this ``train()`` session began at, and marks a resume's step in the log history."""
+
+    session_start: int | None = None
+
+    def on_train_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        self.session_start = state.global_step
+        if state.global_step > 0:
+            state.log_history.append({RESUMED_KEY: state.global_step, "step": state.global_step})
+
+
+def logged_mean_loss(log_history: list[dict[str, Any]], last_step: int) -> float | None:
+    """The mean training loss per step over steps 1..``last_step``, from the Trainer's own logging lines (each with a
+    ``learning_rate``; each the mean loss of the steps since the previous line, or since the session's resume), or
+    None when those windows do not cover every step (steps after the last line, or before a resume that came after
+    the previous line)."""
+    total, covered_to, start = 0.0, 0, 0
+    for entry in log_history:
+        if RESUMED_KEY in entry:
+            if entry[RESUMED_KEY] != covered_to:
+                return None  # the killed session trained steps no line covers
+            start = entry[RESUMED_KEY]
+        elif "loss" in entry and "learning_rate" in entry and isinstance(entry.get("step"), int):
+            step = entry["step"]
+            if step <= start:
+                return None
+            total += float(entry["loss"]) * (step - start)
+            covered_to = start = step
+    return total / covered_to if covered_to == last_step > 0 else None
 
 
 class BaseTrainer(Trainer):
@@ -135,8 +174,31 @@ class BaseTrainer(Trainer):
             self._fingerprint()
             self.check_output_folder()
             resume_from_checkpoint = self._checkpoint_to_resume(resume_from_checkpoint)
+            if self._sessions() is None:
+                self.add_callback(_Sessions())
             with self.training_session():
-                return super().train(resume_from_checkpoint, trial=trial, ignore_keys_for_eval=ignore_keys_for_eval)
+                output = super().train(resume_from_checkpoint, trial=trial, ignore_keys_for_eval=ignore_keys_for_eval)
+        # The loss that log() reported (the run's, or none: see the module), not the Trainer's 0.0 of no steps.
+        return output._replace(training_loss=output.metrics.get("train_loss"))
+
+    def _sessions(self) -> _Sessions | None:
+        return next((c for c in self.callback_handler.callbacks if isinstance(c, _Sessions)), None)
+
+    def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
+        """The Trainer's, except that the closing line of a session that trained no step reports the run's mean loss
+        per step (:func:`logged_mean_loss`) as ``train_loss``, or none when the logs cannot tell it, never 0.0."""
+        sessions = self._sessions()
+        if "train_loss" in logs and sessions is not None and sessions.session_start == self.state.global_step:
+            loss = logged_mean_loss(self.state.log_history, self.state.global_step)
+            if loss is None:
+                logs.pop("train_loss")  # the dict the Trainer returns as train()'s metrics
+                logger.warning(
+                    "This session resumed at the run's last step and trained nothing; the logged losses do not cover "
+                    "every step of the run (--logging_steps), so no train_loss is reported."
+                )
+            else:
+                logs["train_loss"] = loss
+        super().log(logs, start_time)
 
     @contextlib.contextmanager
     def training_session(self) -> Iterator[None]:

@@ -290,7 +290,11 @@ class DearKDConfig(TrainingArguments):
 
 def check_training_arguments(args: TrainingArguments, prefix: str = "") -> None:
     """The ``TrainingArguments`` that the Trainer would take silently (or fail on only after loading): a run with
-    no steps, a learning rate that is not positive, a negative clipping norm. ``prefix``: ``"--"`` for flags."""
+    no steps, a batch of no examples, a learning rate that is not positive, a negative clipping norm. ``prefix``:
+    ``"--"`` for flags."""
+    for name in ("per_device_train_batch_size", "per_device_eval_batch_size"):
+        if getattr(args, name) < 1:
+            raise ValueError(f"{prefix}{name}={getattr(args, name)} must be >= 1 (examples per device); e.g. 64.")
     if args.max_steps <= 0 and args.num_train_epochs <= 0:
         raise ValueError(
             f"{prefix}num_train_epochs={args.num_train_epochs} trains nothing: give a positive number of epochs "

@@ -346,7 +346,7 @@ class DearKDTrainer(BaseTrainer):
             loss = stage2_loss(student.cls_logits, student.distillation_logits, labels, self.args.label_loss_heads)
             components = {"loss_ce": loss.detach()}
         if model.training:
-            check_finite_loss(loss, self.state.global_step + 1, components)
+            check_finite_loss(loss, self.state.global_step + 1, components, inputs)
             # Stage 1 also keeps its total loss, for the line that closes its last logging window at the switch.
             self._record({**components, **({WINDOW_LOSS: loss.detach()} if distilling else {})})
         return (loss, {"logits": student.logits}) if return_outputs else loss

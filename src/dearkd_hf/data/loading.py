@@ -11,6 +11,7 @@ datasets still carry the raw `image` column that the transform reads: train with
 """
 
 import dataclasses
+import json
 import logging
 import os
 from dataclasses import dataclass, field
@@ -89,7 +90,7 @@ class DataTrainingArguments:
         default=False,
         metadata={
             "help": "Decode every image once before training and skip (with a warning naming them) those that cannot "
-            "be decoded. Off, an undecodable image stops training with an error naming its file."
+            "be decoded or hold NaN/inf pixels. Off, such an image stops training with an error naming its file."
         },
     )
     mixup: float = field(default=0.0, metadata={"help": "Mixup alpha (0 = off). Labels become soft targets."})
@@ -156,6 +157,11 @@ def load_named_dataset(
                 "or a Hub dataset name."
             )
         if (path / "dataset_dict.json").is_file() or (path / "state.json").is_file():
+            for split in _empty_saved_splits(path):
+                raise ValueError(
+                    f"{flag} {name}: its {split} split holds no examples (it was saved empty). Save the dataset "
+                    "with its examples, or drop the empty split, or pass another dataset."
+                )
             # The embedded subset lives in the repository: however named, keep it in memory so no cache lands there.
             in_repo = path.resolve() == EMBEDDED_DATASET.resolve()
             dataset = load_from_disk(str(path), keep_in_memory=keep_in_memory or in_repo)
@@ -164,6 +170,28 @@ def load_named_dataset(
     else:
         dataset = load_dataset(name, config_name)
     return dataset if isinstance(dataset, DatasetDict) else DatasetDict({"train": dataset})
+
+
+def _empty_saved_splits(path: Path) -> list[str]:
+    """The splits of a ``save_to_disk`` folder saved with no data files (no examples): ``load_from_disk`` fails on
+    them with an IndexError from deep inside ``datasets``."""
+    if (path / "dataset_dict.json").is_file():
+        try:
+            splits = json.loads((path / "dataset_dict.json").read_text(encoding="utf-8"))["splits"]
+        except (OSError, ValueError, KeyError, TypeError):
+            return []  # load_from_disk says what is wrong with it
+        folders = [(str(split), path / str(split)) for split in splits]
+    else:
+        folders = [("train", path)]
+    empty = []
+    for split, folder in folders:
+        try:
+            state = json.loads((folder / "state.json").read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            continue
+        if isinstance(state, dict) and state.get("_data_files") == []:
+            empty.append(split)
+    return empty
 
 
 def _load_imagefolders(train_dir: str | None, validation_dir: str | None) -> DatasetDict:
@@ -177,8 +205,30 @@ def _load_imagefolders(train_dir: str | None, validation_dir: str | None) -> Dat
             continue
         if not Path(folder).is_dir():
             raise FileNotFoundError(f"{flag} {folder}: no such folder.")
+        if not _holds_an_image(Path(folder)):
+            raise ValueError(
+                f"{flag} {folder}: no images (.png, .jpg, .tif, ... files) in it or its subfolders. Put the "
+                f"images in one subfolder per class ({folder}/cat/1.png, {folder}/dog/2.png, ...), or pass the "
+                "folder that holds them."
+            )
         data_files[split] = os.path.join(folder, "**")
     return load_dataset("imagefolder", data_files=data_files)
+
+
+def _image_extensions() -> set[str]:
+    """What an imagefolder reads: datasets' list when it can be imported, else the common formats."""
+    try:
+        from datasets.packaged_modules.imagefolder.imagefolder import ImageFolder
+
+        return {ext.lower() for ext in ImageFolder.EXTENSIONS}
+    except (ImportError, AttributeError):  # another datasets layout
+        return {".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".gif", ".webp"}
+
+
+def _holds_an_image(folder: Path) -> bool:
+    """Whether ``folder`` or a subfolder holds a file an imagefolder reads (stops at the first one)."""
+    extensions = _image_extensions()
+    return any(path.suffix.lower() in extensions and path.is_file() for path in folder.rglob("*"))
 
 
 def _standardize_columns(dataset: Dataset, image_column: str, label_column: str, split: str) -> Dataset:
@@ -193,8 +243,15 @@ def _standardize_columns(dataset: Dataset, image_column: str, label_column: str,
     return dataset.rename_columns(renames) if renames else dataset
 
 
-def _ensure_class_label(train: Dataset, evaluation: Dataset) -> tuple[Dataset, Dataset]:
-    """Give both splits the same ClassLabel, which models need for num_labels and id2label."""
+def _ensure_class_label(
+    train: Dataset, evaluation: Dataset, source: str = "The dataset", column: str = "label"
+) -> tuple[Dataset, Dataset]:
+    """Give both splits the same ClassLabel, which models need for num_labels and id2label.
+
+    Integer labels without a ClassLabel are taken as class ids 0..N-1: non-negative values with a gap (0..9 and a
+    stray 12) are refused, naming them, rather than taken as 13 classes of which three have no example (negative
+    values are left to :func:`_check_label_range`, which names them as unlabelled).
+    """
     train_label, eval_label = train.features["label"], evaluation.features["label"]
     if isinstance(train_label, ClassLabel):
         if isinstance(eval_label, ClassLabel) and eval_label.names != train_label.names:
@@ -204,10 +261,30 @@ def _ensure_class_label(train: Dataset, evaluation: Dataset) -> tuple[Dataset, D
         return train, evaluation if eval_label == train_label else evaluation.cast_column("label", train_label)
     values = sorted(set(train.unique("label")) | set(evaluation.unique("label")))
     if all(isinstance(v, int) for v in values):
+        ids = [v for v in values if v >= 0]
+        missing = sorted(set(range(max(ids) + 1)) - set(ids)) if ids else []
+        if missing:
+            shown = ids if len(ids) <= 20 else [*ids[:10], "...", *ids[-5:]]
+            gaps = ", ".join(map(str, missing[:10])) + (", ..." if len(missing) > 10 else "")
+            raise ValueError(
+                f"{source}: the labels in column '{column}' (--label_column_name) are integers without a ClassLabel "
+                f"feature, and {shown} are not 0..N-1 ({gaps} missing): taken as class ids they would make "
+                f"{max(ids) + 1} classes, some with no example. Give the column a ClassLabel feature "
+                f"(dataset.cast_column('{column}', ClassLabel(names=[...]))) or relabel the examples 0..N-1."
+            )
         class_label = ClassLabel(names=[str(i) for i in range(max(values) + 1)])
     else:
         class_label = ClassLabel(names=[str(v) for v in values])
     return train.cast_column("label", class_label), evaluation.cast_column("label", class_label)
+
+
+def _require_examples(dataset: Dataset, source: str, split: str) -> None:
+    """A split with no rows (a filter that kept nothing, say) refused here, naming where it came from, rather than
+    failing on its first example deep inside ``datasets``."""
+    if len(dataset) == 0:
+        raise ValueError(
+            f"{source}: its {split} split holds no examples. Pass a dataset whose {split} split has examples."
+        )
 
 
 def _check_label_range(dataset: Dataset, split: str, column: str) -> None:
@@ -281,24 +358,32 @@ def load_image_datasets(data_args: DataTrainingArguments, seed: int) -> DatasetD
     if data_args.train_dir is not None or data_args.validation_dir is not None:
         dataset = _load_imagefolders(data_args.train_dir, data_args.validation_dir)
         source = "--train_dir/--validation_dir"
+        named = {
+            "train": f"--train_dir {data_args.train_dir}",
+            "validation": f"--validation_dir {data_args.validation_dir}",
+        }
     else:
         source = data_args.dataset_name or default_dataset_path()
         dataset = load_named_dataset(source, data_args.dataset_config_name)
+        named = {"train": f"--dataset_name {source}" if data_args.dataset_name else f"The embedded dataset {source}"}
     if "train" not in dataset:
         raise ValueError(f"{source} has no train split; its splits are {list(dataset)}.")
 
     columns = (data_args.image_column_name, data_args.label_column_name)
     train = _standardize_columns(dataset["train"], *columns, split="train")
+    _require_examples(train, named["train"], "train")
     if data_args.eval_dataset_name is not None:
         eval_source = load_named_dataset(data_args.eval_dataset_name, flag="--eval_dataset_name")
         eval_split = _eval_split(eval_source, data_args.eval_dataset_name)
         evaluation = _standardize_columns(eval_source[eval_split], *columns, split=eval_split)
+        _require_examples(evaluation, f"--eval_dataset_name {data_args.eval_dataset_name}", eval_split)
     elif any(split in dataset for split in EVAL_SPLITS):
         eval_split = _eval_split(dataset, source)
         evaluation = _standardize_columns(dataset[eval_split], *columns, split=eval_split)
+        _require_examples(evaluation, named.get(eval_split, named["train"]), eval_split)
     else:
         train, evaluation = split_off_validation(train, data_args.train_val_split, seed)
-    train, evaluation = _ensure_class_label(train, evaluation)
+    train, evaluation = _ensure_class_label(train, evaluation, named["train"], data_args.label_column_name)
     for split, part in (("train", train), ("evaluation", evaluation)):
         _check_label_range(part, split, data_args.label_column_name)
     if data_args.verify_images:
@@ -311,7 +396,8 @@ def load_image_datasets(data_args: DataTrainingArguments, seed: int) -> DatasetD
 
 
 def drop_undecodable(dataset: Dataset, split: str, chunk: int = 256) -> Dataset:
-    """The examples whose image decodes, warning with the count and the files of those skipped (--verify_images)."""
+    """The examples whose image decodes to finite pixels, warning with the count and the files of those skipped
+    (--verify_images)."""
     if not isinstance(dataset.features.get("image"), Image):
         return dataset
     raw = dataset.cast_column("image", Image(decode=False))
@@ -326,7 +412,8 @@ def drop_undecodable(dataset: Dataset, split: str, chunk: int = 256) -> Dataset:
     if skipped:
         more = f" and {len(skipped) - 10} more" if len(skipped) > 10 else ""
         logger.warning(
-            f"--verify_images: skipping {len(skipped)} of {len(dataset)} {split} images that cannot be decoded: "
+            f"--verify_images: skipping {len(skipped)} of {len(dataset)} {split} images that cannot be decoded or "
+            f"hold NaN/inf pixels: "
             f"{skipped[:10]}{more}."
         )
         return dataset.select(kept)

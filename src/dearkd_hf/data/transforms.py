@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from functools import partial
 from typing import Any
 
+import numpy as np
 import torch
 from datasets import Dataset, DatasetDict, Image
 from torchvision.transforms import v2
@@ -21,17 +22,29 @@ from .recipes import Recipe, get_recipe
 
 
 def open_image(image: Any) -> Any:
-    """A PIL image from a decoded image or an undecoded ``{"bytes", "path"}`` record (a file that cannot be decoded
-    raises a ``ValueError`` naming it)."""
-    if not isinstance(image, dict):
-        return image
-    try:
-        return Image().decode_example(image)
-    except (OSError, SyntaxError, ValueError) as error:  # what PIL raises for a corrupt or truncated file
-        raise ValueError(
-            f"Image {image.get('path') or '(without a file name)'} cannot be decoded ({error}). Remove or replace "
-            "it, or pass --verify_images to skip undecodable images before training."
-        ) from None
+    """A PIL image from a decoded image or an undecoded ``{"bytes", "path"}`` record. A file that cannot be decoded,
+    or a float image (mode ``F``, a float TIFF say) holding NaN/inf pixels, raises a ``ValueError`` naming it: the
+    conversion to the model's 8-bit channels would turn those pixels into 0 silently."""
+    name = image.get("path") if isinstance(image, dict) else getattr(image, "filename", None)
+    name = name or "(without a file name)"
+    if isinstance(image, dict):
+        try:
+            image = Image().decode_example(image)
+        except (OSError, SyntaxError, ValueError) as error:  # what PIL raises for a corrupt or truncated file
+            raise ValueError(
+                f"Image {name} cannot be decoded ({error}). Remove or replace it, or pass --verify_images to skip "
+                "undecodable images before training."
+            ) from None
+    if getattr(image, "mode", None) == "F":  # the one PIL mode that can hold NaN/inf: a cheap check of rare images
+        pixels = np.asarray(image)
+        bad = int(pixels.size - np.isfinite(pixels).sum())
+        if bad:
+            raise ValueError(
+                f"Image {name} holds NaN/inf pixel values ({bad} of {pixels.size}): converted for the model they "
+                "would silently become 0. Replace them with finite values or remove the image, or pass "
+                "--verify_images to skip such images before training."
+            )
+    return image
 
 
 def fit_channels(values: Sequence[float], num_channels: int) -> tuple[float, ...]:

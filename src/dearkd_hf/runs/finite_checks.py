@@ -26,14 +26,32 @@ def require_finite(config: Any, prefix: str = "") -> None:
             raise ValueError(f"{prefix}{config_field.name}={value} is not a finite number; give a finite value.")
 
 
-def check_finite_loss(loss: torch.Tensor, step: int, components: Mapping[str, torch.Tensor]) -> None:
-    """Stop training at the first NaN/inf loss, naming the step and each loss component.
+def check_finite_loss(
+    loss: torch.Tensor,
+    step: int,
+    components: Mapping[str, torch.Tensor],
+    inputs: Mapping[str, Any] | None = None,
+) -> None:
+    """Stop training at the first NaN/inf loss, naming the step and each loss component; when the batch's
+    ``inputs`` themselves hold NaN/inf (checked only then), naming those inputs instead: the data is at fault, and
+    a lower learning rate would not help.
 
     Raised before the optimizer step, so the weights (and every checkpoint already written) are still finite and
     no NaN model is ever saved as the run's result.
     """
     if bool(torch.isfinite(loss.detach()).all()):
         return
+    bad_inputs = non_finite_inputs(inputs or {})
+    if bad_inputs:
+        named = ", ".join(
+            f"{name} holds NaN/inf ({bad} of {total} values)" for name, (bad, total) in bad_inputs.items()
+        )
+        raise FloatingPointError(
+            f"Training step {step}: the batch's {named}, so the loss is {float(loss.detach().float().mean())}: the "
+            "data is at fault, not the training settings. Training stopped and no model was saved as the result. "
+            "Find and fix or drop the examples with non-finite values (images are checked as they are opened; a "
+            "dataset of ready tensors is not), then resume from the last checkpoint."
+        )
     raise non_finite_error(
         f"Training step {step}",
         float(loss.detach().float().mean()),
@@ -41,6 +59,17 @@ def check_finite_loss(loss: torch.Tensor, step: int, components: Mapping[str, to
         "Training stopped and no model was saved as the result. Lower the learning rate or the loss weights, or "
         "train in float32, then resume from the last checkpoint.",
     )
+
+
+def non_finite_inputs(inputs: Mapping[str, Any]) -> dict[str, tuple[int, int]]:
+    """``{name: (non-finite count, size)}`` of the floating-point tensors in ``inputs`` that hold NaN/inf."""
+    found = {}
+    for name, value in inputs.items():
+        if isinstance(value, torch.Tensor) and value.is_floating_point():
+            finite = torch.isfinite(value.detach())
+            if not bool(finite.all()):
+                found[name] = (int(finite.numel() - finite.sum()), finite.numel())
+    return found
 
 
 def non_finite_error(where: str, loss: float, components: Mapping[str, float], what_now: str) -> FloatingPointError:
