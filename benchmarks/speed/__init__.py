@@ -301,9 +301,9 @@ def targets_met(ratios: dict[str, float], paired: dict[str, float], preset: str 
     }
 
 
-def portable_command(argv: list[str], script: str = "speed.py") -> list[str]:
-    """The command line as recorded in results: paths inside the repository relative to it, others by file name
-    (results hold no machine paths)."""
+def portable_command(argv: list[str], script: str = "python -m benchmarks.speed") -> list[str]:
+    """The command line as recorded in results: how it is run (``script``), then ``argv`` with paths inside the
+    repository relative to it and others by file name (results hold no machine paths)."""
 
     def portable(arg: str) -> str:
         flag, sep, value = arg.rpartition("=") if arg.startswith("--") and "=" in arg else ("", "", arg)
