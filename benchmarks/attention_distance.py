@@ -47,24 +47,16 @@ import time
 from pathlib import Path
 from typing import Any
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+import torch
+from transformers import AutoConfig, AutoImageProcessor, AutoModelForImageClassification
 
-import torch  # noqa: E402
-from transformers import AutoConfig, AutoImageProcessor, AutoModelForImageClassification  # noqa: E402
-
-import dearkd_hf  # noqa: E402, F401  (registers the DearKD ViT with the Auto classes)
-from benchmarks.data_efficiency import cli as data_efficiency  # noqa: E402
-from benchmarks.data_efficiency.harness import (  # noqa: E402
-    Results,
-    Runner,
-    ensure_dataset,
-    run_config,
-    run_workers,
-)
-from dearkd_hf.attention_distance import attention_distances  # noqa: E402
-from dearkd_hf.data.loading import load_named_dataset  # noqa: E402
-from dearkd_hf.data.transforms import build_transforms, processor_normalization  # noqa: E402
+import dearkd_hf  # noqa: F401  (registers the DearKD ViT with the Auto classes)
+from benchmarks.data_efficiency import cli as data_efficiency
+from benchmarks.data_efficiency.harness import Results, Runner, ensure_dataset, run_config
+from benchmarks.harness import RESULTS_DIR, ROOT, format_mean_std, mean_std, run_workers
+from dearkd_hf.attention_distance import attention_distances
+from dearkd_hf.data.loading import load_named_dataset
+from dearkd_hf.data.transforms import build_transforms, processor_normalization
 
 MODULE = "benchmarks.attention_distance"
 FRACTION = 0.1
@@ -106,7 +98,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1], help="Seeds (at least two for a spread).")
     parser.add_argument("--num_images", type=int, default=None, help="Real test images measured (1000; quick 32).")
     parser.add_argument("--work_dir", default=None, help="Teachers and students (outputs/benchmarks/...).")
-    parser.add_argument("--results_dir", default=str(data_efficiency.RESULTS_DIR), help="JSON, table and plots.")
+    parser.add_argument("--results_dir", default=str(RESULTS_DIR), help="JSON, table and plots.")
     parser.add_argument("--workers", type=int, default=min(2, os.cpu_count() or 1), help="Processes, one per seeds.")
     parser.add_argument("--threads", type=int, default=1, help="torch threads per process.")
     parser.add_argument(
@@ -125,7 +117,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         parser.error(f"--num_images={args.num_images}: must be >= 1.")
     args.prefix = "attention_distance_quick" if args.quick else "attention_distance"
     if args.work_dir is None:
-        args.work_dir = str(data_efficiency.ROOT / "outputs" / "benchmarks" / args.prefix)
+        args.work_dir = str(ROOT / "outputs" / "benchmarks" / args.prefix)
     # The data-efficiency benchmark's own setting (sizes, schedule, data), at its 10% fraction.
     setting = ["--fractions", str(FRACTION), f"--work_dir={args.work_dir}", f"--threads={args.threads}"]
     args.setting = data_efficiency.parse_args(setting + (["--quick"] if args.quick else []))
@@ -282,22 +274,14 @@ def stage2_gains(rows: list[dict[str, Any]]) -> list[str]:
         ]
         pairs = [(100 * a, 100 * b) for a, b in pairs if a is not None]
         if pairs:
-            cells = [_fmt(mean_std(list(values))) for values in zip(*pairs)]
-            cells.append(_fmt(mean_std([b - a for a, b in pairs]), signed=True))
+            cells = [format_mean_std(mean_std(values)) for values in zip(*pairs)]
+            cells.append(format_mean_std(mean_std(b - a for a, b in pairs), signed=True))
             lines.append(f"| {method} | " + " | ".join(cells) + " |")
     return lines
 
 
-def _fmt(stats: tuple[float, float], signed: bool = False) -> str:
-    mean, std = stats
-    return (f"{mean:+.2f}" if signed else f"{mean:.2f}") + ("" if math.isnan(std) else f" ± {std:.2f}")
-
-
-def mean_std(values: list[float]) -> tuple[float, float]:
-    return statistics.mean(values), statistics.stdev(values) if len(values) > 1 else math.nan
-
-
-def per_layer(entries: list[dict[str, Any]]) -> list[tuple[float, float]]:
+def per_layer(entries: list[dict[str, Any]]) -> list[dict[str, float]]:
+    """Per layer, the mean and spread (:func:`benchmarks.harness.mean_std`) of the entries' distances."""
     return [mean_std([e["distance"][k] for e in entries]) for k in range(len(entries[0]["distance"]))]
 
 
@@ -317,10 +301,10 @@ def predictions(models: dict[str, list[dict[str, Any]]], early_layers: int | Non
         seeds = sorted(set(x) & set(y))
         if seeds:
             diffs = [x[s] - y[s] for s in seeds]
-            mean, std = mean_std(diffs)
+            spread = mean_std(diffs)
             checks.append(
-                {"model": model, "reference": reference, "claim": claim, "mean": mean, "std": std, "n": len(seeds)}
-                | {"holds": mean * sign > 0, "every_seed": all(d * sign > 0 for d in diffs)}
+                {"model": model, "reference": reference, "claim": claim, **spread}
+                | {"holds": spread["mean"] * sign > 0, "every_seed": all(d * sign > 0 for d in diffs)}
             )
     return checks
 
@@ -328,12 +312,12 @@ def predictions(models: dict[str, list[dict[str, Any]]], early_layers: int | Non
 def reading(models: dict[str, list[dict[str, Any]]], early_layers: int | None) -> list[str]:
     lines = []
     for c in predictions(models, early_layers):
-        spread = "" if math.isnan(c["std"]) else f" ± {c['std']:.2f}"
         verdict = "as predicted" if c["holds"] else "NOT as predicted"
         if c["holds"] and not c["every_seed"]:
             verdict += " on the mean, not on every seed"
         lines.append(
-            f"- {c['claim']}: {c['model']} - {c['reference']} = {c['mean']:+.2f}{spread} px (paired, n={c['n']}): "
+            f"- {c['claim']}: {c['model']} - {c['reference']} = {format_mean_std(c, signed=True)} px "
+            f"(paired, n={c['n']}): "
             f"{verdict}"
         )
     return lines
@@ -353,9 +337,9 @@ def write_table(path: Path, results: Results) -> None:
         "|---|" + "---|" * (depth + 2),
     ]
     for model, entries in models.items():
-        cells = [_fmt(stats) for stats in per_layer(entries)]
+        cells = [format_mean_std(stats) for stats in per_layer(entries)]
         accuracies = [100 * e["accuracy"] for e in entries if e["accuracy"] is not None]
-        acc = _fmt(mean_std(accuracies)) if accuracies else "-"
+        acc = format_mean_std(mean_std(accuracies)) if accuracies else "-"
         lines.append(f"| {model} | " + " | ".join(cells) + f" | {acc} | {len(entries)} |")
     early = results.config["early_layers"]
     lines += [
@@ -382,8 +366,8 @@ def write_plots(results_dir: Path, prefix: str, rows: list[dict[str, Any]]) -> N
     for model, entries in model_rows(rows).items():
         stats = per_layer(entries)
         layers = list(range(len(stats)))
-        means = [m for m, _ in stats]
-        spread = [0.0 if math.isnan(s) else s for _, s in stats]
+        means = [s["mean"] for s in stats]
+        spread = [0.0 if math.isnan(s["std"]) else s["std"] for s in stats]
         ax.plot(layers, means, marker="o", label=model)
         ax.fill_between(
             layers, [m - s for m, s in zip(means, spread)], [m + s for m, s in zip(means, spread)], alpha=0.2
@@ -439,7 +423,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     results_dir = Path(args.results_dir)
     results = Results(results_dir / f"{args.prefix}.json", benchmark_config(args), args.overwrite)
     if args.workers > 1 and len(args.seeds) > 1:
-        run_workers(args, sys.argv[1:] if argv is None else list(argv), results, module=MODULE)
+        run_workers(args, sys.argv[1:] if argv is None else list(argv), results, MODULE)
     else:
         run_rows(args, results)
     write_reports(results, results_dir, args.prefix)

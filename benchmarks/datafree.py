@@ -37,25 +37,15 @@ import time
 from pathlib import Path
 from typing import Any
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
+import datasets
+import torch
+from torchvision.transforms.functional import pil_to_tensor
 
-import datasets  # noqa: E402
-import torch  # noqa: E402
-from torchvision.transforms.functional import pil_to_tensor  # noqa: E402
-
-from benchmarks.data_efficiency import (  # noqa: E402
-    BY_NAME,
-    ROOT,
-    Results,
-    Runner,
-    ensure_dataset,
-    row_epochs,
-    run_config,
-    run_workers,
-)
-from benchmarks.data_efficiency import parse_args as benchmark_args  # noqa: E402
-from dearkd_hf.inversion.losses import bpid_intra  # noqa: E402
-from dearkd_hf.models.teachers import load_teacher  # noqa: E402
+from benchmarks.data_efficiency import BY_NAME, Results, Runner, ensure_dataset, row_epochs, run_config
+from benchmarks.data_efficiency import parse_args as benchmark_args
+from benchmarks.harness import ROOT, mean_std, run_workers
+from dearkd_hf.inversion.losses import bpid_intra
+from dearkd_hf.models.teachers import load_teacher
 
 METHODS = {
     "deepinversion": ("deepinversion", False),
@@ -280,7 +270,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     results_dir = Path(bench.results_dir)
     results = Results(results_dir / f"{args.prefix}.json", config(args), args.overwrite)
     if args.workers > 1 and len(args.seeds) > 1:
-        run_workers(args, sys.argv[1:] if argv is None else list(argv), results, module="benchmarks.datafree")
+        run_workers(args, sys.argv[1:] if argv is None else list(argv), results, "benchmarks.datafree")
     else:
         run_rows(args, results)
     write_reports(results.rows, results.config, results_dir, args.prefix)
@@ -351,14 +341,14 @@ def summary(rows: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
         own = [row for row in rows if row["method"] == method]
         if not own:
             continue
-        accuracy = [100 * row["accuracy"] for row in own]
+        accuracy = mean_std(100 * row["accuracy"] for row in own)
         full = statistics.mean(100 * row["full_data_accuracy"] for row in own)
         out[method] = {
-            "n": len(own),
-            "accuracy": statistics.mean(accuracy),
-            "std": statistics.stdev(accuracy) if len(accuracy) > 1 else float("nan"),
+            "n": accuracy["n"],
+            "accuracy": accuracy["mean"],
+            "std": accuracy["std"],
             "full_data_accuracy": full,
-            "share": statistics.mean(accuracy) / full,
+            "share": accuracy["mean"] / full,
             "images_per_s": statistics.mean(row["images_per_s"] for row in own),
             "synthesis_s": statistics.mean(row["synthesis_s"] for row in own),
             "num_images": statistics.mean(row["num_images"] for row in own),

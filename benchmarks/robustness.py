@@ -39,14 +39,12 @@ import time
 from pathlib import Path
 from typing import Any
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+import torch
 
-import torch  # noqa: E402
-
-from benchmarks.data_efficiency import RESULTS_DIR, ROOT, ensure_dataset, load_example  # noqa: E402
-from benchmarks.data_efficiency.harness import run_seed_workers  # noqa: E402
-from dearkd_hf.data.loading import EMBEDDED_DATASET  # noqa: E402
+from benchmarks import harness
+from benchmarks.data_efficiency import ensure_dataset, load_example
+from benchmarks.harness import RESULTS_DIR, ROOT, format_mean_std, mean_std
+from dearkd_hf.data.loading import EMBEDDED_DATASET
 
 BASE_METHODS = ("teacher", "labels_only", "deit", "dearkd")
 BASELINES = ("labels_only", "deit")
@@ -171,26 +169,10 @@ def row_key(row: dict[str, Any]) -> tuple[str, str, int, int, str, int]:
     return (row["method"], *cell, int(row["seed"]))
 
 
-class Results:
-    """The JSON file, rewritten atomically after each row; variant rows also store their flags."""
+class Results(harness.Results):
+    """The robustness results file: rows keyed by :func:`row_key` (variant rows also store their flags)."""
 
-    def __init__(self, path: Path, config: dict[str, Any], overwrite: bool):
-        self.path, self.config, self.rows = path, config, []
-        if path.is_file() and not overwrite:
-            saved = json.loads(path.read_text())
-            if saved.get("config") != config:
-                raise SystemExit(f"{path} holds rows of another configuration; pass --overwrite to discard them.")
-            self.rows = saved["rows"]
-
-    def get(self, key: tuple) -> dict[str, Any] | None:
-        return next((row for row in self.rows if row_key(row) == key), None)
-
-    def add(self, row: dict[str, Any]) -> None:
-        self.rows = [r for r in self.rows if row_key(r) != row_key(row)] + [row]
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.path.with_suffix(".json.tmp")
-        tmp.write_text(json.dumps({"config": self.config, "rows": self.rows}, indent=2))
-        os.replace(tmp, self.path)
+    KEYS = {"rows": row_key}
 
 
 def task_dataset(source: str, task: str, out: Path) -> str:
@@ -359,9 +341,9 @@ def cell_stats(rows: list[dict[str, Any]]) -> dict[tuple[str, int, int, str], di
         stats: dict[str, Any] = {"methods": {}, "paired": {}}
         teachers = [100 * r["accuracy"] for k, r in by_key.items() if k[:5] == ("teacher", task, n, 0, teacher)]
         if teachers:
-            stats["methods"]["teacher"] = _mean_std(teachers)
+            stats["methods"]["teacher"] = mean_std(teachers)
         for method in methods:
-            stats["methods"][method] = _mean_std(
+            stats["methods"][method] = mean_std(
                 [100 * r["accuracy"] for k, r in by_key.items() if k[:5] == (method, *cell)]
             )
         for method in [m for m in methods if m not in BASELINES]:
@@ -372,18 +354,13 @@ def cell_stats(rows: list[dict[str, Any]]) -> dict[tuple[str, int, int, str], di
                     if k[:5] == (method, *cell) and (base, *cell, k[5]) in by_key
                 ]
                 if diffs:
-                    stats["paired"][f"{method} - {base}"] = _mean_std(diffs)
+                    stats["paired"][f"{method} - {base}"] = mean_std(diffs)
         cells[cell] = stats
     return cells
 
 
 def _order(method: str) -> tuple[int, str]:
     return (BASE_METHODS.index(method) if method in BASE_METHODS else len(BASE_METHODS), method)
-
-
-def _mean_std(values: list[float]) -> dict[str, float]:
-    std = statistics.stdev(values) if len(values) > 1 else math.nan
-    return {"mean": statistics.mean(values), "std": std, "n": len(values)}
 
 
 def targets_met(cells: dict[tuple, dict[str, Any]], method: str = "dearkd") -> dict[str, Any]:
@@ -403,11 +380,6 @@ def targets_met(cells: dict[tuple, dict[str, Any]], method: str = "dearkd") -> d
     return out
 
 
-def _fmt(s: dict[str, float]) -> str:
-    spread = "" if math.isnan(s["std"]) else f" ± {s['std']:.2f}"
-    return f"{s['mean']:.2f}{spread}"
-
-
 def write_table(path: Path, results: Results, variants: dict[str, list[str]]) -> None:
     cells = cell_stats(results.rows)
     methods = sorted({m for cell in cells.values() for m in cell["methods"]}, key=_order)
@@ -422,14 +394,14 @@ def write_table(path: Path, results: Results, variants: dict[str, list[str]]) ->
         "|---|---|---|---|" + "---|" * len(methods),
     ]
     for cell, stats in cells.items():
-        values = [_fmt(stats["methods"][m]) if m in stats["methods"] else "-" for m in methods]
+        values = [format_mean_std(stats["methods"][m]) if m in stats["methods"] else "-" for m in methods]
         lines.append("| " + " | ".join(map(str, cell)) + " | " + " | ".join(values) + " |")
     paired = sorted({p for cell in cells.values() for p in cell["paired"]})
     if paired:
         lines += ["", "Paired differences (points, mean ± std over seeds):", ""]
         lines += [head + " | ".join(paired) + " |", "|---|---|---|---|" + "---|" * len(paired)]
         for cell, stats in cells.items():
-            values = [_fmt(stats["paired"][p]) if p in stats["paired"] else "-" for p in paired]
+            values = [format_mean_std(stats["paired"][p]) if p in stats["paired"] else "-" for p in paired]
             lines.append("| " + " | ".join(map(str, cell)) + " | " + " | ".join(values) + " |")
     lines += ["", f"Target: every cell's mean >= max(labels_only, deit) - {CELL_MARGIN} points (margin shown); mean"]
     lines += [f"over the cells >= deit + {MEAN_GAIN} points.", ""]
@@ -451,36 +423,8 @@ def write_table(path: Path, results: Results, variants: dict[str, list[str]]) ->
 
 
 def run_workers(args: argparse.Namespace, argv: list[str], results: Results) -> None:
-    """This script once per group of seeds, in parallel, each with its own results file; then fold them in."""
-    groups = [args.seeds[i :: args.workers] for i in range(min(args.workers, len(args.seeds)))]
-    workers_dir = Path(args.work_dir) / "workers"
-    workers_dir.mkdir(parents=True, exist_ok=True)
-    # What the workers of an earlier, killed run finished (in any grouping) is kept before their files are re-seeded,
-    # unless --overwrite asks for a fresh start.
-    for path in sorted(workers_dir.glob(f"*/{args.prefix}.json")) if not args.overwrite else []:
-        saved = json.loads(path.read_text())
-        if saved.get("config") == results.config:
-            for row in saved["rows"]:
-                if results.get(row_key(row)) is None:
-                    results.add(row)
-    running = []
-    for seeds in groups:
-        name = "seeds-" + "-".join(map(str, seeds))
-        path = workers_dir / name / f"{args.prefix}.json"
-        if args.overwrite:  # as the data-efficiency harness: a fresh start leaves no worker's old rows to fold in
-            path.unlink(missing_ok=True)
-        own = Results(path, results.config, overwrite=True)
-        for row in results.rows:
-            if row["seed"] in seeds:
-                own.add(row)
-        running.append((name, seeds, own.path))
-    failed = run_seed_workers("benchmarks.robustness", argv, running, workers_dir)
-    for *_, path in running:
-        if path.is_file():
-            for row in json.loads(path.read_text())["rows"]:
-                results.add(row)
-    if failed:
-        raise SystemExit(f"workers failed (their finished rows are kept); see {', '.join(failed)}")
+    """This benchmark once per group of seeds, in parallel (:func:`benchmarks.harness.run_workers`)."""
+    harness.run_workers(args, argv, results, "benchmarks.robustness")
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import argparse
 import importlib.util
 import json
+import math
 import os
 import re
 import subprocess
@@ -494,21 +496,23 @@ def test_robustness_workers_keep_the_rows_a_killed_run_finished(tmp_path, monkey
     """A re-run folds in what the workers of a killed run wrote (in any grouping) before it deals out the seeds; a
     worker file of another configuration is left out."""
     robustness = load_script("robustness")
+    harness = load_script("harness")
     args = robustness.parse_args(["--quick", "--workers", "2", "--seeds", "0", "1", "--work_dir", str(tmp_path)])
     config = robustness.run_config(args)
     done = {"method": "dearkd", "task": "fmnist10", "train_images": 450, "steps": 250, "seed": 1, "accuracy": 0.5}
-    robustness.Results(tmp_path / "workers" / "seeds-1" / f"{args.prefix}.json", config, overwrite=True).add(done)
+    results = robustness.Results(tmp_path / "results" / f"{args.prefix}.json", config, overwrite=True)
+    workers = harness.workers_dir(args.work_dir, results)  # <work_dir>/workers/<results folder name>
+    robustness.Results(workers / "seeds-1" / f"{args.prefix}.json", config, overwrite=True).add(done)
     other = {**done, "seed": 0, "accuracy": 0.9}
-    robustness.Results(tmp_path / "workers" / "old" / f"{args.prefix}.json", {"other": 1}, overwrite=True).add(other)
-    monkeypatch.setattr(robustness, "run_seed_workers", lambda *a, **kw: [])  # the workers were killed again at once
-    results = robustness.Results(tmp_path / "results.json", config, overwrite=True)
+    robustness.Results(workers / "old" / f"{args.prefix}.json", {"other": 1}, overwrite=True).add(other)
+    monkeypatch.setattr(harness, "run_processes", lambda *a, **kw: [])  # the workers were killed again at once
     earlier = {**done, "method": "labels_only"}  # folded in by the run before: the worker's file is re-seeded
     results.add(earlier)
     robustness.run_workers(args, [], results)
     assert results.get(robustness.row_key(done)) == done and results.get(robustness.row_key(earlier)) == earlier
     assert results.get(robustness.row_key(other)) is None
     args.overwrite = True  # a fresh start: the killed run's rows are not brought back
-    fresh = robustness.Results(tmp_path / "fresh.json", config, overwrite=True)
+    fresh = robustness.Results(results.path, config, overwrite=True)
     robustness.run_workers(args, [], fresh)
     assert fresh.get(robustness.row_key(done)) is None
 
@@ -524,6 +528,141 @@ def test_stored_path_is_relative_to_the_repository_through_a_symlinked_folder(tm
     assert harness.stored_path("outputs/caches") == "outputs/caches"
     assert harness.stored_path(str(repo / "outputs" / "caches")) == "outputs/caches"
     assert harness.stored_path(str(elsewhere / "caches")) == str(elsewhere / "caches")
+
+
+# ---- the harness every benchmark shares ----
+
+
+def test_results_file_replaces_by_key_writes_whole_files_and_refuses_another_configuration(tmp_path):
+    harness = load_script("harness")
+
+    class Two(harness.Results):  # a benchmark with two tables, as the teacher-cache benchmark has
+        KEYS = {"rows": harness.fields("method", "seed"), "caches": harness.fields("seed")}
+
+    path = tmp_path / "results" / "bench.json"
+    results = Two(path, {"a": 1})
+    assert not path.exists()  # nothing is written before the first record
+    results.add({"method": "x", "seed": 0, "accuracy": 0.5})
+    results.add({"method": "y", "seed": 0, "accuracy": 0.6})
+    results.add({"method": "x", "seed": 0, "accuracy": 0.7})  # the same key: replaces the first
+    results.add({"seed": 0, "bytes": 10}, "caches")
+    saved = {
+        "config": {"a": 1},
+        "rows": [{"method": "y", "seed": 0, "accuracy": 0.6}, {"method": "x", "seed": 0, "accuracy": 0.7}],
+        "caches": [{"seed": 0, "bytes": 10}],
+    }
+    assert json.loads(path.read_text()) == saved
+    assert sorted(path.parent.iterdir()) == [path]  # no temporary file is left beside it
+    again = Two(path, {"a": 1})
+    assert again.tables == results.tables and again.has("x", 0) and not again.has("x", 1)
+    assert again.get((0,), "caches") == {"seed": 0, "bytes": 10}
+    with pytest.raises(SystemExit, match="another configuration"):
+        Two(path, {"a": 2})
+    assert Two(path, {"a": 2}, overwrite=True).rows == []  # --overwrite: discarded
+
+    # Another worker's file: only what this one lacks is added; one of another configuration is refused.
+    other = Two(tmp_path / "worker" / "bench.json", {"a": 1})
+    other.add({"method": "x", "seed": 0, "accuracy": 0.1})
+    other.add({"method": "z", "seed": 1, "accuracy": 0.2})
+    assert again.merge(other.path) == 1
+    assert again.get(("x", 0))["accuracy"] == 0.7 and again.get(("z", 1))["accuracy"] == 0.2
+    assert Two(path, {"a": 1}).rows == again.rows  # written
+    foreign = Two(tmp_path / "foreign" / "bench.json", {"a": 3})
+    foreign.add({"method": "w", "seed": 0, "accuracy": 0.3})
+    with pytest.raises(SystemExit, match="another configuration"):
+        again.merge(foreign.path)
+
+    # A write that fails half-way leaves the old file whole.
+    before = path.read_text()
+    with pytest.raises(TypeError):
+        again.add({"method": "v", "seed": 2, "accuracy": object()})
+    assert path.read_text() == before and sorted(path.parent.iterdir()) == [path]
+
+
+def test_workers_get_their_seeds_and_a_rerun_keeps_what_killed_workers_finished(tmp_path, monkeypatch):
+    harness = load_script("harness")
+
+    class Bench(harness.Results):
+        KEYS = {"rows": harness.fields("method", "seed")}
+
+    config = {"a": 1}
+    path = tmp_path / "results" / "bench.json"
+    results = Bench(path, config)
+    results.add({"method": "m", "seed": 2, "accuracy": 0.2})  # done before the run
+    seen = []
+
+    def killed(module, jobs, folder):
+        """Each worker finishes the row of its first seed, then dies."""
+        for name, command in jobs:
+            own_dir = next(arg for arg in command if arg.startswith("--results_dir=")).partition("=")[2]
+            own = Bench(Path(own_dir) / "bench.json", config)
+            seeds = [int(seed) for seed in command[command.index("--seeds") + 1 :]]
+            seen.append((module, name, command, [row["seed"] for row in own.rows]))
+            own.add({"method": "m", "seed": seeds[0], "accuracy": 0.5})
+        return [str(folder / f"{name}.log") for name, _ in jobs]
+
+    monkeypatch.setattr(harness, "run_processes", killed)
+    args = argparse.Namespace(seeds=[0, 1, 2], workers=2, work_dir=str(tmp_path / "work"), overwrite=False)
+    with pytest.raises(SystemExit, match="workers failed .*seeds-0-2.log"):
+        harness.run_workers(args, ["--quick"], results, "benchmarks.bench")
+    workers = tmp_path / "work" / "workers" / "results"  # one folder per results folder
+    assert [(module, name) for module, name, *_ in seen] == [
+        ("benchmarks.bench", "seeds-0-2"),
+        ("benchmarks.bench", "seeds-1"),
+    ]
+    assert seen[0][2] == ["--quick", "--workers=1", f"--results_dir={workers / 'seeds-0-2'}", "--seeds", "0", "2"]
+    assert seen[0][3] == [2] and seen[1][3] == []  # a worker's file starts with the rows of its seeds
+    assert sorted(row["seed"] for row in results.rows) == [0, 1, 2]  # a failed worker's finished rows are kept
+
+    # A run killed before it folded them in (its results file lost them): the next run, here with 3 workers (another
+    # grouping), gets back every row the old workers' files hold.
+    monkeypatch.setattr(harness, "run_processes", lambda module, jobs, folder: [])
+    lost = Bench(path, config, overwrite=True)
+    args.workers = 3
+    harness.run_workers(args, [], lost, "benchmarks.bench")
+    assert sorted(row["seed"] for row in lost.rows) == [0, 1, 2]
+    # --overwrite: a fresh start, neither folded in nor passed on to the workers.
+    commands = []
+    monkeypatch.setattr(harness, "run_processes", lambda module, jobs, folder: commands.extend(jobs) or [])
+    args.overwrite = True
+    fresh = Bench(path, config, overwrite=True)
+    harness.run_workers(args, ["--overwrite", "--quick"], fresh, "benchmarks.bench")
+    assert fresh.rows == [] and [name for name, _ in commands] == ["seeds-0", "seeds-1", "seeds-2"]
+    assert not any("--overwrite" in command for _, command in commands)
+    assert all(Bench(workers / name / "bench.json", config).rows == [] for name, _ in commands)
+
+
+def test_mean_std_and_its_format_by_hand():
+    harness = load_script("harness")
+    stats = harness.mean_std([1.0, 2.0, 4.0])  # mean 7/3; sample variance (16 + 1 + 25) / 9 / 2 = 7/3
+    assert stats["n"] == 3 and stats["mean"] == pytest.approx(7 / 3) and stats["std"] == pytest.approx((7 / 3) ** 0.5)
+    assert harness.format_mean_std(stats) == "2.33 ± 1.53"
+    assert harness.format_mean_std(stats, signed=True) == "+2.33 ± 1.53"
+    one = harness.mean_std([0.5])
+    assert math.isnan(one["std"]) and harness.format_mean_std(one) == "0.50"  # one seed: no spread shown
+    assert harness.format_mean_std({"mean": 0.851, "std": 0.0123}, scale=100) == "85.10 ± 1.23"
+    assert harness.format_mean_std({"mean": -0.004, "std": math.nan}, signed=True) == "-0.00"
+
+
+def test_importing_a_benchmark_sets_its_environment_before_torch():
+    """The package's own module sets the offline environment before any benchmark imports torch (tqdm and the Hub
+    client read it when imported), for a process started without it."""
+    names = importlib.import_module("benchmarks").ENVIRONMENT
+    env = {k: v for k, v in os.environ.items() if k not in names}
+    code = (
+        "import benchmarks.robustness, os, tqdm, huggingface_hub.constants as hub; "
+        "print(os.environ['HF_HUB_OFFLINE'], os.environ['TQDM_DISABLE'], hub.HF_HUB_OFFLINE, tqdm.tqdm([]).disable)"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        env={**env, "PYTHONPATH": str(ROOT / "src"), "OMP_NUM_THREADS": "1"},
+        cwd=ROOT,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.split() == ["1", "1", "True", "True"]
 
 
 # ---- attention distance ----

@@ -92,7 +92,7 @@ def test_speed_rejects_inconsistent_flags(argv, message, capsys):
 def test_speed_records_commands_without_machine_paths():
     speed = speed_module
     command = speed.portable_command(["--output", str(ROOT / "benchmarks/results/x.json"), "--output=/tmp/a/b.json"])
-    assert command == ["speed.py", "--output", "benchmarks/results/x.json", "--output=b.json"]
+    assert command == ["python -m benchmarks.speed", "--output", "benchmarks/results/x.json", "--output=b.json"]
 
 
 def test_gpu_summary_tabulates_tests_and_speed_targets(tmp_path):
@@ -114,7 +114,7 @@ def test_gpu_summary_tabulates_tests_and_speed_targets(tmp_path):
                 "peak_memory_bytes": {"plain": 2**30},
                 "stage2_switch": {"teacher_weights_freed": True},
                 "setup": {
-                    "command": "speed.py --preset deit_tiny_224",
+                    "command": "python -m benchmarks.speed --preset deit_tiny_224",
                     "batch_size": 128,
                     "bf16": True,
                     "repeats": 30,

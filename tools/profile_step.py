@@ -1,9 +1,10 @@
 #!/usr/bin/env python
 """Where a DearKD stage-1 step spends its time beyond DeiT KD's: torch.profiler on one step of each, side by side.
 
-Builds the trainers of speed.py (same presets and flags, e.g. `--preset deit_tiny_224`), warms them up, profiles
-`--steps` steps of `deit_kd` and `dearkd_s1` and prints, per operator, the time each spends (device time on CUDA,
-self CPU time on CPU) and the difference, largest first, with the number of calls. Also the step's wall time and
+Builds the trainers of the speed benchmark (`python -m benchmarks.speed`: same presets and flags, e.g. `--preset
+deit_tiny_224`), warms them up, profiles `--steps` steps of `deit_kd` and `dearkd_s1` and prints, per operator, the
+time each spends (device time on CUDA, self CPU time on CPU) and the difference, largest first, with the number of
+calls. Also the step's wall time and
 its total device (or CPU) operator time, which tell whether the step is bound by the device or by launching work.
 
     python -m tools.profile_step --preset deit_tiny_224 --device cuda --profile_output profile_224.txt
@@ -80,9 +81,8 @@ def main(argv: list[str] | None = None) -> str:
             totals[name] = sum(ms for k, (ms, _) in tables[name].items() if not k.startswith("ProfilerStep"))
 
     unit = "device" if device.type == "cuda" else "self CPU"
-    lines = [
-        f"command: {' '.join(speed.portable_command(argv if argv is not None else sys.argv[1:], 'profile_step.py'))}"
-    ]
+    command = speed.portable_command(argv if argv is not None else sys.argv[1:], "python -m tools.profile_step")
+    lines = [f"command: {' '.join(command)}"]
     lines += [
         f"{name}: wall {wall[name]:.1f} ms/step (median), {unit} operator time {totals[name]:.1f} ms/step"
         for name in CONFIGS

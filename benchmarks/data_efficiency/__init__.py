@@ -17,34 +17,28 @@ most the row in progress. Outputs (``<prefix>`` is ``data_efficiency``, ``data_e
     python -m benchmarks.data_efficiency            # the full benchmark: about two hours on 2 CPU cores (2 workers)
     python -m benchmarks.data_efficiency --quick    # embedded 5k/1k subset, tiny models: a few minutes
 
-The package: :mod:`.methods` (the rows), :mod:`.harness` (configuration, results file, workers, runner),
-:mod:`.report` (table, targets, plot), :mod:`.cli` (flags and the loop over rows). The names other scripts use are
-importable from the package itself (``from benchmarks.data_efficiency import Runner, parse_args``).
+The package: :mod:`.methods` (the rows), :mod:`.harness` (configuration, the results file's keys, runner),
+:mod:`.report` (table, targets, plot), :mod:`.cli` (flags and the loop over rows); the results file and the workers
+are every benchmark's (:mod:`benchmarks.harness`). The names other scripts use are importable from the package
+itself (``from benchmarks.data_efficiency import Runner, parse_args``).
 """
 
-import os
+from benchmarks.harness import RESULTS_DIR, ROOT
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-
-from .cli import SIZES, main, parse_args  # noqa: E402
-from .harness import (  # noqa: E402
+from .cli import SIZES, main, parse_args
+from .harness import (
     EXAMPLES,
-    RESULTS_DIR,
-    ROOT,
     Results,
     Runner,
     ensure_dataset,
     epochs_for,
     load_example,
-    merge_rows,
     row_epochs,
     run_config,
-    run_workers,
     stored_path,
 )
-from .methods import BY_NAME, METHOD_NAMES, METHODS, Method, methods_text  # noqa: E402
-from .report import summary, targets, write_plot, write_reports, write_table  # noqa: E402
+from .methods import BY_NAME, METHOD_NAMES, METHODS, Method, methods_text
+from .report import summary, targets, write_plot, write_reports, write_table
 
 __doc__ = __doc__.format(methods=methods_text())
 
@@ -63,12 +57,10 @@ __all__ = [
     "epochs_for",
     "load_example",
     "main",
-    "merge_rows",
     "methods_text",
     "parse_args",
     "row_epochs",
     "run_config",
-    "run_workers",
     "stored_path",
     "summary",
     "targets",

@@ -11,19 +11,10 @@ from typing import Any
 
 import torch
 
+from benchmarks.harness import RESULTS_DIR, ROOT, run_workers
 from dearkd_hf.data.loading import EMBEDDED_DATASET
 
-from .harness import (
-    RESULTS_DIR,
-    ROOT,
-    Results,
-    Runner,
-    ensure_dataset,
-    merge_rows,
-    row_epochs,
-    run_config,
-    run_workers,
-)
+from .harness import Results, Runner, ensure_dataset, row_epochs, run_config
 from .methods import METHOD_NAMES, methods_text
 from .report import write_reports
 
@@ -157,8 +148,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         type=int,
         default=min(2, os.cpu_count() or 1),
         help="Processes that split the seeds between them (one core each, --threads threads), merged at the end; "
-        "each writes <work_dir>/workers/<results dir name>/seeds-*.log and resumes from its own results file. "
-        "Default: 2 (1 on a one-core machine).",
+        "each writes <work_dir>/workers/<results dir name>/seeds-*.log and its own results file there, and a re-run "
+        "keeps the rows the workers of a killed run finished. Default: 2 (1 on a one-core machine).",
     )
     parser.add_argument(
         "--merge_from",
@@ -198,11 +189,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     results_dir = Path(args.results_dir)
     results = Results(results_dir / f"{args.prefix}.json", run_config(args), args.overwrite)
     if args.merge_from:
-        merge_rows(results, [Path(path) for path in args.merge_from])
+        for path in args.merge_from:
+            results.merge(path, label=f"--merge_from {path}")
         write_reports(results, results_dir, args.prefix)
         return {"config": results.config, "rows": results.rows}
     if args.workers > 1 and len(args.seeds) > 1:
-        run_workers(args, sys.argv[1:] if argv is None else list(argv), results)
+        run_workers(args, sys.argv[1:] if argv is None else list(argv), results, "benchmarks.data_efficiency")
         write_reports(results, results_dir, args.prefix)
         return {"config": results.config, "rows": results.rows}
     runner = Runner(args)

@@ -1,7 +1,8 @@
-"""The data-efficiency harness: the configuration that rows depend on, the results file, workers, and the runner.
+"""The data-efficiency harness: the configuration that rows depend on, the results file's keys, and the runner.
 
 The runner trains each row through the example scripts' ``main()`` (what a user runs); the report
-(:mod:`.report`) and the methods (:mod:`.methods`) are separate.
+(:mod:`.report`) and the methods (:mod:`.methods`) are separate, and the results file and the workers are every
+benchmark's (:mod:`benchmarks.harness`).
 """
 
 from __future__ import annotations
@@ -12,7 +13,6 @@ import importlib.util
 import json
 import os
 import shutil
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -20,13 +20,13 @@ from typing import Any
 
 import torch
 
+from benchmarks import harness
+from benchmarks.harness import ROOT
 from dearkd_hf.config import DEFAULT_STOP_FRACTION
 
 from .methods import BY_NAME
 
-ROOT = Path(__file__).resolve().parents[2]
 EXAMPLES = ROOT / "examples"
-RESULTS_DIR = ROOT / "benchmarks" / "results"
 
 
 def load_example(name: str):
@@ -48,7 +48,7 @@ def ensure_dataset(path: str) -> None:
     load_example("prepare_fashion_mnist").main(["--full", "--output_dir", path])
 
 
-# ---- the config that results depend on, and the results file ----
+# ---- the config that results depend on, and the results file's keys ----
 
 
 def stored_path(path: str) -> str:
@@ -89,93 +89,10 @@ def run_config(args: argparse.Namespace) -> dict[str, Any]:
     }
 
 
-class Results:
-    """The JSON file, rewritten atomically after each row."""
+class Results(harness.Results):
+    """The data-efficiency results file: rows keyed by (method, train fraction, seed)."""
 
-    def __init__(self, path: Path, config: dict[str, Any], overwrite: bool):
-        self.path = path
-        self.config = config
-        self.rows: list[dict[str, Any]] = []
-        if path.is_file() and not overwrite:
-            saved = json.loads(path.read_text())
-            if saved.get("config") != config:
-                raise SystemExit(
-                    f"{path} holds rows made with another configuration ({saved.get('config')}); pass --overwrite "
-                    "to discard them, or another --results_dir."
-                )
-            self.rows = saved["rows"]
-
-    def has(self, method: str, fraction: float, seed: int) -> bool:
-        return any(_key(row) == (method, fraction, seed) for row in self.rows)
-
-    def add(self, row: dict[str, Any]) -> None:
-        self.rows.append(row)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.path.with_suffix(".json.tmp")
-        tmp.write_text(json.dumps({"config": self.config, "rows": self.rows}, indent=2))
-        os.replace(tmp, self.path)
-
-
-def merge_rows(results: Results, paths: list[Path]) -> None:
-    """Add the rows of other workers' results files that this one lacks (same configuration only)."""
-    for path in paths:
-        other = json.loads(path.read_text())
-        if other.get("config") != results.config:
-            raise SystemExit(f"--merge_from {path}: made with another configuration; it cannot be merged.")
-        for row in other["rows"]:
-            if not results.has(*_key(row)):
-                results.add(row)
-
-
-def run_seed_workers(
-    module: str, argv: list[str], jobs: list[tuple[str, list[int], Path]], workers_dir: Path
-) -> list[str]:
-    """``python -m <module> <argv> --workers=1 --seeds ...`` once per (name, seeds, results file), in parallel from
-    the repository root, each logging to ``<workers_dir>/<name>.log``; waits for all and returns the failed logs."""
-    passed = [arg for arg in argv if arg != "--overwrite"]  # the caller handles it, once
-    running = []
-    for name, seeds, path in jobs:
-        command = [sys.executable, "-m", module, *passed, "--workers=1", "--seeds", *map(str, seeds)]
-        command.append(f"--results_dir={path.parent}")
-        log = open(workers_dir / f"{name}.log", "w")  # noqa: SIM115 (closed below, after the process ends)
-        print(f"worker {name}: log in {log.name}", flush=True)
-        running.append((subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT), log))
-    failed = []
-    for process, log in running:
-        if process.wait() != 0:
-            failed.append(log.name)
-        log.close()
-    return failed
-
-
-def run_workers(args: argparse.Namespace, argv: list[str], results: Results, module: str = __package__) -> None:
-    """A benchmark (``python -m <module>``, by default this one) once per group of seeds, in parallel, each with its
-    own results file and log under ``<work_dir>/workers/<results folder name>/``; then fold them in. ``args`` holds
-    ``seeds``, ``workers``, ``work_dir``, ``prefix`` and ``overwrite``; the rows are keyed as :class:`Results` keys
-    them."""
-    groups = [args.seeds[i :: args.workers] for i in range(min(args.workers, len(args.seeds)))]
-    # One folder per results folder: runs that share a work dir (its teachers) but not their results never meet.
-    workers_dir = Path(args.work_dir) / "workers" / results.path.parent.name
-    workers_dir.mkdir(parents=True, exist_ok=True)
-    jobs = []
-    for seeds in groups:
-        name = "seeds-" + "-".join(map(str, seeds))
-        path = workers_dir / name / f"{args.prefix}.json"
-        if args.overwrite:
-            path.unlink(missing_ok=True)
-        own = Results(path, results.config, overwrite=False)
-        for row in results.rows:  # rows this file already has are not trained again
-            if row["seed"] in seeds and not own.has(*_key(row)):
-                own.add(row)
-        jobs.append((name, seeds, own.path))
-    failed = run_seed_workers(module, argv, jobs, workers_dir)
-    merge_rows(results, [path for *_, path in jobs if path.is_file()])
-    if failed:
-        raise SystemExit(f"workers failed (their finished rows are kept); see {', '.join(failed)}")
-
-
-def _key(row: dict[str, Any]) -> tuple[str, float, int]:
-    return row["method"], float(row["train_fraction"]), int(row["seed"])
+    KEYS = {"rows": lambda row: (row["method"], float(row["train_fraction"]), int(row["seed"]))}
 
 
 # ---- rows ----

@@ -8,6 +8,8 @@ import statistics
 from pathlib import Path
 from typing import Any
 
+from benchmarks.harness import format_mean_std, mean_std
+
 from .harness import Results
 from .methods import METHOD_NAMES, METHODS
 
@@ -18,11 +20,8 @@ def summary(rows: list[dict[str, Any]]) -> dict[tuple[str, float], dict[str, flo
         groups.setdefault((row["method"], float(row["train_fraction"])), []).append(row)
     out = {}
     for key, group in groups.items():
-        accuracies = [r["accuracy"] for r in group]
         out[key] = {
-            "mean": statistics.mean(accuracies),
-            "std": statistics.stdev(accuracies) if len(accuracies) > 1 else math.nan,
-            "n": len(accuracies),
+            **mean_std(r["accuracy"] for r in group),
             "wall_s": statistics.mean(r["wall_s"] for r in group),
         }
     return out
@@ -51,8 +50,7 @@ def write_table(path: Path, rows: list[dict[str, Any]], config: dict[str, Any]) 
                 cells.append("-")
                 walls.append("-")
                 continue
-            spread = "" if math.isnan(s["std"]) else f" ± {100 * s['std']:.2f}"
-            cells.append(f"{100 * s['mean']:.2f}{spread} (n={s['n']})")
+            cells.append(f"{format_mean_std(s, scale=100)} (n={s['n']})")
             walls.append(f"{s['wall_s']:.0f}")
         lines.append(f"| {method} | " + " | ".join(cells) + " | " + " | ".join(walls) + " |")
     checks = targets(stats)

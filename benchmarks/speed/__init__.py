@@ -44,21 +44,20 @@ import weakref
 from pathlib import Path
 from typing import Any
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
+import timm
+import torch
+from torch import nn
+from transformers import Trainer, TrainerState, TrainingArguments
+from transformers.utils import logging as hf_logging
 
-import timm  # noqa: E402
-import torch  # noqa: E402
-from torch import nn  # noqa: E402
-from transformers import Trainer, TrainerState, TrainingArguments  # noqa: E402
-from transformers.utils import logging as hf_logging  # noqa: E402
+from benchmarks.harness import RESULTS_DIR, ROOT
+from dearkd_hf import DearKDConfig, DearKDTrainer, DearKDViTConfig, DearKDViTForImageClassification
+from dearkd_hf.data.collators import collate_fn
+from dearkd_hf.data.loading import DataTrainingArguments, load_image_datasets
+from dearkd_hf.data.transforms import with_transforms
+from dearkd_hf.models.teachers import load_teacher
 
-from dearkd_hf import DearKDConfig, DearKDTrainer, DearKDViTConfig, DearKDViTForImageClassification  # noqa: E402
-from dearkd_hf.data.collators import collate_fn  # noqa: E402
-from dearkd_hf.data.loading import DataTrainingArguments, load_image_datasets  # noqa: E402
-from dearkd_hf.data.transforms import with_transforms  # noqa: E402
-from dearkd_hf.models.teachers import load_teacher  # noqa: E402
-
-from .measure import (  # noqa: E402
+from .measure import (
     _allocated,
     make_step,
     make_teacher_forward,
@@ -69,9 +68,8 @@ from .measure import (  # noqa: E402
     summarise,
     time_steps,
 )
-from .throughput import generator_speed, loader_speed  # noqa: E402
+from .throughput import generator_speed, loader_speed
 
-RESULTS_DIR = Path(__file__).resolve().parents[1] / "results"
 TARGETS = {"stage1_vs_deit": 1.10, "stage1_vs_limit": 1.05, "stage2_vs_plain": 1.03}
 TRAINER_CONFIGS = ("plain", "deit_kd", "dearkd_s1", "dearkd_s2", "deit_kd_vit")
 # The users' scale: DeiT-Ti (192 wide, 12 blocks, 3 heads, patch 16) at 224 px RGB, a timm resnet50
@@ -303,16 +301,15 @@ def targets_met(ratios: dict[str, float], paired: dict[str, float], preset: str 
     }
 
 
-def portable_command(argv: list[str], script: str = "speed.py") -> list[str]:
-    """The command line as recorded in results: paths inside the repository relative to it, others by file name
-    (results hold no machine paths)."""
-    root = Path(__file__).resolve().parents[2]  # the repository (this file: benchmarks/speed/__init__.py)
+def portable_command(argv: list[str], script: str = "python -m benchmarks.speed") -> list[str]:
+    """The command line as recorded in results: how it is run (``script``), then ``argv`` with paths inside the
+    repository relative to it and others by file name (results hold no machine paths)."""
 
     def portable(arg: str) -> str:
         flag, sep, value = arg.rpartition("=") if arg.startswith("--") and "=" in arg else ("", "", arg)
         if os.path.isabs(value):
             path = Path(value).resolve()
-            value = str(path.relative_to(root)) if path.is_relative_to(root) else path.name
+            value = str(path.relative_to(ROOT)) if path.is_relative_to(ROOT) else path.name
         return f"{flag}{sep}{value}"
 
     return [script, *(portable(arg) for arg in argv)]

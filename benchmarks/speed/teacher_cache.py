@@ -50,21 +50,19 @@ import time
 from pathlib import Path
 from typing import Any
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
+import torch
+from transformers import Trainer, TrainingArguments
+from transformers.utils import logging as hf_logging
 
-import torch  # noqa: E402
-from transformers import Trainer, TrainingArguments  # noqa: E402
-from transformers.utils import logging as hf_logging  # noqa: E402
+from dearkd_hf import DearKDConfig, DearKDTrainer
+from dearkd_hf.alignment import teacher_feature_channels, teacher_outputs
+from dearkd_hf.data.collators import collate_fn
+from dearkd_hf.data.loading import DataTrainingArguments, load_image_datasets
+from dearkd_hf.data.transforms import ReplayableView, with_transforms
+from dearkd_hf.models.teachers import load_teacher
+from dearkd_hf.teacher_cache import write_teacher_cache
 
-from dearkd_hf import DearKDConfig, DearKDTrainer  # noqa: E402
-from dearkd_hf.alignment import teacher_feature_channels, teacher_outputs  # noqa: E402
-from dearkd_hf.data.collators import collate_fn  # noqa: E402
-from dearkd_hf.data.loading import DataTrainingArguments, load_image_datasets  # noqa: E402
-from dearkd_hf.data.transforms import ReplayableView, with_transforms  # noqa: E402
-from dearkd_hf.models.teachers import load_teacher  # noqa: E402
-from dearkd_hf.teacher_cache import write_teacher_cache  # noqa: E402
-
-from . import (  # noqa: E402
+from . import (
     NUM_BATCHES,
     RESULTS_DIR,
     build_parser,
@@ -75,7 +73,7 @@ from . import (  # noqa: E402
     resolve_args,
     training_args,
 )
-from .measure import (  # noqa: E402
+from .measure import (
     make_step,
     make_teacher_forward,
     paired_ratio,
