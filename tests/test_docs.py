@@ -134,6 +134,7 @@ def test_the_demo_prints_teacher_and_three_students(tmp_path):
         "DEMO_EPOCHS": "1",
         "DEMO_TRAIN_FRACTION": "0.02",
         "DEMO_MAX_EVAL_SAMPLES": "32",
+        "DEMO_SEEDS": "0 1",
     }
     result = subprocess.run(
         ["bash", str(ROOT / "examples" / "demo.sh")], env=env, capture_output=True, text=True, timeout=900
@@ -147,3 +148,8 @@ def test_the_demo_prints_teacher_and_three_students(tmp_path):
         "| ViT student, DearKD",
     ]
     assert all(0.0 <= float(row.split(" | ")[1]) <= 1.0 for row in rows)
+    # Each student row: two seeds and their mean; the paired DearKD - DeiT differences beside DeiT's own range.
+    per_seed = [[float(v) for v in row.split(" | ")[2].split(", ")] for row in rows[1:]]
+    assert all(len(values) == 2 and float(row.split(" | ")[1]) == pytest.approx(sum(values) / 2, abs=1e-4)
+               for row, values in zip(rows[1:], per_seed))  # fmt: skip
+    assert "DearKD - DeiT KD, paired by seed: " in result.stdout and "DeiT KD's own range over seeds" in result.stdout
