@@ -1,4 +1,4 @@
-"""Bad input a new user met (issue 33 item 5): each stops with one error naming the flag (or the data) at fault and
+"""Bad input a new user met: each stops with one error naming the flag (or the data) at fault and
 the fix, before any expensive work where the input allows it, instead of a library's traceback, a wrong cause or a
 silent run."""
 

@@ -1,4 +1,4 @@
-"""Every command in the README and docs/ runs as written, shrunk only in sizes (issue 33 item 5).
+"""Every command in the README and docs/ runs as written, shrunk only in sizes.
 
 The commands are read from the ```bash blocks of README.md and docs/*.md: every line running `python
 examples/<script>.py` (or `.venv/bin/python ...`) or `accelerate launch ... examples/<script>.py`, continuation lines

@@ -1,5 +1,5 @@
 """A run killed after its last training step but before its final save, re-run: the resumed session trains nothing,
-and its results must not report a training loss of 0.0 (issue 33 item 5). They report the run's mean loss per step,
+and its results must not report a training loss of 0.0. They report the run's mean loss per step,
 rebuilt from the logged windows when those cover every step, and leave it out otherwise."""
 
 from __future__ import annotations

@@ -40,8 +40,8 @@ class DearKDViTConfig(PretrainedConfig):
         attention_probs_dropout_prob (`float`, *optional*, defaults to 0.0):
             The dropout on the attention probabilities (DeiT's recipe and transformers' ViT use 0). The paper asks for
             dropout inside MHCA so that attention does not collapse onto local information; 0.1 (the default before
-            issue 27) costs about 1.5x a training step on CPU, where no fused attention kernel applies dropout
-            (METHOD.md section 4).
+            the speed work on the student) costs about 1.5x a training step on CPU, where no fused attention kernel
+            applies dropout (METHOD.md section 4).
         drop_path_rate (`float`, *optional*, defaults to 0.1):
             Stochastic depth, increasing linearly from 0 in the first block to this rate in the last.
         layer_norm_eps (`float`, *optional*, defaults to 1e-6):
