@@ -14,7 +14,7 @@ import os
 import sys
 
 import torch
-from conftest import make_dataset, make_resnet_teacher, make_vit
+from helpers import make_dataset, make_resnet_teacher, make_vit
 
 from dearkd_hf import DearKDConfig, DearKDTrainer
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from conftest import make_resnet_teacher, make_vit
+from helpers import make_resnet_teacher, make_vit
 
 from dearkd_hf import DearKDConfig, DearKDTrainer
 from dearkd_hf.alignment import AlignmentHead, StudentAligners, teacher_target

@@ -23,12 +23,22 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import make_dataset, make_resnet_teacher, make_vit
 from datasets import Dataset, DatasetDict, load_from_disk
+from helpers import (
+    EMBEDDED,
+    STUDENT,
+    inversion_config,
+    make_dataset,
+    make_resnet_teacher,
+    make_vit,
+    run_script,
+    tiny_args,
+    tiny_teacher,
+    truncate,
+    write_lock,
+    write_teacher,
+)
 from safetensors.torch import load_file, save_file
-from test_inversion_deepinversion import config as inversion_config
-from test_inversion_deepinversion import tiny_teacher
-from test_run_script import EMBEDDED, STUDENT, run_script, tiny_args, write_teacher
 from transformers import TrainerCallback
 
 from dearkd_hf import DearKDConfig
@@ -49,12 +59,6 @@ SAVED = [
 ]
 
 
-def cut(path: Path) -> None:
-    """A file the kill interrupted half-way through writing."""
-    data = path.read_bytes()
-    path.write_bytes(data[: len(data) // 2])
-
-
 def written_up_to(folder: Path, last: str, cut_last: bool) -> None:
     """Keep the files the Trainer writes before `last` (in SAVED order), and `last` itself whole or cut."""
     keep = SAVED[: SAVED.index(last) + 1]
@@ -62,7 +66,7 @@ def written_up_to(folder: Path, last: str, cut_last: bool) -> None:
         if path.name not in keep and path.name != "preprocessor_config.json":
             path.unlink() if path.is_file() else shutil.rmtree(path)
     if cut_last:
-        cut(folder / last)
+        truncate(folder / last)
 
 
 def killed_writing_aligners(folder: Path) -> None:
@@ -145,20 +149,6 @@ def copy_run(source: Path, out: Path, finished: bool = False) -> None:
     for path in source.iterdir():
         if path.name.startswith("checkpoint-") or path.name == RUN_FILE:
             (shutil.copytree if path.is_dir() else shutil.copy)(path, out / path.name)
-
-
-@pytest.fixture
-def sleeper():
-    """A live process of this host that is not this one."""
-    process = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"])
-    yield process
-    process.kill()
-    process.wait()
-
-
-def write_lock(out: Path, pid: int, host: str) -> None:
-    out.mkdir(exist_ok=True)
-    (out / LOCK_FILE).write_text(json.dumps({"pid": pid, "host": host, "since": "2026-01-01T00:00:00+00:00"}))
 
 
 def test_a_second_run_in_a_folder_in_use_is_refused(tmp_path, teacher_dir, sleeper):
@@ -320,7 +310,7 @@ def unlabelled_dataset(tmp_path_factory) -> str:
 
 def truncated_copy(folder: str, into: Path) -> str:
     shutil.copytree(folder, into)
-    cut(into / "model.safetensors")
+    truncate(into / "model.safetensors")
     return str(into)
 
 

@@ -9,9 +9,8 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import make_dataset, make_resnet_teacher, make_vit
+from helpers import STUDENT, make_dataset, make_resnet_teacher, make_vit, run_script, write_teacher
 from PIL import Image
-from test_run_script import STUDENT, run_script, write_teacher
 from timm.data.auto_augment import RandAugment
 from timm.data.distributed_sampler import RepeatAugSampler
 from timm.data.random_erasing import RandomErasing

@@ -13,9 +13,8 @@ import numpy as np
 import pytest
 import timm
 import torch
-from conftest import NUM_LABELS, make_dataset, make_resnet_teacher
+from helpers import NUM_LABELS, FakeHubApi, make_dataset, make_resnet_teacher, run_script, write_teacher
 from PIL import Image
-from test_run_script import FakeHubApi, one_thread, run_script, write_teacher  # noqa: F401 (one_thread: autouse)
 from transformers import (
     AutoImageProcessor,
     AutoModelForImageClassification,
@@ -47,6 +46,7 @@ from dearkd_hf import trainer as dearkd_trainer
 from dearkd_hf.models.grayscale import FOLDED_KEY
 from dearkd_hf.models.students import STUDENT_FAMILIES, student_forward_kwargs, student_geometry, student_outputs
 
+pytestmark = pytest.mark.usefixtures("one_thread")
 NATIVE = 32  # every tiny student is built for 32-pixel images with 4-pixel patches (an 8x8 grid)
 TRAINED = 16  # and trained at half that size, as 224 -> 112
 TRANSFORMERS_SHAPE = dict(

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import safetensors.torch
 import torch
-from conftest import TINY_VIT, make_dataset, make_resnet_teacher, make_vit
+from helpers import TINY_VIT, make_dataset, make_resnet_teacher, make_vit
 from safetensors.torch import load_file
 from transformers import AutoModelForImageClassification, TrainerCallback, ViTImageProcessor
 
