@@ -1,6 +1,6 @@
-"""What the tests share besides fixtures (those are in conftest.py): tiny models and data built from configs,
-examples/run.py as a module with its tiny flags, a tiny BatchNorm CNN for the data-free generators, launchers of two
-processes, and files as a killed run leaves them. Nothing comes from the Hub.
+"""What the tests share besides fixtures (those are in conftest.py): tiny models and data built from configs, a tiny
+DearKDConfig, examples/run.py as a module with its tiny flags, a tiny BatchNorm CNN for the data-free generators,
+launchers of two processes, and files as a killed run leaves them. Nothing comes from the Hub.
 
 Test files import from here, never from another test file or from conftest.py. conftest.py imports this module for
 every test file, so it stays cheap to import: dearkd_hf and the example scripts are imported where first used (the
@@ -86,6 +86,14 @@ def make_dataset(n: int = 32, num_labels: int = NUM_LABELS, num_channels: int = 
     pixels = torch.randn(n, num_channels, IMAGE_SIZE, IMAGE_SIZE, generator=generator)
     labels = torch.randint(0, num_labels, (n,), generator=generator)
     return Dataset.from_dict({"pixel_values": pixels.numpy(), "labels": labels.tolist()}).with_format("torch")
+
+
+def make_config(output_dir, **overrides):
+    """The tiny tests' DearKDConfig: into ``output_dir``, on the CPU, reporting nowhere; ``overrides`` are the test's
+    own settings."""
+    from dearkd_hf import DearKDConfig
+
+    return DearKDConfig(**{"output_dir": str(output_dir), "report_to": "none", "use_cpu": True, **overrides})
 
 
 # ---- examples/run.py on the embedded dataset ----

@@ -4,6 +4,7 @@ import json
 
 import pytest
 import torch
+from helpers import make_config
 from safetensors.torch import save_file
 from transformers import HfArgumentParser, ViTConfig
 
@@ -43,7 +44,7 @@ def write_checkpoint(folder, step: int):
 
 
 def test_resume_checkpoint_finds_the_last_complete_one(tmp_path, caplog):
-    config = DearKDConfig(output_dir=str(tmp_path), report_to="none")
+    config = make_config(tmp_path)
     assert resume_checkpoint(config) is None
     for step in (4, 12):
         write_checkpoint(tmp_path / f"checkpoint-{step}", step)

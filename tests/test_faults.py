@@ -28,6 +28,7 @@ from helpers import (
     EMBEDDED,
     STUDENT,
     inversion_config,
+    make_config,
     make_dataset,
     make_resnet_teacher,
     make_vit,
@@ -41,7 +42,6 @@ from helpers import (
 from safetensors.torch import load_file, save_file
 from transformers import TrainerCallback
 
-from dearkd_hf import DearKDConfig
 from dearkd_hf.inversion import DeepInversionGenerator, write_dataset
 from dearkd_hf.runs import seeded_batches
 from dearkd_hf.runs.lock import LOCK_FILE, OutputFolderLock
@@ -271,9 +271,9 @@ class PoisonAt(TrainerCallback):
 
 
 def test_a_non_finite_model_stops_the_run_naming_the_last_finite_checkpoint(tmp_path):
-    args = DearKDConfig(
-        output_dir=str(tmp_path), max_steps=4, per_device_train_batch_size=8, save_strategy="steps", save_steps=1,
-        report_to="none", use_cpu=True, dataloader_num_workers=0,
+    args = make_config(
+        tmp_path, max_steps=4, per_device_train_batch_size=8, save_strategy="steps", save_steps=1,
+        dataloader_num_workers=0,
     )  # fmt: skip
     trainer = DearKDTrainer(
         make_vit(), make_resnet_teacher(), args, train_dataset=make_dataset(), callbacks=[PoisonAt(2)]
@@ -407,9 +407,9 @@ def test_batches_are_seeded_with_the_epoch_they_belong_to(tmp_path, monkeypatch)
     monkeypatch.setattr(seeded_batches.hashlib, "sha256", spy)
 
     def trainer(**overrides) -> DearKDTrainer:
-        args = DearKDConfig(
-            output_dir=str(tmp_path), num_train_epochs=2, per_device_train_batch_size=8, save_strategy="steps",
-            save_steps=6, report_to="none", use_cpu=True, dataloader_num_workers=0, seed=0, **overrides,
+        args = make_config(
+            tmp_path, num_train_epochs=2, per_device_train_batch_size=8, save_strategy="steps", save_steps=6,
+            dataloader_num_workers=0, seed=0, **overrides,
         )  # fmt: skip
         return DearKDTrainer(make_vit(), make_resnet_teacher(), args, train_dataset=make_dataset())
 
@@ -425,10 +425,7 @@ def test_the_trainer_itself_refuses_another_runs_folder(tmp_path):
     """trainer.train() checks the folder too: checkpoints, or a saved model alone, of a run with other settings."""
 
     def trainer(folder: Path, **overrides) -> DearKDTrainer:
-        args = DearKDConfig(
-            output_dir=str(folder), max_steps=2, per_device_train_batch_size=8, report_to="none", use_cpu=True,
-            dataloader_num_workers=0, **overrides,
-        )  # fmt: skip
+        args = make_config(folder, max_steps=2, per_device_train_batch_size=8, dataloader_num_workers=0, **overrides)
         return DearKDTrainer(make_vit(), make_resnet_teacher(), args, train_dataset=make_dataset())
 
     trainer(tmp_path / "checkpoints", save_strategy="steps", save_steps=1).train()
