@@ -24,6 +24,7 @@ import torch
 from datasets import Dataset, Image, load_from_disk
 from huggingface_hub.utils import DEFAULT_IGNORE_PATTERNS, filter_repo_objects
 from safetensors import safe_open
+from safetensors.torch import save_file
 from torch import nn
 from transformers import ResNetConfig, ResNetForImageClassification, ViTConfig, ViTForImageClassification
 
@@ -295,6 +296,15 @@ def truncate(path: Path) -> None:
     """A file the kill interrupted half-way through writing."""
     data = path.read_bytes()
     path.write_bytes(data[: len(data) // 2])
+
+
+def write_checkpoint(folder: Path, step: int) -> Path:
+    """The files a complete Trainer checkpoint holds (trainer_state.json written last)."""
+    folder.mkdir(parents=True)
+    save_file({"w": torch.zeros(2)}, folder / "model.safetensors")
+    torch.save({"step": step}, folder / "optimizer.pt")
+    (folder / "trainer_state.json").write_text(json.dumps({"global_step": step}))
+    return folder
 
 
 def write_lock(out: Path, pid: int, host: str) -> None:

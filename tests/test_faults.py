@@ -44,7 +44,7 @@ from transformers import TrainerCallback
 
 from dearkd_hf.inversion import DeepInversionGenerator, write_dataset
 from dearkd_hf.runs import seeded_batches
-from dearkd_hf.runs.lock import LOCK_FILE, OutputFolderLock
+from dearkd_hf.runs.lock import LOCK_FILE
 from dearkd_hf.runs.record import RUN_FILE
 from dearkd_hf.trainer import DearKDTrainer
 
@@ -157,28 +157,6 @@ def test_a_second_run_in_a_folder_in_use_is_refused(tmp_path, teacher_dir, sleep
     with pytest.raises(BlockingIOError, match=rf"in use by another run \(pid {sleeper.pid} on .*since 2026-01-01"):
         run_script.main(run_args(teacher_dir, out))
     assert sorted(p.name for p in out.iterdir()) == [LOCK_FILE]  # nothing written, the other run's lock kept
-
-
-def test_a_lock_of_another_host_or_of_this_process_is_not_taken_over(tmp_path):
-    write_lock(tmp_path, os.getpid(), "another-host")
-    with pytest.raises(BlockingIOError, match="another-host"):
-        OutputFolderLock(tmp_path).acquire()
-    write_lock(tmp_path, os.getpid(), socket.gethostname())  # ours, but not taken through OutputFolderLock
-    with pytest.raises(BlockingIOError, match=f"pid {os.getpid()}"):
-        OutputFolderLock(tmp_path).acquire()
-
-
-def test_a_stale_lock_is_taken_over_and_released(tmp_path, capsys):
-    process = subprocess.Popen([sys.executable, "-c", "pass"])
-    process.wait()  # dead, reaped: its pid is free
-    write_lock(tmp_path, process.pid, socket.gethostname())
-    with OutputFolderLock(tmp_path):
-        assert json.loads((tmp_path / LOCK_FILE).read_text())["pid"] == os.getpid()
-        with OutputFolderLock(tmp_path):  # the trainer inside the script: taken again, not refused
-            pass
-        assert (tmp_path / LOCK_FILE).exists()
-    assert not (tmp_path / LOCK_FILE).exists()
-    assert f"taking over the lock of a run that is no longer alive (pid {process.pid}" in capsys.readouterr().err
 
 
 def test_the_trainer_holds_the_lock_while_training(tmp_path, teacher_dir, monkeypatch):

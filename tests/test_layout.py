@@ -107,3 +107,9 @@ def test_tests_import_helpers_never_another_test_file():
             for name in names:
                 top = name.split(".")[0]
                 assert not top.startswith("test_") and top != "conftest", f"{path.relative_to(ROOT)} imports {name}"
+
+
+def test_each_runs_module_has_its_test_file():
+    for module in sorted((PACKAGE / "runs").glob("*.py")):
+        if module.name != "__init__.py":
+            assert (ROOT / "tests" / f"test_runs_{module.name}").is_file(), module.name
