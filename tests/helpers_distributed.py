@@ -14,24 +14,23 @@ import os
 import sys
 
 import torch
-from conftest import make_dataset, make_resnet_teacher, make_vit
+from helpers import make_config, make_dataset, make_resnet_teacher, make_vit
 
-from dearkd_hf import DearKDConfig, DearKDTrainer
+from dearkd_hf import DearKDTrainer
 
 
 def main(output_dir: str) -> None:
     rank = int(os.environ.get("RANK", "0"))
     student = make_vit(seed=10 + rank)
     teacher = make_resnet_teacher()
-    args = DearKDConfig(
-        output_dir=os.path.join(output_dir, "trainer"),
+    args = make_config(
+        os.path.join(output_dir, "trainer"),
         num_train_epochs=2,
         distillation_stop_epoch=1.0,
         per_device_train_batch_size=4,
         learning_rate=1e-3,
         logging_steps=1,
         save_strategy="no",
-        report_to="none",
         use_cpu=os.environ.get("DEARKD_TEST_DEVICE", "cpu") != "cuda",  # tests/gpu launches it on two GPUs
         seed=0,
         dataloader_num_workers=0,

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from conftest import make_resnet_teacher, make_vit
+from helpers import make_config, make_resnet_teacher, make_vit
 
-from dearkd_hf import DearKDConfig, DearKDTrainer
+from dearkd_hf import DearKDTrainer
 from dearkd_hf.alignment import AlignmentHead, StudentAligners, teacher_target
 from dearkd_hf.alignment_pairs import AlignmentPair
 from dearkd_hf.losses import alignment_loss
@@ -61,7 +61,7 @@ def test_stage1_runs_the_teacher_before_the_student(tmp_path):
     student, teacher = make_vit(), make_resnet_teacher()
     student.register_forward_pre_hook(lambda *_: order.append("student"))
     teacher.register_forward_pre_hook(lambda *_: order.append("teacher"))
-    args = DearKDConfig(output_dir=str(tmp_path), report_to="none", use_cpu=True)
+    args = make_config(tmp_path)
     trainer = DearKDTrainer(model=student, teacher_model=teacher, args=args)
     batch = {"pixel_values": torch.randn(2, 1, 16, 16), "labels": torch.tensor([0, 1])}
     order.clear()  # building the aligners ran the teacher once

@@ -11,8 +11,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import make_dataset, make_resnet_teacher, make_vit
 from datasets import ClassLabel, Dataset, Features, Image, Value
+from helpers import make_dataset, make_resnet_teacher, make_vit
 from PIL import Image as PILImage
 from transformers import AutoConfig, ResNetConfig, ResNetForImageClassification, TrainingArguments
 

@@ -15,7 +15,7 @@ from pathlib import Path
 import datasets
 import pytest
 import torch
-from conftest import make_resnet_teacher
+from helpers import make_resnet_teacher, make_vit
 from torchvision.transforms.functional import to_pil_image
 
 from dearkd_hf.inversion.losses import bpid_intra
@@ -686,7 +686,6 @@ def test_attention_distance_learning_curve_is_read_from_trainer_state():
 
 def test_attention_distance_layers_over_batches_equal_one_batch(tmp_path):
     """The benchmark's per-layer figure is the callback's function over all images, whatever the batch size."""
-    from conftest import make_vit
     from transformers import AutoModelForImageClassification
 
     from dearkd_hf.attention_distance import attention_distances

@@ -1,14 +1,11 @@
-"""Shared CLI helpers: config overrides, one-file arguments, resuming from the last complete checkpoint."""
-
-import json
+"""Shared CLI helpers: config overrides, one-file arguments, resuming from the last complete checkpoint (which
+checkpoint is complete: test_runs_checkpoints.py)."""
 
 import pytest
-import torch
-from safetensors.torch import save_file
+from helpers import make_config, write_checkpoint
 from transformers import HfArgumentParser, ViTConfig
 
 from dearkd_hf import DearKDConfig
-from dearkd_hf.runs.checkpoints import checkpoint_problem
 from dearkd_hf.scripts.cli import (
     check_config_overrides,
     parse_config_overrides,
@@ -35,17 +32,8 @@ def test_yaml_file_is_parsed_like_flags(tmp_path):
     assert config.alpha == 0.25 and config.alignment_pairs == ["2:layer1"]
 
 
-def write_checkpoint(folder, step: int):
-    """The files a complete Trainer checkpoint holds (trainer_state.json written last)."""
-    folder.mkdir(parents=True)
-    save_file({"w": torch.zeros(2)}, folder / "model.safetensors")
-    torch.save({"step": step}, folder / "optimizer.pt")
-    (folder / "trainer_state.json").write_text(json.dumps({"global_step": step}))
-    return folder
-
-
 def test_resume_checkpoint_finds_the_last_complete_one(tmp_path, caplog):
-    config = DearKDConfig(output_dir=str(tmp_path), report_to="none")
+    config = make_config(tmp_path)
     assert resume_checkpoint(config) is None
     for step in (4, 12):
         write_checkpoint(tmp_path / f"checkpoint-{step}", step)
@@ -64,31 +52,6 @@ def test_resume_checkpoint_finds_the_last_complete_one(tmp_path, caplog):
         ValueError, match="--resume_from_checkpoint .*checkpoint-16: cannot resume from it, it is empty"
     ):
         resume_checkpoint(config)
-
-
-@pytest.mark.parametrize(
-    "damage, problem",
-    [
-        (lambda f: None, None),
-        (lambda f: (f / "trainer_state.json").unlink(), "no trainer_state.json"),
-        (lambda f: (f / "trainer_state.json").write_text('{"global_st'), "trainer_state.json is not valid JSON"),
-        (lambda f: (f / "model.safetensors").unlink(), "no model weights"),
-        (lambda f: truncate(f / "model.safetensors"), "model.safetensors is truncated"),
-        (lambda f: truncate(f / "optimizer.pt"), "optimizer.pt is not a whole torch archive"),
-    ],
-    ids=["complete", "no-state", "state-cut", "no-weights", "weights-cut", "optimizer-cut"],
-)
-def test_checkpoint_problem_names_what_is_missing(tmp_path, damage, problem):
-    folder = write_checkpoint(tmp_path / "checkpoint-2", 2)
-    damage(folder)
-    found = checkpoint_problem(str(folder))
-    assert found is None if problem is None else problem in found
-    assert "aligners.safetensors" in checkpoint_problem(str(folder), required_files=["aligners.safetensors"])
-
-
-def truncate(path):
-    data = path.read_bytes()
-    path.write_bytes(data[: len(data) // 2])
 
 
 @pytest.mark.parametrize(

@@ -23,18 +23,28 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import make_dataset, make_resnet_teacher, make_vit
 from datasets import Dataset, DatasetDict, load_from_disk
+from helpers import (
+    EMBEDDED,
+    STUDENT,
+    inversion_config,
+    make_config,
+    make_dataset,
+    make_resnet_teacher,
+    make_vit,
+    run_script,
+    tiny_args,
+    tiny_teacher,
+    truncate,
+    write_lock,
+    write_teacher,
+)
 from safetensors.torch import load_file, save_file
-from test_inversion_deepinversion import config as inversion_config
-from test_inversion_deepinversion import tiny_teacher
-from test_run_script import EMBEDDED, STUDENT, run_script, tiny_args, write_teacher
 from transformers import TrainerCallback
 
-from dearkd_hf import DearKDConfig
 from dearkd_hf.inversion import DeepInversionGenerator, write_dataset
 from dearkd_hf.runs import seeded_batches
-from dearkd_hf.runs.lock import LOCK_FILE, OutputFolderLock
+from dearkd_hf.runs.lock import LOCK_FILE
 from dearkd_hf.runs.record import RUN_FILE
 from dearkd_hf.trainer import DearKDTrainer
 
@@ -49,12 +59,6 @@ SAVED = [
 ]
 
 
-def cut(path: Path) -> None:
-    """A file the kill interrupted half-way through writing."""
-    data = path.read_bytes()
-    path.write_bytes(data[: len(data) // 2])
-
-
 def written_up_to(folder: Path, last: str, cut_last: bool) -> None:
     """Keep the files the Trainer writes before `last` (in SAVED order), and `last` itself whole or cut."""
     keep = SAVED[: SAVED.index(last) + 1]
@@ -62,7 +66,7 @@ def written_up_to(folder: Path, last: str, cut_last: bool) -> None:
         if path.name not in keep and path.name != "preprocessor_config.json":
             path.unlink() if path.is_file() else shutil.rmtree(path)
     if cut_last:
-        cut(folder / last)
+        truncate(folder / last)
 
 
 def killed_writing_aligners(folder: Path) -> None:
@@ -147,48 +151,12 @@ def copy_run(source: Path, out: Path, finished: bool = False) -> None:
             (shutil.copytree if path.is_dir() else shutil.copy)(path, out / path.name)
 
 
-@pytest.fixture
-def sleeper():
-    """A live process of this host that is not this one."""
-    process = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"])
-    yield process
-    process.kill()
-    process.wait()
-
-
-def write_lock(out: Path, pid: int, host: str) -> None:
-    out.mkdir(exist_ok=True)
-    (out / LOCK_FILE).write_text(json.dumps({"pid": pid, "host": host, "since": "2026-01-01T00:00:00+00:00"}))
-
-
 def test_a_second_run_in_a_folder_in_use_is_refused(tmp_path, teacher_dir, sleeper):
     out = tmp_path / "out"
     write_lock(out, sleeper.pid, socket.gethostname())
     with pytest.raises(BlockingIOError, match=rf"in use by another run \(pid {sleeper.pid} on .*since 2026-01-01"):
         run_script.main(run_args(teacher_dir, out))
     assert sorted(p.name for p in out.iterdir()) == [LOCK_FILE]  # nothing written, the other run's lock kept
-
-
-def test_a_lock_of_another_host_or_of_this_process_is_not_taken_over(tmp_path):
-    write_lock(tmp_path, os.getpid(), "another-host")
-    with pytest.raises(BlockingIOError, match="another-host"):
-        OutputFolderLock(tmp_path).acquire()
-    write_lock(tmp_path, os.getpid(), socket.gethostname())  # ours, but not taken through OutputFolderLock
-    with pytest.raises(BlockingIOError, match=f"pid {os.getpid()}"):
-        OutputFolderLock(tmp_path).acquire()
-
-
-def test_a_stale_lock_is_taken_over_and_released(tmp_path, capsys):
-    process = subprocess.Popen([sys.executable, "-c", "pass"])
-    process.wait()  # dead, reaped: its pid is free
-    write_lock(tmp_path, process.pid, socket.gethostname())
-    with OutputFolderLock(tmp_path):
-        assert json.loads((tmp_path / LOCK_FILE).read_text())["pid"] == os.getpid()
-        with OutputFolderLock(tmp_path):  # the trainer inside the script: taken again, not refused
-            pass
-        assert (tmp_path / LOCK_FILE).exists()
-    assert not (tmp_path / LOCK_FILE).exists()
-    assert f"taking over the lock of a run that is no longer alive (pid {process.pid}" in capsys.readouterr().err
 
 
 def test_the_trainer_holds_the_lock_while_training(tmp_path, teacher_dir, monkeypatch):
@@ -281,9 +249,9 @@ class PoisonAt(TrainerCallback):
 
 
 def test_a_non_finite_model_stops_the_run_naming_the_last_finite_checkpoint(tmp_path):
-    args = DearKDConfig(
-        output_dir=str(tmp_path), max_steps=4, per_device_train_batch_size=8, save_strategy="steps", save_steps=1,
-        report_to="none", use_cpu=True, dataloader_num_workers=0,
+    args = make_config(
+        tmp_path, max_steps=4, per_device_train_batch_size=8, save_strategy="steps", save_steps=1,
+        dataloader_num_workers=0,
     )  # fmt: skip
     trainer = DearKDTrainer(
         make_vit(), make_resnet_teacher(), args, train_dataset=make_dataset(), callbacks=[PoisonAt(2)]
@@ -320,7 +288,7 @@ def unlabelled_dataset(tmp_path_factory) -> str:
 
 def truncated_copy(folder: str, into: Path) -> str:
     shutil.copytree(folder, into)
-    cut(into / "model.safetensors")
+    truncate(into / "model.safetensors")
     return str(into)
 
 
@@ -417,9 +385,9 @@ def test_batches_are_seeded_with_the_epoch_they_belong_to(tmp_path, monkeypatch)
     monkeypatch.setattr(seeded_batches.hashlib, "sha256", spy)
 
     def trainer(**overrides) -> DearKDTrainer:
-        args = DearKDConfig(
-            output_dir=str(tmp_path), num_train_epochs=2, per_device_train_batch_size=8, save_strategy="steps",
-            save_steps=6, report_to="none", use_cpu=True, dataloader_num_workers=0, seed=0, **overrides,
+        args = make_config(
+            tmp_path, num_train_epochs=2, per_device_train_batch_size=8, save_strategy="steps", save_steps=6,
+            dataloader_num_workers=0, seed=0, **overrides,
         )  # fmt: skip
         return DearKDTrainer(make_vit(), make_resnet_teacher(), args, train_dataset=make_dataset())
 
@@ -435,10 +403,7 @@ def test_the_trainer_itself_refuses_another_runs_folder(tmp_path):
     """trainer.train() checks the folder too: checkpoints, or a saved model alone, of a run with other settings."""
 
     def trainer(folder: Path, **overrides) -> DearKDTrainer:
-        args = DearKDConfig(
-            output_dir=str(folder), max_steps=2, per_device_train_batch_size=8, report_to="none", use_cpu=True,
-            dataloader_num_workers=0, **overrides,
-        )  # fmt: skip
+        args = make_config(folder, max_steps=2, per_device_train_batch_size=8, dataloader_num_workers=0, **overrides)
         return DearKDTrainer(make_vit(), make_resnet_teacher(), args, train_dataset=make_dataset())
 
     trainer(tmp_path / "checkpoints", save_strategy="steps", save_steps=1).train()

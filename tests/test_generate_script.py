@@ -15,8 +15,8 @@ import PIL.Image
 import pytest
 import timm
 from accelerate.state import AcceleratorState
-from conftest import launch_two_processes
 from datasets import ClassLabel, Dataset, Image, load_from_disk
+from helpers import launch_two_processes
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "examples" / "generate.py"

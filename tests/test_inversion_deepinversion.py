@@ -2,53 +2,17 @@
 
 from __future__ import annotations
 
-import hashlib
 import os
 
 import pytest
 import torch
 from datasets import ClassLabel, Image, load_from_disk
+from helpers import NUM_LABELS, SIDE, image_hashes, tiny_teacher
+from helpers import inversion_config as config
 from torch import nn
 
-from dearkd_hf.inversion import DeepInversionGenerator, InversionConfig, write_dataset
+from dearkd_hf.inversion import DeepInversionGenerator, write_dataset
 from dearkd_hf.models.teachers import load_teacher
-
-NUM_LABELS = 3
-SIDE = 16
-
-
-def tiny_teacher(seed: int = 0, num_labels: int = NUM_LABELS):
-    """A random BN CNN whose running statistics come from a few train-mode passes on noise.
-
-    The classifier weights are scaled up so that the random teacher's logits depend on the input enough to invert.
-    """
-    torch.manual_seed(seed)
-    net = nn.Sequential(
-        nn.Conv2d(1, 8, 3, padding=1),
-        nn.BatchNorm2d(8),
-        nn.ReLU(),
-        nn.Conv2d(8, 16, 3, padding=1, stride=2),
-        nn.BatchNorm2d(16),
-        nn.ReLU(),
-        nn.AdaptiveAvgPool2d(1),
-        nn.Flatten(),
-        nn.Linear(16, num_labels),
-    ).train()
-    with torch.no_grad():
-        for _ in range(10):
-            net(torch.randn(32, 1, SIDE, SIDE))
-        net[-1].weight.mul_(10)
-    return load_teacher(net, mean=(0.5,), std=(0.5,), id2label={i: f"class_{i}" for i in range(num_labels)})
-
-
-def config(**overrides) -> InversionConfig:
-    return InversionConfig(**{"iterations": 2, "batch_size": 6, "resolution": SIDE, **overrides})
-
-
-def image_hashes(dataset) -> list[str]:
-    return [
-        hashlib.sha256(row["bytes"]).hexdigest() for row in dataset.cast_column("image", Image(decode=False))["image"]
-    ]
 
 
 def test_a_few_iterations_lower_the_total_loss():

@@ -7,7 +7,7 @@ import os
 import pytest
 import safetensors.torch
 import torch
-from test_inversion_deepinversion import SIDE, image_hashes, tiny_teacher
+from helpers import SIDE, image_hashes, tiny_teacher
 from torch import nn
 
 from dearkd_hf.inversion import (

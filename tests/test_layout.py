@@ -100,3 +100,22 @@ def test_the_table_in_development_md_names_every_room():
     text = (ROOT / "docs" / "development.md").read_text(encoding="utf-8")
     for folder in ("runs/", "modeling/", "data/", "models/", "inversion/", "scripts/", "hub/lookup.py"):
         assert f"`{folder}`" in text or f"| `{folder}" in text, folder
+
+
+def test_tests_import_helpers_never_another_test_file():
+    """Shared test code is in tests/helpers.py (plain functions and constants) and tests/conftest.py (fixtures, which
+    pytest finds itself): no test file imports a test module or conftest."""
+    for path in sorted((ROOT / "tests").rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            names = [alias.name for alias in node.names] if isinstance(node, ast.Import) else []
+            if isinstance(node, ast.ImportFrom) and not node.level and node.module:
+                names = [node.module]
+            for name in names:
+                top = name.split(".")[0]
+                assert not top.startswith("test_") and top != "conftest", f"{path.relative_to(ROOT)} imports {name}"
+
+
+def test_each_runs_module_has_its_test_file():
+    for module in sorted((PACKAGE / "runs").glob("*.py")):
+        if module.name != "__init__.py":
+            assert (ROOT / "tests" / f"test_runs_{module.name}").is_file(), module.name

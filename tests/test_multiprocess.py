@@ -8,53 +8,16 @@ accelerate's MULTI_CPU mode with the gloo backend, on machines with or without G
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
 
 import torch
-
-ROOT = Path(__file__).resolve().parents[1]
-HELPER = ROOT / "tests" / "helpers_distributed.py"
-ACCELERATE = Path(sys.executable).with_name("accelerate")
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def launch_two_processes(output_dir: Path, cuda: bool = False) -> subprocess.CompletedProcess:
-    """Two processes on CPU (gloo), or with `cuda=True` one per GPU (nccl; tests/gpu)."""
-    env = {
-        **os.environ,
-        "PYTHONPATH": os.pathsep.join([str(ROOT / "src"), str(ROOT / "tests")]),
-        "OMP_NUM_THREADS": "1",
-        "HF_HUB_OFFLINE": "1",
-        "HF_HOME": str(output_dir / "hf_home"),  # no user accelerate config leaks in
-        "MASTER_ADDR": "127.0.0.1",
-        "DEARKD_TEST_DEVICE": "cuda" if cuda else "cpu",
-    }
-    if not cuda:
-        env["CUDA_VISIBLE_DEVICES"] = ""
-    command = [
-        str(ACCELERATE), "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
-        "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_ip", "127.0.0.1",
-        "--main_process_port", str(free_port()), str(HELPER), str(output_dir),
-    ]  # fmt: skip
-    return subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=240)
-
-
-def failure_report(result: subprocess.CompletedProcess) -> str:
-    output = result.stdout + result.stderr
-    errors = [line for line in output.splitlines() if "Error" in line and "[rank" in line]
-    return "\n".join(errors[:10]) + "\n...\n" + output[-3000:]
+from helpers import ROOT, STUDENT, failure_report, free_port, launch_distributed_training, write_teacher
 
 
 def test_two_cpu_processes_train_across_the_stage_switch_in_sync(tmp_path):
-    result = launch_two_processes(tmp_path)
+    result = launch_distributed_training(tmp_path)
     assert result.returncode == 0, failure_report(result)
     ranks = [torch.load(tmp_path / f"rank{i}.pt") for i in range(2)]
 
@@ -82,8 +45,6 @@ def test_two_cpu_processes_train_across_the_stage_switch_in_sync(tmp_path):
 def test_processes_that_do_not_form_one_group_are_refused(tmp_path):
     """torchrun with two CPU processes but without --use_cpu true: each process would train alone into the same
     output_dir; run.py refuses both, in one line, before training."""
-    from test_run_script import STUDENT, write_teacher
-
     teacher = write_teacher(tmp_path / "teacher", num_labels=10)
     env = {**os.environ, "PYTHONPATH": str(ROOT / "src"), "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
     env["CUDA_VISIBLE_DEVICES"] = ""

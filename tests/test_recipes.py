@@ -9,25 +9,20 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import make_dataset, make_resnet_teacher, make_vit
+from helpers import STUDENT, make_config, make_dataset, make_resnet_teacher, make_vit, run_script, write_teacher
 from PIL import Image
-from test_run_script import STUDENT, run_script, write_teacher
 from timm.data.auto_augment import RandAugment
 from timm.data.distributed_sampler import RepeatAugSampler
 from timm.data.random_erasing import RandomErasing
 from timm.data.transforms import RandomResizedCropAndInterpolation
 from torchvision import transforms
 
-from dearkd_hf import DearKDConfig, DearKDTrainer
+from dearkd_hf import DearKDTrainer
 from dearkd_hf.data.collators import MixupCollator
 from dearkd_hf.data.loading import DataTrainingArguments, train_collator
 from dearkd_hf.data.recipes import RECIPES, apply_recipe, get_recipe
 from dearkd_hf.data.transforms import build_transforms
 from dearkd_hf.scripts.cli import default_num_workers, explicit_argument_names, with_loader_defaults
-
-
-def config(tmp_path, **overrides) -> DearKDConfig:
-    return DearKDConfig(output_dir=str(tmp_path), report_to="none", use_cpu=True, **overrides)
 
 
 def test_unknown_recipe_lists_the_known_ones():
@@ -60,7 +55,7 @@ def test_deit_transforms_are_timms():
 
 
 def test_deit_recipe_sets_deits_training_and_explicit_values_win(tmp_path):
-    args = config(tmp_path, per_device_train_batch_size=64, gradient_accumulation_steps=2, num_train_epochs=100)
+    args = make_config(tmp_path, per_device_train_batch_size=64, gradient_accumulation_steps=2, num_train_epochs=100)
     data = DataTrainingArguments(recipe="deit")
     training, data, student = apply_recipe("deit", args, data)
     assert training.learning_rate == pytest.approx(5e-4 * 128 / 512)
@@ -74,7 +69,7 @@ def test_deit_recipe_sets_deits_training_and_explicit_values_win(tmp_path):
     mixup = collator.mixup_fn
     assert (mixup.mixup_alpha, mixup.cutmix_alpha, mixup.label_smoothing) == (0.8, 1.0, 0.1)
 
-    kept = config(tmp_path, learning_rate=1e-3, weight_decay=0.01)
+    kept = make_config(tmp_path, learning_rate=1e-3, weight_decay=0.01)
     explicit = {"learning_rate", "weight_decay", "mixup", "drop_path_rate"}
     training, data, student = apply_recipe("deit", kept, DataTrainingArguments(mixup=0.2), explicit)
     assert (training.learning_rate, training.weight_decay, data.mixup, data.cutmix) == (1e-3, 0.01, 0.2, 1.0)
@@ -93,7 +88,7 @@ def test_explicit_names_come_from_flags_or_the_config_file(tmp_path):
 
 def test_repeated_augmentation_sampler_repeats_each_example(tmp_path):
     dataset = make_dataset(12)
-    args = config(tmp_path, repeated_augmentations=3)
+    args = make_config(tmp_path, repeated_augmentations=3)
     trainer = DearKDTrainer(model=make_vit(), teacher_model=make_resnet_teacher(), args=args, train_dataset=dataset)
     sampler = trainer._get_train_sampler()
     assert isinstance(sampler, RepeatAugSampler) and sampler.num_repeats == 3
@@ -103,7 +98,7 @@ def test_repeated_augmentation_sampler_repeats_each_example(tmp_path):
     sampler.set_epoch(1)
     assert list(sampler) != indices
     with pytest.raises(ValueError, match="repeated_augmentations"):
-        config(tmp_path, repeated_augmentations=0)
+        make_config(tmp_path, repeated_augmentations=0)
 
 
 def test_run_script_with_the_deit_recipe(tmp_path):
@@ -134,7 +129,7 @@ def test_default_workers_use_the_spare_cpus_on_cuda(cpus, processes, cuda, expec
 
 def test_loader_defaults_use_the_machine_unless_given(tmp_path, monkeypatch):
     monkeypatch.setattr("os.cpu_count", lambda: 8)
-    on_cpu = with_loader_defaults(config(tmp_path))
+    on_cpu = with_loader_defaults(make_config(tmp_path))
     assert on_cpu.dataloader_num_workers == 0 and not on_cpu.dataloader_persistent_workers
     assert on_cpu.dataloader_pin_memory is False  # nothing to pin for
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)  # (TrainingArguments would look for the device)

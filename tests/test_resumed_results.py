@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import make_dataset, make_resnet_teacher, make_vit
+from helpers import make_dataset, make_resnet_teacher, make_vit
 from transformers import ResNetConfig, ResNetForImageClassification
 
 from dearkd_hf import DearKDConfig, DearKDTrainer

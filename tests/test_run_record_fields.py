@@ -6,7 +6,7 @@ from __future__ import annotations
 import os
 
 import pytest
-from conftest import make_dataset, make_resnet_teacher, make_vit
+from helpers import make_config, make_dataset, make_resnet_teacher, make_vit
 
 from dearkd_hf import DearKDConfig, DearKDTrainer
 from dearkd_hf.config import NOT_IN_RUN_RECORD
@@ -33,17 +33,9 @@ CHANGED = {
 
 
 def config(tmp_path, **overrides) -> DearKDConfig:
-    values = dict(
-        output_dir=str(tmp_path / "run"),
-        num_train_epochs=2,
-        per_device_train_batch_size=8,
-        save_strategy="no",
-        report_to="none",
-        use_cpu=True,
-        seed=0,
-        distillation_stop_epoch=1.0,
-    )
-    return DearKDConfig(**{**values, **overrides})
+    values = dict(num_train_epochs=2, per_device_train_batch_size=8, save_strategy="no", seed=0)
+    output_dir = overrides.pop("output_dir", tmp_path / "run")
+    return make_config(output_dir, **{**values, "distillation_stop_epoch": 1.0, **overrides})
 
 
 def trainer(args: DearKDConfig) -> DearKDTrainer:

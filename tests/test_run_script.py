@@ -6,63 +6,26 @@ an intercepted Hub client (no network) and bad input that must fail before train
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import shutil
 import subprocess
 import sys
-from concurrent.futures import Future
 from pathlib import Path
-from types import SimpleNamespace
 
 import pytest
 import torch
 from datasets import Dataset, DatasetDict, Features, Image, Value, load_from_disk
-from huggingface_hub.utils import DEFAULT_IGNORE_PATTERNS, filter_repo_objects
-from safetensors import safe_open
+from helpers import EMBEDDED, ROOT, STUDENT, FakeHubApi, run_script, tiny_args, write_teacher
 from safetensors.torch import load_file
-from transformers import AutoModelForImageClassification, ResNetConfig, ResNetForImageClassification
+from transformers import AutoModelForImageClassification
 
 import dearkd_hf  # noqa: F401  (registers the dearkd_vit model type with the Auto classes)
 from dearkd_hf import trainer as dearkd_trainer
 from dearkd_hf.trainer import ALIGNERS_FILE, DearKDTrainer
 
-ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "examples" / "run.py"
-EMBEDDED = ROOT / "examples" / "data" / "fashion_mnist_small"
-STUDENT = "hidden_size=32,num_hidden_layers=4,num_attention_heads=2,intermediate_size=64,patch_size=4"
-
-spec = importlib.util.spec_from_file_location("dearkd_run_script", SCRIPT)
-run_script = importlib.util.module_from_spec(spec)
-sys.modules[spec.name] = run_script  # dataclasses resolve string annotations through the module
-spec.loader.exec_module(run_script)
-
-
-def write_teacher(folder: Path, num_labels: int, names: list[str] | None = None) -> str:
-    names = names or load_from_disk(str(EMBEDDED))["train"].features["label"].names[:num_labels]
-    torch.manual_seed(0)
-    config = ResNetConfig(
-        num_channels=1,
-        embedding_size=8,
-        hidden_sizes=[8, 16],
-        depths=[1, 1],
-        layer_type="basic",
-        num_labels=num_labels,
-        id2label=dict(enumerate(names)),
-        label2id={name: i for i, name in enumerate(names)},
-    )
-    ResNetForImageClassification(config).save_pretrained(folder)
-    return str(folder)
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny models gain nothing from intra-op threads, which on a busy shared CPU make each step seconds long."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
@@ -75,14 +38,6 @@ def teacher_dir(tmp_path_factory) -> str:
 def teacher5_dir(tmp_path_factory) -> str:
     """The same teacher with only five labels: its label space differs from the dataset's."""
     return write_teacher(tmp_path_factory.mktemp("teacher5"), num_labels=5)
-
-
-def tiny_args(teacher: str, output_dir: Path, epochs: int = 2) -> list[str]:
-    return [
-        "--teacher_model_name_or_path", teacher, "--config_overrides", STUDENT, "--image_size", "28",
-        "--max_train_samples", "64", "--max_eval_samples", "32", "--num_train_epochs", str(epochs),
-        "--per_device_train_batch_size", "16", "--report_to", "none", "--output_dir", str(output_dir),
-    ]  # fmt: skip
 
 
 def run_cli(*args: str) -> subprocess.CompletedProcess:
@@ -180,44 +135,6 @@ def test_rerun_into_same_output_dir_resumes_from_last_checkpoint(tmp_path, teach
     assert state["global_step"] == 8
     resumed = [log["stage"] for log in state["log_history"] if "loss" in log and log["step"] > 4]
     assert resumed[0] == 1.0 and resumed[-1] == 2.0  # back in stage 1 (stop epoch 1.6 of 2), then the switch
-
-
-class FakeHubApi:
-    """Stands in for transformers' shared HfApi: records repos and what upload_folder would upload, sends nothing."""
-
-    def __init__(self):
-        self.repos: list[str] = []
-        self.uploads: list[dict] = []
-
-    def create_repo(self, repo_id, token=None, private=None, exist_ok=True, **kwargs):
-        self.repos.append(repo_id)
-        return SimpleNamespace(repo_id=repo_id, url=f"https://huggingface.co/{repo_id}")
-
-    def upload_folder(self, *, repo_id, folder_path, ignore_patterns=None, allow_patterns=None, **kwargs):
-        """The files huggingface_hub would upload (same walk and filter), with what they hold at upload time."""
-        folder = Path(folder_path)
-        patterns = [ignore_patterns] if isinstance(ignore_patterns, str) else list(ignore_patterns or [])
-        relpaths = sorted(p.relative_to(folder).as_posix() for p in folder.glob("**/*") if p.is_file())
-        files = list(
-            filter_repo_objects(
-                relpaths, allow_patterns=allow_patterns, ignore_patterns=patterns + DEFAULT_IGNORE_PATTERNS
-            )
-        )
-        tensors = {}
-        for name in files:
-            if name.endswith(".safetensors"):
-                with safe_open(folder / name, framework="pt") as f:
-                    tensors[name] = list(f.keys())
-        card = (folder / "README.md").read_text() if "README.md" in files else None
-        self.uploads.append({"repo_id": repo_id, "files": files, "tensors": tensors, "card": card, **kwargs})
-        if kwargs.get("run_as_future"):  # the Trainer's pushes at each save wait on these
-            done = Future()
-            done.set_result(None)
-            return done
-        return None
-
-    def __getattr__(self, name):
-        raise AssertionError(f"unexpected Hub call: hf_api().{name}")
 
 
 # Everything a push may send: the student as from_pretrained loads it (with its modeling code) and its card.

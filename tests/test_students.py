@@ -13,9 +13,8 @@ import numpy as np
 import pytest
 import timm
 import torch
-from conftest import NUM_LABELS, make_dataset, make_resnet_teacher
+from helpers import NUM_LABELS, FakeHubApi, make_config, make_dataset, make_resnet_teacher, run_script, write_teacher
 from PIL import Image
-from test_run_script import FakeHubApi, one_thread, run_script, write_teacher  # noqa: F401 (one_thread: autouse)
 from transformers import (
     AutoImageProcessor,
     AutoModelForImageClassification,
@@ -42,11 +41,12 @@ from transformers import (
     pipeline,
 )
 
-from dearkd_hf import DearKDConfig, DearKDTrainer
+from dearkd_hf import DearKDTrainer
 from dearkd_hf import trainer as dearkd_trainer
 from dearkd_hf.models.grayscale import FOLDED_KEY
 from dearkd_hf.models.students import STUDENT_FAMILIES, student_forward_kwargs, student_geometry, student_outputs
 
+pytestmark = pytest.mark.usefixtures("one_thread")
 NATIVE = 32  # every tiny student is built for 32-pixel images with 4-pixel patches (an 8x8 grid)
 TRAINED = 16  # and trained at half that size, as 224 -> 112
 TRANSFORMERS_SHAPE = dict(
@@ -116,7 +116,7 @@ def test_geometry_is_read_from_the_model(name):
 
 
 @pytest.mark.parametrize("name", STUDENTS)
-def test_alignment_reads_the_patch_tokens_of_the_paired_block(name):
+def test_alignment_reads_the_patch_tokens_of_the_paired_block(tmp_path, name):
     """The aligned features come from block 2's patch tokens (prefix tokens dropped), at the training grid."""
     build = STUDENTS[name][0]
     student = build()
@@ -124,7 +124,7 @@ def test_alignment_reads_the_patch_tokens_of_the_paired_block(name):
     trainer = DearKDTrainer(
         model=student,
         teacher_model=make_resnet_teacher(),
-        args=DearKDConfig(output_dir="unused", use_cpu=True, report_to="none", alignment_pairs=["2:resnet.embedder"]),
+        args=make_config(tmp_path, alignment_pairs=["2:resnet.embedder"]),
         image_size=size,
     )
     seen = {}
@@ -157,14 +157,14 @@ def _extra(trainer):
     return kwargs
 
 
-def test_logit_distillation_goes_through_the_timm_distillation_head(monkeypatch):
+def test_logit_distillation_goes_through_the_timm_distillation_head(tmp_path, monkeypatch):
     seen = []
     real = dearkd_trainer.stage1_loss
     monkeypatch.setattr(dearkd_trainer, "stage1_loss", lambda *a, **kw: seen.append(a[1]) or real(*a, **kw))
     trainer = DearKDTrainer(
         model=STUDENTS["timm-deit-distilled"][0](),
         teacher_model=make_resnet_teacher(),
-        args=DearKDConfig(output_dir="unused", use_cpu=True, report_to="none", max_steps=1),
+        args=make_config(tmp_path, max_steps=1),
         train_dataset=make_dataset(8),
         image_size=16,
     )
@@ -279,7 +279,7 @@ def test_supported_families_cover_the_issue():
         assert name in names
 
 
-def test_cnn_and_swin_students_are_refused_naming_the_families():
+def test_cnn_and_swin_students_are_refused_naming_the_families(tmp_path):
     cnn = ResNetForImageClassification(ResNetConfig(num_channels=1, hidden_sizes=[8], depths=[1], embedding_size=8))
     swin = SwinForImageClassification(
         SwinConfig(image_size=16, patch_size=4, num_channels=1, embed_dim=8, depths=[1], num_heads=[1])
@@ -287,16 +287,16 @@ def test_cnn_and_swin_students_are_refused_naming_the_families():
     timm_cnn = TimmWrapperForImageClassification(TimmWrapperConfig(architecture="resnet18", num_labels=3))
     for student in (cnn, swin, timm_cnn):
         with pytest.raises(ValueError, match=r"not a supported ViT student.*DINOv2.*BEiT.*TimmWrapper"):
-            DearKDTrainer(model=student, teacher_model=make_resnet_teacher(), args=DearKDConfig(output_dir="x"))
+            DearKDTrainer(model=student, teacher_model=make_resnet_teacher(), args=make_config(tmp_path))
 
 
 @pytest.mark.parametrize("name", ["timm-vit", "dinov2", "beit"])
-def test_non_square_grid_is_refused_before_training(name):
+def test_non_square_grid_is_refused_before_training(tmp_path, name):
     with pytest.raises(ValueError, match=r"image_size: .*square patch grid at image_size=18"):
         DearKDTrainer(
             model=STUDENTS[name][0](),
             teacher_model=make_resnet_teacher(),
-            args=DearKDConfig(output_dir="x", use_cpu=True),
+            args=make_config(tmp_path),
             image_size=18,
         )
 
@@ -310,10 +310,10 @@ def dearkd_vit():
     )  # fmt: skip
 
 
-def test_a_student_that_cannot_interpolate_is_refused_clearly():
+def test_a_student_that_cannot_interpolate_is_refused_clearly(tmp_path):
     with pytest.raises(ValueError, match=r"cannot interpolate its position embeddings to 16.*--image_size 32"):
         DearKDTrainer(
-            model=dearkd_vit(), teacher_model=make_resnet_teacher(), args=DearKDConfig(output_dir="x"), image_size=16
+            model=dearkd_vit(), teacher_model=make_resnet_teacher(), args=make_config(tmp_path), image_size=16
         )
 
 
@@ -323,14 +323,14 @@ def test_students_page_lists_every_family():
         assert family.name in page and family.example in page
 
 
-def test_a_refused_student_is_left_as_it_came():
+def test_a_refused_student_is_left_as_it_came(tmp_path):
     """Checks run before the student is set up: a timm ViT refused for its channels keeps its size and head mode."""
     student = STUDENTS["timm-deit-distilled"][0]()
     with pytest.raises(ValueError, match="teacher_model: the teacher takes 3 input channels"):
         DearKDTrainer(
             model=student,
             teacher_model=make_resnet_teacher(num_channels=3),
-            args=DearKDConfig(output_dir="x", use_cpu=True),
+            args=make_config(tmp_path),
             image_size=16,
         )
     assert tuple(student.timm_model.patch_embed.img_size) == (NATIVE, NATIVE)
@@ -339,13 +339,13 @@ def test_a_refused_student_is_left_as_it_came():
 
 
 @pytest.mark.parametrize("name", ["vit", "deit-distilled", "beit", "timm-vit"])
-def test_predict_on_unlabeled_images_at_the_trained_size(name):
+def test_predict_on_unlabeled_images_at_the_trained_size(tmp_path, name):
     """``trainer.predict`` on images without labels runs the student as training did (at the new size too)."""
     build = STUDENTS[name][0]
     trainer = DearKDTrainer(
         model=build(),
         teacher_model=make_resnet_teacher(),
-        args=DearKDConfig(output_dir="unused", use_cpu=True, report_to="none", per_device_eval_batch_size=4),
+        args=make_config(tmp_path, per_device_eval_batch_size=4),
         image_size=TRAINED,
     )
     pixels = torch.randn(6, 1, TRAINED, TRAINED)

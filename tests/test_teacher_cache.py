@@ -4,7 +4,6 @@ extendable writing, training with no teacher loaded, and stale caches refused.""
 from __future__ import annotations
 
 import hashlib
-import importlib.util
 import json
 import os
 import shutil
@@ -18,10 +17,9 @@ import pytest
 import safetensors.torch
 import torch
 from accelerate.state import AcceleratorState
-from conftest import launch_two_processes
 from datasets import load_from_disk
+from helpers import EMBEDDED, ROOT, STUDENT, example_script, launch_two_processes, run_script, write_teacher
 from huggingface_hub.utils import filter_repo_objects
-from test_run_script import EMBEDDED, STUDENT, one_thread, run_script, write_teacher  # noqa: F401 (one_thread: autouse)
 from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as TF
 
@@ -32,13 +30,8 @@ from dearkd_hf.data.transforms import TRAIN_CROP_SCALE, ReplayableView, open_ima
 from dearkd_hf.models.teachers import load_teacher
 from dearkd_hf.teacher_cache import CACHE_FILE, TOP_K_FILL_MARGIN, CachedViews, TeacherCache, names_cached_teacher
 
-ROOT = Path(__file__).resolve().parents[1]
-
-
-spec = importlib.util.spec_from_file_location("dearkd_cache_teacher_script", ROOT / "examples" / "cache_teacher.py")
-cache_script = importlib.util.module_from_spec(spec)
-sys.modules[spec.name] = cache_script  # dataclasses resolve string annotations through the module
-spec.loader.exec_module(cache_script)
+pytestmark = pytest.mark.usefixtures("one_thread")
+cache_script = example_script("cache_teacher")
 
 
 @pytest.fixture(scope="module")

@@ -7,9 +7,9 @@ import json
 
 import pytest
 import torch
-from conftest import make_dataset, make_resnet_teacher, make_vit
+from helpers import make_config, make_dataset, make_resnet_teacher, make_vit
 
-from dearkd_hf import DearKDConfig, DearKDTrainer
+from dearkd_hf import DearKDTrainer
 from dearkd_hf.teacher_check import TeacherCheck, sample_indices, teacher_check
 
 
@@ -44,12 +44,11 @@ def always_answers(answer: int, seed: int = 1):
 
 
 def trainer(tmp_path, teacher, **config) -> DearKDTrainer:
-    values = dict(output_dir=str(tmp_path), num_train_epochs=1, per_device_train_batch_size=8, logging_steps=1)
-    values.update(save_strategy="no", report_to="none", use_cpu=True, seed=0, distillation_stop_epoch=1.0)
-    values.update(config)
+    values = dict(num_train_epochs=1, per_device_train_batch_size=8, logging_steps=1, save_strategy="no", seed=0)
+    config = make_config(tmp_path, **{**values, "distillation_stop_epoch": 1.0, **config})
     # Labels 0 and 1 only: a teacher that always answers 2 is right on none, below the majority-class rate.
     data = make_dataset(num_labels=2)
-    return DearKDTrainer(model=make_vit(), teacher_model=teacher, args=DearKDConfig(**values), train_dataset=data)
+    return DearKDTrainer(model=make_vit(), teacher_model=teacher, args=config, train_dataset=data)
 
 
 def test_a_weak_teacher_is_logged_carded_and_distilled_without_logit_kd(tmp_path, caplog):

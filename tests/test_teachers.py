@@ -3,7 +3,7 @@
 import pytest
 import timm
 import torch
-from conftest import make_resnet_teacher, make_vit
+from helpers import make_resnet_teacher, make_vit
 from torch import nn
 from transformers import ViTImageProcessor
 

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import safetensors.torch
 import torch
-from conftest import TINY_VIT, make_dataset, make_resnet_teacher, make_vit
+from helpers import TINY_VIT, make_config, make_dataset, make_resnet_teacher, make_vit
 from safetensors.torch import load_file
 from transformers import AutoModelForImageClassification, TrainerCallback, ViTImageProcessor
 
@@ -23,30 +23,28 @@ from dearkd_hf.data.collators import MixupCollator, collate_fn
 STAGES = ["resnet.encoder.stages.0", "resnet.encoder.stages.1"]
 
 
-def make_config(tmp_path, **overrides) -> DearKDConfig:
+def trainer_config(tmp_path, **overrides) -> DearKDConfig:
+    """helpers.make_config with this file's run: two epochs (stage 1 in the first), a log per step, no saves."""
     values = dict(
-        output_dir=str(tmp_path),
         num_train_epochs=2,
         per_device_train_batch_size=8,
         per_device_eval_batch_size=8,
         learning_rate=1e-3,
         logging_steps=1,
         save_strategy="no",
-        report_to="none",
-        use_cpu=True,
         seed=0,
         distillation_stop_epoch=1.0,
         dataloader_num_workers=0,
     )
     values.update(overrides)
-    return DearKDConfig(**values)
+    return make_config(tmp_path, **values)
 
 
 def make_trainer(tmp_path, student=None, teacher=None, dataset=None, **config) -> DearKDTrainer:
     return DearKDTrainer(
         model=student if student is not None else make_vit(),
         teacher_model=teacher if teacher is not None else make_resnet_teacher(),
-        args=make_config(tmp_path, **config),
+        args=trainer_config(tmp_path, **config),
         train_dataset=dataset if dataset is not None else make_dataset(),
         eval_dataset=make_dataset(8, seed=5),
     )
@@ -125,7 +123,7 @@ def test_teacher_sees_batches_renormalised_to_its_statistics(tmp_path):
     trainer = DearKDTrainer(
         model=make_vit(),
         teacher_model=teacher,
-        args=make_config(tmp_path, max_steps=1),
+        args=trainer_config(tmp_path, max_steps=1),
         train_dataset=make_dataset(8),
         processing_class=processor,
     )
@@ -312,7 +310,7 @@ def test_channel_mismatch_fails(tmp_path):
 
 def test_missing_teacher_fails(tmp_path):
     with pytest.raises(ValueError, match="teacher_model"):
-        DearKDTrainer(model=make_vit(), args=make_config(tmp_path), train_dataset=make_dataset())
+        DearKDTrainer(model=make_vit(), args=trainer_config(tmp_path), train_dataset=make_dataset())
 
 
 @pytest.mark.parametrize(
@@ -334,12 +332,12 @@ def test_missing_teacher_fails(tmp_path):
 )
 def test_bad_config_values_fail(tmp_path, field, value, message):
     with pytest.raises(ValueError, match=message):
-        make_config(tmp_path, **{field: value})
+        trainer_config(tmp_path, **{field: value})
 
 
 def test_stop_epoch_beyond_run_warns(tmp_path):
     with pytest.warns(UserWarning, match="distillation never stops"):
-        make_config(tmp_path, distillation_stop_epoch=5.0, num_train_epochs=2)
+        trainer_config(tmp_path, distillation_stop_epoch=5.0, num_train_epochs=2)
 
 
 def test_config_parses_with_hf_argument_parser(tmp_path):
@@ -489,7 +487,7 @@ def test_evaluation_and_prediction_batches_never_go_through_the_training_collato
     trainer = DearKDTrainer(
         model=make_vit(),
         teacher_model=make_resnet_teacher(),
-        args=make_config(tmp_path),
+        args=trainer_config(tmp_path),
         train_dataset=examples,
         eval_dataset=examples,
         data_collator=mixup,
@@ -593,4 +591,4 @@ def test_teacher_labels_make_the_label_term_learn_the_teachers_probabilities(tmp
 
 def test_teacher_labels_need_logit_distillation(tmp_path):
     with pytest.raises(ValueError, match="teacher_labels=True .* set distillation_type to 'hard' or 'soft'"):
-        make_config(tmp_path, teacher_labels=True, distillation_type="none")
+        trainer_config(tmp_path, teacher_labels=True, distillation_type="none")

@@ -15,9 +15,8 @@ from pathlib import Path
 import pytest
 import timm
 import torch
-from conftest import DEIT_TINY
 from datasets import load_from_disk
-from test_run_script import EMBEDDED, run_script
+from helpers import DEIT_TINY, EMBEDDED, run_script
 from transformers import (
     AutoModelForImageClassification,
     DeiTConfig,

@@ -12,9 +12,8 @@ import math
 import pytest
 import timm
 import torch
-from conftest import DEIT_TINY
 from datasets import Dataset
-from test_multiprocess import failure_report, launch_two_processes
+from helpers import DEIT_TINY, failure_report, launch_distributed_training
 from transformers import TrainerCallback
 
 from dearkd_hf import DearKDConfig, DearKDTrainer, DearKDViTConfig, DearKDViTForImageClassification
@@ -141,7 +140,7 @@ def test_torch_compile_trains_through_both_stages_or_says_why(tmp_path):
 
 @pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs two CUDA GPUs")
 def test_two_gpus_train_across_the_stage_switch_in_sync(tmp_path):
-    result = launch_two_processes(tmp_path, cuda=True)
+    result = launch_distributed_training(tmp_path, cuda=True)
     assert result.returncode == 0, failure_report(result)
     ranks = [torch.load(tmp_path / f"rank{i}.pt") for i in range(2)]
     for i, rank in enumerate(ranks):
