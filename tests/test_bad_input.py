@@ -4,15 +4,13 @@ silent run."""
 
 from __future__ import annotations
 
-import importlib.util
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 from datasets import ClassLabel, Dataset, Features, Image, Value
-from helpers import make_dataset, make_resnet_teacher, make_vit
+from helpers import example_script, make_dataset, make_resnet_teacher, make_vit
 from PIL import Image as PILImage
 from transformers import AutoConfig, ResNetConfig, ResNetForImageClassification, TrainingArguments
 
@@ -24,25 +22,11 @@ ROOT = Path(__file__).resolve().parents[1]
 STUDENT = "hidden_size=16,num_hidden_layers=2,num_attention_heads=2,intermediate_size=32,patch_size=4"
 
 
-def load_script(name: str):
-    """An example script as a module, its ``main`` callable in this process."""
-    spec = importlib.util.spec_from_file_location(f"bad_input_{name}", ROOT / "examples" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses resolve string annotations through the module
-    spec.loader.exec_module(module)
-    return module
+run_script = example_script("run")
+train_teacher = example_script("train_teacher")
 
 
-run_script = load_script("run")
-train_teacher = load_script("train_teacher")
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
