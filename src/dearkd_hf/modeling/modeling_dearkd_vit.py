@@ -6,6 +6,10 @@ patch tokens (Cordonnier et al., ICLR 2020). Initialised to `v_h = -a * (1, -2 c
 `-a * |delta - c_h|^2 + const`, so head h starts as a Gaussian around `p_i + c_h`: a convolution-like kernel that
 training may widen or drop. The term is 0 for any pair involving a prefix (class / distillation) token.
 
+The positional term is computed in float32 (float64 for a float64 model) whatever the weights' dtype, from integer
+geometry buffers that no dtype cast touches: `from_pretrained(..., dtype=torch.bfloat16)`, `.half()` and autocast
+keep MHCA's locality (relative positions up to 2 (G - 1)^2 = 338 are not exact in bf16).
+
 This file must stay self-contained: it imports only torch, transformers and the config next to it, so that a saved
 model folder loads with `trust_remote_code=True` where dearkd_hf is not installed.
 """
@@ -50,12 +54,16 @@ def relative_positions(grid_size: int | tuple[int, int]) -> torch.Tensor:
 
 
 MHCA_CHANNELS = 4  # extra query / key channels per head that carry MHCA's positional term on the sdpa path
+# The geometry buffers hold integers (every relative position and position feature is one), so no dtype cast of the
+# model rounds them; they are cast to the positional term's float dtype where used.
+GEOMETRY_DTYPE = torch.int32
 
 
 def mhca_position_features(grid_size: int | tuple[int, int], num_prefix: int) -> tuple[torch.Tensor, torch.Tensor]:
     """The positional term `v_h . r(p_j - p_i)` as a product of query and key features, for the sdpa path.
 
-    With positions p centred on the grid (the term depends on p_j - p_i only) and
+    With positions p centred on the grid (shifted by the integer part of their mean, so every feature is an integer;
+    the term depends on p_j - p_i only) and
     `|p_j - p_i|^2 = |p_j|^2 - 2 p_i . p_j + |p_i|^2`, the term for patch tokens i, j is
     `f_i . (B_j v_h) + c_i` where `c_i = v0 |p_i|^2 - v1 x_i - v2 y_i` depends on the row only, which softmax
     ignores. Returns:
@@ -69,7 +77,7 @@ def mhca_position_features(grid_size: int | tuple[int, int], num_prefix: int) ->
     So `f_i . (B_j v_h)` equals `v_h . r(p_j - p_i)` minus a constant per row, and 0 in prefix rows (tested).
     """
     positions = grid_positions(grid_size)
-    positions = positions - positions.mean(dim=0)  # centred: smaller products, less cancellation in fp32
+    positions = positions - positions.mean(dim=0).floor()  # centred: smaller products, less cancellation in fp32
     x, y = positions.unbind(-1)
     squared = x * x + y * y
     zeros, ones = torch.zeros_like(x), torch.ones_like(x)
@@ -267,13 +275,14 @@ class DearKDViTAttention(nn.Module):
 
     Two implementations, chosen by `config._attn_implementation` (transformers' `attn_implementation`):
 
-    - "eager": the reference formulation. The (H, T, T) positional bias is added to the scaled logits and the
-      probabilities are materialised; also used whenever `output_attentions` is requested.
+    - "eager": the reference formulation. The (H, T, T) positional bias (`attention_bias`) is added in float32 to
+      the scaled logits and the probabilities are materialised; also used whenever `output_attentions` is requested.
     - "sdpa" (default): the positional term travels as `MHCA_CHANNELS` extra query / key channels per head (see
       `mhca_position_features`), so `F.scaled_dot_product_attention` runs with no mask and may use a fused kernel.
       It gives the eager outputs and gradients up to float rounding (tested to 1e-5 in fp32). In half precision
-      (bf16 / fp16, e.g. under autocast) MHCA layers pass the bias as sdpa's float mask instead: the channel form
-      cancels terms of up to ~2 |v0| |p|^2 and bf16 rounding would move attention probabilities by up to ~0.1.
+      (bf16 / fp16, loaded so or under autocast) MHCA layers pass the bias, relative to its row maximum, as sdpa's
+      float mask instead: the channel form cancels terms of up to ~2 |v0| |p|^2 and bf16 rounding would move
+      attention probabilities by up to ~0.1.
     """
 
     def __init__(self, config: DearKDViTConfig, use_mhca: bool) -> None:
@@ -295,33 +304,49 @@ class DearKDViTAttention(nn.Module):
             # v_h, one row per head; filled by `_init_weights` (-a * (1, -2 c_hx, -2 c_hy))
             self.positional_weight = nn.Parameter(torch.zeros(self.num_heads, 3))
             # Derived from the config's grid, not saved, recomputed by `_init_weights` on load: r(delta) for the
-            # eager path, the query features and key basis of the sdpa path
-            self.register_buffer("relative_positions", relative_positions(config.grid_size), persistent=False)
+            # eager path, the query features and key basis of the sdpa path; integers (`GEOMETRY_DTYPE`)
+            relative = relative_positions(config.grid_size).to(GEOMETRY_DTYPE)
+            self.register_buffer("relative_positions", relative, persistent=False)
             query_features, key_basis = mhca_position_features(config.grid_size, config.num_prefix_tokens)
-            self.register_buffer("mhca_query_features", query_features, persistent=False)
-            self.register_buffer("mhca_key_basis", key_basis, persistent=False)
+            self.register_buffer("mhca_query_features", query_features.to(GEOMETRY_DTYPE), persistent=False)
+            self.register_buffer("mhca_key_basis", key_basis.to(GEOMETRY_DTYPE), persistent=False)
+
+    @property
+    def positional_dtype(self) -> torch.dtype:
+        """The dtype of the positional term: float32, or float64 for a float64 model; never half precision."""
+        return torch.promote_types(self.positional_weight.dtype, torch.float32)
 
     def positional_bias(self, num_tokens: int, grid_shape: tuple[int, int] | None = None) -> torch.Tensor:
-        """(H, T, T) logit bias v_h . r(p_j - p_i), zero in the rows and columns of prefix tokens."""
+        """(H, T, T) logit bias v_h . r(p_j - p_i), zero in the rows and columns of prefix tokens; unfloored, in
+        `positional_dtype`."""
         if grid_shape is None or tuple(grid_shape) == self.grid_shape:
             relative = self.relative_positions
         else:  # another resolution (interpolate_pos_encoding): the relative positions of that grid
             relative = relative_positions(grid_shape).to(self.relative_positions.device)
-        bias = torch.einsum("ijc,hc->hij", relative, self.positional_weight)
+        dtype = self.positional_dtype
+        bias = torch.einsum("ijc,hc->hij", relative.to(dtype), self.positional_weight.to(dtype))
         num_prefix = num_tokens - bias.shape[-1]
         return F.pad(bias, (num_prefix, 0, num_prefix, 0))
 
+    def attention_bias(self, num_tokens: int, grid_shape: tuple[int, int] | None = None) -> torch.Tensor:
+        """(H, T, T) the bias attention adds to its logits: `positional_bias` relative to its row maximum (softmax
+        ignores the shift, and half precision holds the bias best near 0); in `positional_dtype`."""
+        bias = self.positional_bias(num_tokens, grid_shape)
+        return bias - bias.detach().amax(dim=-1, keepdim=True)
+
     def position_features(self, grid_shape: tuple[int, int] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """(T, 4) query features and (T, H, 4) key features whose products give the positional term (sdpa path),
-        the key side divided by the softmax scale, which sdpa applies to the whole product."""
+        the key side divided by the softmax scale, which sdpa applies to the whole product; in `positional_dtype`."""
         if grid_shape is None or tuple(grid_shape) == self.grid_shape:
             query_features, key_basis = self.mhca_query_features, self.mhca_key_basis
         else:
             device = self.mhca_query_features.device
             query_features, key_basis = mhca_position_features(grid_shape, self.num_prefix_tokens)
             query_features, key_basis = query_features.to(device), key_basis.to(device)
-        key_features = torch.einsum("tfc,hc->thf", key_basis, self.positional_weight) / self.scaling
-        return query_features, key_features
+        dtype = self.positional_dtype
+        weight = self.positional_weight.to(dtype)
+        key_features = torch.einsum("tfc,hc->thf", key_basis.to(dtype), weight) / self.scaling
+        return query_features.to(dtype), key_features
 
     def forward(
         self,
@@ -337,7 +362,8 @@ class DearKDViTAttention(nn.Module):
         dropout = self.dropout_prob if self.training else 0.0
         implementation = "eager" if output_attentions else self.config._attn_implementation
         if implementation == "eager":
-            bias = self.positional_bias(num_tokens, grid_shape).to(query.dtype) if self.use_mhca else None
+            # float32 bias: the sum with half-precision logits is float32 too, as is the softmax
+            bias = self.attention_bias(num_tokens, grid_shape) if self.use_mhca else None
             context, probs = eager_attention_forward(self, query, key, value, bias, dropout, self.scaling)
         else:
             mask = None
@@ -346,7 +372,7 @@ class DearKDViTAttention(nn.Module):
             elif self.use_mhca:
                 # Half precision: the channel form's large, cancelling terms (|p|^2, p_i . p_j) would lose up to
                 # ~0.1 of attention probability to rounding once v_h is trained; pass the bias as a float mask
-                mask = self.positional_bias(num_tokens, grid_shape).to(query.dtype)
+                mask = self.attention_bias(num_tokens, grid_shape).to(query.dtype)
             attention_interface = ALL_ATTENTION_FUNCTIONS.get_interface(implementation, eager_attention_forward)
             context, probs = attention_interface(self, query, key, value, mask, dropout=dropout, scaling=self.scaling)
             context = context[..., : self.head_dim]
