@@ -6,9 +6,20 @@ patch tokens (Cordonnier et al., ICLR 2020). Initialised to `v_h = -a * (1, -2 c
 `-a * |delta - c_h|^2 + const`, so head h starts as a Gaussian around `p_i + c_h`: a convolution-like kernel that
 training may widen or drop. The term is 0 for any pair involving a prefix (class / distillation) token.
 
-The positional term is computed in float32 (float64 for a float64 model) whatever the weights' dtype, from integer
-geometry buffers that no dtype cast touches: `from_pretrained(..., dtype=torch.bfloat16)`, `.half()` and autocast
-keep MHCA's locality (relative positions up to 2 (G - 1)^2 = 338 are not exact in bf16).
+Two numerical guards:
+
+- The bias is floored at `MHCA_BIAS_RANGE` (30) below its row's maximum. Unfloored, distant tokens' logits sit
+  hundreds below the row's maximum (-338 at 224 px with `a` = 1), so their softmax probabilities, and the gradients
+  through them, are float32 subnormals, on which x86 arithmetic slows down (the default student's training step
+  was 2.15x transformers' DeiT-Ti on an Intel Xeon, 1.12x with flush-to-zero; 1.16x and 1.06x on an AMD EPYC).
+  Floored, every probability is at least e^-30 times its row's largest before normalisation, a normal float; the
+  floor moves at most T * e^-30 (< 1e-10 at T = 197) of a row's probability. For autograd the floor is a constant
+  (the raw bias's gradient flows, weighted by those same < e^-30 probabilities where the floor is active), so the
+  fused sdpa path can keep the positional term in its query / key channels and pass the floor alone as a mask that
+  needs no gradient.
+- The positional term is computed in float32 (float64 for a float64 model) whatever the weights' dtype, from
+  integer geometry buffers that no dtype cast touches: `from_pretrained(..., dtype=torch.bfloat16)`, `.half()` and
+  autocast keep MHCA's locality (relative positions up to 2 (G - 1)^2 = 338 are not exact in bf16).
 
 This file must stay self-contained: it imports only torch, transformers and the config next to it, so that a saved
 model folder loads with `trust_remote_code=True` where dearkd_hf is not installed.
@@ -54,9 +65,17 @@ def relative_positions(grid_size: int | tuple[int, int]) -> torch.Tensor:
 
 
 MHCA_CHANNELS = 4  # extra query / key channels per head that carry MHCA's positional term on the sdpa path
+MHCA_BIAS_RANGE = 30.0  # the positional bias is floored this far below its row's maximum (module docstring)
 # The geometry buffers hold integers (every relative position and position feature is one), so no dtype cast of the
 # model rounds them; they are cast to the positional term's float dtype where used.
 GEOMETRY_DTYPE = torch.int32
+
+
+def bias_floor_lift(bias: torch.Tensor) -> torch.Tensor:
+    """What lifts each entry of a (..., T, T) logit bias to at least its row's maximum minus `MHCA_BIAS_RANGE`: 0
+    where it already is. Detached: for autograd the floor is a constant (module docstring)."""
+    bias = bias.detach()
+    return (bias.amax(dim=-1, keepdim=True) - MHCA_BIAS_RANGE - bias).clamp(min=0)
 
 
 def mhca_position_features(grid_size: int | tuple[int, int], num_prefix: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -275,14 +294,16 @@ class DearKDViTAttention(nn.Module):
 
     Two implementations, chosen by `config._attn_implementation` (transformers' `attn_implementation`):
 
-    - "eager": the reference formulation. The (H, T, T) positional bias (`attention_bias`) is added in float32 to
-      the scaled logits and the probabilities are materialised; also used whenever `output_attentions` is requested.
+    - "eager": the reference formulation. The (H, T, T) positional bias (floored, `attention_bias`) is added in
+      float32 to the scaled logits and the probabilities are materialised; also used whenever `output_attentions`
+      is requested.
     - "sdpa" (default): the positional term travels as `MHCA_CHANNELS` extra query / key channels per head (see
-      `mhca_position_features`), so `F.scaled_dot_product_attention` runs with no mask and may use a fused kernel.
-      It gives the eager outputs and gradients up to float rounding (tested to 1e-5 in fp32). In half precision
-      (bf16 / fp16, loaded so or under autocast) MHCA layers pass the bias, relative to its row maximum, as sdpa's
-      float mask instead: the channel form cancels terms of up to ~2 |v0| |p|^2 and bf16 rounding would move
-      attention probabilities by up to ~0.1.
+      `mhca_position_features`), and the floor as a (1, H, T, T) mask that needs no gradient, so
+      `F.scaled_dot_product_attention` may use a fused kernel (CPU: flash attention). It gives the eager outputs
+      and gradients up to float rounding (tested to 1e-5 in fp32). In half precision (bf16 / fp16, loaded so or
+      under autocast) MHCA layers pass the floored bias, relative to its row maximum (so in [-30, 0], where bf16
+      keeps it to 0.06), as sdpa's float mask instead: the channel form cancels terms of up to ~2 |v0| |p|^2 and
+      bf16 rounding would move attention probabilities by up to ~0.1.
     """
 
     def __init__(self, config: DearKDViTConfig, use_mhca: bool) -> None:
@@ -330,9 +351,10 @@ class DearKDViTAttention(nn.Module):
 
     def attention_bias(self, num_tokens: int, grid_shape: tuple[int, int] | None = None) -> torch.Tensor:
         """(H, T, T) the bias attention adds to its logits: `positional_bias` relative to its row maximum (softmax
-        ignores the shift, and half precision holds the bias best near 0); in `positional_dtype`."""
+        ignores the shift), floored at -`MHCA_BIAS_RANGE` (`bias_floor_lift`); in `positional_dtype`."""
         bias = self.positional_bias(num_tokens, grid_shape)
-        return bias - bias.detach().amax(dim=-1, keepdim=True)
+        bias = bias - bias.detach().amax(dim=-1, keepdim=True)
+        return bias + bias_floor_lift(bias)
 
     def position_features(self, grid_shape: tuple[int, int] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """(T, 4) query features and (T, H, 4) key features whose products give the positional term (sdpa path),
@@ -369,10 +391,12 @@ class DearKDViTAttention(nn.Module):
             mask = None
             if self.use_mhca and query.dtype in (torch.float32, torch.float64):
                 query, key, value = self.with_position_channels(query, key, value, grid_shape)
+                # the floor alone, no gradient: (1, H, T, T), since a 3-D mask sends CPU sdpa to the unfused path
+                mask = bias_floor_lift(self.positional_bias(num_tokens, grid_shape)).to(query.dtype)[None]
             elif self.use_mhca:
                 # Half precision: the channel form's large, cancelling terms (|p|^2, p_i . p_j) would lose up to
                 # ~0.1 of attention probability to rounding once v_h is trained; pass the bias as a float mask
-                mask = self.attention_bias(num_tokens, grid_shape).to(query.dtype)
+                mask = self.attention_bias(num_tokens, grid_shape).to(query.dtype)[None]
             attention_interface = ALL_ATTENTION_FUNCTIONS.get_interface(implementation, eager_attention_forward)
             context, probs = attention_interface(self, query, key, value, mask, dropout=dropout, scaling=self.scaling)
             context = context[..., : self.head_dim]
@@ -388,7 +412,8 @@ class DearKDViTAttention(nn.Module):
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(B, H, T, d) query, key, value with `MHCA_CHANNELS` more channels: the positional term rides in the query
         and key ones (`mhca_position_features`), the value ones are zeros (fused kernels want equal widths) and their
-        outputs are dropped. Plain attention on them, with no mask, gives MHCA's probabilities."""
+        outputs are dropped. Attention on them gives MHCA's unfloored probabilities (with `bias_floor_lift` as the
+        mask, the floored ones)."""
         batch_size = query.shape[0]
         query_features, key_features = self.position_features(grid_shape)
         query_features = query_features.to(query.dtype).expand(batch_size, self.num_heads, -1, -1)
