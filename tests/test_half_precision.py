@@ -12,7 +12,7 @@ from transformers import ViTImageProcessor, pipeline
 from transformers.testing_utils import set_config_for_less_flaky_test, set_model_for_less_flaky_test
 from transformers.utils.import_utils import is_torch_bf16_available_on_device, is_torch_fp16_available_on_device
 
-from dearkd_hf.modeling import DearKDViTConfig, DearKDViTForImageClassification
+from dearkd_hf.modeling import DearKDViTConfig, DearKDViTForImageClassification, DearKDViTModel
 
 PATCH = 4
 GRID = 6
@@ -93,12 +93,17 @@ def test_pipeline_with_a_half_dtype_matches_float32(tmp_path, attn_implementatio
     )
 
 
-# transformers' ModelTesterMixin.test_eager_matches_sdpa_inference, as it runs for a vision classifier on CPU, on a
-# config the size of transformers' ViT model tester (30 px, patch 2: a 15 x 15 grid, MHCA in both blocks). Its
-# padding-side and attention-mask variants collapse into these: the model takes no `attention_mask`.
-@pytest.mark.parametrize("enable_kernels", [False, True])
-@pytest.mark.parametrize("dtype", ["fp32", "fp16", "bf16"])
-def test_eager_matches_sdpa_inference(tmp_path, dtype, enable_kernels):
+# transformers' ModelTesterMixin.test_eager_matches_sdpa_inference as it runs on CPU, for both model classes, on a
+# config the size of transformers' ViT model tester (30 px, patch 2: a 15 x 15 grid, MHCA in both blocks): compared,
+# the classifier's logits and the backbone's last hidden state. Its padding-side and attention-mask variants collapse
+# into these (the model takes no `attention_mask`); its extra fp32 case with output_attentions=True is the last one.
+@pytest.mark.parametrize("model_class", [DearKDViTForImageClassification, DearKDViTModel])
+@pytest.mark.parametrize(
+    ("dtype", "enable_kernels", "output_attentions"),
+    [(dtype, kernels, False) for dtype in ("fp32", "fp16", "bf16") for kernels in (False, True)]
+    + [("fp32", False, True)],
+)
+def test_eager_matches_sdpa_inference(tmp_path, model_class, dtype, enable_kernels, output_attentions):
     torch_dtype = DTYPES[dtype]
     available = {"fp16": is_torch_fp16_available_on_device, "bf16": is_torch_bf16_available_on_device}
     if dtype in available and not available[dtype]("cpu"):
@@ -116,10 +121,8 @@ def test_eager_matches_sdpa_inference(tmp_path, dtype, enable_kernels):
     )
     set_config_for_less_flaky_test(config)
     torch.manual_seed(42)
-    DearKDViTForImageClassification(config).save_pretrained(tmp_path)
-    model_sdpa = DearKDViTForImageClassification.from_pretrained(
-        tmp_path, dtype=torch_dtype, attn_implementation="sdpa"
-    )
+    model_class(config).save_pretrained(tmp_path)
+    model_sdpa = model_class.from_pretrained(tmp_path, dtype=torch_dtype, attn_implementation="sdpa")
     model_sdpa = model_sdpa.eval()
     model_eager = copy.deepcopy(model_sdpa)
     model_eager.set_attn_implementation("eager")
@@ -130,11 +133,16 @@ def test_eager_matches_sdpa_inference(tmp_path, dtype, enable_kernels):
     backends = [SDPBackend.MATH]
     if enable_kernels:
         backends += [SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION]
+    inputs = dict(pixel_values=pixel_values, output_hidden_states=True, output_attentions=output_attentions)
     with torch.no_grad(), sdpa_kernel(backends):
-        logits_eager = model_eager(pixel_values=pixel_values, output_hidden_states=True).logits
-        logits_sdpa = model_sdpa(pixel_values=pixel_values, output_hidden_states=True).logits
+        outputs_eager = model_eager(**inputs)
+        outputs_sdpa = model_sdpa(**inputs)
+    if model_class is DearKDViTModel:
+        compared_eager, compared_sdpa = outputs_eager.hidden_states[-1], outputs_sdpa.hidden_states[-1]
+    else:
+        compared_eager, compared_sdpa = outputs_eager.logits, outputs_sdpa.logits
     atol, rtol = TOLERANCES[torch_dtype]
-    torch.testing.assert_close(logits_sdpa, logits_eager, atol=atol, rtol=rtol)
+    torch.testing.assert_close(compared_sdpa, compared_eager, atol=atol, rtol=rtol)
 
 
 def test_dtype_casts_leave_the_mhca_geometry_exact():
