@@ -8,6 +8,8 @@ student (DeiT-Ti size, 224 px) at initialisation and after a few optimizer steps
 the output, the probabilities and the logits (softmax's backward), and those of the query, key and value.
 """
 
+import copy
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -142,3 +144,34 @@ def test_the_floor_moves_outputs_and_gradients_negligibly(monkeypatch, attn_impl
     torch.testing.assert_close(logits, expected_logits, rtol=0, atol=1e-5)
     for name, grad in grads.items():
         torch.testing.assert_close(grad, expected_grads[name], rtol=1e-5, atol=1e-5, msg=name)
+
+
+def test_sdpa_inference_passes_the_floored_bias_as_the_mask_and_matches_training_and_eager(monkeypatch):
+    """Without a gradient for v_h the sdpa path skips the position channels (nothing to copy); its outputs are the
+    channel form's and the eager reference's, the floor active (locality 3 on a 6 x 6 grid)."""
+    config = DearKDViTConfig(
+        image_size=24,
+        patch_size=4,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        intermediate_size=64,
+        num_labels=5,
+        mhca_locality_strength=3.0,
+    )
+    torch.manual_seed(0)
+    model = DearKDViTForImageClassification._from_config(config, attn_implementation="sdpa").eval()
+    assert model.config._attn_implementation == "sdpa"
+    eager = DearKDViTForImageClassification._from_config(copy.deepcopy(config), attn_implementation="eager").eval()
+    eager.load_state_dict(model.state_dict())
+    pixel_values = torch.randn(2, 3, 24, 24, generator=torch.Generator().manual_seed(1))
+    attention = model.dearkd_vit.layers[0].attention
+    assert modeling_dearkd_vit.bias_floor_lift(attention.positional_bias(2 + 36)).amax() > 0
+    training_form = model(pixel_values).logits.detach()  # v_h needs a gradient: the channel form
+    monkeypatch.setattr(attention, "with_position_channels", None)  # must not be called without a gradient
+    with torch.no_grad():
+        inference_form = model(pixel_values).logits
+        expected = eager(pixel_values).logits
+    assert model.config._attn_implementation == "sdpa" and eager.config._attn_implementation == "eager"
+    torch.testing.assert_close(inference_form, training_form, rtol=0, atol=1e-5)
+    torch.testing.assert_close(inference_form, expected, rtol=0, atol=1e-6)

@@ -297,13 +297,15 @@ class DearKDViTAttention(nn.Module):
     - "eager": the reference formulation. The (H, T, T) positional bias (floored, `attention_bias`) is added in
       float32 to the scaled logits and the probabilities are materialised; also used whenever `output_attentions`
       is requested.
-    - "sdpa" (default): the positional term travels as `MHCA_CHANNELS` extra query / key channels per head (see
-      `mhca_position_features`), and the floor as a (1, H, T, T) mask that needs no gradient, so
-      `F.scaled_dot_product_attention` may use a fused kernel (CPU: flash attention). It gives the eager outputs
-      and gradients up to float rounding (tested to 1e-5 in fp32). In half precision (bf16 / fp16, loaded so or
-      under autocast) MHCA layers pass the floored bias, relative to its row maximum (so in [-30, 0], where bf16
-      keeps it to 0.06), as sdpa's float mask instead: the channel form cancels terms of up to ~2 |v0| |p|^2 and
-      bf16 rounding would move attention probabilities by up to ~0.1.
+    - "sdpa" (default): `F.scaled_dot_product_attention`, which may use a fused kernel (CPU: flash attention) as
+      long as its mask needs no gradient. Where v_h gets a gradient (training in fp32 / fp64), the positional term
+      travels as `MHCA_CHANNELS` extra query / key channels per head (see `mhca_position_features`) and the mask
+      is the floor alone (`bias_floor_lift`); otherwise (inference, frozen v_h) the mask is the floored bias
+      (`attention_bias`), which spares copying the channels. Either gives the eager outputs and gradients up to
+      float rounding (tested to 1e-5 in fp32). In half precision (bf16 / fp16, loaded so or under autocast) MHCA
+      layers always pass the floored bias, relative to its row maximum (so in [-30, 0], where bf16 keeps it to
+      0.06), as the mask: the channel form cancels terms of up to ~2 |v0| |p|^2 and bf16 rounding would move
+      attention probabilities by up to ~0.1.
     """
 
     def __init__(self, config: DearKDViTConfig, use_mhca: bool) -> None:
@@ -389,13 +391,16 @@ class DearKDViTAttention(nn.Module):
             context, probs = eager_attention_forward(self, query, key, value, bias, dropout, self.scaling)
         else:
             mask = None
-            if self.use_mhca and query.dtype in (torch.float32, torch.float64):
+            needs_grad = self.use_mhca and torch.is_grad_enabled() and self.positional_weight.requires_grad
+            if needs_grad and query.dtype in (torch.float32, torch.float64):
+                # v_h trains: a mask needing a gradient would send sdpa to the unfused path, so the term rides in
+                # the channels and the mask is the floor alone, (1, H, T, T) (a 3-D mask is unfused on CPU too)
                 query, key, value = self.with_position_channels(query, key, value, grid_shape)
-                # the floor alone, no gradient: (1, H, T, T), since a 3-D mask sends CPU sdpa to the unfused path
                 mask = bias_floor_lift(self.positional_bias(num_tokens, grid_shape)).to(query.dtype)[None]
             elif self.use_mhca:
-                # Half precision: the channel form's large, cancelling terms (|p|^2, p_i . p_j) would lose up to
-                # ~0.1 of attention probability to rounding once v_h is trained; pass the bias as a float mask
+                # Inference (no gradient for v_h): the floored bias as the mask, no extra channels to copy. Half
+                # precision, always: the channel form's large, cancelling terms (|p|^2, p_i . p_j) would lose up to
+                # ~0.1 of attention probability to rounding once v_h is trained
                 mask = self.attention_bias(num_tokens, grid_shape).to(query.dtype)[None]
             attention_interface = ALL_ATTENTION_FUNCTIONS.get_interface(implementation, eager_attention_forward)
             context, probs = attention_interface(self, query, key, value, mask, dropout=dropout, scaling=self.scaling)
