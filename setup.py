@@ -29,6 +29,16 @@ setup(
         "pyyaml",
     ],
     extras_require={
-        "dev": ["pytest>=8", "ruff>=0.8", "scikit-learn", "matplotlib", "tensorboard"],
+        # onnx / onnxruntime / onnxscript: tests/test_export.py (torch.onnx.export(dynamo=True) needs onnxscript)
+        "dev": [
+            "pytest>=8",
+            "ruff>=0.8",
+            "scikit-learn",
+            "matplotlib",
+            "tensorboard",
+            "onnx",
+            "onnxruntime",
+            "onnxscript",
+        ],
     },
 )

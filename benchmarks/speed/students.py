@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""Step time and peak memory of DearKD's ViT students against transformers' ViT / DeiT of the same size (issue 27).
+"""Step time and peak memory of DearKD's ViT students against transformers' ViT / DeiT of the same size.
 
 Rows, all DeiT-Ti-sized (224 px, patch 16, 192 wide, 12 blocks, 3 heads, MLP 768, 1000 labels), random weights:
 
@@ -7,7 +7,7 @@ Rows, all DeiT-Ti-sized (224 px, patch 16, 192 wide, 12 blocks, 3 heads, MLP 768
     hf_vit            transformers ViTForImageClassification, sdpa
     dearkd            DearKDViTForImageClassification, library defaults (MHCA in every block), sdpa
     dearkd_eager      the same with attn_implementation="eager" (MHCA's bias added to materialised logits)
-    dearkd_attn_drop  the defaults with attention_probs_dropout_prob=0.1 (the default before issue 27), sdpa
+    dearkd_attn_drop  the defaults with attention_probs_dropout_prob=0.1 (the default until it became 0.0), sdpa
     dearkd_no_mhca    the defaults with mhca_layers=[] (plain attention), sdpa
 
 A training step is forward, cross-entropy on `logits`, backward (no optimizer); inference is an eval-mode forward
@@ -24,7 +24,13 @@ reports VmHWM - VmRSS before the step: the process's RSS growth at the step's pe
 allocator and kernel workspaces; parameters and the batch excluded), with glibc's mmap / trim thresholds fixed at
 128 KiB so freed blocks leave RSS. Not tracemalloc: it sees no tensor memory.
 
-    python -m benchmarks.speed.students --threads 2                # the committed results
+The results name the CPU (`/proc/cpuinfo`'s model name) and whether the process flushes subnormal floats to zero
+(`torch.set_flush_denormal`, read by its effect since torch has no getter), before and after the timing: the
+benchmark never sets it, and x86 CPUs slow down on subnormals, which MHCA's bias produced before it was floored.
+
+    python -m benchmarks.speed.students --threads 2                # results/speed_students.{json,md}
+    taskset -c 1 env OMP_NUM_THREADS=1 python -m benchmarks.speed.students --threads 1 \
+        --output benchmarks/results/speed_students_1thread.json   # one thread pinned to one core
     python -m benchmarks.speed.students --quick --output /tmp/s.json  # a smoke run of seconds
 """
 
@@ -55,7 +61,7 @@ from .measure import paired_ratio  # noqa: E402
 RESULTS_DIR = Path(__file__).resolve().parents[1] / "results"
 REFERENCE = "hf_deit"
 ROWS = ("hf_deit", "hf_vit", "dearkd", "dearkd_eager", "dearkd_attn_drop", "dearkd_no_mhca")
-TARGET = 1.10  # issue 27: the default MHCA student's paired ratio to hf_deit, training and inference
+TARGET = 1.10  # the default MHCA student's paired ratio to hf_deit at most, in training and in inference
 SIZES = dict(hidden_size=192, num_hidden_layers=12, num_attention_heads=3, intermediate_size=768, num_labels=1000)
 QUICK_SIZES = dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=2, intermediate_size=128, num_labels=10)
 
@@ -150,6 +156,22 @@ def time_rows(args: argparse.Namespace) -> tuple[dict, dict]:
     return times, cpu_times
 
 
+def cpu_model() -> str:
+    """The CPU's model name (Linux: /proc/cpuinfo), else what `platform` knows."""
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.exists():
+        match = re.search(r"^model name\s*:\s*(.+)$", cpuinfo.read_text(), re.MULTILINE)
+        if match:
+            return match.group(1).strip()
+    return platform.processor() or platform.machine()
+
+
+def flushes_denormals() -> bool:
+    """Whether this thread flushes subnormal floats to zero (`torch.set_flush_denormal(True)`), read by its effect:
+    a subnormal times one is zero then."""
+    return torch.tensor([1e-39]).mul(1.0).item() == 0.0
+
+
 def _status_kib(name: str) -> int:
     return int(re.search(rf"^{name}:\s+(\d+) kB", Path("/proc/self/status").read_text(), re.MULTILINE).group(1))
 
@@ -231,7 +253,9 @@ def main(argv: list[str] | None = None) -> dict | None:
         memory_row(*args.memory_row, args)
         return None
     load_before = os.getloadavg()
+    flush_before = flushes_denormals()
     times, cpu_times = time_rows(args)
+    flush_after = flushes_denormals()
     memory = None if args.no_memory else measure_memory(args)
     summary = summarise(times, cpu_times)
     met = None
@@ -245,7 +269,11 @@ def main(argv: list[str] | None = None) -> dict | None:
             "torch": torch.__version__,
             "transformers": transformers.__version__,
             "python": platform.python_version(),
+            "cpu_model": cpu_model(),
+            "flush_denormal_before_after": [flush_before, flush_after],
             "cpu_count": os.cpu_count(),
+            "cpu_affinity": sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
+            "omp_num_threads": os.environ.get("OMP_NUM_THREADS"),
             "torch_threads": torch.get_num_threads(),
             "load_average_1_5_15_before": [round(x, 2) for x in load_before],
             "load_average_1_5_15_after": [round(x, 2) for x in os.getloadavg()],
@@ -259,11 +287,18 @@ def main(argv: list[str] | None = None) -> dict | None:
         "warm-up step; VmHWM - VmRSS before the measured step",
     }
     text = table(result)
+    env = result["environment"]
+    machine = (
+        f"CPU: {env['cpu_model']} (process pinned to CPUs {env['cpu_affinity']} of {env['cpu_count']}, "
+        f"OMP_NUM_THREADS={env['omp_num_threads']}); flush-to-zero of subnormal floats (torch.set_flush_denormal): "
+        f"{'on' if flush_before else 'off'} before the timing, {'on' if flush_after else 'off'} after "
+        "(the benchmark never sets it)."
+    )
+    print(machine)
     print(text)
     output = Path(args.output) if args.output else RESULTS_DIR / "speed_students.json"
     output.parent.mkdir(parents=True, exist_ok=True)
     output.write_text(json.dumps(result, indent=2) + "\n")
-    env = result["environment"]
     markdown = [
         "# DearKD students vs transformers' ViT / DeiT of the same size (step time, peak memory)",
         "",
@@ -273,9 +308,11 @@ def main(argv: list[str] | None = None) -> dict | None:
         f"Load average (1/5/15 min) {env['load_average_1_5_15_before']} before, "
         f"{env['load_average_1_5_15_after']} after (shared cores: paired ratios are the fair read).",
         "",
+        machine,
+        "",
         text,
         "",
-        f"Target (issue 27): `dearkd` paired ratio <= {TARGET} in training and inference: {met}.",
+        f"Target: `dearkd` paired ratio <= {TARGET} in training and inference: {met}.",
         "",
         "Peak RSS Δ: " + result["memory_method"] + " (see the script's docstring).",
     ]

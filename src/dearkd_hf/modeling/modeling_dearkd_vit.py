@@ -6,6 +6,21 @@ patch tokens (Cordonnier et al., ICLR 2020). Initialised to `v_h = -a * (1, -2 c
 `-a * |delta - c_h|^2 + const`, so head h starts as a Gaussian around `p_i + c_h`: a convolution-like kernel that
 training may widen or drop. The term is 0 for any pair involving a prefix (class / distillation) token.
 
+Two numerical guards:
+
+- The bias is floored at `MHCA_BIAS_RANGE` (30) below its row's maximum. Unfloored, distant tokens' logits sit
+  hundreds below the row's maximum (-338 at 224 px with `a` = 1), so their softmax probabilities, and the gradients
+  through them, are float32 subnormals, on which x86 arithmetic slows down (the default student's training step
+  was 2.15x transformers' DeiT-Ti on an Intel Xeon, 1.12x with flush-to-zero; 1.16x and 1.06x on an AMD EPYC).
+  Floored, every probability is at least e^-30 times its row's largest before normalisation, a normal float; the
+  floor moves at most T * e^-30 (< 1e-10 at T = 197) of a row's probability. For autograd the floor is a constant
+  (the raw bias's gradient flows, weighted by those same < e^-30 probabilities where the floor is active), so the
+  fused sdpa path can keep the positional term in its query / key channels and pass the floor alone as a mask that
+  needs no gradient.
+- The positional term is computed in float32 (float64 for a float64 model) whatever the weights' dtype, from
+  integer geometry buffers that no dtype cast touches: `from_pretrained(..., dtype=torch.bfloat16)`, `.half()` and
+  autocast keep MHCA's locality (relative positions up to 2 (G - 1)^2 = 338 are not exact in bf16).
+
 This file must stay self-contained: it imports only torch, transformers and the config next to it, so that a saved
 model folder loads with `trust_remote_code=True` where dearkd_hf is not installed.
 """
@@ -50,12 +65,24 @@ def relative_positions(grid_size: int | tuple[int, int]) -> torch.Tensor:
 
 
 MHCA_CHANNELS = 4  # extra query / key channels per head that carry MHCA's positional term on the sdpa path
+MHCA_BIAS_RANGE = 30.0  # the positional bias is floored this far below its row's maximum (module docstring)
+# The geometry buffers hold integers (every relative position and position feature is one), so no dtype cast of the
+# model rounds them; they are cast to the positional term's float dtype where used.
+GEOMETRY_DTYPE = torch.int32
+
+
+def bias_floor_lift(bias: torch.Tensor) -> torch.Tensor:
+    """What lifts each entry of a (..., T, T) logit bias to at least its row's maximum minus `MHCA_BIAS_RANGE`: 0
+    where it already is. Detached: for autograd the floor is a constant (module docstring)."""
+    bias = bias.detach()
+    return (bias.amax(dim=-1, keepdim=True) - MHCA_BIAS_RANGE - bias).clamp(min=0)
 
 
 def mhca_position_features(grid_size: int | tuple[int, int], num_prefix: int) -> tuple[torch.Tensor, torch.Tensor]:
     """The positional term `v_h . r(p_j - p_i)` as a product of query and key features, for the sdpa path.
 
-    With positions p centred on the grid (the term depends on p_j - p_i only) and
+    With positions p centred on the grid (shifted by the integer part of their mean, so every feature is an integer;
+    the term depends on p_j - p_i only) and
     `|p_j - p_i|^2 = |p_j|^2 - 2 p_i . p_j + |p_i|^2`, the term for patch tokens i, j is
     `f_i . (B_j v_h) + c_i` where `c_i = v0 |p_i|^2 - v1 x_i - v2 y_i` depends on the row only, which softmax
     ignores. Returns:
@@ -69,7 +96,7 @@ def mhca_position_features(grid_size: int | tuple[int, int], num_prefix: int) ->
     So `f_i . (B_j v_h)` equals `v_h . r(p_j - p_i)` minus a constant per row, and 0 in prefix rows (tested).
     """
     positions = grid_positions(grid_size)
-    positions = positions - positions.mean(dim=0)  # centred: smaller products, less cancellation in fp32
+    positions = positions - positions.mean(dim=0).floor()  # centred: smaller products, less cancellation in fp32
     x, y = positions.unbind(-1)
     squared = x * x + y * y
     zeros, ones = torch.zeros_like(x), torch.ones_like(x)
@@ -267,13 +294,18 @@ class DearKDViTAttention(nn.Module):
 
     Two implementations, chosen by `config._attn_implementation` (transformers' `attn_implementation`):
 
-    - "eager": the reference formulation. The (H, T, T) positional bias is added to the scaled logits and the
-      probabilities are materialised; also used whenever `output_attentions` is requested.
-    - "sdpa" (default): the positional term travels as `MHCA_CHANNELS` extra query / key channels per head (see
-      `mhca_position_features`), so `F.scaled_dot_product_attention` runs with no mask and may use a fused kernel.
-      It gives the eager outputs and gradients up to float rounding (tested to 1e-5 in fp32). In half precision
-      (bf16 / fp16, e.g. under autocast) MHCA layers pass the bias as sdpa's float mask instead: the channel form
-      cancels terms of up to ~2 |v0| |p|^2 and bf16 rounding would move attention probabilities by up to ~0.1.
+    - "eager": the reference formulation. The (H, T, T) positional bias (floored, `attention_bias`) is added in
+      float32 to the scaled logits and the probabilities are materialised; also used whenever `output_attentions`
+      is requested.
+    - "sdpa" (default): `F.scaled_dot_product_attention`, which may use a fused kernel (CPU: flash attention) as
+      long as its mask needs no gradient. Where v_h gets a gradient (training in fp32 / fp64), the positional term
+      travels as `MHCA_CHANNELS` extra query / key channels per head (see `mhca_position_features`) and the mask
+      is the floor alone (`bias_floor_lift`); otherwise (inference, frozen v_h) the mask is the floored bias
+      (`attention_bias`), which spares copying the channels. Either gives the eager outputs and gradients up to
+      float rounding (tested to 1e-5 in fp32). In half precision (bf16 / fp16, loaded so or under autocast) MHCA
+      layers always pass the floored bias, relative to its row maximum (so in [-30, 0], where bf16 keeps it to
+      0.06), as the mask: the channel form cancels terms of up to ~2 |v0| |p|^2 and bf16 rounding would move
+      attention probabilities by up to ~0.1.
     """
 
     def __init__(self, config: DearKDViTConfig, use_mhca: bool) -> None:
@@ -295,33 +327,50 @@ class DearKDViTAttention(nn.Module):
             # v_h, one row per head; filled by `_init_weights` (-a * (1, -2 c_hx, -2 c_hy))
             self.positional_weight = nn.Parameter(torch.zeros(self.num_heads, 3))
             # Derived from the config's grid, not saved, recomputed by `_init_weights` on load: r(delta) for the
-            # eager path, the query features and key basis of the sdpa path
-            self.register_buffer("relative_positions", relative_positions(config.grid_size), persistent=False)
+            # eager path, the query features and key basis of the sdpa path; integers (`GEOMETRY_DTYPE`)
+            relative = relative_positions(config.grid_size).to(GEOMETRY_DTYPE)
+            self.register_buffer("relative_positions", relative, persistent=False)
             query_features, key_basis = mhca_position_features(config.grid_size, config.num_prefix_tokens)
-            self.register_buffer("mhca_query_features", query_features, persistent=False)
-            self.register_buffer("mhca_key_basis", key_basis, persistent=False)
+            self.register_buffer("mhca_query_features", query_features.to(GEOMETRY_DTYPE), persistent=False)
+            self.register_buffer("mhca_key_basis", key_basis.to(GEOMETRY_DTYPE), persistent=False)
+
+    @property
+    def positional_dtype(self) -> torch.dtype:
+        """The dtype of the positional term: float32, or float64 for a float64 model; never half precision."""
+        return torch.promote_types(self.positional_weight.dtype, torch.float32)
 
     def positional_bias(self, num_tokens: int, grid_shape: tuple[int, int] | None = None) -> torch.Tensor:
-        """(H, T, T) logit bias v_h . r(p_j - p_i), zero in the rows and columns of prefix tokens."""
+        """(H, T, T) logit bias v_h . r(p_j - p_i), zero in the rows and columns of prefix tokens; unfloored, in
+        `positional_dtype`."""
         if grid_shape is None or tuple(grid_shape) == self.grid_shape:
             relative = self.relative_positions
         else:  # another resolution (interpolate_pos_encoding): the relative positions of that grid
             relative = relative_positions(grid_shape).to(self.relative_positions.device)
-        bias = torch.einsum("ijc,hc->hij", relative, self.positional_weight)
+        dtype = self.positional_dtype
+        bias = torch.einsum("ijc,hc->hij", relative.to(dtype), self.positional_weight.to(dtype))
         num_prefix = num_tokens - bias.shape[-1]
         return F.pad(bias, (num_prefix, 0, num_prefix, 0))
 
+    def attention_bias(self, num_tokens: int, grid_shape: tuple[int, int] | None = None) -> torch.Tensor:
+        """(H, T, T) the bias attention adds to its logits: `positional_bias` relative to its row maximum (softmax
+        ignores the shift), floored at -`MHCA_BIAS_RANGE` (`bias_floor_lift`); in `positional_dtype`."""
+        bias = self.positional_bias(num_tokens, grid_shape)
+        bias = bias - bias.detach().amax(dim=-1, keepdim=True)
+        return bias + bias_floor_lift(bias)
+
     def position_features(self, grid_shape: tuple[int, int] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """(T, 4) query features and (T, H, 4) key features whose products give the positional term (sdpa path),
-        the key side divided by the softmax scale, which sdpa applies to the whole product."""
+        the key side divided by the softmax scale, which sdpa applies to the whole product; in `positional_dtype`."""
         if grid_shape is None or tuple(grid_shape) == self.grid_shape:
             query_features, key_basis = self.mhca_query_features, self.mhca_key_basis
         else:
             device = self.mhca_query_features.device
             query_features, key_basis = mhca_position_features(grid_shape, self.num_prefix_tokens)
             query_features, key_basis = query_features.to(device), key_basis.to(device)
-        key_features = torch.einsum("tfc,hc->thf", key_basis, self.positional_weight) / self.scaling
-        return query_features, key_features
+        dtype = self.positional_dtype
+        weight = self.positional_weight.to(dtype)
+        key_features = torch.einsum("tfc,hc->thf", key_basis.to(dtype), weight) / self.scaling
+        return query_features.to(dtype), key_features
 
     def forward(
         self,
@@ -337,16 +386,22 @@ class DearKDViTAttention(nn.Module):
         dropout = self.dropout_prob if self.training else 0.0
         implementation = "eager" if output_attentions else self.config._attn_implementation
         if implementation == "eager":
-            bias = self.positional_bias(num_tokens, grid_shape).to(query.dtype) if self.use_mhca else None
+            # float32 bias: the sum with half-precision logits is float32 too, as is the softmax
+            bias = self.attention_bias(num_tokens, grid_shape) if self.use_mhca else None
             context, probs = eager_attention_forward(self, query, key, value, bias, dropout, self.scaling)
         else:
             mask = None
-            if self.use_mhca and query.dtype in (torch.float32, torch.float64):
+            needs_grad = self.use_mhca and torch.is_grad_enabled() and self.positional_weight.requires_grad
+            if needs_grad and query.dtype in (torch.float32, torch.float64):
+                # v_h trains: a mask needing a gradient would send sdpa to the unfused path, so the term rides in
+                # the channels and the mask is the floor alone, (1, H, T, T) (a 3-D mask is unfused on CPU too)
                 query, key, value = self.with_position_channels(query, key, value, grid_shape)
+                mask = bias_floor_lift(self.positional_bias(num_tokens, grid_shape)).to(query.dtype)[None]
             elif self.use_mhca:
-                # Half precision: the channel form's large, cancelling terms (|p|^2, p_i . p_j) would lose up to
-                # ~0.1 of attention probability to rounding once v_h is trained; pass the bias as a float mask
-                mask = self.positional_bias(num_tokens, grid_shape).to(query.dtype)
+                # Inference (no gradient for v_h): the floored bias as the mask, no extra channels to copy. Half
+                # precision, always: the channel form's large, cancelling terms (|p|^2, p_i . p_j) would lose up to
+                # ~0.1 of attention probability to rounding once v_h is trained
+                mask = self.attention_bias(num_tokens, grid_shape).to(query.dtype)[None]
             attention_interface = ALL_ATTENTION_FUNCTIONS.get_interface(implementation, eager_attention_forward)
             context, probs = attention_interface(self, query, key, value, mask, dropout=dropout, scaling=self.scaling)
             context = context[..., : self.head_dim]
@@ -362,7 +417,8 @@ class DearKDViTAttention(nn.Module):
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(B, H, T, d) query, key, value with `MHCA_CHANNELS` more channels: the positional term rides in the query
         and key ones (`mhca_position_features`), the value ones are zeros (fused kernels want equal widths) and their
-        outputs are dropped. Plain attention on them, with no mask, gives MHCA's probabilities."""
+        outputs are dropped. Attention on them gives MHCA's unfloored probabilities (with `bias_floor_lift` as the
+        mask, the floored ones)."""
         batch_size = query.shape[0]
         query_features, key_features = self.position_features(grid_shape)
         query_features = query_features.to(query.dtype).expand(batch_size, self.num_heads, -1, -1)
