@@ -90,11 +90,13 @@ def make_dataset(n: int = 32, num_labels: int = NUM_LABELS, num_channels: int = 
 
 
 def make_config(output_dir, **overrides):
-    """The tiny tests' DearKDConfig: into ``output_dir``, on the CPU, reporting nowhere; ``overrides`` are the test's
-    own settings."""
+    """The tiny tests' DearKDConfig: into ``output_dir``, on the CPU, reporting nowhere, without the teacher check
+    (a random-weight teacher is weak by it, and its extra teacher forwards would count in tests of the stages; its
+    own tests, tests/test_teacher_check.py, turn it on); ``overrides`` are the test's own settings."""
     from dearkd_hf import DearKDConfig
 
-    return DearKDConfig(**{"output_dir": str(output_dir), "report_to": "none", "use_cpu": True, **overrides})
+    values = {"output_dir": str(output_dir), "report_to": "none", "use_cpu": True, "teacher_check_samples": 0}
+    return DearKDConfig(**{**values, **overrides})
 
 
 # ---- examples/run.py on the embedded dataset ----

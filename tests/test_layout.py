@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ast
+import re
 from pathlib import Path
 
 import pytest
@@ -119,3 +120,31 @@ def test_each_runs_module_has_its_test_file():
     for module in sorted((PACKAGE / "runs").glob("*.py")):
         if module.name != "__init__.py":
             assert (ROOT / "tests" / f"test_runs_{module.name}").is_file(), module.name
+
+
+PUBLIC = {"dearkd_hf", *(f"dearkd_hf.{p.name}" for p in PACKAGE.iterdir() if (p / "__init__.py").is_file())}
+
+
+@pytest.mark.parametrize("path", sorted((ROOT / "examples").glob("*.py")), ids=lambda p: p.name)
+def test_examples_import_the_public_api_only(path):
+    """As TRL's scripts import from trl: dearkd_hf and its subpackages, never a module inside them."""
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.ImportFrom) and node.module and node.module.split(".")[0] == "dearkd_hf":
+            assert node.module in PUBLIC, f"{path.name} imports from {node.module}"
+        if isinstance(node, ast.Import):
+            assert all(alias.name in PUBLIC or alias.name.split(".")[0] != "dearkd_hf" for alias in node.names)
+
+
+def test_no_word_a_reader_cannot_resolve():
+    """Code, docs and results say what a thing is, not which tracker issue or review asked for it."""
+    pattern = re.compile(r"\bissues? ?#?\d+|\bthe audit\b", re.IGNORECASE)
+    folders = ["src", "examples", "benchmarks", "tools", "tests", "docs"]
+    files = [ROOT / "README.md", *(p for folder in folders for p in (ROOT / folder).rglob("*") if p.is_file())]
+    found = []
+    for path in files:
+        if path.suffix not in {".py", ".md", ".sh", ".json", ".yaml"}:
+            continue
+        for number, line in enumerate(path.read_text(encoding="utf-8", errors="replace").splitlines(), 1):
+            if pattern.search(line):
+                found.append(f"{path.relative_to(ROOT)}:{number}: {line.strip()[:80]}")
+    assert not found, "\n".join(found)

@@ -45,6 +45,7 @@ def always_answers(answer: int, seed: int = 1):
 
 def trainer(tmp_path, teacher, **config) -> DearKDTrainer:
     values = dict(num_train_epochs=1, per_device_train_batch_size=8, logging_steps=1, save_strategy="no", seed=0)
+    values["teacher_check_samples"] = 512
     config = make_config(tmp_path, **{**values, "distillation_stop_epoch": 1.0, **config})
     # Labels 0 and 1 only: a teacher that always answers 2 is right on none, below the majority-class rate.
     data = make_dataset(num_labels=2)
@@ -63,7 +64,7 @@ def test_a_weak_teacher_is_logged_carded_and_distilled_without_logit_kd(tmp_path
     assert all(log["loss_kd"] >= 0 for log in logs if "loss_kd" in log)
     run.create_model_card()
     card = (tmp_path / "README.md").read_text()
-    assert "a weak teacher (logit distillation was off)" in card and "alpha = 0 " in card
+    assert "a weak teacher (logit distillation was off)" in card and "alpha = 0.5 " in card  # as configured
 
 
 def test_weak_teacher_warn_keeps_alpha_and_the_check_leaves_training_bit_identical(tmp_path):

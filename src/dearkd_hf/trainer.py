@@ -571,7 +571,7 @@ class DearKDTrainer(BaseTrainer):
             dataset=dataset if isinstance(dataset, str) else ", ".join(dataset),
             num_train_epochs=num_train_epochs,
             distillation_stop_epoch=self.args.resolved_stop_epoch(num_train_epochs),
-            alpha=self.alpha,
+            alpha=self.args.alpha,
             beta=self.args.beta,
             tau=self.args.tau,
             distillation_type=self.args.distillation_type,
