@@ -87,3 +87,9 @@ def test_a_teacher_above_the_majority_rate_is_not_weak(tmp_path):
     assert run.teacher_check.num_images == 16 and not run.teacher_check.weak
     assert run.teacher_check.accuracy == run.teacher_check.majority_rate and run.alpha == 0.5
     assert json.dumps(run.state.log_history)  # the accuracy is a plain float in the log
+
+
+def test_a_run_without_stage_1_checks_nothing(tmp_path):
+    run = trainer(tmp_path, always_answers(2), distillation_stop_epoch=0)
+    run.train()
+    assert run.teacher_check is None and run.alpha == 0.5

@@ -375,12 +375,12 @@ class DearKDTrainer(BaseTrainer):
     def _check_teacher(self) -> TeacherCheck | None:
         """Score the teacher on ``teacher_check_samples`` training images as stage 1 feeds them, before stage 1; warn
         when it is weak. None when there is nothing to check (no samples asked, teacher labels, no teacher, no
-        map-style training set, or no logit distillation: the teacher's classes may then not be the student's). The
-        training's random state is left as it was."""
+        map-style training set, no stage 1, or no logit distillation: the teacher's classes may then not be the
+        student's). The training's random state is left as it was."""
         args, dataset = self.args, self.train_dataset
         if not args.teacher_check_samples or args.teacher_labels or self.teacher is None:
             return None
-        if args.distillation_type == "none":
+        if args.distillation_type == "none" or args.distillation_stop_epoch == 0:  # no logit KD, or no stage 1
             return None
         if dataset is None or isinstance(dataset, torch.utils.data.IterableDataset) or not hasattr(dataset, "__len__"):
             return None
