@@ -4,16 +4,12 @@ The paper reads its inductive-bias story off this diagnostic: early MHCA layers 
 distance), later layers globally. Logging it lets users watch the bias move, e.g. across the stage switch.
 """
 
-import random
-from collections.abc import Iterator
-from contextlib import contextmanager
-
-import numpy as np
 import torch
 from transformers import TrainerCallback, TrainerControl, TrainerState, TrainingArguments
 from transformers.trainer_utils import IntervalStrategy
 
 from .models.students import square_side
+from .runs.seeded_batches import preserved_rng
 
 
 def patch_pixel_distances(grid_size: tuple[int, int], patch_size: int) -> torch.Tensor:
@@ -42,21 +38,6 @@ def mean_attention_distance(
         )
     distances = patch_pixel_distances(grid_size, patch_size).to(patches.device)
     return (patches * distances).sum(dim=-1).mean()
-
-
-@contextmanager
-def preserved_rng(device: torch.device) -> Iterator[None]:
-    """Run a block without touching the torch, Python and NumPy random states seen by training."""
-    devices = []
-    if device.type == "cuda":
-        devices = [device.index if device.index is not None else torch.cuda.current_device()]
-    python_state, numpy_state = random.getstate(), np.random.get_state()
-    try:
-        with torch.random.fork_rng(devices=devices):
-            yield
-    finally:
-        random.setstate(python_state)
-        np.random.set_state(numpy_state)
 
 
 def _patch_size(model: torch.nn.Module) -> int:

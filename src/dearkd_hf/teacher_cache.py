@@ -49,6 +49,7 @@ from .data.transforms import ReplayableView, open_image
 from .hub.lookup import looks_like_local_path
 from .models.teachers import TIMM_LOCAL_PREFIX, Teacher, timm_model_name
 from .runs.files import write_json_atomic
+from .runs.seeded_batches import items_at
 from .runs.shards import SHARDS_DIR, ShardWriter, shard_name
 
 CACHE_FILE = "teacher_cache.json"
@@ -367,9 +368,7 @@ class CachedViews(torch.utils.data.Dataset):
     def __getitems__(self, indices: list[int]) -> list[dict[str, Any]]:
         epoch, stop = int(self._clock[0]), float(self._clock[1])
         if epoch >= stop - 1e-6:
-            if hasattr(self.live, "__getitems__"):
-                return self.live.__getitems__(indices)
-            return [self.live[i] for i in indices]
+            return items_at(self.live, indices)
         rows = self.cache.rows(indices, self.cache.view_of(indices, epoch, self.seed))
         examples = self.raw[list(indices)]
         items = []

@@ -12,13 +12,11 @@ from __future__ import annotations
 import contextlib
 import gc
 import os
-import random
 import shutil
 from collections import defaultdict
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
-import numpy as np
 import torch
 from timm.data.distributed_sampler import RepeatAugSampler
 from torch import nn
@@ -58,6 +56,7 @@ from .models.teachers import Teacher, load_teacher, teacher_label_order
 from .runs.checkpoints import is_checkpoint_folder
 from .runs.finite_checks import check_finite_loss
 from .runs.record import as_json
+from .runs.seeded_batches import items_at, preserved_rng
 from .teacher_cache import CachedTeacher, CachedViews, TeacherCache, load_teacher_cache, names_cached_teacher
 from .teacher_check import TeacherCheck, sample_indices, teacher_check
 
@@ -390,14 +389,11 @@ class DearKDTrainer(BaseTrainer):
             dataset, collate = CachedViews(self.teacher_cache, dataset, args.seed), CachedViews.collator(collate)
         indices = sample_indices(len(dataset), args.teacher_check_samples, args.seed)
         batch_size = max(1, args.per_device_eval_batch_size)
-        with torch.random.fork_rng(devices=[]), _python_and_numpy_random_kept():
+        with preserved_rng(self.args.device):
             batches = []
             for start in range(0, len(indices), batch_size):
                 chunk = indices[start : start + batch_size]
-                items = (
-                    dataset.__getitems__(chunk) if hasattr(dataset, "__getitems__") else [dataset[i] for i in chunk]
-                )
-                batch = collate(items)
+                batch = collate(items_at(dataset, chunk))
                 pixel_values = batch["pixel_values"].to(self.args.device)
                 logits, _ = self._teacher_targets(pixel_values, batch)
                 batches.append((logits.float(), batch["labels"]))
@@ -700,14 +696,3 @@ PRIVATE_TRAINER_METHODS = {
 def _autocast_dtype(args: DearKDConfig) -> torch.dtype | None:
     """The dtype of the mixed precision ``args`` ask for (what the accelerator's autocast will use), or None."""
     return torch.bfloat16 if args.bf16 else torch.float16 if args.fp16 else None
-
-
-@contextlib.contextmanager
-def _python_and_numpy_random_kept() -> Iterator[None]:
-    """Python's and NumPy's global random states put back afterwards (transforms like RandAugment draw from them)."""
-    python_state, numpy_state = random.getstate(), np.random.get_state()
-    try:
-        yield
-    finally:
-        random.setstate(python_state)
-        np.random.set_state(numpy_state)

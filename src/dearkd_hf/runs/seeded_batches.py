@@ -4,9 +4,10 @@ nor on which loader worker fetches it."""
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import random
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import numpy as np
@@ -57,6 +58,13 @@ class SeededBatches:
             self._saved = None
 
 
+def items_at(dataset: Any, indices: Sequence[int]) -> list:
+    """The items of ``dataset`` at ``indices``: through its ``__getitems__`` when it has one (a ``datasets.Dataset``
+    transforms them as one batch, as the data loader fetches them), else one by one."""
+    many = getattr(dataset, "__getitems__", None)
+    return many(list(indices)) if many is not None else [dataset[i] for i in indices]
+
+
 class _SeededDataset(torch.utils.data.Dataset):
     def __init__(self, dataset: Any, batches: SeededBatches):
         self.inner = dataset
@@ -71,9 +79,7 @@ class _SeededDataset(torch.utils.data.Dataset):
     def __getitems__(self, indices: list[int]) -> list:
         self.batches.begin(indices)
         try:
-            if hasattr(self.inner, "__getitems__"):
-                return self.inner.__getitems__(indices)
-            return [self.inner[i] for i in indices]
+            return items_at(self.inner, indices)
         except BaseException:
             self.batches.end()
             raise
@@ -89,3 +95,18 @@ class _SeededCollator:
             return self.collate_fn(examples)
         finally:
             self.batches.end()
+
+
+@contextlib.contextmanager
+def preserved_rng(device: torch.device) -> Iterator[None]:
+    """Run a block without touching the torch, Python and NumPy random states seen by training."""
+    devices = []
+    if device.type == "cuda":
+        devices = [device.index if device.index is not None else torch.cuda.current_device()]
+    python_state, numpy_state = random.getstate(), np.random.get_state()
+    try:
+        with torch.random.fork_rng(devices=devices):
+            yield
+    finally:
+        random.setstate(python_state)
+        np.random.set_state(numpy_state)
