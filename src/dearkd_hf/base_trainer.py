@@ -53,7 +53,14 @@ from .runs.checkpoints import (
 )
 from .runs.finite_checks import largest_weight, non_finite_weights_error
 from .runs.lock import output_folder_lock
-from .runs.record import RUN_FILE, as_json, check_run_record, read_run_record, run_differences, write_run_record
+from .runs.record import (
+    RUN_FILE,
+    as_json,
+    check_run_record,
+    differences_text,
+    read_run_record,
+    write_run_record,
+)
 from .runs.seeded_batches import SeededBatches
 
 logger = logging.getLogger(__name__)
@@ -224,12 +231,11 @@ class BaseTrainer(Trainer):
         saved = read_run_record(folder)
         if folder == os.path.abspath(self.args.output_dir) or saved is None:
             return
-        differences = run_differences(saved, as_json(self._fingerprint()))
+        differences = differences_text(saved, self._fingerprint())
         if differences:
-            shown = "; ".join(differences[:8]) + ("; ..." if len(differences) > 8 else "")
             raise ValueError(
                 f"resume_from_checkpoint={checkpoint}: that checkpoint's run was made with other settings "
-                f"({len(differences)} differ: {shown}). Resume it with its own settings (see {folder}/{RUN_FILE}), "
+                f"({differences}). Resume it with its own settings (see {folder}/{RUN_FILE}), "
                 "or start a new run from its weights (e.g. --model_name_or_path pointing to a saved model)."
             )
 

@@ -50,16 +50,23 @@ def check_run_record(
     """Refuse to train into ``output_dir`` when it holds checkpoints or a model of a run made with other settings.
     ``afresh``: how to start afresh in that folder (the error says it)."""
     saved = read_run_record(output_dir)
-    if saved is None:
-        return
-    differences = run_differences(saved, as_json(fingerprint))
+    differences = None if saved is None else differences_text(saved, fingerprint)
     if differences:
-        shown = "; ".join(differences[:8]) + ("; ..." if len(differences) > 8 else "")
         raise ValueError(
-            f"{flag} {output_dir} holds a run made with other settings ({len(differences)} differ: {shown}). "
+            f"{flag} {output_dir} holds a run made with other settings ({differences}). "
             f"Re-run with that run's settings (see {RUN_FILE}) to resume it, or train into a new {flag} "
             f"({afresh or f'or delete its checkpoint-* folders and {RUN_FILE}'} to start afresh there)."
         )
+
+
+def differences_text(saved: Mapping[str, Any], fingerprint: Mapping[str, Any]) -> str | None:
+    """``"N differ: field (X there, Y now); ..."`` (at most eight fields named) between a saved record and a run's
+    fingerprint, or None when they agree: what a refusal to resume says."""
+    differences = run_differences(saved, as_json(fingerprint))
+    if not differences:
+        return None
+    shown = "; ".join(differences[:8]) + ("; ..." if len(differences) > 8 else "")
+    return f"{len(differences)} differ: {shown}"
 
 
 def _short(value: Any) -> str:
