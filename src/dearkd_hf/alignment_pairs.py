@@ -33,13 +33,8 @@ def parse_alignment_pairs(pairs: Sequence[str]) -> list[AlignmentPair]:
                 f"alignment_pairs entry {pair!r} is not 'STUDENT_BLOCK:TEACHER_LAYER' "
                 "(1-based block index, teacher module name), e.g. '3:layer1'."
             )
-        parsed_pair = AlignmentPair(int(block), layer.strip())
-        if parsed_pair in parsed:
-            raise ValueError(
-                f"alignment_pairs entry '{parsed_pair}' is given twice: it would count twice in the alignment loss. "
-                "Give each pair once (weight the alignment with beta)."
-            )
-        parsed.append(parsed_pair)
+        parsed.append(AlignmentPair(int(block), layer.strip()))
+    refuse_repeated_pairs(parsed)
     return parsed
 
 
@@ -71,14 +66,23 @@ def resolve_alignment_pairs(
     return pairs
 
 
+def refuse_repeated_pairs(pairs: Sequence[AlignmentPair]) -> None:
+    """A pair given twice would count twice in the alignment loss: refused, naming it."""
+    for index, pair in enumerate(pairs):
+        if pair in pairs[:index]:
+            raise ValueError(
+                f"alignment_pairs entry '{pair}' is given twice: it would count twice in the alignment loss. "
+                "Give each pair once (weight the alignment with beta)."
+            )
+
+
 def validate_alignment_pairs(
     pairs: Sequence[AlignmentPair], num_student_blocks: int, teacher_layers: Sequence[str]
 ) -> None:
     """Fail before training on a pair given twice, a block out of range or a teacher layer that does not exist."""
+    refuse_repeated_pairs(pairs)
     known = set(teacher_layers)
-    for index, pair in enumerate(pairs):
-        if pair in pairs[:index]:
-            raise ValueError(f"alignment_pairs entry '{pair}' is given twice; give each pair once.")
+    for pair in pairs:
         if not 1 <= pair.student_block <= num_student_blocks:
             raise ValueError(
                 f"alignment_pairs entry '{pair}': student block {pair.student_block} is out of range; the student "

@@ -29,8 +29,8 @@ from .transforms import open_image
 
 logger = logging.getLogger(__name__)
 
-# Written by examples/prepare_fashion_mnist.py and committed (in a source checkout: src/dearkd_hf/data.py -> the
-# repository root -> examples/data), so the examples, tests and quick benchmarks run offline.
+# Written by examples/prepare_fashion_mnist.py and committed (in a source checkout: src/dearkd_hf/data/loading.py ->
+# the repository root -> examples/data), so the examples, tests and quick benchmarks run offline.
 EMBEDDED_DATASET = Path(__file__).resolve().parents[3] / "examples" / "data" / "fashion_mnist_small"
 
 EVAL_SPLITS = ("validation", "test")
