@@ -67,6 +67,26 @@ def make_vit(
     return ViTForImageClassification(ViTConfig(**config))
 
 
+def tiny_dearkd_config(grid: int, patch: int, **overrides):
+    """A DearKD ViT config of the modeling tests: a ``grid`` x ``grid`` patch grid, 32 wide, 2 blocks of 4 heads,
+    5 labels; ``overrides`` are the test's own values."""
+    from dearkd_hf.modeling import DearKDViTConfig
+
+    values = dict(image_size=grid * patch, patch_size=patch, hidden_size=32, num_hidden_layers=2)
+    values.update(num_attention_heads=4, intermediate_size=64, num_labels=5)
+    return DearKDViTConfig(**{**values, **overrides})
+
+
+def with_random_positional_weights(model, seed: int = 4) -> None:
+    """Trained-looking MHCA positional weights: each MHCA layer's ``v_h`` moved by 0.3 x a standard normal draw."""
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for layer in model.dearkd_vit.layers:
+            weight = getattr(layer.attention, "positional_weight", None)
+            if weight is not None:
+                weight.add_(0.3 * torch.randn(weight.shape, generator=generator))
+
+
 def make_resnet_teacher(
     num_labels: int = NUM_LABELS, num_channels: int = 1, seed: int = 1
 ) -> ResNetForImageClassification:

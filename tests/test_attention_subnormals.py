@@ -13,6 +13,7 @@ import copy
 import pytest
 import torch
 import torch.nn.functional as F
+from helpers import tiny_dearkd_config
 
 from dearkd_hf.modeling import DearKDViTConfig, DearKDViTForImageClassification, modeling_dearkd_vit
 
@@ -149,16 +150,7 @@ def test_the_floor_moves_outputs_and_gradients_negligibly(monkeypatch, attn_impl
 def test_sdpa_inference_passes_the_floored_bias_as_the_mask_and_matches_training_and_eager(monkeypatch):
     """Without a gradient for v_h the sdpa path skips the position channels (nothing to copy); its outputs are the
     channel form's and the eager reference's, the floor active (locality 3 on a 6 x 6 grid)."""
-    config = DearKDViTConfig(
-        image_size=24,
-        patch_size=4,
-        hidden_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        intermediate_size=64,
-        num_labels=5,
-        mhca_locality_strength=3.0,
-    )
+    config = tiny_dearkd_config(6, 4, mhca_locality_strength=3.0)
     torch.manual_seed(0)
     model = DearKDViTForImageClassification._from_config(config, attn_implementation="sdpa").eval()
     assert model.config._attn_implementation == "sdpa"

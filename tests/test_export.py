@@ -9,9 +9,10 @@ import sys
 import numpy as np
 import pytest
 import torch
+from helpers import tiny_dearkd_config, with_random_positional_weights
 from torch.export import Dim
 
-from dearkd_hf.modeling import DearKDViTConfig, DearKDViTForImageClassification
+from dearkd_hf.modeling import DearKDViTForImageClassification
 
 onnxruntime = pytest.importorskip("onnxruntime")
 pytest.importorskip("onnxscript")  # torch.onnx.export(dynamo=True) translates with it
@@ -25,23 +26,10 @@ OUTPUTS = ("logits", "cls_logits", "distillation_logits")
 def saved_folder(tmp_path_factory):
     """A tiny student with trained-looking positional weights (MHCA bias floor active), saved with save_pretrained."""
     folder = tmp_path_factory.mktemp("student")
-    config = DearKDViTConfig(
-        image_size=GRID * PATCH,
-        patch_size=PATCH,
-        hidden_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        intermediate_size=64,
-        num_labels=5,
-        mhca_locality_strength=3.0,
-    )
+    config = tiny_dearkd_config(GRID, PATCH, mhca_locality_strength=3.0)
     torch.manual_seed(0)
     model = DearKDViTForImageClassification(config)
-    generator = torch.Generator().manual_seed(4)
-    with torch.no_grad():
-        for layer in model.dearkd_vit.layers:
-            weight = layer.attention.positional_weight
-            weight.add_(0.3 * torch.randn(weight.shape, generator=generator))
+    with_random_positional_weights(model)
     model.save_pretrained(folder)
     return folder
 

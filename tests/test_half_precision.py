@@ -6,6 +6,7 @@ import copy
 import numpy as np
 import pytest
 import torch
+from helpers import tiny_dearkd_config, with_random_positional_weights
 from PIL import Image
 from torch.nn.attention import SDPBackend, sdpa_kernel
 from transformers import ViTImageProcessor, pipeline
@@ -23,24 +24,13 @@ TOLERANCES = {torch.float32: (1e-6, 1e-4), torch.float16: (5e-3, 5e-3), torch.bf
 
 def saved_student(folder, **overrides) -> DearKDViTForImageClassification:
     """A tiny student with trained-looking positional weights (sharp, broad and repulsive heads), saved to `folder`."""
-    kwargs = dict(
-        image_size=GRID * PATCH,
-        patch_size=PATCH,
-        hidden_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        intermediate_size=64,
-        num_labels=5,
-        drop_path_rate=0.0,
-    )
     torch.manual_seed(0)
-    model = DearKDViTForImageClassification(DearKDViTConfig(**{**kwargs, **overrides})).eval()
-    generator = torch.Generator().manual_seed(4)
+    model = DearKDViTForImageClassification(tiny_dearkd_config(GRID, PATCH, **{"drop_path_rate": 0.0, **overrides}))
+    model.eval()
+    with_random_positional_weights(model)
     with torch.no_grad():
         for layer in model.dearkd_vit.layers:
-            weight = layer.attention.positional_weight
-            weight.add_(0.3 * torch.randn(weight.shape, generator=generator))
-            weight[0, 0] = 0.5  # a head that prefers distant tokens: its row maxima lie far from the query
+            layer.attention.positional_weight[0, 0] = 0.5  # a head that prefers distant tokens: far row maxima
     model.save_pretrained(folder)
     return model
 

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
+from helpers import tiny_dearkd_config, with_random_positional_weights
 from transformers import (
     AutoModelForImageClassification,
     DeiTConfig,
@@ -27,16 +28,7 @@ NUM_PREFIX = 2
 
 
 def tiny_config(**overrides) -> DearKDViTConfig:
-    kwargs = dict(
-        image_size=GRID * PATCH,
-        patch_size=PATCH,
-        hidden_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        intermediate_size=64,
-        num_labels=5,
-    )
-    return DearKDViTConfig(**{**kwargs, **overrides})
+    return tiny_dearkd_config(GRID, PATCH, **overrides)
 
 
 def tiny_model(**overrides) -> DearKDViTForImageClassification:
@@ -314,15 +306,6 @@ def test_config_docstring_example_runs_and_geometry_is_checked_once(monkeypatch)
 # --- attention implementations (eager, sdpa) -------------------------------------------------------------------------
 
 
-def _with_random_positional_weights(model: DearKDViTForImageClassification, seed: int = 4) -> None:
-    generator = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for layer in model.dearkd_vit.layers:
-            weight = getattr(layer.attention, "positional_weight", None)
-            if weight is not None:
-                weight.add_(0.3 * torch.randn(weight.shape, generator=generator))
-
-
 def _eager_twin(model: DearKDViTForImageClassification) -> DearKDViTForImageClassification:
     twin = DearKDViTForImageClassification._from_config(copy.deepcopy(model.config), attn_implementation="eager")
     twin.load_state_dict(model.state_dict())
@@ -357,7 +340,7 @@ def test_sdpa_gives_the_eager_formulations_outputs_and_gradients(grid, patch, hi
     )
     torch.manual_seed(0)
     model = DearKDViTForImageClassification(config).train()
-    _with_random_positional_weights(model)
+    with_random_positional_weights(model)
     eager = _eager_twin(model).train()
     assert model.config._attn_implementation == "sdpa" and eager.config._attn_implementation == "eager"
     pixel_values = torch.randn(3, 3, grid * patch, grid * patch, generator=torch.Generator().manual_seed(2))
@@ -436,7 +419,7 @@ def test_every_tensor_is_a_parameter_or_a_buffer():
 def test_interpolate_pos_encoding_runs_other_resolutions_with_that_grids_positions(attn_implementation):
     model = DearKDViTForImageClassification._from_config(tiny_config(), attn_implementation=attn_implementation)
     model.eval()
-    _with_random_positional_weights(model)
+    with_random_positional_weights(model)
     with torch.no_grad():
         same = model(images(), interpolate_pos_encoding=True).logits
         torch.testing.assert_close(same, model(images()).logits, rtol=0, atol=0)
@@ -459,7 +442,7 @@ def r521() -> torch.Tensor:
 
 def test_interpolated_sdpa_matches_eager_on_another_grid():
     model = tiny_model(attention_probs_dropout_prob=0.0, drop_path_rate=0.0).train()
-    _with_random_positional_weights(model)
+    with_random_positional_weights(model)
     eager = _eager_twin(model).train()
     bigger = torch.randn(2, 3, 5 * PATCH, 7 * PATCH, generator=torch.Generator().manual_seed(6))
     out, grads = _step(model, bigger, interpolate_pos_encoding=True)
@@ -491,7 +474,7 @@ def test_compiled_fullgraph_trains_on_cpu(backend):
 def test_half_precision_sdpa_keeps_the_bias_form_and_matches_eager():
     """In bf16 the channel form would round its large cancelling terms; MHCA layers pass the bias as a mask."""
     model = tiny_model(attention_probs_dropout_prob=0.0, drop_path_rate=0.0, mhca_locality_strength=3.0).eval()
-    _with_random_positional_weights(model)
+    with_random_positional_weights(model)
     model = model.to(torch.bfloat16)
     eager = _eager_twin(model).to(torch.bfloat16).eval()
     attention = model.dearkd_vit.layers[0].attention
