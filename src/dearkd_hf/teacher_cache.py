@@ -177,6 +177,7 @@ class TeacherCache:
         self.folder = folder
         self.config = config
         self.num_views = num_views
+        self._served_fingerprint: str | None = None  # the datasets fingerprint of the last split that passed
         self.teacher = CachedTeacher.from_dict(config["teacher"])
         transform = config["transform"]
         self.view = ReplayableView(
@@ -276,7 +277,11 @@ class TeacherCache:
             )
 
     def check_training_set(self, dataset: Any) -> None:
-        """Refuse, before the first step, a training set the cache was not written from."""
+        """Refuse, before the first step, a training set the cache was not written from. A split that passed is not
+        digested again (the teacher check and the training loader both ask) while its datasets fingerprint holds."""
+        fingerprint = getattr(dataset, "_fingerprint", None)
+        if fingerprint is not None and fingerprint == self._served_fingerprint:
+            return
         if not hasattr(dataset, "with_format"):
             raise TypeError(
                 "teacher_cache: train_dataset must be the datasets.Dataset (columns image, label) the cache was "
@@ -288,6 +293,7 @@ class TeacherCache:
                 f"teacher_cache={self.folder!r} cannot serve this training set: {problem}. Write the cache from the "
                 "same data flags (--dataset_name, --train_fraction, --max_train_samples, --seed) as this run."
             )
+        self._served_fingerprint = fingerprint
 
     def mismatch(
         self,
