@@ -23,6 +23,7 @@ CHANGED = {
     "alignment_pairs": ["1:resnet.embedder"],
     "beta_schedule": "constant",
     "align_ratio": 0.5,
+    "align_conflicts": "project",
     "label_loss_heads": "each_head",
     "distillation_stop_epoch": 1.5,
     "distillation_stop_fraction": 0.5,

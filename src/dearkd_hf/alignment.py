@@ -27,6 +27,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .alignment_pairs import AlignmentPair
+from .gradient_agreement import GradientAgreement
 from .runs.files import atomic_path
 
 if TYPE_CHECKING:
@@ -135,18 +136,33 @@ class AlignmentHead(nn.Module):
         teacher_channels: Sequence[int],
         grid: tuple[int, int],
         first_block_state: int = 1,
+        *,
+        project_conflicts: bool = False,
+        agreement_gate: bool = False,
     ):
         super().__init__()
         self.pairs = list(pairs)
         self.grid = grid
         self.first_block_state = first_block_state  # index of block 1's output in the student's hidden_states
         self.aligners = nn.ModuleList(Aligner(student_dim, c) for c in teacher_channels)
+        # The gradient taps (dearkd_hf.gradient_agreement) when a rule reads them; their running share is a buffer,
+        # saved and restored with the aligners.
+        self.agreement = (
+            GradientAgreement(
+                len(self.pairs), project=project_conflicts, gate=agreement_gate, num_patches=grid[0] * grid[1]
+            )
+            if self.pairs and (project_conflicts or agreement_gate)
+            else None
+        )
 
     def forward(self, hidden_states: Sequence[torch.Tensor]) -> tuple[torch.Tensor, ...]:
-        return tuple(
-            aligner(patch_tokens(hidden_states[pair.student_block - 1 + self.first_block_state], self.grid))
-            for pair, aligner in zip(self.pairs, self.aligners)
-        )
+        aligned = []
+        for index, (pair, aligner) in enumerate(zip(self.pairs, self.aligners)):
+            hidden = hidden_states[pair.student_block - 1 + self.first_block_state]
+            if self.agreement is not None:
+                hidden = self.agreement.tap(hidden, index)
+            aligned.append(aligner(patch_tokens(hidden, self.grid)))
+        return tuple(aligned)
 
 
 class StudentAligners:

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from transformers import TrainingArguments
 
 from .alignment_pairs import parse_alignment_pairs
+from .gradient_agreement import ALIGN_CONFLICTS
 from .losses import BETA_SCHEDULES, DISTILLATION_TYPES, LABEL_LOSS_HEADS
 from .runs.finite_checks import require_finite
 from .teacher_check import WEAK_TEACHER_ACTIONS
@@ -66,7 +67,14 @@ class DearKDConfig(TrainingArguments):
             How the alignment weight moves during stage 1: `"constant"` keeps `beta`; `"linear"` decays it from
             `beta` at step 0 to 0 at `distillation_stop_epoch`, so stage 1 hands over to the labels gradually;
             `"balanced"` caps it each step at `align_ratio` times the ratio of the label + logit-KD loss to the
-            alignment loss (detached), so the alignment term never outweighs `align_ratio` times the rest.
+            alignment loss (detached), so the alignment term never outweighs `align_ratio` times the rest;
+            `"agreement"` keeps `beta` on the loss but scales the alignment's gradient into the student's blocks by a
+            gate read from the running share of samples whose alignment gradient agrees with the task's at the
+            aligned tokens, `clamp(2 share - 1, 0, 1)` (`dearkd_hf.gradient_agreement`, METHOD.md section 2).
+        align_conflicts (`str`, *optional*, defaults to `"keep"`):
+            What a sample's alignment gradient keeps where it opposes the task's at the aligned tokens (negative
+            dot product): `"keep"` all of it; `"project"` removes its component along the task's gradient (PCGrad),
+            so the alignment never pushes the student against the task. The aligners learn from the whole loss.
         align_ratio (`float`, *optional*, defaults to `1.0`):
             With `beta_schedule="balanced"`: the largest share of the label + logit-KD term the alignment term may
             reach, `beta_step = min(beta, align_ratio * (label + KD loss) / alignment loss)`, computed per micro-batch
@@ -142,8 +150,17 @@ class DearKDConfig(TrainingArguments):
         default="balanced",
         metadata={
             "help": "Alignment weight over stage 1: balanced (capped at align_ratio x the label+KD term each step), "
-            "constant (fixed beta), or linear decay to 0 at the stop.",
+            "constant (fixed beta), linear decay to 0 at the stop, or agreement (beta, its gradient into the "
+            "student gated by how often it agrees with the task's).",
             "choices": list(BETA_SCHEDULES),
+        },
+    )
+    align_conflicts: str = field(
+        default="keep",
+        metadata={
+            "help": "keep, or project: remove the part of the alignment gradient that opposes the task's gradient "
+            "at the aligned tokens (per sample).",
+            "choices": list(ALIGN_CONFLICTS),
         },
     )
     align_ratio: float = field(
@@ -220,6 +237,10 @@ class DearKDConfig(TrainingArguments):
             )
         if self.beta_schedule not in BETA_SCHEDULES:
             raise ValueError(f"beta_schedule={self.beta_schedule!r} is not one of {BETA_SCHEDULES}; pick one of them.")
+        if self.align_conflicts not in ALIGN_CONFLICTS:
+            raise ValueError(
+                f"align_conflicts={self.align_conflicts!r} is not one of {ALIGN_CONFLICTS}; pick one of them."
+            )
         if self.label_loss_heads not in LABEL_LOSS_HEADS:
             raise ValueError(
                 f"label_loss_heads={self.label_loss_heads!r} is not one of {LABEL_LOSS_HEADS}; pick one of them."

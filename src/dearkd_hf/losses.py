@@ -9,7 +9,7 @@ import torch.nn.functional as F
 
 DISTILLATION_TYPES = ("hard", "soft", "none")
 LABEL_LOSS_HEADS = ("averaged_logits", "each_head")
-BETA_SCHEDULES = ("balanced", "constant", "linear")
+BETA_SCHEDULES = ("balanced", "constant", "linear", "agreement")
 
 
 def classification_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -86,8 +86,9 @@ def stage2_loss(
 
 def scheduled_beta(beta: float, schedule: str, epoch: float, stop_epoch: float) -> float:
     """The alignment weight at ``epoch``: ``constant`` keeps ``beta``; ``linear`` decays it to 0 at ``stop_epoch``;
-    ``balanced`` keeps ``beta`` as the ceiling that :func:`balanced_beta` lowers step by step."""
-    if schedule in ("constant", "balanced"):
+    ``balanced`` keeps ``beta`` as the ceiling that :func:`balanced_beta` lowers step by step; ``agreement`` keeps
+    ``beta`` on the loss and gates what reaches the student's blocks (:mod:`dearkd_hf.gradient_agreement`)."""
+    if schedule in ("constant", "balanced", "agreement"):
         return beta
     if schedule == "linear":
         return beta * max(0.0, 1.0 - epoch / stop_epoch) if stop_epoch > 0 else 0.0

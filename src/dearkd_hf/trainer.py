@@ -166,7 +166,7 @@ class DearKDTrainer(BaseTrainer):
         self.alignment_pairs = self._resolve_pairs(args)
         # Seeded as the Trainer seeds itself (it does so only later), so that the aligners start alike in every run.
         enable_full_determinism(args.seed) if args.full_determinism else set_seed(args.seed)
-        head = self._build_alignment_head()
+        head = self._build_alignment_head(args)
         prepare_student(model, self.geometry)  # after every check: a refused student is left as it came
         self.aligners = StudentAligners(head, _autocast_dtype(args))
         self.aligners.attach(model)
@@ -261,7 +261,7 @@ class DearKDTrainer(BaseTrainer):
             args.alignment_pairs, self.geometry.num_blocks, teacher.stage_names, teacher.hookable_layers()
         )
 
-    def _build_alignment_head(self) -> AlignmentHead:
+    def _build_alignment_head(self, args: DearKDConfig) -> AlignmentHead:
         """Aligners sized by one dummy teacher forward at the student's resolution (or by the cache's targets)."""
         layers = [pair.teacher_layer for pair in self.alignment_pairs]
         if self.teacher_cache is not None:
@@ -270,7 +270,13 @@ class DearKDTrainer(BaseTrainer):
             channels = teacher_feature_channels(self.teacher, layers, self.geometry.image_size)
         geometry = self.geometry
         return AlignmentHead(
-            self.alignment_pairs, geometry.hidden_size, channels, geometry.grid, geometry.first_block_state
+            self.alignment_pairs,
+            geometry.hidden_size,
+            channels,
+            geometry.grid,
+            geometry.first_block_state,
+            project_conflicts=args.align_conflicts == "project",
+            agreement_gate=args.beta_schedule == "agreement",
         )
 
     def _check_cache(self, data_collator: Collator | None) -> None:
@@ -474,6 +480,10 @@ class DearKDTrainer(BaseTrainer):
         if "loss" in logs and self.teacher_check is not None and not self._teacher_check_logged:
             logs["teacher_train_accuracy"] = self.teacher_check.accuracy  # once, beside the first training loss
             self._teacher_check_logged = True
+        agreement = self.aligners.head.agreement
+        if agreement is not None:  # measured in the backward passes since the last log
+            for key, values in agreement.pop_measurements().items():
+                self._metrics[key].extend(values)
         if "loss" in logs and self._metrics:
             means = self._component_means()
             means.pop(WINDOW_LOSS, None)  # the Trainer's own "loss" covers the window
