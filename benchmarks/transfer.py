@@ -85,6 +85,9 @@ FAMILIES = {
     "small_resnet": ["--model_type=resnet"],  # + --config_overrides (the size below)
     "mobilenetv3": ["--model_name_or_path=mobilenetv3_small_100"],
 }
+# Teachers that missed their band at the registered recipe, retrained (before any of the cell's distilled rows ran)
+# with these epochs: c1's resnet18 reached 86.5% after 1 epoch of the whole split, under the strong band's 90%.
+BAND_EPOCHS = {"c1": 3}
 CELL_MARGIN, MEAN_GAIN = 0.5, 1.0
 IMAGE_SIZE = {"fmnist10": 32, "easy4": 32, "lowres": 32, "canvas": 48}
 SIZES = {
@@ -247,22 +250,23 @@ class Runner:
         per_epoch = -(-self.args.train_images // self.args.batch_size)
         return max(1, round(steps * self.args.step_scale / per_epoch))
 
-    def teacher_flags(self, cell: Cell) -> tuple[list[str], int]:
+    def teacher_flags(self, name: str) -> tuple[list[str], int]:
         """train_teacher.py's data flags for the cell's quality, and its epochs."""
-        a = self.args
+        cell, a = CELLS[name], self.args
         data = data_folder(a, cell.data)
         if cell.quality == "strong":
-            return [f"--dataset_name={data}", "--train_fraction=1.0"], a.strong_epochs
+            return [f"--dataset_name={data}", "--train_fraction=1.0"], BAND_EPOCHS.get(name, a.strong_epochs)
         if cell.quality == "medium":
             return [f"--dataset_name={data}", f"--train_fraction={self.fraction(data)}"], self.epochs(a.medium_steps)
         blurred = data_folder(a, cell.data, blurred=True)
         flags = [f"--dataset_name={blurred}", f"--eval_dataset_name={data}", f"--train_fraction={self.fraction(data)}"]
         return flags, a.weak_epochs
 
-    def teacher(self, name: str) -> tuple[str, float]:
-        """The cell's teacher (trained now unless a DONE file says it was) and its accuracy on the cell's test set."""
+    def teacher(self, name: str) -> tuple[str, float, int]:
+        """The cell's teacher (trained now unless a DONE file says it was), its accuracy on the cell's test set and
+        its epochs."""
         cell, a = CELLS[name], self.args
-        data_flags, epochs = self.teacher_flags(cell)
+        data_flags, epochs = self.teacher_flags(name)
         size = [f"--config_overrides={a.small_resnet}"] if cell.family == "small_resnet" else []
         model = FAMILIES[cell.family] + size
         argv = [*model, "--num_channels=3", *data_flags]
@@ -274,11 +278,11 @@ class Runner:
             shutil.rmtree(folder, ignore_errors=True)
             metrics = self.train_teacher.main([*argv, *self.common(cell, 0, folder, epochs)])
             done.write_text(json.dumps(metrics))
-        return str(folder), json.loads(done.read_text())["eval_accuracy"]
+        return str(folder), json.loads(done.read_text())["eval_accuracy"], epochs
 
     def student(self, method: str, name: str, seed: int) -> dict[str, Any]:
         cell, a = CELLS[name], self.args
-        teacher, _ = self.teacher(name)
+        teacher, _, _ = self.teacher(name)
         data = data_folder(a, cell.data)
         output_dir = self.work / f"{method}-{name}-s{seed}"
         shutil.rmtree(output_dir, ignore_errors=True)
@@ -411,10 +415,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             ensure_dataset(args.dataset_dir)
         runner = Runner(args)
         for name in args.cells:
-            if results.get((name,), table="teachers") is None:
+            stored = results.get((name,), table="teachers")
+            if stored is None or stored.get("epochs", 1) != runner.teacher_flags(name)[1]:
                 start = time.perf_counter()
-                _, accuracy = runner.teacher(name)
-                record = {"cell": name, "accuracy": accuracy, "wall_s": time.perf_counter() - start}
+                _, accuracy, epochs = runner.teacher(name)
+                record = {"cell": name, "accuracy": accuracy, "epochs": epochs, "wall_s": time.perf_counter() - start}
                 results.add({**record, "commit": code_commit()}, table="teachers")
                 print(f"teacher {name}: {accuracy:.4f}", flush=True)
         todo = jobs(args)

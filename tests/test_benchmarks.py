@@ -892,3 +892,69 @@ def test_teacher_cache_script_gets_the_runs_data_and_student_flags_only():
     ]
     assert bench.ratio_for(1.02, 4) == 1.02 and bench.ratio_for({"4": 1.1, "16": 1.2}, 16) == 1.2
     assert bench.ratio_for(None, 1) is None
+
+
+def test_transfer_quick_runs_every_row_of_a_cell_and_skips_done_rows(tmp_path):
+    args = ["--quick", "--cells", "c7", "--seeds", "0", "--methods", "labels_only", "dearkd", "agreement"]
+    args.append(f"--results_dir={tmp_path / 'results'}")
+    args.append(f"--work_dir={tmp_path / 'work'}")
+    run_script("transfer", *args)
+    path = tmp_path / "results" / "transfer_quick.json"
+    saved = json.loads(path.read_text())
+    transfer = load_script("transfer")
+    assert sorted(row["method"] for row in saved["rows"]) == ["agreement", "dearkd", "labels_only"]
+    assert set(transfer.METHODS) == {"labels_only", "deit", "dearkd", *transfer.CANDIDATES}
+    assert [t["cell"] for t in saved["teachers"]] == ["c7"] and 0.0 <= saved["teachers"][0]["accuracy"] <= 1.0
+    flags = {row["method"]: row["flags"] for row in saved["rows"]}
+    assert flags["agreement"] == ["--beta_schedule", "agreement", "--align_conflicts", "project"]
+    assert flags["dearkd"] == [] and flags["labels_only"] == ["--distillation_stop_epoch=0"]
+    agreement = next(row for row in saved["rows"] if row["method"] == "agreement")
+    assert 0.0 <= agreement["log"]["mean_gate"] <= 1.0
+    canvas = datasets.load_from_disk(str(tmp_path / "work" / "data-canvas"))  # the 28 px image on a 48 px canvas
+    assert canvas["train"][0]["image"].size == (48, 48)
+    table = (tmp_path / "results" / "transfer_quick.md").read_text()
+    assert "| c7 | canvas | medium | small_resnet | 4 | 250 |" in table and "## The test half\n\nNot run yet." in table
+    assert str(tmp_path) not in table and str(tmp_path) not in path.read_text()
+    rerun = run_script("transfer", *args)
+    assert "seed=0" not in rerun.stdout and json.loads(path.read_text())["rows"] == saved["rows"]
+
+
+def test_transfer_cells_cover_every_value_twice_in_each_half_and_the_verdict_by_hand():
+    transfer = load_script("transfer")
+    for half in ("choose", "test"):
+        cells = [cell for cell in transfer.CELLS.values() if cell.half == half]
+        assert len(cells) == 6
+    for axis in ("data", "quality", "family", "depth", "steps"):
+        values = [getattr(cell, axis) for cell in transfer.CELLS.values()]
+        assert all(values.count(v) >= 2 for v in values), axis
+
+    def rows(cell, labels, deit, dearkd):
+        return [
+            {"method": m, "cell": cell, "seed": s, "accuracy": a}
+            for m, accs in (("labels_only", labels), ("deit", deit), ("dearkd", dearkd))
+            for s, a in enumerate(accs)
+        ]
+
+    # c1 (strong): the bar is max(labels, deit) = 60; c6 (weak): the bar is labels only = 50, whatever deit.
+    made = rows("c1", [0.50, 0.50], [0.60, 0.60], [0.62, 0.60]) + rows("c6", [0.50, 0.50], [0.70, 0.70], [0.50, 0.49])
+    cells = transfer.cell_stats(made)
+    assert cells["c1"]["paired"]["dearkd - deit"]["mean"] == pytest.approx(1.0)
+    v = transfer.verdict(cells, "choose", "dearkd")
+    assert v["margins"]["c1"] == pytest.approx(1.0) and v["margins"]["c6"] == pytest.approx(-0.5)
+    assert v["margins"]["c4"] is None and not v["complete"] and v["no_cell_below"]
+    assert v["gain_over_deit"] == pytest.approx((1.0 - 20.5) / 2)
+    made[-1]["accuracy"] = 0.48  # c6 now 1 point below labels only
+    assert not transfer.verdict(transfer.cell_stats(made), "choose", "dearkd")["no_cell_below"]
+
+
+def test_transfer_data_variants_by_hand():
+    import numpy
+    from PIL import Image
+
+    transfer = load_script("transfer")
+    image = Image.new("L", (28, 28), 255)
+    assert transfer.lowres(image, 32).size == (32, 32) and transfer.lowres(image).size == (28, 28)
+    first, again = transfer.on_canvas(image, 3, "train"), transfer.on_canvas(image, 3, "train")
+    assert first.size == (48, 48) and first.tobytes() == again.tobytes()  # seeded by split and index
+    assert (numpy.asarray(first) > 0).sum() == 28 * 28  # the whole image, nothing cut
+    assert first.tobytes() != transfer.on_canvas(image, 3, "test").tobytes()
