@@ -54,7 +54,10 @@ METHOD_FLAGS = {
     "fast": ["--method=fast", "--fast_steps=2", "--fast_warmup=2"],
 }
 # What each method keeps in the shard folder besides the shards (fast: its meta-learned initialisation).
-SHARED_FILES = {"deepinversion": ["fingerprint.json"], "fast": ["fast_generator_init.safetensors", "fingerprint.json"]}
+SHARED_FILES = {
+    "deepinversion": ["fingerprint.json", "rounds.json"],
+    "fast": ["fast_generator_init.safetensors", "fingerprint.json", "rounds.json"],
+}
 
 
 @pytest.mark.slow
