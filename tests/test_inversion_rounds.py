@@ -117,3 +117,17 @@ def test_a_student_without_adi_scale_and_adi_scale_without_a_student_are_refused
     rgb = DearKDViTForImageClassification(tiny_dearkd_config(grid=4, patch=4, num_labels=3, num_channels=3))
     with pytest.raises(ValueError, match="The student reads 3-channel images but the teacher"):
         FastInversionGenerator(tiny_teacher(), config(adi_scale=1.0), student=rgb)
+
+
+def test_a_round_does_not_start_after_a_killed_one_and_older_folders_read_as_one_round(tmp_path):
+    folder = str(tmp_path / "run")
+    write_dataset(generator(), folder, 18, max_batches=1, progress=False)  # round 0 (3 batches) killed after one
+    with pytest.raises(ValueError, match=r"batch 1 of its round 0 \(batches 0-2, no --student_model_name_or_path\)"):
+        write_dataset(generator(vit_student()), folder, 30, progress=False)
+    write_dataset(generator(), folder, 18, progress=False)  # finished with its own command, it can be extended
+    (tmp_path / "run" / "shards" / "rounds.json").unlink()  # as a folder written before rounds were recorded
+    assert read_rounds(folder) == [
+        {"first_batch": 0, "end_batch": 3, "student": None, "student_weights_sha256": None, "adi_scale": 0.0}
+    ]
+    extended = write_dataset(generator(vit_student()), folder, 30, progress=False)
+    assert len(extended) == 30 and [r["first_batch"] for r in read_rounds(folder)] == [0, 3]
