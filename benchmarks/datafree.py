@@ -13,13 +13,19 @@ real test set. The methods (METHOD.md section 5):
     fast                 the amortised generator (--method fast, bpid_weight=0), ``--fast_steps`` per batch after
                          ``--fast_warmup`` meta-learning tasks
     fast_bpid            the same with BPID
+    fast_rounds          fast in student-aware rounds: ``--rounds`` generate.py runs extend one set by equal parts,
+                         each after the first with ``--student_model_name_or_path`` the previous round's student
+                         (a data-free student trained ``--round_student_steps`` steps on the set so far) and
+                         ``--adi_scale`` ``--round_adi_scale``; the row's student is trained on the whole set
 
 Each row's synthesis is one whole generate.py run from an empty folder (an earlier set of that row is deleted), so
 ``synthesis_s`` (its wall time, the meta-learning warm-up included) and ``images_per_s = num_images / synthesis_s``
-are those of an uninterrupted run. Rows are appended to ``<results_dir>/<prefix>.json`` as they finish
-(``{"config", "rows": [{"method", "seed", "num_images", "synthesis_s", "images_per_s", "accuracy",
-"full_data_accuracy", ...}]}``) and skipped on a re-run; ``<prefix>.md`` (table and the issue's targets) and
-``<prefix>.png`` follow. ``<prefix>`` is ``datafree``, ``datafree_quick`` with --quick.
+are those of an uninterrupted run (``fast_rounds``: its generate.py runs together, and its round students' training
+is ``round_training_s``); ``training_s`` is the row's student's training, its evaluation included. Rows are
+appended to ``<results_dir>/<prefix>.json`` as they finish (``{"config", "rows": [{"method", "seed", "num_images",
+"synthesis_s", "images_per_s", "training_s", "accuracy", "full_data_accuracy", ...}]}``) and skipped on a re-run;
+``<prefix>.md`` (table and the issue's targets) and ``<prefix>.png`` follow. ``<prefix>`` is ``datafree``,
+``datafree_quick`` with --quick.
 
     python -m benchmarks.datafree --seeds 0 1 2 --workers 3  # other flags go to benchmarks.data_efficiency
     python -m benchmarks.datafree --quick              # embedded subset, tiny models: a smoke run
@@ -52,6 +58,7 @@ METHODS = {
     "deepinversion_bpid": ("deepinversion", True),
     "fast": ("fast", False),
     "fast_bpid": ("fast", True),
+    "fast_rounds": ("fast", False),
 }
 FRACTION = 1.0  # the full training set's teacher, and the full-data student
 # The fast method's generate.py flags, full and --quick, as gen_tv etc. are DeepInversion's: chosen for the 28 px
@@ -69,8 +76,16 @@ STUDENT_SIZES = {
     "full": dict(fast_num_generated=25600, datafree_steps=2000, datafree_mixup=0.8, datafree_cutmix=1.0),
     "quick": dict(fast_num_generated=32, datafree_steps=2, datafree_mixup=0.8, datafree_cutmix=1.0),
 }
+# The fast_rounds row's rounds (full, --quick): generate.py runs that share its images, the competition term's weight
+# from the second round on, and the optimizer steps of each round's student (the last round's student is the row's).
+ROUNDS_SIZES = {
+    "full": dict(rounds=3, round_adi_scale=10.0, round_student_steps=625),
+    "quick": dict(rounds=2, round_adi_scale=10.0, round_student_steps=2),
+}
 STATISTICS = ("teacher_agreement", "teacher_confidence", "same_class_cosine")  # of set_statistics
 TARGETS = dict(share=0.90, std_points=2.0, bpid_points=1.0, speedup=20.0)
+# fast_rounds' own: its share of the full-data student, its seed std, and its total time against the fast row's.
+ROUNDS_TARGETS = dict(share=0.95, std_points=1.5, time_ratio=2.0)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -129,6 +144,27 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="Where the data-free students stop distilling, as a fraction of their run (default 1: they distil to "
         "the end; a stage 2 would train on the generation targets alone).",
     )
+    rounds = ROUNDS_SIZES["full"]
+    parser.add_argument(
+        "--rounds",
+        type=int,
+        default=None,
+        help=f"fast_rounds: generate.py runs, each adding an equal share of --fast_num_generated (default "
+        f"{rounds['rounds']}).",
+    )
+    parser.add_argument(
+        "--round_adi_scale",
+        type=float,
+        default=None,
+        help=f"fast_rounds: generate.py --adi_scale from the second round on (default {rounds['round_adi_scale']:g}).",
+    )
+    parser.add_argument(
+        "--round_student_steps",
+        type=int,
+        default=None,
+        help=f"fast_rounds: optimizer steps of each round's student but the last (default "
+        f"{rounds['round_student_steps']}).",
+    )
     parser.add_argument("--overwrite", action="store_true", help="Discard results made with another config.")
     parser.add_argument(
         "--workers",
@@ -139,6 +175,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args, rest = parser.parse_known_args(argv)
     if args.workers < 1:
         parser.error(f"--workers={args.workers}: must be >= 1.")
+    if args.rounds is not None and args.rounds < 2:
+        parser.error(f"--rounds={args.rounds}: must be >= 2 (one round is the fast row).")
     quick = "--quick" in rest
     work = ROOT / "outputs" / "benchmarks" / ("datafree_quick" if quick else "datafree")
     defaults = [f"--work_dir={work}"] if not any(arg.startswith("--work_dir") for arg in rest) else []
@@ -146,7 +184,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args.prefix = "datafree_quick" if quick else "datafree"
     args.work_dir = args.bench.work_dir  # the workers' logs and results files go there
     size = "quick" if quick else "full"
-    for name, value in {**FAST_SIZES[size], **STUDENT_SIZES[size]}.items():
+    for name, value in {**FAST_SIZES[size], **STUDENT_SIZES[size], **ROUNDS_SIZES[size]}.items():
         if getattr(args, name) is None:
             setattr(args, name, value)
     return args
@@ -160,6 +198,8 @@ def config(args: argparse.Namespace) -> dict[str, Any]:
     """What changes a row's number: the data-efficiency configuration, the fast method's flags and the data-free
     students' settings."""
     names = [*STUDENT_SIZES["full"], "datafree_teacher_labels", "datafree_stop_fraction"]
+    # The rounds' settings change only the fast_rounds row: a results file without it does not depend on them.
+    names += list(ROUNDS_SIZES["full"]) if "fast_rounds" in args.methods else []
     students = {name: getattr(args, name) for name in names}
     return {**run_config(args.bench), "fast_flags": fast_flags(args), **students}
 
@@ -168,15 +208,48 @@ def num_images(args: argparse.Namespace, method: str) -> int:
     return args.fast_num_generated if METHODS[method][0] == "fast" else args.bench.num_generated
 
 
-def synthesise(runner: Runner, args: argparse.Namespace, method: str, seed: int) -> tuple[str, float]:
-    """One whole generate.py run from an empty folder: the set's path and its wall time."""
+def synthesise(runner: Runner, args: argparse.Namespace, method: str, seed: int) -> tuple[str, float, dict[str, Any]]:
+    """One whole generate.py run from an empty folder (``fast_rounds``: its rounds, :func:`synthesise_rounds`): the
+    set's path, its wall time and the row's extra fields."""
     kind, bpid = METHODS[method]
     flags = fast_flags(args) if kind == "fast" else None
     runner.ensure_teacher(FRACTION, seed)  # trained outside the timing
+    if method == "fast_rounds":
+        return synthesise_rounds(runner, args, seed)
     shutil.rmtree(runner.generated_dir(FRACTION, seed, bpid, flags), ignore_errors=True)
     start = time.perf_counter()
     dataset = runner.generated_set(FRACTION, seed, bpid, flags, num_images=num_images(args, method))
-    return dataset, time.perf_counter() - start
+    return dataset, time.perf_counter() - start, {}
+
+
+def synthesise_rounds(runner: Runner, args: argparse.Namespace, seed: int) -> tuple[str, float, dict[str, Any]]:
+    """The fast_rounds set, from an empty folder: ``--rounds`` generate.py runs, each extending the set by an equal
+    share of ``--fast_num_generated``; after each but the last a data-free student is trained on the set so far
+    (``--round_student_steps`` steps) and the next run rewards images on which it disagrees with the teacher
+    (``--student_model_name_or_path``, ``--adi_scale`` ``--round_adi_scale``). Returns the set, the generate.py runs'
+    wall time, and the round students' training time and real test accuracies."""
+    flags = fast_flags(args)
+    rounds = {"rounds": args.rounds, "adi": args.round_adi_scale, "steps": args.round_student_steps}
+    folder = runner.generated_dir(FRACTION, seed, False, {**flags, **rounds})
+    shutil.rmtree(folder, ignore_errors=True)
+    total = args.fast_num_generated
+    synthesis_s = training_s = 0.0
+    student, accuracies = {}, []
+    for index in range(args.rounds):
+        images = round(total * (index + 1) / args.rounds)
+        start = time.perf_counter()
+        dataset = runner.generated_set(FRACTION, seed, False, {**flags, **student}, images, output_dir=folder)
+        synthesis_s += time.perf_counter() - start
+        if index == args.rounds - 1:
+            break
+        start = time.perf_counter()
+        row = f"student-fast_rounds-round{index}"
+        epochs = args.round_student_steps * args.bench.batch_size / images
+        accuracies.append(train_datafree(runner, args, "fast_rounds", seed, dataset, row=row, epochs=epochs))
+        training_s += time.perf_counter() - start
+        own = runner.work / f"{row}-f{FRACTION}-s{seed}"
+        student = {"student_model_name_or_path": own, "adi_scale": args.round_adi_scale}
+    return dataset, synthesis_s, {"round_training_s": training_s, "round_student_accuracy": accuracies}
 
 
 def set_statistics(
@@ -237,12 +310,18 @@ def datafree_epochs(args: argparse.Namespace, method: str) -> float:
 
 
 def train_datafree(
-    runner: Runner, args: argparse.Namespace, method: str, seed: int, dataset: str, row: str | None = None
+    runner: Runner,
+    args: argparse.Namespace,
+    method: str,
+    seed: int,
+    dataset: str,
+    row: str | None = None,
+    epochs: float | None = None,
 ) -> float:
     """A DearKD student (the ``dearkd`` row's alignment and MHCA) on a generated set alone, with the data-free
-    students' settings (its epochs: ``datafree_steps`` on the method's number of images); evaluated on the real
-    test set. ``row`` names its folder (default ``student-<method>``)."""
-    epochs = datafree_epochs(args, method)
+    students' settings (its epochs: default ``datafree_steps`` on the method's number of images); evaluated on the
+    real test set. ``row`` names its folder (default ``student-<method>``)."""
+    epochs = epochs or datafree_epochs(args, method)
     runner.student_flags = [
         f"--mixup={args.datafree_mixup}",
         f"--cutmix={args.datafree_cutmix}",
@@ -303,9 +382,11 @@ def run_rows(args: argparse.Namespace, results: Results) -> None:
                 print(f"full-data DearKD student, seed {seed}", flush=True)
                 full = [train_full_data(runner, args, seed)]
             print(f"{method} seed={seed}", flush=True)
-            dataset, synthesis_s = synthesise(runner, args, method, seed)
+            dataset, synthesis_s, extra = synthesise(runner, args, method, seed)
             teacher = runner.ensure_teacher(FRACTION, seed)
+            start = time.perf_counter()
             accuracy = train_datafree(runner, args, method, seed, dataset)
+            training_s = time.perf_counter() - start
             if real is None:
                 test = set_statistics(teacher, bench.dataset_dir, bench.gen_batch_size, split="test")
                 real = {f"real_{name}": value for name, value in test.items()}
@@ -319,6 +400,8 @@ def run_rows(args: argparse.Namespace, results: Results) -> None:
                     "epochs": datafree_epochs(args, method),
                     "synthesis_s": synthesis_s,
                     "images_per_s": images / synthesis_s,
+                    "training_s": training_s,
+                    **extra,
                     "accuracy": accuracy,
                     "full_data_accuracy": full[0],
                     "share_of_full_data": accuracy / full[0],
@@ -351,6 +434,14 @@ def summary(rows: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
             "share": accuracy["mean"] / full,
             "images_per_s": statistics.mean(row["images_per_s"] for row in own),
             "synthesis_s": statistics.mean(row["synthesis_s"] for row in own),
+            **(
+                {
+                    "training_s": statistics.mean(row["training_s"] for row in own),
+                    "total_s": statistics.mean(total_seconds(row) for row in own),
+                }
+                if all("training_s" in row for row in own)  # rows from before it was recorded lack it
+                else {}
+            ),
             "num_images": statistics.mean(row["num_images"] for row in own),
             **{
                 name: statistics.mean(row[name] for row in own)
@@ -359,6 +450,11 @@ def summary(rows: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
             },
         }
     return out
+
+
+def total_seconds(row: dict[str, Any]) -> float:
+    """A row's wall time from no images to its trained student: synthesis, any round students, the student."""
+    return row["synthesis_s"] + row.get("round_training_s", 0.0) + row["training_s"]
 
 
 def paired_gain(rows: list[dict[str, Any]], method: str, baseline: str) -> tuple[float, int]:
@@ -396,6 +492,31 @@ def targets(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
                     target=f"{kind}_bpid >= {kind} + {need:g} (paired, n={n})", value=f"{gain:+.2f}", met=gain >= need
                 )
             )
+    if "fast_rounds" in stats:
+        s = stats["fast_rounds"]
+        share, limit = ROUNDS_TARGETS["share"], ROUNDS_TARGETS["std_points"]
+        checks.append(
+            dict(
+                target=f"fast_rounds >= {share:.0%} of full-data DearKD",
+                value=f"{s['share']:.1%}",
+                met=s["share"] >= share,
+            )
+        )
+        if s["n"] > 1:
+            checks.append(
+                dict(
+                    target=f"fast_rounds seed std <= {limit:g} points", value=f"{s['std']:.2f}", met=s["std"] <= limit
+                )
+            )
+        if "total_s" in s and "total_s" in stats.get("fast", {}):
+            ratio, need = s["total_s"] / stats["fast"]["total_s"], ROUNDS_TARGETS["time_ratio"]
+            checks.append(
+                dict(
+                    target=f"fast_rounds synthesis + training time <= {need:g}x fast's",
+                    value=f"{ratio:.2f}x",
+                    met=ratio <= need,
+                )
+            )
     for fast, slow in (("fast", "deepinversion"), ("fast_bpid", "deepinversion_bpid")):
         if fast in stats and slow in stats:
             speedup = stats[fast]["images_per_s"] / stats[slow]["images_per_s"]
@@ -421,23 +542,26 @@ def write_reports(rows: list[dict[str, Any]], config: dict[str, Any], results_di
         "# Data-free DearKD: accuracy and synthesis speed (Fashion-MNIST test accuracy, %)",
         "",
         "Generated by `python -m benchmarks.datafree`; the JSON next to this file holds every row. Std is over "
-        "seeds; images/s is of a whole generate.py run (warm-up included).",
+        "seeds; images/s is of a whole generate.py run (warm-up included; fast_rounds: its runs together); training s "
+        "is the student's; total s adds both, and fast_rounds' round students.",
         "",
         "| method | images | accuracy (mean ± std, n) | full-data DearKD | share | images/s | synthesis s | "
-        "teacher agrees | teacher confidence | same-class cosine |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "training s | total s | teacher agrees | teacher confidence | same-class cosine |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for method, s in stats.items():
         lines.append(
             f"| {method} | {s['num_images']:.0f} | {s['accuracy']:.2f} ± {spread(s)} (n={s['n']}) | "
-            f"{s['full_data_accuracy']:.2f} | {s['share']:.0%} | {s['images_per_s']:.1f} | {s['synthesis_s']:.0f} | "
+            f"{s['full_data_accuracy']:.2f} | {s['share']:.1%} | {s['images_per_s']:.1f} | {s['synthesis_s']:.0f} | "
+            + " | ".join(f"{s[name]:.0f}" if name in s else "-" for name in ("training_s", "total_s"))
+            + " | "
             + " | ".join(f"{s[name]:.3f}" if name in s else "-" for name in STATISTICS)
             + " |"
         )
     real = [row for row in rows if all(f"real_{name}" in row for name in STATISTICS)]
     if real:
         lines.append(
-            "| (real test images) | | | | | | | "
+            "| (real test images) | | | | | | | | | "
             + " | ".join(f"{statistics.mean(row[f'real_{name}'] for row in real):.3f}" for name in STATISTICS)
             + " |"
         )
@@ -447,6 +571,20 @@ def write_reports(rows: list[dict[str, Any]], config: dict[str, Any], results_di
         "generation batch size: the share it classifies as their label, its mean top probability, and BPID's intra "
         "term (the mean cosine of batch-centred pre-logit features over same-class pairs: lower is more diverse).",
     ]
+    lines += [
+        "",
+        "Every row (seconds of wall time; round students: fast_rounds' students between its rounds):",
+        "",
+        "| method | seed | accuracy | share of full data | synthesis s | round students s | training s | total s |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for row in rows:
+        timed = "training_s" in row
+        lines.append(
+            f"| {row['method']} | {row['seed']} | {100 * row['accuracy']:.2f} | {row['share_of_full_data']:.1%} | "
+            f"{row['synthesis_s']:.0f} | {row.get('round_training_s', 0.0):.0f} | "
+            + (f"{row['training_s']:.0f} | {total_seconds(row):.0f} |" if timed else "- | - |")
+        )
     lines += ["", "Targets:", ""]
     lines += [f"- {c['target']}: {c['value']} ({'met' if c['met'] else 'missed'})" for c in targets(rows)]
     lines += ["", "Configuration:", "", "```json", json.dumps(config, indent=2), "```"]

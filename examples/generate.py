@@ -4,7 +4,9 @@
     python examples/generate.py ... --method fast   # an amortised generator network: far fewer teacher passes
     accelerate launch examples/generate.py ...   # the processes split the batches; the result is one dataset
 
-Re-running with the same arguments resumes a killed run; a larger ``--num_images`` extends a finished one. The
+Re-running with the same arguments resumes a killed run; a larger ``--num_images`` extends a finished one.
+Student-aware rounds (docs/datafree.md): extend with ``--student_model_name_or_path`` (a student trained on the images
+so far) and ``--adi_scale``, and the new images are also rewarded where that student disagrees with the teacher. The
 output folder is loadable with ``datasets.load_from_disk`` and also holds ``samples.png`` (a grid, one row per class)
 and ``generation_config.json`` (configuration, teacher, seed, mean final loss terms). All ``InversionConfig`` fields
 are flags too (``--method``, ``--iterations``, ``--lr``, ``--bpid_weight``, ``--fast_steps``, ...).
@@ -27,7 +29,7 @@ from transformers import HfArgumentParser
 
 from dearkd_hf import DeepInversionGenerator, InversionConfig, create_generator, load_teacher
 from dearkd_hf.hub import check_hub_dataset_repository, check_local_folder
-from dearkd_hf.inversion import GENERATION_CONFIG_FILE, mean_loss_terms, write_dataset
+from dearkd_hf.inversion import GENERATION_CONFIG_FILE, mean_loss_terms, read_rounds, write_dataset
 from dearkd_hf.runs import check_writable_folder, output_folder_lock
 from dearkd_hf.scripts import run_main
 
@@ -42,7 +44,12 @@ class ScriptArguments:
     num_images: int = field(metadata={"help": "Images in the final dataset (exactly)."})
     output_dir: str = field(metadata={"help": "Where the dataset (and its shards, for resuming) is written."})
     student_model_name_or_path: str | None = field(
-        default=None, metadata={"help": "Student for the Adaptive DeepInversion term (needs --adi_scale > 0)."}
+        default=None,
+        metadata={
+            "help": "Student for the competition term (needs --adi_scale > 0): the new images are also rewarded where "
+            "it disagrees with the teacher. Any classifier of the teacher's labels, e.g. a student run.py trained "
+            "on this folder's images so far; each such extension is a round (docs/datafree.md)."
+        },
     )
     samples_per_class: int = field(default=8, metadata={"help": "Images per class in samples.png."})
     push_to_hub: bool = field(default=False, metadata={"help": "Push the dataset to the Hub when done."})
@@ -109,18 +116,23 @@ def save_samples(dataset: Dataset, path: str, per_class: int) -> None:
 
 def save_generation_config(generator: DeepInversionGenerator, script_args: ScriptArguments, processes: int) -> None:
     """What a reader needs to reproduce or judge the dataset."""
+    output_dir = script_args.output_dir
     num_batches = math.ceil(script_args.num_images / generator.config.batch_size)
+    rounds = [r for r in read_rounds(output_dir) if r["first_batch"] < num_batches]
+    for round_ in rounds:
+        round_["end_batch"] = min(round_["end_batch"], num_batches)
+        round_["loss_terms"] = mean_loss_terms(output_dir, round_["end_batch"], start=round_["first_batch"])
     payload = {
         "teacher": generator.teacher.source,
-        "student": script_args.student_model_name_or_path,
+        "rounds": rounds,
         "seed": generator.config.seed,
         "num_images": script_args.num_images,
         "num_processes": processes,
         "labels": [generator.teacher.id2label[i] for i in range(generator.teacher.num_labels)],
         "inversion_config": generator.config.to_dict(),
-        "loss_terms": mean_loss_terms(script_args.output_dir, num_batches),
+        "loss_terms": mean_loss_terms(output_dir, num_batches),
     }
-    with open(os.path.join(script_args.output_dir, GENERATION_CONFIG_FILE), "w", encoding="utf-8") as f:
+    with open(os.path.join(output_dir, GENERATION_CONFIG_FILE), "w", encoding="utf-8") as f:
         json.dump(payload, f, indent=2)
 
 

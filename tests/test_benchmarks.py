@@ -263,14 +263,25 @@ def test_datafree_quick_writes_a_row_per_method_and_seed_and_skips_done_rows(tmp
     path = tmp_path / "results" / "datafree_quick.json"
     data = json.loads(path.read_text())
     rows = data["rows"]
-    assert [row["method"] for row in rows] == ["deepinversion", "deepinversion_bpid", "fast", "fast_bpid"]
+    assert [row["method"] for row in rows] == [
+        "deepinversion",
+        "deepinversion_bpid",
+        "fast",
+        "fast_bpid",
+        "fast_rounds",
+    ]
     for row in rows:
         images = 16 if row["method"].startswith("fast") else 8  # the cheap method gets more images
         assert row["seed"] == 0 and row["num_images"] == images and row["synthesis_s"] > 0
         assert row["epochs"] == 3 * 32 / images  # the same steps (batch 32) for every data-free student
         assert row["images_per_s"] == pytest.approx(images / row["synthesis_s"])
-        assert 0.0 <= row["accuracy"] <= 1.0 and 0.0 <= row["full_data_accuracy"] <= 1.0
+        assert 0.0 <= row["accuracy"] <= 1.0 and 0.0 <= row["full_data_accuracy"] <= 1.0 and row["training_s"] > 0
     assert len({row["full_data_accuracy"] for row in rows}) == 1  # one full-data student per seed
+    rounds = rows[4]  # two generate.py runs of 8 images, a round student of 2 steps between them
+    assert rounds["round_training_s"] > 0 and len(rounds["round_student_accuracy"]) == 1
+    rounds_set = json.loads((tmp_path / "work" / rounds["dataset"] / "generation_config.json").read_text())
+    assert [(r["first_batch"], r["adi_scale"]) for r in rounds_set["rounds"]] == [(0, 0.0), (1, 10.0)]
+    assert rounds_set["rounds"][1]["student"].endswith("student-fast_rounds-round0-f1.0-s0")
     config = data["config"]
     assert config["fast_flags"] == {"method": "fast", "fast_steps": 2, "fast_warmup": 2, "fast_width": 8}
     assert (config["fast_num_generated"], config["datafree_steps"], config["datafree_stop_fraction"]) == (16, 3, 1.0)
@@ -291,12 +302,35 @@ def test_datafree_quick_writes_a_row_per_method_and_seed_and_skips_done_rows(tmp
     # Seed 0's rows are done: a run over seeds 0 and 1 in two workers trains seed 1 alone, then merges.
     run_script("datafree", *args, "--seeds", "0", "1", "--workers=2")
     merged = json.loads(path.read_text())["rows"]
-    assert merged[:4] == rows and sorted((row["method"], row["seed"]) for row in merged[4:]) == [
+    assert merged[:5] == rows and sorted((row["method"], row["seed"]) for row in merged[5:]) == [
         (method, 1) for method in sorted(row["method"] for row in rows)
     ]
     assert "seed=0" not in (tmp_path / "work" / "workers" / "results" / "seeds-0.log").read_text()
     samples = sorted(p.name for p in (tmp_path / "results" / "datafree_quick_samples").iterdir())
     assert samples == sorted(f"{row['method']}-s{row['seed']}.png" for row in merged)
+
+
+def test_datafree_rounds_targets_and_times_on_hand_made_rows():
+    """fast_rounds against 95% of the full-data student, its seed std and its total time against the fast row's."""
+    bench = load_script("datafree")
+    rows = []
+    for seed, (fast, rounds) in enumerate([(0.80, 0.84), (0.78, 0.82)]):
+        common = {"seed": seed, "full_data_accuracy": 0.875, "images_per_s": 100.0, "num_images": 64}
+        rows.append(common | {"method": "fast", "accuracy": fast, "synthesis_s": 200.0, "training_s": 600.0})
+        rows.append(
+            common
+            | {"method": "fast_rounds", "accuracy": rounds, "synthesis_s": 300.0, "training_s": 600.0}
+            | {"round_training_s": 100.0}
+        )
+    checks = {c["target"]: c for c in bench.targets(rows)}
+    assert checks["fast_rounds >= 95% of full-data DearKD"] == {
+        "target": "fast_rounds >= 95% of full-data DearKD",
+        "value": "94.9%",  # mean 83 / 87.5
+        "met": False,
+    }
+    assert checks["fast_rounds seed std <= 1.5 points"]["value"] == "1.41"
+    assert checks["fast_rounds synthesis + training time <= 2x fast's"]["value"] == "1.25x"  # 1000 s / 800 s
+    assert bench.summary(rows)["fast_rounds"]["total_s"] == 1000.0
 
 
 def test_datafree_targets_on_hand_made_rows():

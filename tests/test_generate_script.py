@@ -14,9 +14,12 @@ import huggingface_hub
 import PIL.Image
 import pytest
 import timm
+import torch
 from accelerate.state import AcceleratorState
 from datasets import ClassLabel, Dataset, Image, load_from_disk
-from helpers import launch_two_processes
+from helpers import launch_two_processes, tiny_dearkd_config
+
+from dearkd_hf.modeling import DearKDViTForImageClassification
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "examples" / "generate.py"
@@ -51,7 +54,10 @@ METHOD_FLAGS = {
     "fast": ["--method=fast", "--fast_steps=2", "--fast_warmup=2"],
 }
 # What each method keeps in the shard folder besides the shards (fast: its meta-learned initialisation).
-SHARED_FILES = {"deepinversion": ["fingerprint.json"], "fast": ["fast_generator_init.safetensors", "fingerprint.json"]}
+SHARED_FILES = {
+    "deepinversion": ["fingerprint.json", "rounds.json"],
+    "fast": ["fast_generator_init.safetensors", "fingerprint.json", "rounds.json"],
+}
 
 
 @pytest.mark.slow
@@ -108,6 +114,28 @@ def test_accelerate_launch_two_processes_writes_one_dataset_equal_to_one_process
     double, single = load_from_disk(str(tmp_path / "double")), load_from_disk(str(tmp_path / "single"))
     assert len(double) == 24 and len(set(image_hashes(double))) == 24
     assert image_hashes(double) == image_hashes(single)  # batches depend on (seed, index) only
+
+
+def test_a_student_aware_round_under_accelerate_launch_equals_one_process(teacher_dir, tmp_path):
+    """Round 0 without a student, then round 1 extending it with a DearKD ViT student (docs/datafree.md): two
+    processes make the same dataset as one, and generation_config.json records both rounds."""
+    torch.manual_seed(0)
+    student = DearKDViTForImageClassification(tiny_dearkd_config(grid=4, patch=4, num_labels=3, num_channels=1))
+    student.save_pretrained(tmp_path / "student")
+    common = [f"--teacher_model_name_or_path={teacher_dir}", *METHOD_FLAGS["fast"], "--resolution=16"]
+    common += ["--batch_size=8"]
+    round_1 = [f"--student_model_name_or_path={tmp_path / 'student'}", "--adi_scale=10", "--num_images=32"]
+    for name in ("single", "double"):
+        generate(*common, "--num_images=16", f"--output_dir={tmp_path / name}")
+    generate(*common, *round_1, f"--output_dir={tmp_path / 'single'}")
+    result = launch_two_processes(SCRIPT, [*common, *round_1, f"--output_dir={tmp_path / 'double'}"], tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    double, single = load_from_disk(str(tmp_path / "double")), load_from_disk(str(tmp_path / "single"))
+    assert len(double) == 32 and image_hashes(double) == image_hashes(single)
+    rounds = json.loads((tmp_path / "double" / "generation_config.json").read_text())["rounds"]
+    assert [(r["first_batch"], r["end_batch"], r["adi_scale"]) for r in rounds] == [(0, 2, 0.0), (2, 4, 10.0)]
+    assert rounds[0]["student"] is None and rounds[1]["student"] == str(tmp_path / "student")
+    assert "adi" in rounds[1]["loss_terms"] and "adi" not in rounds[0]["loss_terms"]
 
 
 def test_push_to_hub_uploads_the_finished_dataset(teacher_dir, tmp_path, monkeypatch):
@@ -172,13 +200,23 @@ def load_script():
         ("--teacher_model_name_or_path", "./no_teacher", FileNotFoundError, r"./no_teacher: no such folder"),
         ("--student_model_name_or_path", "./no_student", FileNotFoundError, r"./no_student: no such folder"),
         ("--lr", "nan", ValueError, r"InversionConfig.lr=nan is not a finite number"),
+        ("--student_model_name_or_path", "TEACHER", ValueError, r"A student was given but adi_scale=0.*--adi_scale"),
+        ("--adi_scale", "1", ValueError, r"adi_scale > 0 needs a student .*--student_model_name_or_path"),
     ],
-    ids=["output-under-a-file", "output-not-writable", "teacher-path", "student-path", "lr-nan"],
+    ids=[
+        "output-under-a-file",
+        "output-not-writable",
+        "teacher-path",
+        "student-path",
+        "lr-nan",
+        "student-without-adi-scale",
+        "adi-scale-without-student",
+    ],
 )
 def test_bad_input_fails_before_generating(teacher_dir, tmp_path, flag, value, error, message):
     (tmp_path / "FILE").write_text("a file where a folder is expected")
     args = {"--teacher_model_name_or_path": teacher_dir, "--output_dir": str(tmp_path / "out"), "--num_images": "4"}
-    args[flag] = value.replace("FILE", str(tmp_path / "FILE"))
+    args[flag] = value.replace("FILE", str(tmp_path / "FILE")).replace("TEACHER", teacher_dir)
     with pytest.raises(error, match=message.replace("FILE", str(tmp_path / "FILE"))):
         load_script().main([f"{key}={item}" for key, item in args.items()])
     assert not (tmp_path / "out").exists()

@@ -122,6 +122,7 @@ def test_an_interrupted_run_resumes_without_losing_or_duplicating_images(tmp_pat
         "batch-000000",
         "batch-000001",
         "fingerprint.json",
+        "rounds.json",
     ]
     monkeypatch.undo()
 

@@ -78,7 +78,12 @@ def test_batches_are_reproducible_distinct_and_of_any_side():
 def test_resume_and_extend_give_exactly_the_images_of_one_uninterrupted_run(tmp_path, monkeypatch):
     generator = FastInversionGenerator(tiny_teacher(), config())
     write_dataset(generator, str(tmp_path / "run"), num_images=20, max_batches=1, progress=False)  # as if killed
-    assert sorted(os.listdir(tmp_path / "run" / "shards")) == ["batch-000000", INIT_FILE, "fingerprint.json"]
+    assert sorted(os.listdir(tmp_path / "run" / "shards")) == [
+        "batch-000000",
+        INIT_FILE,
+        "fingerprint.json",
+        "rounds.json",
+    ]
 
     # A new process resumes: it loads the saved initialisation instead of learning it again.
     resumed = FastInversionGenerator(tiny_teacher(), config())

@@ -233,11 +233,13 @@ class Runner:
         bpid: bool,
         flags: dict[str, Any] | None = None,
         num_images: int | None = None,
+        output_dir: Path | None = None,
     ) -> str:
         """examples/generate.py from the (fraction, seed) teacher; resumes, extends or reuses a set. ``flags``: more
-        generate.py flags (name: value), e.g. ``{"method": "fast"}``; ``num_images``: default ``num_generated``."""
+        generate.py flags (name: value), e.g. ``{"method": "fast"}``; ``num_images``: default ``num_generated``;
+        ``output_dir``: default :meth:`generated_dir` (a set extended in rounds with other flags names its own)."""
         a = self.args
-        output_dir = self.generated_dir(fraction, seed, bpid, flags)
+        output_dir = output_dir or self.generated_dir(fraction, seed, bpid, flags)
         argv = [
             f"--teacher_model_name_or_path={self.ensure_teacher(fraction, seed)}",
             f"--num_images={num_images or a.num_generated}",

@@ -10,7 +10,14 @@ from ..models.teachers import Teacher
 from .config import METHODS, InversionConfig
 from .deepinversion import DeepInversionGenerator, InversionBatch
 from .fast import FastInversionGenerator, ImageGenerator
-from .writer import GENERATION_CONFIG_FILE, ShardWriter, inversion_features, mean_loss_terms, write_dataset
+from .writer import (
+    GENERATION_CONFIG_FILE,
+    ShardWriter,
+    inversion_features,
+    mean_loss_terms,
+    read_rounds,
+    write_dataset,
+)
 
 
 def create_generator(
@@ -37,5 +44,6 @@ __all__ = [
     "create_generator",
     "inversion_features",
     "mean_loss_terms",
+    "read_rounds",
     "write_dataset",
 ]

@@ -6,6 +6,7 @@ import dataclasses
 import math
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import PIL.Image
@@ -14,7 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 from torchvision.transforms.functional import to_pil_image
 
-from ..models.teachers import Teacher, load_teacher
+from ..models.teachers import Teacher, load_classifier, load_teacher
 from .config import InversionConfig
 from .losses import BatchNormStatistics, bpid_boundary, bpid_intra, competition_loss, l2_prior, total_variation
 
@@ -85,18 +86,42 @@ class DeepInversionGenerator:
         self.device = next(self.teacher.module.parameters()).device
 
     def _check_student(self, student: str | nn.Module | Teacher | None) -> Teacher | None:
+        """The student of the competition term: any classifier of the teacher's labels (a CNN, or the ViT student
+        being distilled), present exactly when ``adi_scale > 0``."""
         if self.config.adi_scale == 0:
+            if student is not None:
+                raise ValueError(
+                    "A student was given but adi_scale=0, so it would be ignored: set adi_scale > 0 (generate.py: "
+                    "--adi_scale) to reward images on which it disagrees with the teacher, or leave the student out."
+                )
             return None
         if student is None:
-            raise ValueError("adi_scale > 0 needs a student to compete with; pass one or set adi_scale=0.")
-        student = load_teacher(student)
+            raise ValueError(
+                "adi_scale > 0 needs a student to compete with (generate.py: --student_model_name_or_path); pass one "
+                "or set adi_scale=0."
+            )
+        student = load_classifier(student, "student_model_name_or_path")
         if student.num_labels != self.teacher.num_labels:
             raise ValueError(
                 f"The student predicts {student.num_labels} labels but the teacher {self.teacher.source!r} has "
                 f"{self.teacher.num_labels}: the competition term (adi_scale > 0) compares their class "
                 "distributions, so both must share one label space."
             )
+        if student.num_channels != self.teacher.num_channels:
+            raise ValueError(
+                f"The student reads {student.num_channels}-channel images but the teacher {self.teacher.source!r} "
+                f"{self.teacher.num_channels}-channel ones: give a student trained on the teacher's images."
+            )
         return student
+
+    def student_identity(self) -> dict[str, Any]:
+        """What the competition term depends on besides the configuration: the student (its source, and its weights,
+        which a path is not: a student retrained in place keeps its path) and ``adi_scale``."""
+        return {
+            "student": self.student.source if self.student is not None else None,
+            "student_weights_sha256": self.student.weights_sha256() if self.student is not None else None,
+            "adi_scale": self.config.adi_scale,
+        }
 
     @property
     def num_channels(self) -> int:
@@ -195,7 +220,11 @@ class DeepInversionGenerator:
             pixels = torch.flip(pixels, dims=(3,))
         return pixels
 
-    def _loss_terms(self, pixels: torch.Tensor, labels: torch.Tensor) -> dict[str, torch.Tensor]:
+    def _loss_terms(
+        self, pixels: torch.Tensor, labels: torch.Tensor, with_student: bool = True
+    ) -> dict[str, torch.Tensor]:
+        """The loss terms of ``pixels`` (teacher-normalised) for ``labels``; the competition term only when there is
+        a student and ``with_student``."""
         config = self.config
         output = self.teacher.forward_with_features(pixels)
         terms = {
@@ -205,7 +234,7 @@ class DeepInversionGenerator:
             "l2": l2_prior(pixels),
         }
         total = terms["ce"] + config.r_bn * terms["bn"] + config.tv * terms["tv"] + config.l2 * terms["l2"]
-        if self.student is not None:
+        if self.student is not None and with_student:
             student_pixels = self.student.normalize_from(pixels, self.teacher.mean, self.teacher.std)
             student_logits = self.student.logits(student_pixels)
             terms["adi"] = competition_loss(student_logits, output.logits)

@@ -111,12 +111,18 @@ class FastInversionGenerator(DeepInversionGenerator):
 
     def meta_learn(self, callback: StepCallback | None = None) -> ImageGenerator:
         """Reptile: for each of ``fast_warmup`` tasks (a batch of the usual labels, its own seed), adapt a copy of
-        the initialisation for ``fast_steps`` steps, then move the initialisation ``fast_meta_lr`` of the way to it."""
+        the initialisation for ``fast_steps`` steps, then move the initialisation ``fast_meta_lr`` of the way to it.
+        The competition term is left out: the initialisation is shared by every round of a dataset, whatever its
+        student (METHOD.md section 5), so it depends only on the seed and the configuration."""
         c = self.config
         network = self._new_network()
         for task in range(c.fast_warmup):
             adapted, *_ = self._adapt(
-                network, self.batch_labels(task), derived_seed(c.seed, task, _WARMUP_STREAM), callback
+                network,
+                self.batch_labels(task),
+                derived_seed(c.seed, task, _WARMUP_STREAM),
+                callback,
+                with_student=False,
             )
             with torch.no_grad():
                 for initial, tuned in zip(network.state_dict().values(), adapted.state_dict().values()):
@@ -148,9 +154,11 @@ class FastInversionGenerator(DeepInversionGenerator):
         labels: Sequence[int] | torch.Tensor,
         seed: int,
         callback: StepCallback | None,
+        with_student: bool = True,
     ) -> tuple[ImageGenerator, torch.Tensor, dict[str, float]]:
-        """A copy of ``initialisation`` and latent codes of ``seed``, optimised ``fast_steps`` steps for ``labels``:
-        the adapted network, its images (teacher-normalised, detached) and the last step's loss terms."""
+        """A copy of ``initialisation`` and latent codes of ``seed``, optimised ``fast_steps`` steps for ``labels``
+        (with the competition term if there is a student and ``with_student``): the adapted network, its images
+        (teacher-normalised, detached) and the last step's loss terms."""
         c = self.config
         labels = self._labels(labels)
         rng = torch.Generator().manual_seed(seed)
@@ -164,7 +172,7 @@ class FastInversionGenerator(DeepInversionGenerator):
         with self.bn_statistics:
             for step in range(c.fast_steps):
                 pixels = (network(latents, labels) - mean) / std
-                terms = self._loss_terms(self._augment(pixels, 1, rng), labels)
+                terms = self._loss_terms(self._augment(pixels, 1, rng), labels, with_student)
                 optimizer.zero_grad(set_to_none=True)
                 terms["total"].backward()
                 optimizer.step()

@@ -143,35 +143,45 @@ class Teacher:
 
 def load_teacher(name_or_path: str | nn.Module | Teacher, **kwargs) -> Teacher:
     """Load a teacher from a timm name, a transformers classifier (Hub or folder), a folder saved by either, or a
-    module.
+    module; a vision transformer is refused (DearKD distils from a CNN).
 
     ``kwargs`` go to ``timm.create_model`` or ``from_pretrained``; ``mean``, ``std`` and ``id2label`` override what
     the source says (and are how a bare ``nn.Module`` is described).
     """
-    overrides = {key: kwargs.pop(key) for key in ("mean", "std", "id2label") if key in kwargs}
-    if isinstance(name_or_path, Teacher):
-        teacher = name_or_path
-    elif isinstance(name_or_path, PreTrainedModel):
-        teacher = _from_transformers(name_or_path, source=name_or_path.name_or_path or None)
-    elif isinstance(name_or_path, nn.Module) and hasattr(name_or_path, "pretrained_cfg"):
-        teacher = _from_timm_model(name_or_path, source=name_or_path.pretrained_cfg.get("architecture", "timm"))
-    elif isinstance(name_or_path, nn.Module):
-        teacher = _from_module(name_or_path)
-    else:
-        check_local_folder(name_or_path, "teacher_model_name_or_path")
-        # timm draws a random initialisation before loading the weights: on a forked RNG, so that loading a teacher
-        # (or not, with a teacher cache) leaves the seeded stream that initialises the student and aligners as it was.
-        with hub_lookup(name_or_path, "teacher_model_name_or_path"), torch.random.fork_rng(devices=[]):
-            if is_timm_model(name_or_path):
-                teacher = _from_timm(name_or_path, **kwargs)
-            else:
-                teacher = _from_transformers(_load_transformers(name_or_path, **kwargs), source=name_or_path)
-        if _saved_folded(name_or_path):  # a grayscale teacher saved pipeline-ready: back to the model it trained as
-            teacher = replace(teacher, module=as_grayscale(teacher.module))
-    for key, value in overrides.items():
-        setattr(teacher, key, {int(k): v for k, v in value.items()} if key == "id2label" else tuple(value))
+    teacher = load_classifier(name_or_path, "teacher_model_name_or_path", **kwargs)
     _require_cnn(teacher)
     return teacher
+
+
+def load_classifier(name_or_path: str | nn.Module | Teacher, flag: str, **kwargs) -> Teacher:
+    """Any frozen image classifier behind :class:`Teacher`'s interface, a CNN or a vision transformer (the data-free
+    generator's competition term reads a student's logits this way); ``flag`` names the argument in errors.
+
+    ``kwargs`` as :func:`load_teacher`'s.
+    """
+    overrides = {key: kwargs.pop(key) for key in ("mean", "std", "id2label") if key in kwargs}
+    if isinstance(name_or_path, Teacher):
+        model = name_or_path
+    elif isinstance(name_or_path, PreTrainedModel):
+        model = _from_transformers(name_or_path, source=name_or_path.name_or_path or None)
+    elif isinstance(name_or_path, nn.Module) and hasattr(name_or_path, "pretrained_cfg"):
+        model = _from_timm_model(name_or_path, source=name_or_path.pretrained_cfg.get("architecture", "timm"))
+    elif isinstance(name_or_path, nn.Module):
+        model = _from_module(name_or_path)
+    else:
+        check_local_folder(name_or_path, flag)
+        # timm draws a random initialisation before loading the weights: on a forked RNG, so that loading a teacher
+        # (or not, with a teacher cache) leaves the seeded stream that initialises the student and aligners as it was.
+        with hub_lookup(name_or_path, flag), torch.random.fork_rng(devices=[]):
+            if is_timm_model(name_or_path):
+                model = _from_timm(name_or_path, **kwargs)
+            else:
+                model = _from_transformers(_load_transformers(name_or_path, **kwargs), source=name_or_path)
+        if _saved_folded(name_or_path):  # a grayscale teacher saved pipeline-ready: back to the model it trained as
+            model = replace(model, module=as_grayscale(model.module))
+    for key, value in overrides.items():
+        setattr(model, key, {int(k): v for k, v in value.items()} if key == "id2label" else tuple(value))
+    return model
 
 
 def _saved_folded(name_or_path: str) -> bool:

@@ -61,6 +61,7 @@ class ShardWriter:
             saved = json.load(f)
         if self.kind == "generation":  # folders of generation runs written before these were recorded
             saved.setdefault("method", "deepinversion")  # folders written before there was a choice of method
+            saved.pop("adi_scale", None)  # folders written before each round recorded its own (inversion/writer.py)
             if "teacher_weights_sha256" not in saved:  # folders written before the teacher's weights were recorded
                 logger.warning(
                     f"{path} does not record the teacher's weights: a teacher changed in place goes unseen."
@@ -94,6 +95,13 @@ class ShardWriter:
 
     def is_written(self, index: int) -> bool:
         return os.path.isdir(self.shard_path(index))
+
+    def written(self) -> list[int]:
+        """The indices of the shards on disk, in order."""
+        if not os.path.isdir(self.shards_dir):
+            return []
+        prefix = shard_name(0)[: -len(f"{0:06d}")]
+        return sorted(int(name[len(prefix) :]) for name in os.listdir(self.shards_dir) if name.startswith(prefix))
 
     def write(self, index: int, dataset: Dataset, extra_files: dict[str, dict[str, Any]] | None = None) -> None:
         """Write shard ``index``: ``dataset`` and, beside it, each of ``extra_files`` as JSON (e.g. loss terms)."""
