@@ -466,23 +466,23 @@ def paired_gain(rows: list[dict[str, Any]], method: str, baseline: str) -> tuple
     return statistics.mean(100 * (by[method, s] - by[baseline, s]) for s in seeds), len(seeds)
 
 
+def share_checks(method: str, s: dict[str, Any], bar: dict[str, float], share_format: str) -> list[dict[str, Any]]:
+    """``method``'s share of the full-data student against ``bar["share"]`` and, over several seeds, its std
+    against ``bar["std_points"]``."""
+    share, limit = bar["share"], bar["std_points"]
+    value = format(s["share"], share_format)
+    checks = [dict(target=f"{method} >= {share:.0%} of full-data DearKD", value=value, met=s["share"] >= share)]
+    if s["n"] > 1:
+        std = dict(target=f"{method} seed std <= {limit:g} points", value=f"{s['std']:.2f}", met=s["std"] <= limit)
+        checks.append(std)
+    return checks
+
+
 def targets(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """The issue's targets, on the rows there are (a target lacking its rows is left out)."""
     stats, checks = summary(rows), []
     for method, s in stats.items():
-        share = TARGETS["share"]
-        checks.append(
-            dict(
-                target=f"{method} >= {share:.0%} of full-data DearKD",
-                value=f"{s['share']:.0%}",
-                met=s["share"] >= share,
-            )
-        )
-        if s["n"] > 1:
-            limit = TARGETS["std_points"]
-            checks.append(
-                dict(target=f"{method} seed std <= {limit:g} points", value=f"{s['std']:.2f}", met=s["std"] <= limit)
-            )
+        checks += share_checks(method, s, TARGETS, share_format=".0%")
     for kind in ("deepinversion", "fast"):
         gain, n = paired_gain(rows, f"{kind}_bpid", kind)
         if n:
@@ -494,20 +494,7 @@ def targets(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
             )
     if "fast_rounds" in stats:
         s = stats["fast_rounds"]
-        share, limit = ROUNDS_TARGETS["share"], ROUNDS_TARGETS["std_points"]
-        checks.append(
-            dict(
-                target=f"fast_rounds >= {share:.0%} of full-data DearKD",
-                value=f"{s['share']:.1%}",
-                met=s["share"] >= share,
-            )
-        )
-        if s["n"] > 1:
-            checks.append(
-                dict(
-                    target=f"fast_rounds seed std <= {limit:g} points", value=f"{s['std']:.2f}", met=s["std"] <= limit
-                )
-            )
+        checks += share_checks("fast_rounds", s, ROUNDS_TARGETS, share_format=".1%")
         if "total_s" in s and "total_s" in stats.get("fast", {}):
             ratio, need = s["total_s"] / stats["fast"]["total_s"], ROUNDS_TARGETS["time_ratio"]
             checks.append(
