@@ -1,5 +1,5 @@
-"""The teacher check: the teacher scored on training images before stage 1, logged, carded, and a weak one (below the
-majority-class rate) distilled without logit KD by default."""
+"""The teacher check: the teacher scored on training images before stage 1, logged, carded, and a weak one (no better
+than the majority-class rate, within two binomial standard errors) distilled without logit KD by default."""
 
 from __future__ import annotations
 
@@ -19,9 +19,23 @@ def test_accuracy_and_majority_rate_by_hand():
     check = teacher_check([(logits[:2], labels[:2]), (logits[2:], labels[2:])])
     assert check == TeacherCheck(accuracy=0.5, majority_rate=0.75, num_images=4)
     assert check.weak  # half right, where always answering 2 is right three times in four
-    assert not TeacherCheck(accuracy=0.75, majority_rate=0.75, num_images=4).weak
     with pytest.raises(ValueError, match="teacher_check_samples"):
         teacher_check([])
+
+
+def test_the_floor_is_two_standard_errors_above_the_majority_rate_by_hand():
+    # Four balanced classes scored on 448 images: 0.25 + 2 * sqrt(0.25 * 0.75 / 448) = 0.25 + 2 * 0.020458 = 0.290915.
+    at_majority = TeacherCheck(accuracy=0.25, majority_rate=0.25, num_images=448)
+    assert at_majority.floor == pytest.approx(0.290915, abs=1e-6)
+    assert at_majority.weak  # always answering one class: nothing learnt about the labels
+    assert TeacherCheck(accuracy=0.29, majority_rate=0.25, num_images=448).weak  # within the noise
+    assert not TeacherCheck(accuracy=0.292, majority_rate=0.25, num_images=448).weak
+    # Ten classes on 450 images: 0.1 + 2 * sqrt(0.09 / 450) = 0.128284; a 30% teacher is above it.
+    assert TeacherCheck(accuracy=0.128, majority_rate=0.1, num_images=450).weak
+    assert not TeacherCheck(accuracy=0.30, majority_rate=0.1, num_images=450).weak
+    # The floor shrinks toward the majority rate as the sample grows.
+    assert TeacherCheck(0.3, 0.25, 10_000).floor < at_majority.floor < TeacherCheck(0.3, 0.25, 100).floor
+    assert "weak at or below 29.1%" in at_majority.describe()
 
 
 def test_the_sample_is_distinct_seeded_and_leaves_the_global_generators_alone():
@@ -80,12 +94,13 @@ def test_weak_teacher_warn_keeps_alpha_and_the_check_leaves_training_bit_identic
         assert torch.equal(a, b), name
 
 
-def test_a_teacher_above_the_majority_rate_is_not_weak(tmp_path):
+def test_a_teacher_at_the_majority_rate_is_weak(tmp_path):
     run = trainer(tmp_path, always_answers(0), teacher_check_samples=16)
     run.train()
-    # 0 is this sample's most common label: always answering it is as good as the majority rate, not below it.
-    assert run.teacher_check.num_images == 16 and not run.teacher_check.weak
-    assert run.teacher_check.accuracy == run.teacher_check.majority_rate and run.alpha == 0.5
+    # 0 is this sample's most common label: always answering it scores the majority rate, and knows nothing more.
+    check = run.teacher_check
+    assert check.num_images == 16 and check.accuracy == check.majority_rate > 0.5
+    assert check.weak and run.alpha == 0.0
     assert json.dumps(run.state.log_history)  # the accuracy is a plain float in the log
 
 

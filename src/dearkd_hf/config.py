@@ -104,7 +104,8 @@ class DearKDConfig(TrainingArguments):
             its stored logits); the accuracy is logged (`teacher_train_accuracy`) and written in the model card.
             0 skips the check. See `dearkd_hf.teacher_check`.
         weak_teacher (`str`, *optional*, defaults to `"no_logit_kd"`):
-            What a teacher below the sample's majority-class rate gets: `"no_logit_kd"` trains without logit
+            What a weak teacher gets, one at or below the sample's majority-class rate plus two binomial standard
+            errors (no better than always answering the most common class): `"no_logit_kd"` trains without logit
             distillation (alpha 0 for the run; alignment as configured), `"warn"` only warns.
         remove_unused_columns (`bool`, *optional*, defaults to `False`):
             Kept `False` because image datasets are transformed on the fly (`set_transform`), so their columns
@@ -204,7 +205,8 @@ class DearKDConfig(TrainingArguments):
     weak_teacher: str = field(
         default="no_logit_kd",
         metadata={
-            "help": "A teacher below the majority-class rate: no_logit_kd (alpha 0 for the run) or warn.",
+            "help": "A teacher at or below the majority-class rate plus two standard errors: no_logit_kd (alpha 0 for "
+            "the run) or warn.",
             "choices": list(WEAK_TEACHER_ACTIONS),
         },
     )

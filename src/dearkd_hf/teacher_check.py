@@ -2,16 +2,19 @@
 training images as stage 1 feeds them (augmented views; from a teacher cache, its stored logits), against the
 majority-class rate of the same sample.
 
-A teacher below the majority-class rate predicts the labels worse than always answering the most common class: its
-argmax, which hard distillation teaches, carries less about the labels than a constant does. Such a teacher is
-*weak*: the trainer says so in one warning and, by default (``weak_teacher="no_logit_kd"``), trains without logit
-distillation (alpha 0 for the run); ``weak_teacher="warn"`` only warns. Above that floor a teacher can still be
+A teacher that always answers the most common class scores the majority-class rate ``m``; scored on ``n`` images, a
+teacher that knows nothing more lands within the sampling noise of ``m``. A teacher at or below the *floor*
+``m + 2 sqrt(m (1 - m) / n)`` (two binomial standard errors above ``m``) has shown no knowledge of the labels beyond
+that constant: its argmax, which hard distillation teaches, carries nothing about them. Such a teacher is *weak*:
+the trainer says so in one warning and, by default (``weak_teacher="no_logit_kd"``), trains without logit
+distillation (alpha 0 for the run); ``weak_teacher="warn"`` only warns. Above the floor a teacher can still be
 worse than no teacher at all (the ViT on labels alone may do better); the check's accuracy is logged and written in
 the model card so that a reader can see it.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable
 from dataclasses import dataclass
 
@@ -30,14 +33,21 @@ class TeacherCheck:
     num_images: int
 
     @property
+    def floor(self) -> float:
+        """The majority-class rate plus two standard errors of a binomial at that rate over ``num_images``: the most a
+        teacher that knows no more than the most common class plausibly scores on this sample."""
+        rate = self.majority_rate
+        return rate + 2 * math.sqrt(rate * (1 - rate) / self.num_images)
+
+    @property
     def weak(self) -> bool:
-        """Below the majority-class rate: worse than always answering the most common class."""
-        return self.accuracy < self.majority_rate
+        """At or below the floor: no better than always answering the most common class, within sampling noise."""
+        return self.accuracy <= self.floor
 
     def describe(self) -> str:
         return (
             f"the teacher's accuracy on {self.num_images} training images as stage 1 feeds them is "
-            f"{self.accuracy:.1%} (majority-class rate {self.majority_rate:.1%})"
+            f"{self.accuracy:.1%} (majority-class rate {self.majority_rate:.1%}, weak at or below {self.floor:.1%})"
         )
 
 

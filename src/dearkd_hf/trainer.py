@@ -606,7 +606,7 @@ class DearKDTrainer(BaseTrainer):
             return None
         if check.weak:
             done = "logit distillation was off" if self.args.weak_teacher == "no_logit_kd" else "distilled as set"
-            return f"{check.describe()}: below the majority-class rate, a weak teacher ({done})"
+            return f"{check.describe()}: no better than the majority class, a weak teacher ({done})"
         return check.describe()
 
     def save_model(self, output_dir: str | None = None, _internal_call: bool = False) -> None:
