@@ -407,7 +407,7 @@ class DearKDTrainer(BaseTrainer):
         if check.weak:
             action = "logit distillation is off for this run (alpha 0)" if args.weak_teacher == "no_logit_kd" else ""
             logger.warning(
-                f"Weak teacher: {check.describe()}, below always answering the most common class; "
+                f"Weak teacher: {check.describe()}, no better than always answering the most common class; "
                 f"{action or 'training as configured (weak_teacher=warn)'}. A better teacher, or none, may serve."
             )
         else:
