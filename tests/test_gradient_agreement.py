@@ -11,7 +11,13 @@ from torch import nn
 
 from dearkd_hf import DearKDTrainer
 from dearkd_hf.alignment import ALIGNERS_FILE
-from dearkd_hf.gradient_agreement import AGREEMENT_MOMENTUM, GradientAgreement, agreement_gate, combine_gradients
+from dearkd_hf.gradient_agreement import (
+    AGREEMENT_MOMENTUM,
+    GradientAgreement,
+    agreeing_samples,
+    agreement_gate,
+    combine_gradients,
+)
 
 # Two samples: the first's alignment gradient opposes the task's (dot -1), the second's agrees (dot 2).
 TASK = torch.tensor([[1.0, 0.0], [2.0, 0.0]])
@@ -19,15 +25,15 @@ ALIGN = torch.tensor([[-1.0, 1.0], [1.0, 1.0]])
 
 
 def test_combination_by_hand():
-    kept, agrees = combine_gradients(TASK, ALIGN, project=False)
+    kept = combine_gradients(TASK, ALIGN, project=False)
     assert torch.equal(kept, torch.tensor([[0.0, 1.0], [3.0, 1.0]]))
-    assert agrees.tolist() == [False, True]
+    assert agreeing_samples(TASK, ALIGN).tolist() == [False, True]
     # Projected: the first sample's alignment loses its part along the task, [-1, 1] + 1 * [1, 0] = [0, 1].
-    projected, _ = combine_gradients(TASK, ALIGN, project=True)
+    projected = combine_gradients(TASK, ALIGN, project=True)
     assert torch.equal(projected, torch.tensor([[1.0, 1.0], [3.0, 1.0]]))
-    halved, _ = combine_gradients(TASK, ALIGN, project=True, gate=0.5)
+    halved = combine_gradients(TASK, ALIGN, project=True, gate=0.5)
     assert torch.equal(halved, torch.tensor([[1.0, 0.5], [2.5, 0.5]]))
-    zero_task, _ = combine_gradients(torch.zeros(1, 2), torch.tensor([[-1.0, 1.0]]), project=True)
+    zero_task = combine_gradients(torch.zeros(1, 2), torch.tensor([[-1.0, 1.0]]), project=True)
     assert torch.equal(zero_task, torch.tensor([[-1.0, 1.0]]))  # nothing to oppose: no division by zero
 
 
@@ -57,7 +63,8 @@ def test_tap_sees_the_two_gradients_apart_and_hands_the_lower_layer_their_combin
     lower, losses = two_branches()
     h, task, align = losses()
     g_task, g_align = (torch.autograd.grad(loss, h, retain_graph=True)[0] for loss in (task, align))
-    combined, agrees = combine_gradients(g_task[:, 1:], g_align[:, 1:], project=project)
+    combined = combine_gradients(g_task[:, 1:], g_align[:, 1:], project=project)
+    agrees = agreeing_samples(g_task[:, 1:], g_align[:, 1:])
     expected_h = torch.cat([g_task[:, :1], combined], dim=1)
     expected = torch.autograd.grad(h, lower.weight, expected_h)[0]
     assert 0 < agrees.sum() < len(agrees)  # the check means something: some samples agree, some do not
@@ -76,10 +83,10 @@ def test_gate_follows_the_running_share_of_agreeing_samples():
     lower, losses = two_branches()
     h, task, align = losses()
     g_task, g_align = (torch.autograd.grad(loss, h, retain_graph=True)[0] for loss in (task, align))
-    _, agrees = combine_gradients(g_task[:, 1:], g_align[:, 1:], project=False)
+    agrees = agreeing_samples(g_task[:, 1:], g_align[:, 1:])
     share = AGREEMENT_MOMENTUM + (1 - AGREEMENT_MOMENTUM) * agrees.float().mean()
     gate = agreement_gate(share)
-    combined, _ = combine_gradients(g_task[:, 1:], g_align[:, 1:], project=False, gate=gate)
+    combined = combine_gradients(g_task[:, 1:], g_align[:, 1:], project=False, gate=gate)
     expected = torch.autograd.grad(h, lower.weight, torch.cat([g_task[:, :1], combined], dim=1))[0]
 
     agreement = GradientAgreement(1, project=False, gate=True, num_patches=4)

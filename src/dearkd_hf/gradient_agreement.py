@@ -30,19 +30,24 @@ ALIGN_CONFLICTS = ("keep", "project")
 AGREEMENT_MOMENTUM = 0.9  # the running share forgets a batch in about ten steps: "sustained" (dis)agreement
 
 
+def agreeing_samples(task: torch.Tensor, align: torch.Tensor) -> torch.Tensor:
+    """The ``(B,)`` boolean of ``<align, task> > 0`` for ``(B, ...)`` per-sample gradients (float32 products)."""
+    return (task.flatten(1).float() * align.flatten(1).float()).sum(dim=1) > 0
+
+
 def combine_gradients(
     task: torch.Tensor, align: torch.Tensor, *, project: bool, gate: float | torch.Tensor = 1.0
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(task + gate * align', agrees)`` for ``(B, ...)`` per-sample gradients: ``align'`` is ``align`` with, where
-    a sample's ``<align, task>`` is negative and ``project`` is set, its component along ``task`` removed; ``agrees``
-    is the ``(B,)`` boolean of ``<align, task> > 0``. Computed in float32; returned in ``task``'s dtype."""
+) -> torch.Tensor:
+    """``task + gate * align'`` for ``(B, ...)`` per-sample gradients: ``align'`` is ``align`` with, where a sample's
+    ``<align, task>`` is negative and ``project`` is set, its component along ``task`` removed. Computed in float32;
+    returned in ``task``'s dtype."""
     t, a = task.flatten(1).float(), align.flatten(1).float()
     dot = (t * a).sum(dim=1)
     if project:
         norm = (t * t).sum(dim=1).clamp_min(torch.finfo(torch.float32).tiny)
         a = a - (dot.clamp(max=0) / norm).unsqueeze(1) * t
     combined = t + torch.as_tensor(gate, dtype=torch.float32, device=t.device) * a
-    return combined.view_as(task).to(task.dtype), dot > 0
+    return combined.view_as(task).to(task.dtype)
 
 
 def agreement_gate(share: torch.Tensor) -> torch.Tensor:
@@ -91,12 +96,12 @@ class GradientAgreement(nn.Module):
         patches = slice(total.shape[1] - self.num_patches, None)
         task = total - align
         with torch.no_grad():
-            _, agrees = combine_gradients(task[:, patches], align[:, patches], project=False)
+            agrees = agreeing_samples(task[:, patches], align[:, patches])
             share = self.share[pair_index]
             if self.gate:
                 share.mul_(AGREEMENT_MOMENTUM).add_((1 - AGREEMENT_MOMENTUM) * agrees.float().mean())
             gate = agreement_gate(share) if self.gate else torch.ones((), device=total.device)
-            combined, _ = combine_gradients(task[:, patches], align[:, patches], project=self.project, gate=gate)
+            combined = combine_gradients(task[:, patches], align[:, patches], project=self.project, gate=gate)
         self._measured["align_agreement"].append(agrees.float().mean())
         self._measured["align_gate"].append(gate.detach().clone())
         out = task.clone()  # prefix tokens: the alignment reads none, so their gradient is the task's alone
