@@ -151,3 +151,22 @@ def test_projection_changes_training_and_keep_is_todays_gradient(tmp_path):
 def test_bad_align_conflicts_is_refused_by_name(tmp_path):
     with pytest.raises(ValueError, match="align_conflicts='drop' is not one of"):
         make_config(tmp_path, align_conflicts="drop")
+
+
+@pytest.mark.parametrize("beta_schedule", ["agreement", "balanced"])
+def test_activation_checkpointing_keeps_the_tapped_gradients(tmp_path, beta_schedule):
+    """The taps hook the aligned blocks' outputs; with the student's blocks recomputed in the backward (activation
+    checkpointing), the combined gradients and the running share are those of the plain run."""
+
+    def run(name, **overrides):
+        trainer = make_trainer(tmp_path / name, num_train_epochs=1, beta_schedule=beta_schedule, **overrides)
+        trainer.train()
+        assert trainer.model.is_activation_checkpointing == bool(overrides)
+        weights = torch.cat([p.detach().flatten() for p in trainer.model.parameters()])
+        return weights, trainer.aligners.head.agreement.share.clone()
+
+    plain, plain_share = run("plain")
+    checkpointed, checkpointed_share = run("checkpointed", activation_checkpointing=True)
+    torch.testing.assert_close(checkpointed, plain)
+    torch.testing.assert_close(checkpointed_share, plain_share)
+    assert beta_schedule == "balanced" or (plain_share < 1).any()  # the gate's share moved: the taps ran
