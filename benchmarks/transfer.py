@@ -263,9 +263,9 @@ class Runner:
         flags = [f"--dataset_name={blurred}", f"--eval_dataset_name={data}", f"--train_fraction={self.fraction(data)}"]
         return flags, a.weak_epochs
 
-    def teacher(self, name: str) -> tuple[str, float, int]:
-        """The cell's teacher (trained now unless a DONE file says it was), its accuracy on the cell's test set and
-        its epochs."""
+    def teacher_recipe(self, name: str) -> tuple[Path, list[str], int]:
+        """The cell's teacher folder (named by a digest of its recipe), train_teacher.py's model and data flags,
+        and its epochs."""
         cell, a = CELLS[name], self.args
         data_flags, epochs = self.teacher_flags(name)
         size = [f"--config_overrides={a.small_resnet}"] if cell.family == "small_resnet" else []
@@ -273,11 +273,20 @@ class Runner:
         argv = [*model, "--num_channels=3", *data_flags]
         recipe = json.dumps([argv, epochs, run_config(a)], sort_keys=True)
         digest = hashlib.sha1(recipe.encode()).hexdigest()[:8]
-        folder = self.work / f"teacher-{cell.data}-{cell.quality}-{cell.family}-{digest}"
+        return self.work / f"teacher-{cell.data}-{cell.quality}-{cell.family}-{digest}", argv, epochs
+
+    def teacher(self, name: str) -> tuple[str, float, int]:
+        """The cell's teacher (trained now unless a DONE file says it was), its accuracy on the cell's test set and
+        its epochs."""
+        folder, argv, epochs = self.teacher_recipe(name)
         done = folder / "DONE"
         if not done.is_file():
-            shutil.rmtree(folder, ignore_errors=True)
-            metrics = self.train_teacher.main([*argv, *self.common(cell, 0, folder, epochs)])
+            if not any(folder.glob("checkpoint-*")):
+                shutil.rmtree(folder, ignore_errors=True)  # a killed run's leftovers with nothing to resume from
+            # A checkpoint each epoch: a killed teacher (c1's takes hours of one core) continues from its last one,
+            # to the same weights (train_teacher.py resumes from its folder).
+            save = ["--save_strategy=epoch", "--save_total_limit=1"]
+            metrics = self.train_teacher.main([*argv, *self.common(CELLS[name], 0, folder, epochs), *save])
             done.write_text(json.dumps(metrics))
         return str(folder), json.loads(done.read_text())["eval_accuracy"], epochs
 

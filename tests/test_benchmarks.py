@@ -10,6 +10,7 @@ import os
 import re
 import subprocess
 import sys
+import types
 from pathlib import Path
 
 import datasets
@@ -992,3 +993,30 @@ def test_transfer_data_variants_by_hand():
     assert first.size == (48, 48) and first.tobytes() == again.tobytes()  # seeded by split and index
     assert (numpy.asarray(first) > 0).sum() == 28 * 28  # the whole image, nothing cut
     assert first.tobytes() != transfer.on_canvas(image, 3, "test").tobytes()
+
+
+def test_transfer_teacher_checkpoints_each_epoch_and_a_killed_one_resumes(tmp_path):
+    """A teacher's folder without DONE is kept for train_teacher.py to resume when it holds a checkpoint (that script
+    resumes exactly: tests/test_train_teacher.py), and cleared when it holds none."""
+    transfer = load_script("transfer")
+    runner = transfer.Runner(transfer.parse_args(["--quick", f"--work_dir={tmp_path}"]))
+    calls = []
+
+    def fake_main(argv):
+        folder = Path(next(a for a in argv if a.startswith("--output_dir=")).split("=", 1)[1])
+        calls.append((argv, sorted(p.name for p in folder.iterdir()) if folder.is_dir() else []))
+        if len(calls) == 1:
+            raise KeyboardInterrupt  # killed after its first epoch's checkpoint
+        return {"eval_accuracy": 0.5}
+
+    runner.train_teacher = types.SimpleNamespace(main=fake_main)
+    folder, _, _ = runner.teacher_recipe("c1")
+    (folder / "leftover").mkdir(parents=True)  # a killed run's files, no checkpoint: cleared
+    with pytest.raises(KeyboardInterrupt):
+        runner.teacher("c1")
+    assert calls[0][1] == [] and "--save_strategy=epoch" in calls[0][0]
+    assert calls[0][0].index("--save_strategy=epoch") > calls[0][0].index("--save_strategy=no")  # the last wins
+    (folder / "checkpoint-7").mkdir(parents=True)
+    assert runner.teacher("c1") == (str(folder), 0.5, transfer.BAND_EPOCHS["c1"])
+    assert calls[1][1] == ["checkpoint-7"]  # kept for the resume
+    assert runner.teacher("c1")[1] == 0.5 and len(calls) == 2  # DONE: not trained again
