@@ -93,7 +93,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         prog="python -m benchmarks.datafree",
         description=__doc__.split("\n\n")[0],
         epilog="Any other flag is benchmarks.data_efficiency's (e.g. --quick, --num_generated, --gen_iterations, "
-        "--work_dir, --results_dir, --max_eval_samples).",
+        "--work_dir, --results_dir, --max_eval_samples, --timm_teacher).",
     )
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument(

@@ -189,6 +189,44 @@ def test_data_efficiency_rejects_epochs_that_do_not_match_the_fractions(capsys):
     assert "--workers=0: must be >= 1" in capsys.readouterr().err
 
 
+def test_data_efficiency_timm_teacher_has_its_own_work_dir_and_config_key(tmp_path, capsys):
+    bench = load_data_efficiency()
+    default = bench.parse_args(["--quick", "--work_dir", str(tmp_path)])
+    assert "timm_teacher" not in bench.run_config(default)  # results of the default teacher stay valid
+    args = bench.parse_args(["--quick", "--work_dir", str(tmp_path), "--timm_teacher", "resnet18"])
+    assert Path(args.work_dir) == tmp_path / "timm-resnet18" and args.teacher is None
+    config = bench.run_config(args)
+    assert config["timm_teacher"] == "resnet18" and config["teacher"] is None
+    assert {k: v for k, v in config.items() if k not in ("timm_teacher", "teacher")} == {
+        k: v for k, v in bench.run_config(default).items() if k != "teacher"
+    }
+    with pytest.raises(SystemExit):
+        bench.parse_args(["--timm_teacher", "resnet_nonesuch"])
+    assert "--timm_teacher=resnet_nonesuch: not a timm model name" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        bench.parse_args(["--teacher", "hidden_sizes=[8]", "--timm_teacher", "resnet18"])
+    assert "--teacher and --timm_teacher: give one" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_datafree_quick_with_a_timm_teacher_trains_it_and_records_it(tmp_path):
+    args = ["--quick", "--max_train_samples=40", "--max_eval_samples=40", "--fast_num_generated=16"]
+    args += ["--datafree_steps=2", "--gen_batch_size=8", "--methods", "fast", "--seeds", "0"]
+    args += [f"--results_dir={tmp_path / 'results'}", f"--work_dir={tmp_path / 'work'}", "--timm_teacher=resnet18"]
+    run_script("datafree", *args)
+    data = json.loads((tmp_path / "results" / "datafree_quick.json").read_text())
+    assert data["config"]["timm_teacher"] == "resnet18" and data["config"]["teacher"] is None
+    [row] = data["rows"]
+    assert row["method"] == "fast" and 0.0 <= row["accuracy"] <= 1.0 and 0.0 <= row["full_data_accuracy"] <= 1.0
+    work = tmp_path / "work" / "timm-resnet18"
+    teacher = json.loads((work / "teacher-f1.0-s0" / "config.json").read_text())
+    assert teacher["architecture"] == "resnet18"  # timm's folder format: a timm resnet18, not a transformers ResNet
+    for student in ("dearkd-f1.0-s0", "student-fast-f1.0-s0"):
+        argv = json.loads((work / student / "DONE").read_text())["argv"]
+        assert f"--teacher_model_name_or_path={work / 'teacher-f1.0-s0'}" in argv
+    assert not list((tmp_path / "work").glob("teacher-*"))  # nothing of it beside the default teacher's folders
+
+
 @pytest.mark.slow
 def test_data_efficiency_workers_split_seeds_and_merge_their_rows(tmp_path):
     args = [

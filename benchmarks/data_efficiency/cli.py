@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import timm
 import torch
 
 from benchmarks.harness import RESULTS_DIR, ROOT, run_workers
@@ -117,6 +118,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--weight_decay", type=float, default=0.05)
     parser.add_argument("--student", default=None, help="DearKD ViT config overrides (run.py --config_overrides).")
     parser.add_argument("--teacher", default=None, help="transformers ResNet config overrides of the teacher.")
+    parser.add_argument(
+        "--timm_teacher",
+        default=None,
+        help="A timm model name (e.g. resnet18, the teacher examples/demo.sh trains), from random weights, as every "
+        "row's teacher instead of the transformers ResNet of --teacher. Its teachers, students and sets go to a "
+        "subfolder of --work_dir named after it, so they never meet the default teacher's.",
+    )
     parser.add_argument("--num_generated", type=int, default=None, help="Images generated per data-free student.")
     parser.add_argument("--gen_iterations", type=int, default=None, help="DeepInversion steps per batch.")
     parser.add_argument("--gen_batch_size", type=int, default=None)
@@ -161,9 +169,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if args.workers < 1:
         parser.error(f"--workers={args.workers}: must be >= 1.")
+    if args.timm_teacher is not None:
+        if args.teacher is not None:
+            parser.error("--teacher and --timm_teacher: give one (--teacher is a transformers ResNet's overrides).")
+        if not timm.is_model(args.timm_teacher):
+            parser.error(f"--timm_teacher={args.timm_teacher}: not a timm model name (e.g. resnet18).")
     for name, value in SIZES["quick" if args.quick else "full"].items():
         if getattr(args, name) is None:
             setattr(args, name, value)
+    if args.timm_teacher is not None:
+        args.teacher = None  # no transformers ResNet, so none of its overrides
     if args.epochs is not None and len(args.epochs) not in (1, len(args.fractions)):
         parser.error(
             f"--epochs: got {len(args.epochs)} values for {len(args.fractions)} --fractions; give one value, or one "
@@ -176,6 +191,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     prefix = "data_efficiency_quick" if args.quick else "data_efficiency"
     if args.work_dir is None:
         args.work_dir = str(ROOT / "outputs" / "benchmarks" / prefix)
+    if args.timm_teacher is not None:
+        args.work_dir = str(Path(args.work_dir) / f"timm-{args.timm_teacher}")
     args.prefix = prefix
     return args
 

@@ -61,7 +61,9 @@ def stored_path(path: str) -> str:
 
 
 def run_config(args: argparse.Namespace) -> dict[str, Any]:
-    """Everything that changes a row's number; rows from a different config are never mixed in."""
+    """Everything that changes a row's number; rows from a different config are never mixed in. ``timm_teacher``
+    is there only when set (results of the default teacher predate it)."""
+    timm_teacher = getattr(args, "timm_teacher", None)
     return {
         "dataset_dir": stored_path(args.dataset_dir),
         "epochs": args.epochs and dict(zip(map(str, args.fractions), args.epochs * len(args.fractions))),
@@ -86,6 +88,7 @@ def run_config(args: argparse.Namespace) -> dict[str, Any]:
         "max_train_samples": args.max_train_samples,
         "max_eval_samples": args.max_eval_samples,
         "stop_epoch_fraction": DEFAULT_STOP_FRACTION,
+        **({"timm_teacher": timm_teacher} if timm_teacher else {}),
     }
 
 
@@ -148,9 +151,13 @@ class Runner:
     def train_teacher_row(self, fraction: float, seed: int) -> float:
         output_dir = self.teacher_dir(fraction, seed)
         shutil.rmtree(output_dir, ignore_errors=True)
+        timm_teacher = getattr(self.args, "timm_teacher", None)
+        if timm_teacher:
+            model = [f"--model_name_or_path={timm_teacher}"]  # timm builds it from random weights
+        else:
+            model = ["--model_type=resnet", f"--config_overrides={self.args.teacher}"]
         argv = [
-            "--model_type=resnet",
-            f"--config_overrides={self.args.teacher}",
+            *model,
             f"--dataset_name={self.args.dataset_dir}",
             *self.common(fraction, seed, output_dir, epochs_for(self.args, fraction)),
         ]
