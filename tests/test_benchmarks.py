@@ -1058,3 +1058,24 @@ def test_transfer_teacher_checkpoints_each_epoch_and_a_killed_one_resumes(tmp_pa
     assert runner.teacher("c1") == (str(folder), 0.5, transfer.BAND_EPOCHS["c1"])
     assert calls[1][1] == ["checkpoint-7"]  # kept for the resume
     assert runner.teacher("c1")[1] == 0.5 and len(calls) == 2  # DONE: not trained again
+
+
+def test_a_finished_teacher_of_other_overrides_is_refused_not_reused(tmp_path):
+    """A work dir's teacher folder is reused only when its saved config carries every --teacher override."""
+    bench = load_data_efficiency()
+    args = bench.parse_args(["--quick", f"--work_dir={tmp_path}", "--teacher=hidden_sizes=[8,16],depths=[1,1]"])
+    runner = bench.Runner(args)
+
+    def no_training(*_):
+        raise AssertionError("a finished teacher was trained again")
+
+    runner.train_teacher_row = no_training
+    folder = runner.teacher_dir(1.0, 0)
+    folder.mkdir(parents=True)
+    (folder / "DONE").write_text(json.dumps({"eval_accuracy": 0.5}))
+    config = {"model_type": "resnet", "hidden_sizes": [8, 16], "depths": [1, 1]}
+    (folder / "config.json").write_text(json.dumps(config))
+    assert runner.ensure_teacher(1.0, 0) == str(folder)
+    (folder / "config.json").write_text(json.dumps({**config, "hidden_sizes": [32, 64]}))
+    with pytest.raises(SystemExit, match=r"--teacher.*hidden_sizes.*\[32, 64\].*another --work_dir"):
+        runner.ensure_teacher(1.0, 0)

@@ -23,6 +23,7 @@ import torch
 from benchmarks import harness
 from benchmarks.harness import ROOT
 from dearkd_hf.config import DEFAULT_STOP_FRACTION
+from dearkd_hf.scripts.cli import parse_config_overrides
 
 from .methods import BY_NAME
 
@@ -166,11 +167,21 @@ class Runner:
         return metrics["eval_accuracy"]
 
     def ensure_teacher(self, fraction: float, seed: int) -> str:
-        """The (fraction, seed) teacher's folder, trained now if a previous run did not leave it."""
+        """The (fraction, seed) teacher's folder, trained now if a previous run did not leave it. A finished one made
+        with other ``--teacher`` overrides (its saved config differs on one of them) is refused, not reused."""
         folder = self.teacher_dir(fraction, seed)
         if not (folder / "DONE").is_file():
             print(f"  (re)training the teacher of fraction {fraction}, seed {seed}", flush=True)
             self.train_teacher_row(fraction, seed)
+        elif not getattr(self.args, "timm_teacher", None):  # a timm teacher has a work subfolder per name
+            saved = json.loads((folder / "config.json").read_text())
+            wanted = parse_config_overrides(self.args.teacher)
+            differ = {key: saved.get(key) for key, value in wanted.items() if saved.get(key) != value}
+            if differ:
+                raise SystemExit(
+                    f"--teacher={self.args.teacher}: the finished teacher in {folder} was made with {differ}; pass "
+                    "another --work_dir, or delete that folder to train it again."
+                )
         return str(folder)
 
     def student_row(
