@@ -91,29 +91,29 @@ FAMILIES = {
 BAND_EPOCHS = {"c1": 8}
 CELL_MARGIN, MEAN_GAIN = 0.5, 1.0
 IMAGE_SIZE = {"fmnist10": 32, "easy4": 32, "lowres": 32, "canvas": 48}
-SIZES = {
-    "full": dict(
-        train_images=450,
-        batch_size=64,
-        student="patch_size=4,hidden_size=96,num_attention_heads=4,intermediate_size=384",
-        small_resnet="embedding_size=8,hidden_sizes=[8,16],depths=[1,1],layer_type=basic",
-        strong_epochs=1,
-        medium_steps=500,
-        weak_epochs=2,
-        max_eval_samples=2000,
-        step_scale=1.0,
-    ),
-    "quick": dict(
-        train_images=60,
-        batch_size=16,
-        student="patch_size=4,hidden_size=16,num_attention_heads=2,intermediate_size=32",
-        small_resnet="embedding_size=8,hidden_sizes=[8,16],depths=[1,1],layer_type=basic",
-        strong_epochs=1,
-        medium_steps=4,
-        weak_epochs=1,
-        max_eval_samples=64,
-        step_scale=0.01,
-    ),
+FULL_SIZES = dict(
+    train_images=450,
+    batch_size=64,
+    student="patch_size=4,hidden_size=96,num_attention_heads=4,intermediate_size=384",
+    small_resnet="embedding_size=8,hidden_sizes=[8,16],depths=[1,1],layer_type=basic",
+    strong_epochs=1,
+    medium_steps=500,
+    weak_epochs=2,
+    max_eval_samples=2000,
+    step_scale=1.0,
+)
+SIZES = {  # --quick: what differs from the full suite
+    "full": FULL_SIZES,
+    "quick": {
+        **FULL_SIZES,
+        "train_images": 60,
+        "batch_size": 16,
+        "student": "patch_size=4,hidden_size=16,num_attention_heads=2,intermediate_size=32",
+        "medium_steps": 4,
+        "weak_epochs": 1,
+        "max_eval_samples": 64,
+        "step_scale": 0.01,
+    },
 }
 
 

@@ -9,7 +9,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-import timm
 import torch
 
 from benchmarks.harness import RESULTS_DIR, ROOT, run_workers
@@ -172,6 +171,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if args.timm_teacher is not None:
         if args.teacher is not None:
             parser.error("--teacher and --timm_teacher: give one (--teacher is a transformers ResNet's overrides).")
+        import timm  # only here: every benchmark parses these flags, few name a timm teacher
+
         if not timm.is_model(args.timm_teacher):
             parser.error(f"--timm_teacher={args.timm_teacher}: not a timm model name (e.g. resnet18).")
     for name, value in SIZES["quick" if args.quick else "full"].items():
