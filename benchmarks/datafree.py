@@ -84,8 +84,9 @@ ROUNDS_SIZES = {
 }
 STATISTICS = ("teacher_agreement", "teacher_confidence", "same_class_cosine")  # of set_statistics
 TARGETS = dict(share=0.90, std_points=2.0, bpid_points=1.0, speedup=20.0)
-# fast_rounds' own: its share of the full-data student, its seed std, and its total time against the fast row's.
-ROUNDS_TARGETS = dict(share=0.95, std_points=1.5, time_ratio=2.0)
+# The later, higher bar, for every row (whatever its method or schedule): its share of the full-data student and its
+# seed std; and fast_rounds' total time against the fast row's.
+TARGETS_95 = dict(share=0.95, std_points=1.5, time_ratio=2.0)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -466,11 +467,11 @@ def paired_gain(rows: list[dict[str, Any]], method: str, baseline: str) -> tuple
     return statistics.mean(100 * (by[method, s] - by[baseline, s]) for s in seeds), len(seeds)
 
 
-def share_checks(method: str, s: dict[str, Any], bar: dict[str, float], share_format: str) -> list[dict[str, Any]]:
+def share_checks(method: str, s: dict[str, Any], bar: dict[str, float]) -> list[dict[str, Any]]:
     """``method``'s share of the full-data student against ``bar["share"]`` and, over several seeds, its std
-    against ``bar["std_points"]``."""
+    against ``bar["std_points"]``. The share to a tenth of a point: 94.5% must not read as 95%."""
     share, limit = bar["share"], bar["std_points"]
-    value = format(s["share"], share_format)
+    value = f"{s['share']:.1%}"
     checks = [dict(target=f"{method} >= {share:.0%} of full-data DearKD", value=value, met=s["share"] >= share)]
     if s["n"] > 1:
         std = dict(target=f"{method} seed std <= {limit:g} points", value=f"{s['std']:.2f}", met=s["std"] <= limit)
@@ -481,8 +482,8 @@ def share_checks(method: str, s: dict[str, Any], bar: dict[str, float], share_fo
 def targets(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """The issue's targets, on the rows there are (a target lacking its rows is left out)."""
     stats, checks = summary(rows), []
-    for method, s in stats.items():
-        checks += share_checks(method, s, TARGETS, share_format=".0%")
+    for method, s in stats.items():  # both bars, so a row between them reads as meeting one and missing the other
+        checks += share_checks(method, s, TARGETS) + share_checks(method, s, TARGETS_95)
     for kind in ("deepinversion", "fast"):
         gain, n = paired_gain(rows, f"{kind}_bpid", kind)
         if n:
@@ -494,9 +495,8 @@ def targets(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
             )
     if "fast_rounds" in stats:
         s = stats["fast_rounds"]
-        checks += share_checks("fast_rounds", s, ROUNDS_TARGETS, share_format=".1%")
         if "total_s" in s and "total_s" in stats.get("fast", {}):
-            ratio, need = s["total_s"] / stats["fast"]["total_s"], ROUNDS_TARGETS["time_ratio"]
+            ratio, need = s["total_s"] / stats["fast"]["total_s"], TARGETS_95["time_ratio"]
             checks.append(
                 dict(
                     target=f"fast_rounds synthesis + training time <= {need:g}x fast's",

@@ -229,12 +229,20 @@ class Runner:
         argv += [*self.student_flags, *flags]
         done = output_dir / "DONE"
         finished = json.loads(done.read_text()) if reuse and done.is_file() else {}
-        if finished.get("argv") == argv:
+        if finished.get("argv") in (argv, self.portable(argv)):  # an older DONE holds the machine's paths
             return finished["eval_accuracy"]
         shutil.rmtree(output_dir, ignore_errors=True)
         accuracy = self.run.main(argv)["eval_accuracy"]
-        done.write_text(json.dumps({"argv": argv, "eval_accuracy": accuracy}))
+        done.write_text(json.dumps({"argv": self.portable(argv), "eval_accuracy": accuracy}))
         return accuracy
+
+    def portable(self, argv: list[str]) -> list[str]:
+        """``argv`` with the work dir and the dataset dir written as ``<work_dir>`` and ``<dataset_dir>``: a finished
+        row is recognised from another checkout (a worktree whose ``outputs`` links here) or after the folder moved."""
+        places = {str(self.work): "<work_dir>", str(self.args.dataset_dir): "<dataset_dir>"}
+        for place, name in places.items():
+            argv = [arg.replace(place, name) for arg in argv]
+        return argv
 
     def generated_dir(self, fraction: float, seed: int, bpid: bool, flags: dict[str, Any] | None = None) -> Path:
         """Where :meth:`generated_set` writes the (fraction, seed) set; its generator settings are in the name, so a
