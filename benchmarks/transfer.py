@@ -80,6 +80,9 @@ CANDIDATES = {  # the candidate rules (at most four), each a run.py flag set on 
     "constant_0.1": "--beta_schedule constant --beta 0.1",
 }
 METHODS = (*BASELINES, "dearkd", *CANDIDATES)
+# The verdict rule's tie-break, fewest mechanisms first: a fixed weight; the balanced weight (today's default); the
+# balanced weight with the opposing part projected out; the agreement gate with the projection.
+SIMPLEST_FIRST = ("constant_0.1", "dearkd", "project", "agreement")
 FAMILIES = {
     "resnet18": ["--model_name_or_path=resnet18"],
     "small_resnet": ["--model_type=resnet"],  # + --config_overrides (the size below)
@@ -377,6 +380,23 @@ def verdict(cells: dict[str, dict[str, Any]], half: str, method: str) -> dict[st
     }
 
 
+def choice(cells: dict[str, dict[str, Any]]) -> tuple[str | None, str]:
+    """The registered rule applied to the choose half: among today's default (``dearkd``, the baseline rule, a
+    contender like the candidates) and the candidates, those with no cell below the bar by more than 0.5, the one
+    with the highest mean margin; ties (within 0.005 points) to the simpler rule, in ``SIMPLEST_FIRST``'s order.
+    None, with the reason, while any of them lacks a cell or when none qualifies."""
+    verdicts = {m: verdict(cells, "choose", m) for m in METHODS[2:]}
+    missing = [m for m, v in verdicts.items() if not v["complete"]]
+    if missing:
+        return None, f"the choose half is incomplete ({', '.join(missing)})"
+    qualifying = [m for m in SIMPLEST_FIRST if verdicts[m]["no_cell_below"]]
+    if not qualifying:
+        return None, "no rule qualifies: every one has a cell below the bar by more than 0.5"
+    best = max(verdicts[m]["mean_margin"] for m in qualifying)
+    chosen = next(m for m in qualifying if verdicts[m]["mean_margin"] >= best - 0.005)
+    return chosen, f"mean margin {verdicts[chosen]['mean_margin']:+.2f}, no cell below -0.5"
+
+
 def write_table(path: Path, results: Results) -> None:
     cells = cell_stats(results.rows)
     teachers = {t["cell"]: t["accuracy"] for t in results.tables["teachers"]}
@@ -409,6 +429,12 @@ def write_table(path: Path, results: Results) -> None:
             state = "complete" if v["complete"] else "INCOMPLETE"
             below = "no cell below -0.5" if v["no_cell_below"] else "a cell below -0.5"
             lines.append(f"- `{method}` ({state}): {'; '.join(parts)}; {mean}; {below}")
+        if half == "choose":
+            chosen, why = choice(cells)
+            lines += [
+                "",
+                f"The rule's choice: `{chosen}` ({why})." if chosen else f"The rule's choice: none yet: {why}.",
+            ]
     lines += ["", "Candidate rules (run.py flags on top of the defaults):", ""]
     lines += [f"- `{m}`: `{flags}`" for m, flags in CANDIDATES.items()]
     lines += ["", "Configuration:", "", "```json", json.dumps(results.config, indent=2), "```", ""]

@@ -1058,6 +1058,31 @@ def test_transfer_cells_cover_every_value_twice_in_each_half_and_the_verdict_by_
     assert not transfer.verdict(transfer.cell_stats(made), "choose", "dearkd")["no_cell_below"]
 
 
+def test_transfer_choice_applies_the_registered_rule_by_hand():
+    """Highest mean margin among the rules (today's default included) with no cell more than 0.5 below the bar;
+    nothing while a rule lacks a cell; ties to the simpler rule."""
+    transfer = load_script("transfer")
+    choose = [c for c, cell in transfer.CELLS.items() if cell.half == "choose"]
+    # Every choose cell: labels 50, deit 50 (bar 50); each rule's accuracy set per cell below.
+    accuracy = {"dearkd": 0.52, "project": 0.53, "agreement": 0.54, "constant_0.1": 0.51}
+    made = [
+        {"method": m, "cell": c, "seed": 0, "accuracy": a}
+        for c in choose
+        for m, a in {"labels_only": 0.50, "deit": 0.50, **accuracy}.items()
+    ]
+    agreement_c7 = next(r for r in made if r["method"] == "agreement" and r["cell"] == "c7")
+    agreement_c7["accuracy"] = 0.40  # agreement: highest elsewhere, but 10 points below the bar in c7
+    assert transfer.choice(transfer.cell_stats(made)) == ("project", "mean margin +3.00, no cell below -0.5")
+    for r in made:
+        if r["method"] == "project":
+            r["accuracy"] = 0.52  # project ties the default: the simpler rule (the default) is kept
+    assert transfer.choice(transfer.cell_stats(made))[0] == "dearkd"
+    chosen, why = transfer.choice(
+        transfer.cell_stats([r for r in made if (r["method"], r["cell"]) != ("dearkd", "c4")])
+    )
+    assert chosen is None and why == "the choose half is incomplete (dearkd)"
+
+
 def test_transfer_data_variants_by_hand():
     import numpy
     from PIL import Image
