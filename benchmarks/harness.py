@@ -16,7 +16,9 @@ The environment the benchmarks run in (offline, no progress bars) is set by the 
 from __future__ import annotations
 
 import argparse
+import json
 import math
+import shutil
 import statistics
 import subprocess
 import sys
@@ -216,6 +218,17 @@ def run_processes(module: str, jobs: list[tuple[str, list[str]]], folder: Path) 
 
 
 # ---- statistics over seeds ----
+
+
+def train_resumable(main: Callable[[list[str]], dict[str, Any]], argv: list[str], folder: Path) -> dict[str, Any]:
+    """A teacher trained by ``main`` (train_teacher.py's) into ``folder`` with a checkpoint each epoch, so a killed run
+    continues from its last one to the same weights (train_teacher.py resumes from its folder); a killed run's
+    leftovers with no checkpoint are cleared first. Its metrics are written to ``folder/DONE`` and returned."""
+    if not any(folder.glob("checkpoint-*")):
+        shutil.rmtree(folder, ignore_errors=True)
+    metrics = main([*argv, "--save_strategy=epoch", "--save_total_limit=1"])  # the last --save_strategy wins
+    (folder / "DONE").write_text(json.dumps(metrics))
+    return metrics
 
 
 def mean_std(values: Iterable[float]) -> dict[str, float]:

@@ -283,14 +283,10 @@ class Runner:
         its epochs."""
         folder, argv, epochs = self.teacher_recipe(name)
         done = folder / "DONE"
-        if not done.is_file():
-            if not any(folder.glob("checkpoint-*")):
-                shutil.rmtree(folder, ignore_errors=True)  # a killed run's leftovers with nothing to resume from
-            # A checkpoint each epoch: a killed teacher (c1's takes hours of one core) continues from its last one,
-            # to the same weights (train_teacher.py resumes from its folder).
-            save = ["--save_strategy=epoch", "--save_total_limit=1"]
-            metrics = self.train_teacher.main([*argv, *self.common(CELLS[name], 0, folder, epochs), *save])
-            done.write_text(json.dumps(metrics))
+        if not done.is_file():  # c1's takes over an hour of one core: resumable epoch by epoch
+            harness.train_resumable(
+                self.train_teacher.main, [*argv, *self.common(CELLS[name], 0, folder, epochs)], folder
+            )
         return str(folder), json.loads(done.read_text())["eval_accuracy"], epochs
 
     def student(self, method: str, name: str, seed: int) -> dict[str, Any]:

@@ -1123,6 +1123,31 @@ def test_transfer_teacher_checkpoints_each_epoch_and_a_killed_one_resumes(tmp_pa
     assert runner.teacher("c1")[1] == 0.5 and len(calls) == 2  # DONE: not trained again
 
 
+def test_data_efficiency_teacher_checkpoints_each_epoch_and_a_killed_one_resumes(tmp_path):
+    """The data-efficiency (and so data-free) work dir's teachers resume like the transfer suite's: a timm resnet18 on
+    the full set takes over an hour of one core."""
+    bench = load_data_efficiency()
+    runner = bench.Runner(bench.parse_args(["--quick", f"--work_dir={tmp_path}", "--timm_teacher=resnet18"]))
+    calls = []
+
+    def fake_main(argv):
+        folder = Path(next(a for a in argv if a.startswith("--output_dir=")).split("=", 1)[1])
+        calls.append((argv, sorted(p.name for p in folder.iterdir()) if folder.is_dir() else []))
+        if len(calls) == 1:
+            raise KeyboardInterrupt
+        return {"eval_accuracy": 0.5}
+
+    runner.train_teacher = types.SimpleNamespace(main=fake_main)
+    folder = runner.teacher_dir(1.0, 0)
+    (folder / "leftover").mkdir(parents=True)
+    with pytest.raises(KeyboardInterrupt):
+        runner.ensure_teacher(1.0, 0)
+    assert calls[0][1] == [] and calls[0][0][-2:] == ["--save_strategy=epoch", "--save_total_limit=1"]
+    (folder / "checkpoint-3").mkdir(parents=True)
+    assert runner.ensure_teacher(1.0, 0) == str(folder) and calls[1][1] == ["checkpoint-3"]
+    assert runner.ensure_teacher(1.0, 0) == str(folder) and len(calls) == 2  # DONE: not trained again
+
+
 def test_a_finished_teacher_of_other_overrides_is_refused_not_reused(tmp_path):
     """A work dir's teacher folder is reused only when its saved config carries every --teacher override."""
     bench = load_data_efficiency()
