@@ -1066,12 +1066,16 @@ def test_transfer_choice_applies_the_registered_rule_by_hand():
     # Every choose cell: labels 50, deit 50 (bar 50); each rule's accuracy set per cell below.
     accuracy = {"dearkd": 0.52, "project": 0.53, "agreement": 0.54, "constant_0.1": 0.51}
     made = [
-        {"method": m, "cell": c, "seed": 0, "accuracy": a}
+        {"method": m, "cell": c, "seed": seed, "accuracy": a}
         for c in choose
+        for seed in transfer.SEEDS
         for m, a in {"labels_only": 0.50, "deit": 0.50, **accuracy}.items()
     ]
-    agreement_c7 = next(r for r in made if r["method"] == "agreement" and r["cell"] == "c7")
-    agreement_c7["accuracy"] = 0.40  # agreement: highest elsewhere, but 10 points below the bar in c7
+    chosen, why = transfer.choice(transfer.cell_stats([r for r in made if r["seed"] < 2]))
+    assert chosen is None and why.startswith("the choose half is incomplete")  # two seeds of three: no choice yet
+    for r in made:
+        if r["method"] == "agreement" and r["cell"] == "c7":
+            r["accuracy"] = 0.40  # agreement: highest elsewhere, but 10 points below the bar in c7
     assert transfer.choice(transfer.cell_stats(made)) == ("project", "mean margin +3.00, no cell below -0.5")
     for r in made:
         if r["method"] == "project":
